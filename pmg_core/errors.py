@@ -1,0 +1,55 @@
+"""Every error pmg_core raises on bad input.
+
+Each exception names the problem and the fix, so that a ComfyUI user reading a
+node error or a studio reading a batch log knows what to do next.
+"""
+
+from __future__ import annotations
+
+
+class PMGError(Exception):
+    """Base class: every error pmg_core raises on purpose derives from it."""
+
+
+class HistoryFormatError(PMGError):
+    """A history file is malformed, not UTF-8, or in an unknown format."""
+
+
+class EmptyHistoryError(PMGError):
+    """A user has no usable behaviours left after filtering."""
+
+
+class UnknownUserError(PMGError):
+    """The requested user id is not in the history file."""
+
+
+class MissingImageError(PMGError):
+    """An item names an image file that does not exist or cannot be read."""
+
+
+class KeywordParseError(PMGError):
+    """The LLM's answer holds no usable keywords."""
+
+
+class ModelLoadError(PMGError):
+    """A model folder or file is missing, incomplete or of an unsupported kind."""
+
+
+class AdapterMismatchError(PMGError):
+    """A soft-prompt adapter does not fit the LLM or the text encoder it is used with."""
+
+
+class EmbeddingValueError(PMGError):
+    """An embedding has the wrong shape or holds NaN/inf values."""
+
+
+class UnsafePathError(PMGError):
+    """A path points outside the folder it is allowed to be read from."""
+
+
+class TrainingError(PMGError):
+    """Training data or training state is unusable."""
+
+
+class ComfyServerError(PMGError):
+    """A ComfyUI server refused or failed a request."""
