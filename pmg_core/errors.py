@@ -43,6 +43,10 @@ class EmbeddingValueError(PMGError):
     """An embedding has the wrong shape or holds NaN/inf values."""
 
 
+class InvalidSettingError(PMGError, ValueError):
+    """A setting (an alpha list, a weight, a step count, an image size) is malformed or out of range."""
+
+
 class UnsafePathError(PMGError):
     """A path points outside the folder it is allowed to be read from."""
 
