@@ -16,9 +16,19 @@ if [ ! -f "$venv/.complete" ]; then
   rm -rf "$venv"
   mkdir -p "$cache/venvs"
   "$python" -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --upgrade pip >&2
-  "$venv/bin/python" -m pip install -q -r requirements/test.in >&2
-  "$venv/bin/python" -m pip install -q --no-deps -r requirements/nodeps.txt >&2
+  log="$cache/venvs/$key.install.log"
+  pip_install() {
+    # pip's full output goes to a log; on failure its tail is shown.
+    if ! "$venv/bin/python" -m pip install "$@" >>"$log" 2>&1; then
+      grep -v "^WARNING: Location" "$log" | tail -n 30 >&2
+      echo "[bootstrap] pip install failed; full log: $log" >&2
+      exit 1
+    fi
+  }
+  : >"$log"
+  pip_install --upgrade pip
+  pip_install -r requirements/test.in
+  pip_install --no-deps -r requirements/nodeps.txt
   touch "$venv/.complete"
 fi
 if [ "$(readlink .venv 2>/dev/null)" != "$venv" ]; then
