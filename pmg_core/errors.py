@@ -43,6 +43,10 @@ class EmbeddingValueError(PMGError):
     """An embedding has the wrong shape or holds NaN/inf values."""
 
 
+class ImageValueError(PMGError, ValueError):
+    """An image tensor has the wrong shape or channel count, is out of [0, 1], or holds NaN/inf."""
+
+
 class InvalidSettingError(PMGError, ValueError):
     """A setting (an alpha list, a weight, a step count, an image size) is malformed or out of range."""
 
