@@ -51,6 +51,10 @@ class InvalidSettingError(PMGError, ValueError):
     """A setting (an alpha list, a weight, a step count, an image size) is malformed or out of range."""
 
 
+class MissingFileError(PMGError):
+    """A file the user named (a history, a checkpoint to fingerprint) does not exist or cannot be read."""
+
+
 class UnsafePathError(PMGError):
     """A path points outside the folder it is allowed to be read from."""
 
