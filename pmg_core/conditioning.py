@@ -1,0 +1,316 @@
+"""Assemble PMG's diffusion condition: target text + soft embeddings + preference text.
+
+PMG conditions the image model on one token sequence made of three parts,
+concatenated along the token axis::
+
+    [ target-keyword embeddings | soft preference embeddings | preference-keyword embeddings ]
+      scaled w_t * 2(1 - a)        scaled w_i * 2a              scaled w_p * 2a
+
+The balance ``a`` (alpha, in [0, 1]) trades accuracy to the target for
+personalisation: a = 0.5 is the plain concatenation, a = 0 ignores the user,
+a = 2/3 reproduces the reference's preference weight W_P = 2. One condition row
+is built per alpha, so an alpha sweep is one batch of ``[A, T_total, D]``.
+
+The text encoder is injected through the small :class:`TextEncoder` protocol:
+:class:`DiffusersTextEncoder` wraps a diffusers/transformers CLIP text model and
+the ComfyUI nodes wrap ComfyUI's CLIP object the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from .errors import AdapterMismatchError, EmbeddingValueError, InvalidSettingError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "EncodedText",
+    "TextEncoder",
+    "DiffusersTextEncoder",
+    "ConditionWeights",
+    "PMGConditions",
+    "build_conditions",
+    "negative_conditions",
+    "tile_to_length",
+    "parse_alphas",
+    "validate_alphas",
+    "check_finite",
+]
+
+
+class EncodedText(NamedTuple):
+    """A text encoder's output for a batch of texts."""
+
+    embeddings: Tensor  # [B, T, D]: per-token hidden states (what the UNet cross-attends to)
+    pooled: Tensor | None  # [B, P]: one vector per text (SDXL needs it; SD1.x/2.x ignore it)
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    """What PMG needs from a diffusion model's text encoder."""
+
+    width: int  # D: 768 SD1.x, 1024 SD2.x, 2048 SDXL
+
+    def encode(self, texts: list[str]) -> EncodedText: ...
+
+
+class DiffusersTextEncoder:
+    """A :class:`TextEncoder` over a transformers CLIP text model, as diffusers' SD pipelines use it.
+
+    Texts are padded/truncated to the tokenizer's ``model_max_length`` (77 for
+    CLIP), and the condition is the last hidden state, exactly as
+    ``StableDiffusionPipeline.encode_prompt`` computes it without ``clip_skip``.
+    """
+
+    def __init__(self, tokenizer, text_encoder: torch.nn.Module):
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        # The width comes from the model itself: never assume 768 (the reference's SD2.1 bug).
+        self.width: int = int(text_encoder.config.hidden_size)
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> EncodedText:
+        if isinstance(texts, str):
+            raise TypeError("DiffusersTextEncoder.encode takes a list of texts, not a single string.")
+        tokens = self.tokenizer(
+            list(texts),
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        device = next(self.text_encoder.parameters()).device
+        attention_mask = None
+        if getattr(self.text_encoder.config, "use_attention_mask", False):
+            attention_mask = tokens.attention_mask.to(device)
+        output = self.text_encoder(tokens.input_ids.to(device), attention_mask=attention_mask)
+        pooled = getattr(output, "pooler_output", None)
+        if pooled is None:
+            pooled = getattr(output, "text_embeds", None)
+        return EncodedText(output.last_hidden_state, pooled)
+
+
+@dataclass
+class ConditionWeights:
+    """The fixed weights (w_t, w_i, w_p) of the three condition parts, before the alpha scaling."""
+
+    target: float = 1.0
+    soft: float = 1.0
+    preference: float = 1.0
+
+    def validate(self) -> None:
+        for name, value in (("target", self.target), ("soft", self.soft), ("preference", self.preference)):
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise InvalidSettingError(
+                    f"The {name} condition weight is {value!r}; weights must be finite numbers >= 0 "
+                    f"(1.0 keeps the part as encoded, 0 removes its influence)."
+                )
+
+
+@dataclass
+class PMGConditions:
+    """One diffusion condition per alpha, ready for ``prompt_embeds=``."""
+
+    embeddings: Tensor  # [A, T_total, D], one row per alpha
+    pooled: Tensor | None  # [A, P]: the target text's pooled vector, repeated per alpha
+    alphas: tuple[float, ...]
+    # (part name, token count) in sequence order, e.g. (("target", 77), ("soft", 4), ("preference", 77)).
+    segments: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.embeddings.shape[2])
+
+
+def check_finite(tensor: Tensor, what: str, fix: str) -> None:
+    """Raise :class:`EmbeddingValueError` if ``tensor`` holds NaN or inf."""
+    if not torch.isfinite(tensor).all():
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise EmbeddingValueError(f"{what} holds {bad} NaN/inf value(s); {fix}")
+
+
+def validate_alphas(alphas) -> tuple[float, ...]:
+    """Check an alpha sweep (non-empty, every value a finite number in [0, 1]) and return it as a tuple."""
+    if isinstance(alphas, (int, float)):
+        alphas = [alphas]
+    values = tuple(alphas)
+    if not values:
+        raise InvalidSettingError(
+            "No alpha given; pass at least one balance value in [0, 1], e.g. '0.5' or '0.3, 0.5, 0.7'."
+        )
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InvalidSettingError(f"Alpha {value!r} is not a finite number; use values in [0, 1].")
+        if not 0.0 <= value <= 1.0:
+            raise InvalidSettingError(
+                f"Alpha {value} is outside [0, 1]; 0 ignores the user's preference, 1 ignores the target, "
+                f"0.5 balances both."
+            )
+    return tuple(float(v) for v in values)
+
+
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def parse_alphas(text: str) -> list[float]:
+    """Parse an alpha sweep typed by a user: ``"0.3, 0.5,0.7"`` -> ``[0.3, 0.5, 0.7]``.
+
+    Values are separated by commas, semicolons or whitespace. Anything that is
+    not a plain decimal number, or a value outside [0, 1], raises
+    :class:`InvalidSettingError` naming the offending piece.
+    """
+    if not isinstance(text, str):
+        raise InvalidSettingError(f"Alphas must be given as text like '0.3, 0.5, 0.7', got {type(text).__name__}.")
+    pieces = [piece for piece in re.split(r"[,;\s]+", text.strip()) if piece]
+    values = []
+    for piece in pieces:
+        if not _NUMBER.fullmatch(piece):
+            raise InvalidSettingError(
+                f"Cannot read {piece!r} as an alpha in {text!r}; write decimal numbers in [0, 1] "
+                f"separated by commas, e.g. '0.3, 0.5, 0.7'."
+            )
+        values.append(float(piece))
+    return list(validate_alphas(values))
+
+
+def _soft_as_batch(soft: Tensor, width: int) -> Tensor:
+    """Normalise soft embeddings to ``[1, k, D]`` and check them against the encoder width."""
+    if not isinstance(soft, Tensor):
+        raise EmbeddingValueError(f"Soft embeddings must be a torch tensor, got {type(soft).__name__}.")
+    if soft.ndim == 2:
+        soft = soft.unsqueeze(0)
+    if soft.ndim != 3 or soft.shape[0] != 1 or soft.shape[1] == 0:
+        raise EmbeddingValueError(
+            f"Soft embeddings have shape {tuple(soft.shape)}; expected [k, D] or [1, k, D] for one user "
+            f"(the output of SoftPromptAdapter.encode for a single text)."
+        )
+    if soft.shape[-1] != width:
+        raise AdapterMismatchError(
+            f"The soft embeddings are {soft.shape[-1]}-wide but this checkpoint's text encoder is "
+            f"{width}-wide; use a soft-prompt adapter trained for this checkpoint family "
+            f"(768 SD1.x, 1024 SD2.x, 2048 SDXL)."
+        )
+    check_finite(soft, "The soft embeddings", "re-run the adapter or retrain it; the adapter file may be corrupted.")
+    return soft
+
+
+def _encode_one(encoder: TextEncoder, text: str, what: str) -> EncodedText:
+    encoded = encoder.encode([text])
+    embeddings = encoded.embeddings
+    if embeddings.ndim != 3 or embeddings.shape[0] != 1 or embeddings.shape[-1] != encoder.width:
+        raise EmbeddingValueError(
+            f"The text encoder returned shape {tuple(embeddings.shape)} for the {what} text; "
+            f"expected [1, T, {encoder.width}]. Check that the encoder wrapper reports the right width."
+        )
+    check_finite(embeddings, f"The {what} text embedding", "check the text encoder weights and dtype (fp16 overflow?).")
+    return encoded
+
+
+def build_conditions(
+    encoder: TextEncoder,
+    target_text: str,
+    preference_text: str | None,
+    soft_embeddings: Tensor | None,
+    weights: ConditionWeights | None = None,
+    alphas=(0.5,),
+) -> PMGConditions:
+    """Build one PMG condition per alpha.
+
+    Args:
+        encoder: the diffusion model's text encoder.
+        target_text: the prompt describing the target item (always present).
+        preference_text: the explicit preference keywords as text; ``None`` or blank
+            leaves the preference part out (a soft-only or target-only condition).
+        soft_embeddings: the adapter's output for this user, ``[k, D]`` or ``[1, k, D]``;
+            ``None`` leaves the soft part out.
+        weights: (w_t, w_i, w_p); defaults to all 1.
+        alphas: the balance values, each in [0, 1].
+
+    Returns:
+        :class:`PMGConditions` with ``embeddings [A, T_total, D]``, the target's
+        pooled vector repeated per alpha, and the part layout in ``segments``.
+    """
+    weights = weights or ConditionWeights()
+    weights.validate()
+    alpha_values = validate_alphas(alphas)
+
+    target = _encode_one(encoder, target_text, "target")
+    embeddings = target.embeddings
+    parts: list[tuple[str, Tensor, float]] = [("target", embeddings, weights.target)]
+    if soft_embeddings is not None:
+        soft = _soft_as_batch(soft_embeddings, encoder.width).to(embeddings.device, embeddings.dtype)
+        parts.append(("soft", soft, weights.soft))
+    if preference_text is not None and preference_text.strip():
+        preference = _encode_one(encoder, preference_text, "preference").embeddings
+        parts.append(("preference", preference.to(embeddings.device, embeddings.dtype), weights.preference))
+    else:
+        logger.debug("No preference keywords: the condition holds no preference-text part.")
+
+    rows = []
+    for alpha in alpha_values:
+        scaled = []
+        for name, part, weight in parts:
+            balance = 2.0 * (1.0 - alpha) if name == "target" else 2.0 * alpha
+            scaled.append(part * (weight * balance))
+        rows.append(torch.cat(scaled, dim=1))
+    stacked = torch.cat(rows, dim=0)
+
+    pooled = None
+    if target.pooled is not None:
+        pooled = target.pooled.reshape(1, -1).expand(len(alpha_values), -1).clone()
+    segments = tuple((name, int(part.shape[1])) for name, part, _ in parts)
+    return PMGConditions(stacked, pooled, alpha_values, segments)
+
+
+def tile_to_length(embeddings: Tensor, length: int) -> Tensor:
+    """Stretch ``[B, T, D]`` to ``[B, length, D]`` by repeating whole copies of the sequence.
+
+    Cross-attention over a sequence repeated r times gives exactly the output
+    of attention over one copy (every key appears r times, so the softmax
+    weights are unchanged after normalisation). A remainder shorter than T is
+    filled with the sequence's last position (CLIP's end-of-text padding
+    output) rather than a partial copy, which would add an extra
+    start-of-text token, the position that draws most attention in CLIP.
+    Longer inputs are cut to ``length``.
+    """
+    if embeddings.ndim != 3:
+        raise EmbeddingValueError(f"Expected embeddings [B, T, D], got shape {tuple(embeddings.shape)}.")
+    tokens = embeddings.shape[1]
+    if length <= tokens:
+        return embeddings[:, :length]
+    copies, remainder = divmod(length, tokens)
+    pieces = [embeddings] * copies
+    if remainder:
+        pieces.append(embeddings[:, -1:].expand(-1, remainder, -1))
+    return torch.cat(pieces, dim=1)
+
+
+def negative_conditions(encoder: TextEncoder, text: str, like: PMGConditions) -> PMGConditions:
+    """The classifier-free-guidance condition for ``text``, shaped like ``like``.
+
+    diffusers requires ``negative_prompt_embeds`` of the same shape as
+    ``prompt_embeds``; PMG's positive condition is longer than one CLIP window
+    (77 + k + 77 tokens), so the negative encoding is stretched with
+    :func:`tile_to_length` and repeated once per alpha. It is not alpha-scaled:
+    the negative prompt is the same for every image of a sweep.
+    """
+    encoded = _encode_one(encoder, text or "", "negative")
+    count = len(like.alphas)
+    embeddings = tile_to_length(encoded.embeddings, like.num_tokens)
+    embeddings = embeddings.to(like.embeddings.device, like.embeddings.dtype).expand(count, -1, -1).clone()
+    pooled = None
+    if encoded.pooled is not None:
+        pooled = encoded.pooled.reshape(1, -1).expand(count, -1).clone()
+    return PMGConditions(embeddings, pooled, like.alphas, (("negative", like.num_tokens),))
