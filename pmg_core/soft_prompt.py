@@ -1,0 +1,366 @@
+"""Implicit soft preference embeddings: a frozen LLM read through learnable tokens.
+
+PMG (spec section 4) turns a user's behaviours into k vectors in the diffusion
+model's text-embedding space:
+
+1. the soft-prompt text ("A person watched ... Please describe his movie
+   interests.") is tokenized and embedded by the LLM;
+2. k learnable *image tokens* are appended in the input-embedding slots;
+3. a P-Tuning v2 *prefix* of m learnable key/value vectors per layer is given
+   to every attention layer as an already-filled KV cache;
+4. the LLM's last hidden state at the k image-token positions goes through the
+   *bridge* ``Linear(hidden -> text_dim)``.
+
+Only the image tokens, the prefix and the bridge are parameters; the LLM stays
+frozen. ``text_dim`` always comes from the target text encoder (768 SD1.x,
+1024 SD2.x, 2048 SDXL), never from a constant.
+
+The LLM is any object with ``model`` (a transformers causal LM), ``tokenizer``,
+``identity``, ``hidden_size``, ``num_layers``, ``num_kv_heads``, ``head_dim``
+and ``device``, i.e. :class:`pmg_core.llm.LocalLLM`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .conditioning import check_finite
+from .errors import AdapterMismatchError, InvalidSettingError, ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AdapterConfig", "SoftPromptAdapter", "save_adapter", "load_adapter", "FORMAT_NAME", "FORMAT_VERSION"]
+
+FORMAT_NAME = "pmg-soft-prompt-adapter"
+FORMAT_VERSION = 1
+_EXTRA_PREFIX = "meta."  # free-form metadata keys are stored under this prefix in the file header
+_INT_FIELDS = (
+    "llm_hidden_size",
+    "llm_num_layers",
+    "llm_num_kv_heads",
+    "llm_head_dim",
+    "text_dim",
+    "num_image_tokens",
+    "num_prefix",
+    "format_version",
+)
+
+
+@dataclass
+class AdapterConfig:
+    """What an adapter was built for; stored as strings in the safetensors header."""
+
+    llm_identity: str  # LocalLLM.identity: model name + content hash
+    llm_hidden_size: int
+    llm_num_layers: int
+    llm_num_kv_heads: int
+    llm_head_dim: int
+    text_dim: int  # width of the target text encoder's output
+    num_image_tokens: int = 4  # k
+    num_prefix: int = 4  # m
+    format_version: int = FORMAT_VERSION
+    generator: str = ""  # free text: the diffusion family it was trained for, e.g. "SD1.5"
+    metadata: dict[str, str] = field(default_factory=dict)  # free-form training metadata
+
+    @classmethod
+    def for_llm(cls, llm, text_dim: int, num_image_tokens: int = 4, num_prefix: int = 4, **extra: Any) -> AdapterConfig:
+        """The config of an adapter for ``llm`` producing ``text_dim``-wide embeddings."""
+        return cls(
+            llm_identity=str(llm.identity),
+            llm_hidden_size=int(llm.hidden_size),
+            llm_num_layers=int(llm.num_layers),
+            llm_num_kv_heads=int(llm.num_kv_heads),
+            llm_head_dim=int(llm.head_dim),
+            text_dim=int(text_dim),
+            num_image_tokens=int(num_image_tokens),
+            num_prefix=int(num_prefix),
+            **extra,
+        )
+
+    def validate(self) -> None:
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidSettingError(f"Adapter setting {name} = {value!r} must be a positive integer.")
+
+    @property
+    def prefix_width(self) -> int:
+        """Size of one prefix row: a key and a value for every layer and KV head."""
+        return self.llm_num_layers * 2 * self.llm_num_kv_heads * self.llm_head_dim
+
+    def to_metadata(self) -> dict[str, str]:
+        """All fields as strings (safetensors headers hold only strings)."""
+        header = {"format": FORMAT_NAME}
+        for f in dataclasses.fields(self):
+            if f.name != "metadata":
+                header[f.name] = str(getattr(self, f.name))
+        for key, value in self.metadata.items():
+            header[_EXTRA_PREFIX + str(key)] = str(value)
+        return header
+
+    @classmethod
+    def from_metadata(cls, header: dict[str, str], source: Path | str = "<adapter>") -> AdapterConfig:
+        """Rebuild a config from a file header; :class:`ModelLoadError` if fields are missing or malformed."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("metadata", "generator")]
+        missing = [name for name in names if name not in header]
+        if missing:
+            raise ModelLoadError(
+                f"{source} lacks adapter metadata {missing}; it was not written by pmg_core.save_adapter. "
+                f"Re-save the adapter with save_adapter or train it again."
+            )
+        values: dict[str, Any] = {"llm_identity": header["llm_identity"], "generator": header.get("generator", "")}
+        for name in _INT_FIELDS:
+            try:
+                values[name] = int(header[name])
+            except ValueError:
+                raise ModelLoadError(
+                    f"{source}: adapter metadata {name}={header[name]!r} is not an integer; the file is corrupted. "
+                    f"Re-save or retrain the adapter."
+                ) from None
+        values["metadata"] = {
+            key[len(_EXTRA_PREFIX) :]: value for key, value in header.items() if key.startswith(_EXTRA_PREFIX)
+        }
+        return cls(**values)
+
+
+def _describe_llm(identity: str, hidden: int, layers: int, kv_heads: int, head_dim: int) -> str:
+    return f"{identity!r} (hidden {hidden}, {layers} layers, {kv_heads} KV heads of {head_dim})"
+
+
+class SoftPromptAdapter(nn.Module):
+    """Image tokens + P-Tuning v2 prefix + bridge: the trainable part of PMG's soft embeddings."""
+
+    def __init__(self, config: AdapterConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.image_tokens = nn.Parameter(torch.zeros(config.num_image_tokens, config.llm_hidden_size))
+        self.prefix = nn.Embedding(config.num_prefix, config.prefix_width)
+        self.bridge = nn.Linear(config.llm_hidden_size, config.text_dim)
+
+    @classmethod
+    def untrained(
+        cls, llm, text_dim: int, num_image_tokens: int = 4, num_prefix: int = 4, seed: int = 0
+    ) -> SoftPromptAdapter:
+        """A deterministically initialised adapter for ``llm`` (the starting point of training).
+
+        - image tokens: drawn from a normal distribution with the per-dimension mean
+          and spread of the LLM's token embeddings, so they look like ordinary tokens;
+        - prefix: small (std 0.02), so the untrained prefix barely perturbs the LLM;
+        - bridge: weights N(0, 1/hidden), bias 0, so each output dimension has
+          roughly the scale of the LLM's (normalised) last hidden state.
+        """
+        adapter = cls(AdapterConfig.for_llm(llm, text_dim, num_image_tokens, num_prefix))
+        generator = torch.Generator().manual_seed(seed)
+        token_table = llm.model.get_input_embeddings().weight.detach().float().cpu()
+        mean, std = token_table.mean(dim=0), token_table.std(dim=0)
+        hidden = adapter.config.llm_hidden_size
+        with torch.no_grad():
+            noise = torch.randn(adapter.image_tokens.shape, generator=generator)
+            adapter.image_tokens.copy_(mean + std * noise)
+            adapter.prefix.weight.copy_(0.02 * torch.randn(adapter.prefix.weight.shape, generator=generator))
+            adapter.bridge.weight.copy_(torch.randn(adapter.bridge.weight.shape, generator=generator) / math.sqrt(hidden))
+            adapter.bridge.bias.zero_()
+        return adapter
+
+    def check_compatible(self, llm) -> None:
+        """Raise :class:`AdapterMismatchError` unless ``llm`` is the model this adapter was built for."""
+        c = self.config
+        ours = (c.llm_identity, c.llm_hidden_size, c.llm_num_layers, c.llm_num_kv_heads, c.llm_head_dim)
+        theirs = (str(llm.identity), int(llm.hidden_size), int(llm.num_layers), int(llm.num_kv_heads), int(llm.head_dim))
+        if ours != theirs:
+            raise AdapterMismatchError(
+                f"This soft-prompt adapter was trained for the LLM {_describe_llm(*ours)}, but the loaded LLM is "
+                f"{_describe_llm(*theirs)}. Choose the adapter trained for this LLM and checkpoint, "
+                f"or train one for it (pmg train)."
+            )
+
+    def prefix_key_values(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> list[tuple[Tensor, Tensor]]:
+        """Per layer, the prefix keys and values ``[batch, kv_heads, m, head_dim]``.
+
+        They go into the attention layers as past keys/values, after rotary
+        position encoding would have been applied: the prefix has no position.
+        """
+        c = self.config
+        rows = self.prefix.weight.to(device=device, dtype=dtype)  # [m, layers*2*kv*hd]
+        rows = rows.view(c.num_prefix, c.llm_num_layers, 2, c.llm_num_kv_heads, c.llm_head_dim)
+        per_layer = rows.permute(1, 2, 3, 0, 4)  # [layers, 2, kv, m, hd]
+        per_layer = per_layer.unsqueeze(2).expand(-1, -1, batch_size, -1, -1, -1)  # [layers, 2, B, kv, m, hd]
+        return [(layer[0], layer[1]) for layer in per_layer]
+
+    def encode(self, llm, texts: list[str]) -> Tensor:
+        """Soft embeddings ``[B, k, text_dim]`` (float32) for a batch of soft-prompt texts.
+
+        Differentiable with respect to the adapter's parameters (the LLM's own
+        parameters must have ``requires_grad=False``, as ``LocalLLM`` sets them).
+        For inference, call it under ``torch.no_grad()``. Rows are left-padded so
+        that the image tokens sit at the true end of every text; a batch gives
+        the same embeddings as each text alone.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        if not texts:
+            raise InvalidSettingError("No soft-prompt text given; pass at least one text to encode.")
+        self.check_compatible(llm)
+        c = self.config
+        model = llm.model
+        device = torch.device(llm.device)
+        token_table = model.get_input_embeddings()
+        dtype = token_table.weight.dtype
+
+        token_ids = self._tokenize(llm, texts)
+        text_length = max(len(ids) for ids in token_ids)
+        batch = len(texts)
+        rows, masks = [], []
+        image = self.image_tokens.to(device=device, dtype=dtype)
+        for ids in token_ids:
+            pad = text_length - len(ids)
+            text = token_table(torch.tensor(ids, dtype=torch.long, device=device))
+            rows.append(torch.cat([text.new_zeros(pad, text.shape[-1]), text, image], dim=0))
+            masks.append([0] * pad + [1] * (len(ids) + c.num_image_tokens))
+        inputs_embeds = torch.stack(rows)
+        new_mask = torch.tensor(masks, dtype=torch.long, device=device)
+        # The mask covers prefix + text + image tokens; prefix positions are always visible.
+        attention_mask = torch.cat([new_mask.new_ones(batch, c.num_prefix), new_mask], dim=1)
+        # Positions count real tokens only and start after the prefix, so a left-padded
+        # row sees exactly the positions it would see alone.
+        position_ids = (attention_mask.cumsum(dim=1) - 1)[:, c.num_prefix :].clamp(min=0)
+
+        cache = _prefix_cache(self.prefix_key_values(batch, device, dtype), model.config)
+        decoder = model.base_model
+        output = decoder(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            **{_cache_argument(decoder): cache},
+        )
+        at_image_tokens = output.last_hidden_state[:, -c.num_image_tokens :, :].float()
+        weight = self.bridge.weight.to(at_image_tokens.device)
+        bias = self.bridge.bias.to(at_image_tokens.device)
+        embeddings = nn.functional.linear(at_image_tokens, weight, bias)
+        check_finite(
+            embeddings,
+            "The soft preference embeddings",
+            "an LLM in float16 can overflow (load it in float32 or bfloat16), or the adapter weights are corrupted.",
+        )
+        return embeddings
+
+    def _tokenize(self, llm, texts: list[str]) -> list[list[int]]:
+        c = self.config
+        context = getattr(llm, "context_length", None) or getattr(llm.model.config, "max_position_embeddings", None)
+        limit = (int(context) - c.num_prefix - c.num_image_tokens) if context else None
+        token_ids = []
+        for text in texts:
+            ids = list(llm.tokenizer(text)["input_ids"])
+            if limit is not None and len(ids) > limit:
+                # Keep the end: it holds the request the image tokens answer.
+                logger.warning(
+                    "Soft-prompt text has %d tokens, more than the %d the LLM context leaves; "
+                    "dropping the first %d tokens. Shorten the history to keep them.",
+                    len(ids),
+                    limit,
+                    len(ids) - limit,
+                )
+                ids = ids[-limit:]
+            token_ids.append(ids)
+        return token_ids
+
+
+def _cache_argument(decoder: nn.Module) -> str:
+    """transformers 5.x calls the KV cache ``cache``; 4.x called it ``past_key_values``."""
+    parameters = inspect.signature(decoder.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def _prefix_cache(key_values: list[tuple[Tensor, Tensor]], config):
+    """A ``DynamicCache`` pre-filled with the prefix keys/values of every layer."""
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(key_values, config=config)
+    except TypeError:  # transformers 4.x: no config argument
+        return DynamicCache.from_legacy_cache(tuple(key_values))
+
+
+def save_adapter(adapter: SoftPromptAdapter, path, extra_metadata: dict[str, str] | None = None) -> None:
+    """Write ``adapter`` as safetensors, its config in the header; atomic (temp file + rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    header = adapter.config.to_metadata()
+    for key, value in (extra_metadata or {}).items():
+        header[_EXTRA_PREFIX + str(key)] = str(value)
+    tensors = {name: value.detach().to("cpu", torch.float32).contiguous() for name, value in adapter.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        save_file(tensors, str(temporary), metadata=header)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def load_adapter(path, llm=None, text_dim: int | None = None) -> SoftPromptAdapter:
+    """Read an adapter written by :func:`save_adapter`, checked against ``llm`` and ``text_dim`` when given.
+
+    Raises :class:`ModelLoadError` for a missing, corrupted or foreign file and
+    :class:`AdapterMismatchError` when it was built for another LLM or text width.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"Soft-prompt adapter {path} does not exist; check the path or train one (pmg train).")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise ModelLoadError(
+            f"{path} is not a readable safetensors file ({exc}); it may be truncated or of another format. "
+            f"Re-copy or re-save the adapter."
+        ) from exc
+    if header.get("format") != FORMAT_NAME:
+        raise ModelLoadError(
+            f"{path} is a safetensors file but not a PMG soft-prompt adapter (header format "
+            f"{header.get('format')!r}); pick a file written by pmg train / save_adapter."
+        )
+    config = AdapterConfig.from_metadata(header, path)
+    if config.format_version > FORMAT_VERSION:
+        raise ModelLoadError(
+            f"{path} uses adapter format {config.format_version}, newer than this version of PMG reads "
+            f"({FORMAT_VERSION}); update the PMG node pack."
+        )
+    adapter = SoftPromptAdapter(config)
+    expected = {name: tuple(value.shape) for name, value in adapter.state_dict().items()}
+    found = {name: tuple(value.shape) for name, value in tensors.items()}
+    if expected != found:
+        raise ModelLoadError(
+            f"{path} holds tensors {found} but its metadata implies {expected}; the file is corrupted. "
+            f"Re-save or retrain the adapter."
+        )
+    for name, value in tensors.items():
+        if not torch.isfinite(value).all():
+            raise ModelLoadError(f"{path}: tensor {name!r} holds NaN/inf; the adapter is corrupted. Retrain it.")
+    adapter.load_state_dict(tensors)
+    adapter.eval()
+    if llm is not None:
+        adapter.check_compatible(llm)
+    if text_dim is not None and int(text_dim) != config.text_dim:
+        raise AdapterMismatchError(
+            f"The adapter {path.name} produces {config.text_dim}-wide embeddings but this checkpoint's text "
+            f"encoder is {int(text_dim)}-wide; choose an adapter trained for this LLM and checkpoint family "
+            f"(768 SD1.x, 1024 SD2.x, 2048 SDXL)."
+        )
+    return adapter
