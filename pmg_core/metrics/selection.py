@@ -1,0 +1,274 @@
+"""Score generated candidates and pick the best by PMG's preference/target trade-off.
+
+PMG generates several images per condition and keeps the one that maximises
+``z = α·log d_p + (1 − α)·log d_t`` where d_p measures closeness to the user's
+preference and d_t closeness to the target (higher = closer for both).
+
+Where d_p and d_t come from, per side, first available wins (recorded in
+``ScoreReport.measure``):
+
+1. a CLIP scorer and the side's text: CLIP image–text cosine similarity of the
+   candidate with the preference / target text (the paper's definition);
+2. images: ``d_p = 1 − mean LPIPS to the history images``,
+   ``d_t = 1 − LPIPS to the target image`` (an image-side proxy);
+3. candidate captions and the side's text: MiniLM text cosine similarity
+   between each candidate's caption and the preference / target text.
+
+With none of these for a side, :func:`score_candidates` raises an error naming
+what to supply.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..errors import ImageValueError, InvalidSettingError
+from .clip_score import CLIPScorer
+from .images import as_batch, check_images
+from .lpips import LPIPS
+from .ssim import ssim_pairwise
+from .text_similarity import TextSimilarity
+
+logger = logging.getLogger(__name__)
+
+# d is clamped to at least this before the log: cosine similarities can be <= 0
+# and 1 - LPIPS goes negative for LPIPS > 1, where log is undefined. The clamp
+# ranks such a candidate last on that side while keeping z finite, so the other
+# side still orders candidates that tie there.
+D_EPSILON = 1e-6
+
+Progress = Callable[[int, int], None]
+
+
+def select_by_tradeoff(
+    d_pref: Sequence[float] | torch.Tensor, d_target: Sequence[float] | torch.Tensor, alpha: float
+) -> tuple[int, torch.Tensor]:
+    """Index of the candidate maximising ``z = α·log d_p + (1 − α)·log d_t``, and z for all.
+
+    ``d_pref`` and ``d_target`` are per-candidate similarities (higher = closer),
+    each clamped to ``D_EPSILON`` before the log. α = 1 considers only the
+    preference, α = 0 only the target; ties go to the lowest index.
+    """
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0.0 <= float(alpha) <= 1.0:
+        raise InvalidSettingError(f"alpha must be a number in [0, 1], got {alpha!r}; 2/3 reproduces PMG's preference weight W_P = 2.")
+    d_p = torch.as_tensor(d_pref, dtype=torch.float64).flatten()
+    d_t = torch.as_tensor(d_target, dtype=torch.float64).flatten()
+    if d_p.numel() == 0 or d_p.shape != d_t.shape:
+        raise InvalidSettingError(
+            f"d_pref and d_target need one value per candidate and the same length, got {d_p.numel()} and {d_t.numel()}."
+        )
+    if not (torch.isfinite(d_p).all() and torch.isfinite(d_t).all()):
+        raise InvalidSettingError("d_pref or d_target holds NaN or infinite values; check the images and models that produced them.")
+    alpha = float(alpha)
+    z = alpha * d_p.clamp(min=D_EPSILON).log() + (1.0 - alpha) * d_t.clamp(min=D_EPSILON).log()
+    return int(torch.argmax(z).item()), z
+
+
+@dataclass
+class CandidateScore:
+    """Every measurement of one candidate image (``None`` where not computed)."""
+
+    index: int
+    d_pref: float
+    d_target: float
+    z: float
+    lpips_history: float | None = None
+    ssim_history: float | None = None
+    lpips_target: float | None = None
+    ssim_target: float | None = None
+    clip_target: float | None = None
+    clip_preference: float | None = None
+    text_target: float | None = None
+    text_preference: float | None = None
+
+
+@dataclass
+class ScoreReport:
+    """Scores of all candidates, the selected index and how d_p / d_t were measured."""
+
+    candidates: list[CandidateScore]
+    selected: int
+    alpha: float
+    measure: dict[str, str] = field(default_factory=dict)
+    lpips_net: str | None = None
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (plain floats, ``None`` for what was not computed)."""
+        return {
+            "alpha": float(self.alpha),
+            "selected": int(self.selected),
+            "measure": dict(self.measure),
+            "lpips_net": self.lpips_net,
+            "candidates": [{key: _plain(value) for key, value in asdict(score).items()} for score in self.candidates],
+        }
+
+
+def _plain(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return value
+
+
+def score_candidates(
+    candidates: torch.Tensor,
+    history_images: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    target_image: torch.Tensor | None = None,
+    target_text: str | None = None,
+    preference_text: str | None = None,
+    alpha: float = 2 / 3,
+    lpips: LPIPS | None = None,
+    clip: CLIPScorer | None = None,
+    text_similarity: TextSimilarity | None = None,
+    candidate_captions: Sequence[str] | None = None,
+    progress: Progress | None = None,
+) -> ScoreReport:
+    """Score ``candidates`` ``[N, 3, H, W]`` against the user's history and the target; pick one.
+
+    Image metrics (LPIPS, SSIM) are computed whenever history / target images
+    are given; history images may differ in size (they are resized to the
+    candidates'). An LPIPS AlexNet is built when images need one and ``lpips``
+    is None; a MiniLM model likewise when captions are compared and
+    ``text_similarity`` is None. See the module docstring for how d_p and d_t
+    are chosen. ``progress(done, total)`` is called after each metric.
+    """
+    candidates = check_images(candidates, "candidates")
+    count = candidates.shape[0]
+    history = _history_batch(history_images, candidates)
+    target = _target_batch(target_image, candidates)
+    captions = _captions(candidate_captions, count)
+    target_text = _text_or_none(target_text, "target_text")
+    preference_text = _text_or_none(preference_text, "preference_text")
+
+    plan = _plan_sides(history, target, target_text, preference_text, clip, captions)
+    use_clip = clip is not None and bool(target_text or preference_text)
+    use_text = "text" in plan.values()
+    needed = {"history": history is not None, "target": target is not None, "clip": use_clip, "text": use_text}
+    steps = [name for name, wanted in needed.items() if wanted]
+    values: dict[str, list[float]] = {}
+
+    def advance(step: str) -> None:
+        if progress is not None:
+            progress(steps.index(step) + 1, len(steps))
+
+    if history is not None or target is not None:
+        lpips = lpips if lpips is not None else LPIPS("alex")
+    if history is not None:
+        values["lpips_history"] = lpips.pairwise(candidates, history).mean(dim=1).tolist()
+        values["ssim_history"] = ssim_pairwise(candidates, history).mean(dim=1).tolist()
+        advance("history")
+    if target is not None:
+        values["lpips_target"] = lpips.pairwise(candidates, target)[:, 0].tolist()
+        values["ssim_target"] = ssim_pairwise(candidates, target)[:, 0].tolist()
+        advance("target")
+    if use_clip:
+        texts = [text for text in (target_text, preference_text) if text]
+        similarity = clip.image_text(candidates, texts)
+        if target_text:
+            values["clip_target"] = similarity[:, 0].tolist()
+        if preference_text:
+            values["clip_preference"] = similarity[:, -1].tolist()
+        advance("clip")
+    if use_text:
+        model = text_similarity if text_similarity is not None else TextSimilarity()
+        texts = [text for text in (target_text, preference_text) if text]
+        similarity = model.similarity(captions, texts)
+        if target_text:
+            values["text_target"] = similarity[:, 0].tolist()
+        if preference_text:
+            values["text_preference"] = similarity[:, -1].tolist()
+        advance("text")
+
+    d_pref = _side_values(plan["preference"], "preference", values)
+    d_target = _side_values(plan["target"], "target", values)
+    selected, z = select_by_tradeoff(d_pref, d_target, alpha)
+    scores = [
+        CandidateScore(index=i, d_pref=d_pref[i], d_target=d_target[i], z=float(z[i]),
+                       **{name: column[i] for name, column in values.items()})
+        for i in range(count)
+    ]
+    measure = {"d_pref": _MEASURE_TEXT[("preference", plan["preference"])], "d_target": _MEASURE_TEXT[("target", plan["target"])]}
+    logger.info("selected candidate %d of %d (alpha=%.3f; %s)", selected, count, alpha, measure)
+    return ScoreReport(scores, selected, float(alpha), measure, lpips.net if lpips is not None else None)
+
+
+_MEASURE_TEXT = {
+    ("preference", "clip"): "CLIP cosine similarity(candidate image, preference_text)",
+    ("preference", "image"): "1 - mean LPIPS(candidate, history images)",
+    ("preference", "text"): "MiniLM cosine similarity(candidate caption, preference_text)",
+    ("target", "clip"): "CLIP cosine similarity(candidate image, target_text)",
+    ("target", "image"): "1 - LPIPS(candidate, target image)",
+    ("target", "text"): "MiniLM cosine similarity(candidate caption, target_text)",
+}
+
+
+def _plan_sides(history, target, target_text, preference_text, clip, captions) -> dict[str, str]:
+    """Which measure gives d_p and d_t: 'clip', 'image' or 'text' (first available wins)."""
+    plan = {}
+    for side, text, image, image_hint in (
+        ("preference", preference_text, history, "history_images"),
+        ("target", target_text, target, "target_image"),
+    ):
+        if clip is not None and text:
+            plan[side] = "clip"
+        elif image is not None:
+            plan[side] = "image"
+        elif captions is not None and text:
+            plan[side] = "text"
+        else:
+            raise InvalidSettingError(
+                f"Nothing to measure the {side} side with: supply {side}_text together with a CLIP scorer (clip=), "
+                f"or {image_hint}, or {side}_text together with candidate_captions."
+            )
+    return plan
+
+
+def _side_values(kind: str, side: str, values: dict[str, list[float]]) -> list[float]:
+    if kind == "clip":
+        return values[f"clip_{side}"]
+    if kind == "text":
+        return values[f"text_{side}"]
+    column = values["lpips_history" if side == "preference" else "lpips_target"]
+    return [1.0 - value for value in column]
+
+
+def _history_batch(history_images, candidates: torch.Tensor) -> torch.Tensor | None:
+    if history_images is None:
+        return None
+    if not isinstance(history_images, torch.Tensor) and len(history_images) == 0:
+        raise ImageValueError("history_images is an empty list; pass the user's history images, or None to score without them.")
+    return as_batch(history_images, "history_images", size=tuple(candidates.shape[-2:]))
+
+
+def _target_batch(target_image, candidates: torch.Tensor) -> torch.Tensor | None:
+    if target_image is None:
+        return None
+    if isinstance(target_image, torch.Tensor) and target_image.dim() == 3:
+        target_image = target_image.unsqueeze(0)
+    target = check_images(target_image, "target_image")
+    if target.shape[0] != 1:
+        raise ImageValueError(f"target_image must be one image, got a batch of {target.shape[0]}; pass target_image[i:i+1].")
+    return as_batch(target, "target_image", size=tuple(candidates.shape[-2:]))
+
+
+def _captions(candidate_captions, count: int) -> list[str] | None:
+    if candidate_captions is None:
+        return None
+    if isinstance(candidate_captions, str):
+        raise InvalidSettingError("candidate_captions must be a list with one caption per candidate, got one string.")
+    captions = list(candidate_captions)
+    if len(captions) != count or not all(isinstance(caption, str) for caption in captions):
+        raise InvalidSettingError(f"candidate_captions needs one string per candidate ({count}), got {len(captions)} items.")
+    return captions
+
+
+def _text_or_none(text: str | None, name: str) -> str | None:
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise InvalidSettingError(f"{name} must be a string, got {type(text).__name__}.")
+    return text.strip() or None
