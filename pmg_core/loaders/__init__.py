@@ -13,11 +13,14 @@ from .csv_format import write_csv
 from .detect import FORMATS, detect_format
 from .jsonl import write_jsonl
 from .split import SplitRule, sliding_windows
+from .stickers import build_sticker_histories, export_sticker_dataset
 
 __all__ = [
     "FORMATS",
     "SplitRule",
+    "build_sticker_histories",
     "detect_format",
+    "export_sticker_dataset",
     "list_users",
     "load_histories",
     "load_user",
