@@ -65,3 +65,7 @@ class TrainingError(PMGError):
 
 class ComfyServerError(PMGError):
     """A ComfyUI server refused or failed a request."""
+
+
+class WorkflowFormatError(PMGError):
+    """A ComfyUI workflow file is malformed or does not match the server's node schemas."""
