@@ -1,0 +1,195 @@
+"""Where the pack finds its files inside a ComfyUI installation.
+
+- history files: ComfyUI's input folder and its direct subfolders (``pmg/movielens.jsonl``);
+- language models: ``models/LLM`` (folder key ``LLM``): a subfolder holding a
+  ``config.json`` (a transformers model) or a ``.gguf`` file;
+- soft-prompt adapters: ``models/pmg`` (folder key ``pmg``), ``*.safetensors``;
+- caches (keywords, soft embeddings, converted models): ``<user folder>/pmg_cache``,
+  which survives restarts (ComfyUI empties its temp folder at start-up) and is not
+  served over HTTP (``/userdata`` only serves ``user/<user id>/``).
+
+Every listing used by a ``define_schema`` swallows file-system errors and returns an
+empty list: ComfyUI builds ``/object_info`` from the schemas, and one unreadable
+folder must not hide every node. The clear message comes at validation or execution.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import folder_paths
+
+from ..pmg_core.errors import MissingFileError, ModelLoadError
+from ..pmg_core.safe_paths import resolve_inside
+
+logger = logging.getLogger(__name__)
+
+LLM_FOLDER_KEY = "LLM"
+ADAPTER_FOLDER_KEY = "pmg"
+HISTORY_EXTENSIONS = (".jsonl", ".csv", ".json", ".txt", ".inter")
+LLM_EXTENSIONS = {".gguf", ".json", ".safetensors"}
+ADAPTER_EXTENSIONS = {".safetensors"}
+UNTRAINED_ADAPTER = "none (untrained)"
+CACHE_FOLDER_NAME = "pmg_cache"
+
+
+def register_model_folders() -> None:
+    """Declare ``models/LLM`` and ``models/pmg`` to ComfyUI (idempotent).
+
+    Extends an existing key (another pack, or ``extra_model_paths.yaml``, may have
+    declared ``LLM`` already) instead of replacing it.
+    """
+    for key, subfolder, extensions in (
+        (LLM_FOLDER_KEY, "LLM", LLM_EXTENSIONS),
+        (ADAPTER_FOLDER_KEY, "pmg", ADAPTER_EXTENSIONS),
+    ):
+        folder_paths.add_model_folder_path(key, os.path.join(folder_paths.models_dir, subfolder))
+        paths, known = folder_paths.folder_names_and_paths[key]
+        folder_paths.folder_names_and_paths[key] = (paths, set(known) | extensions)
+
+
+def _folders(key: str) -> list[Path]:
+    try:
+        return [Path(p) for p in folder_paths.get_folder_paths(key)]
+    except KeyError:
+        return []
+
+
+# ---------------------------------------------------------------- history files
+
+
+def input_dir() -> Path:
+    return Path(folder_paths.get_input_directory())
+
+
+def history_files() -> list[str]:
+    """History files under the input folder and one subfolder level, as ``sub/name.ext``."""
+    root = input_dir()
+    found: list[str] = []
+    try:
+        for entry in os.scandir(root):
+            if entry.is_file() and entry.name.lower().endswith(HISTORY_EXTENSIONS):
+                found.append(entry.name)
+            elif entry.is_dir() and not entry.name.startswith("."):
+                for inner in os.scandir(entry.path):
+                    if inner.is_file() and inner.name.lower().endswith(HISTORY_EXTENSIONS):
+                        found.append(f"{entry.name}/{inner.name}")
+    except OSError as error:
+        logger.warning("PMG: cannot list history files in %s: %s", root, error)
+    return sorted(found)
+
+
+def resolve_history_file(name: str) -> Path:
+    """The absolute path of a history file named relative to the input folder.
+
+    Accepts ComfyUI's ``[input]`` annotation; refuses other folders, escapes
+    (``..``, absolute paths, symlinks leading out) with ``UnsafePathError`` and
+    missing files with ``MissingFileError``.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise MissingFileError(
+            f"No history file selected. Put a history file ({', '.join(HISTORY_EXTENSIONS)}) into "
+            f"ComfyUI's input folder {input_dir()} (or a subfolder such as input/pmg/), "
+            "refresh the page (press R) and pick it."
+        )
+    relative, base = folder_paths.annotated_filepath(name.strip())
+    root = input_dir()
+    if base is not None and Path(base).resolve() != root.resolve():
+        raise MissingFileError(
+            f"History files are read from ComfyUI's input folder only, not {base!r}; "
+            f"copy {relative!r} into {root}."
+        )
+    path = resolve_inside(root, relative)
+    if not path.is_file():
+        raise MissingFileError(
+            f"History file {relative!r} does not exist in ComfyUI's input folder {root}; "
+            "upload it there (or into a subfolder) and refresh the list."
+        )
+    return path
+
+
+# ---------------------------------------------------------------- language models
+
+
+def llm_choices() -> list[str]:
+    """Models under ``models/LLM``: subfolders with a ``config.json`` and ``.gguf`` files (one level deep)."""
+    names: set[str] = set()
+    for root in _folders(LLM_FOLDER_KEY):
+        try:
+            for entry in os.scandir(root):
+                if entry.is_file() and entry.name.lower().endswith(".gguf"):
+                    names.add(entry.name)
+                elif entry.is_dir() and not entry.name.startswith("."):
+                    if os.path.isfile(os.path.join(entry.path, "config.json")):
+                        names.add(entry.name)
+                        continue
+                    for inner in os.scandir(entry.path):
+                        if inner.is_file() and inner.name.lower().endswith(".gguf"):
+                            names.add(f"{entry.name}/{inner.name}")
+        except OSError as error:
+            logger.warning("PMG: cannot list language models in %s: %s", root, error)
+    return sorted(names)
+
+
+def resolve_llm(name: str) -> Path:
+    """The folder or ``.gguf`` file behind an ``llm_choices`` entry."""
+    roots = _folders(LLM_FOLDER_KEY)
+    if not isinstance(name, str) or not name.strip():
+        raise ModelLoadError(
+            "No language model selected. Put a transformers model folder (with config.json) or a "
+            f".gguf file into {_describe(roots)}, refresh the page (press R) and pick it."
+        )
+    for root in roots:
+        if not root.is_dir():
+            continue
+        candidate = resolve_inside(root, name)
+        if candidate.exists():
+            return candidate
+    raise ModelLoadError(
+        f"Language model {name!r} was not found in {_describe(roots)}; "
+        "copy the model folder or .gguf file there and refresh the list."
+    )
+
+
+# ---------------------------------------------------------------- soft-prompt adapters
+
+
+def adapter_choices() -> list[str]:
+    """``none (untrained)`` followed by the ``.safetensors`` adapters under ``models/pmg``."""
+    files: list[str] = []
+    try:
+        files = [f for f in folder_paths.get_filename_list(ADAPTER_FOLDER_KEY) if f.lower().endswith(".safetensors")]
+    except (KeyError, OSError) as error:
+        logger.warning("PMG: cannot list soft-prompt adapters: %s", error)
+    return [UNTRAINED_ADAPTER, *sorted(files)]
+
+
+def resolve_adapter(name: str) -> Path:
+    """The file behind an ``adapter_choices`` entry (not the untrained choice)."""
+    roots = _folders(ADAPTER_FOLDER_KEY)
+    for root in roots:
+        if not root.is_dir():
+            continue
+        candidate = resolve_inside(root, name)
+        if candidate.is_file():
+            return candidate
+    raise ModelLoadError(
+        f"Soft-prompt adapter {name!r} was not found in {_describe(roots)}; copy the .safetensors "
+        f"file there and refresh the list, or choose {UNTRAINED_ADAPTER!r}."
+    )
+
+
+# ---------------------------------------------------------------- caches
+
+
+def cache_dir(kind: str) -> Path:
+    """A cache subfolder (``keywords``, ``soft_prompts``, ``llm``) under ``<user folder>/pmg_cache``."""
+    path = Path(folder_paths.get_user_directory()) / CACHE_FOLDER_NAME / kind
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _describe(roots: list[Path]) -> str:
+    return ", ".join(str(r) for r in roots) if roots else "ComfyUI's models folder"

@@ -1,0 +1,77 @@
+"""The library's ``TextEncoder`` protocol over ComfyUI's ``CLIP`` object.
+
+ComfyUI's CLIP wraps SD1.x (CLIP-L), SD2.x (OpenCLIP-H) and SDXL (CLIP-L + CLIP-G)
+behind one ``tokenize`` / ``encode_from_tokens`` pair, so this adapter works for
+all three: the width is read from an encoded empty prompt, never assumed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..pmg_core.conditioning import EncodedText, tile_to_length
+from ..pmg_core.errors import EmbeddingValueError
+
+
+def escape_prompt_weights(text: str) -> str:
+    """Escape ``(`` and ``)`` so ComfyUI reads LLM keywords literally.
+
+    ComfyUI's tokenizer treats ``(word:1.2)`` and ``(word)`` as emphasis; a keyword
+    the LLM wrote with brackets ("noir (1940s)") must not silently change weights,
+    and the diffusers encoder of the library reads brackets literally too.
+    """
+    return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+
+
+class ComfyTextEncoder:
+    """A :class:`pmg_core.conditioning.TextEncoder` backed by a ComfyUI ``CLIP``.
+
+    ``encode`` returns ``[B, T, D]`` token embeddings and ``[B, P]`` pooled vectors
+    exactly as ComfyUI's own CLIPTextEncode computes them (prompts longer than one
+    77-token window give ``T = 77·n``). Texts of a batch that end up with different
+    lengths are brought to the longest by repeating whole windows, which leaves
+    cross-attention unchanged.
+    """
+
+    def __init__(self, clip, escape_weights: bool = True):
+        if clip is None or not hasattr(clip, "tokenize") or not hasattr(clip, "encode_from_tokens"):
+            raise EmbeddingValueError(
+                "The clip input is not a ComfyUI CLIP model; connect the CLIP output of a checkpoint loader."
+            )
+        self.clip = clip
+        self.escape_weights = escape_weights
+        self._width: int | None = None
+
+    @property
+    def width(self) -> int:
+        """D, the width of the text encoder's token embeddings (768, 1024, 2048...)."""
+        if self._width is None:
+            self._width = int(self._encode_one("")[0].shape[-1])
+        return self._width
+
+    def _encode_one(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        prompt = escape_prompt_weights(text) if self.escape_weights else text
+        cond, pooled = self.clip.encode_from_tokens(self.clip.tokenize(prompt), return_pooled=True)
+        if cond.ndim != 3 or cond.shape[0] != 1:
+            raise EmbeddingValueError(
+                f"ComfyUI's CLIP returned a condition of shape {tuple(cond.shape)} for one prompt; "
+                "expected [1, T, D]. This CLIP model is not supported by PMG (use an SD1.x, SD2.x or SDXL checkpoint)."
+            )
+        if pooled is not None:
+            pooled = pooled.reshape(1, -1)
+        return cond, pooled
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> EncodedText:
+        if isinstance(texts, str):
+            raise TypeError("ComfyTextEncoder.encode takes a list of texts, not a single string.")
+        encoded = [self._encode_one(text) for text in texts]
+        if not encoded:
+            raise EmbeddingValueError("ComfyTextEncoder.encode needs at least one text.")
+        self._width = int(encoded[0][0].shape[-1])
+        longest = max(cond.shape[1] for cond, _ in encoded)
+        embeddings = torch.cat([tile_to_length(cond.float(), longest) for cond, _ in encoded], dim=0)
+        pooled = None
+        if all(p is not None for _, p in encoded):
+            pooled = torch.cat([p.float() for _, p in encoded], dim=0)
+        return EncodedText(embeddings, pooled)

@@ -1,0 +1,54 @@
+"""The pack's own socket types and the values that travel on them.
+
+A socket type is only a name to ComfyUI: it lets the editor connect an output to
+the inputs that accept it. The payload classes document what each socket carries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from comfy_api.latest import io
+
+from ..pmg_core.history import UserHistory
+
+# One user's behaviours: a pmg_core.history.UserHistory.
+PMGHistory = io.Custom("PMG_HISTORY")
+# A loaded language model: a pmg_core.llm.LocalLLM.
+PMGLLM = io.Custom("PMG_LLM")
+# A user's extracted preference: a PreferenceBundle (below).
+PMGPreference = io.Custom("PMG_PREFERENCE")
+# A user's soft-prompt embeddings: a SoftPrompt (below).
+PMGSoftPrompt = io.Custom("PMG_SOFT_PROMPT")
+
+
+@dataclass(frozen=True)
+class PreferenceBundle:
+    """What ``PMG_PREFERENCE`` carries: the keywords plus what the soft-prompt step needs.
+
+    ``preference`` is the library's ``pmg_core.keywords.Preference``; ``llm`` is the
+    ``LocalLLM`` that extracted it (the soft-prompt adapter must run on the same
+    model), or ``None`` when the preference was built without one.
+    """
+
+    preference: Any
+    history: UserHistory
+    llm: Any = None
+
+
+@dataclass(frozen=True)
+class SoftPrompt:
+    """What ``PMG_SOFT_PROMPT`` carries: one user's implicit preference embeddings."""
+
+    embeddings: torch.Tensor  # [1, k, D], float32 on the CPU; D = the CLIP text width
+    metadata: dict[str, str] = field(default_factory=dict)  # adapter, llm identity, cache key...
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.embeddings.shape[2])
