@@ -1,0 +1,348 @@
+"""The local causal language model PMG asks for keywords and reads soft prompts with.
+
+:func:`load_llm` accepts either a Hugging Face model folder or a single ``.gguf``
+file. GGUF parsing and de-quantisation costs 20-45 s on a small CPU, so a GGUF
+file is converted once into an ordinary safetensors folder under
+``cache_dir/llm/<name>-<hash>/`` and every later load reads that folder (~0.3 s).
+
+The cache key of a GGUF file is a *fingerprint*, not a full hash: sha256 over the
+file size, its first MiB and its last MiB. GGUF headers (architecture, tokenizer,
+tensor table) live in the first MiB and tensor data fills the rest, so two
+different models practically never share all three; hashing a multi-GiB file in
+full on every load would cost more than the load itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+
+from .errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+_MIB = 1024 * 1024
+# Written next to a converted model: where it came from and the identity to keep.
+_SOURCE_FILE = "pmg_source.json"
+# Bump when the conversion itself changes so old cached folders are not reused.
+_CONVERSION_VERSION = "1"
+
+
+@dataclass
+class LocalLLM:
+    """A frozen causal LM with its tokenizer (left padding) and a stable identity."""
+
+    model: transformers.PreTrainedModel
+    tokenizer: transformers.PreTrainedTokenizerBase
+    identity: str
+    source: Path
+
+    # -- shape of the model, read from its config ---------------------------------
+    @property
+    def config(self) -> transformers.PretrainedConfig:
+        return self.model.config
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.hidden_size)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.config.num_hidden_layers)
+
+    @property
+    def num_attention_heads(self) -> int:
+        return int(self.config.num_attention_heads)
+
+    @property
+    def num_kv_heads(self) -> int:
+        return int(getattr(self.config, "num_key_value_heads", None) or self.num_attention_heads)
+
+    @property
+    def head_dim(self) -> int:
+        return int(getattr(self.config, "head_dim", None) or self.hidden_size // self.num_attention_heads)
+
+    @property
+    def context_length(self) -> int:
+        """The longest sequence (prompt + answer) the model was built for."""
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(self.config, name, None)
+            if value:
+                return int(value)
+        return 2048
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # -- prompts ---------------------------------------------------------------
+    def chat_prompt(self, user_text: str, system: str | None = None, assistant_prefix: str = "") -> str:
+        """``user_text`` wrapped the way this model expects a conversation turn.
+
+        Uses the tokenizer's chat template when it has one, else the reference's
+        plain ``### Human: ... ### Assistant:`` layout. ``assistant_prefix`` starts
+        the answer (the reference primes it with "The keywords are:").
+        """
+        if getattr(self.tokenizer, "chat_template", None):
+            messages = [{"role": "system", "content": system}] if system else []
+            messages.append({"role": "user", "content": user_text})
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return text + assistant_prefix
+        head = f"{system} " if system else ""
+        tail = f" {assistant_prefix}" if assistant_prefix else ""
+        return f"{head}### Human: {user_text} ### Assistant:{tail}"
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens ``text`` takes (special tokens a chat template wrote included)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # -- generation --------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[str],
+        max_new_tokens: int = 100,
+        seed: int = 0,
+        do_sample: bool = False,
+        progress: Progress | None = None,
+        batch_size: int = 8,
+        temperature: float = 0.7,
+    ) -> list[str]:
+        """The continuation (new text only) of each prompt, in order.
+
+        Prompts run in batches of ``batch_size`` with left padding; greedy unless
+        ``do_sample``. Sampling is seeded per batch (``seed + batch index``) inside
+        a forked RNG, so results do not depend on, or disturb, global random state.
+        ``progress(done, total)`` counts decoding steps (``total`` = batches x
+        ``max_new_tokens``), is called after every step, and may raise to stop.
+        """
+        if isinstance(prompts, str):
+            raise TypeError("generate() takes a list of prompts; wrap a single prompt in a list.")
+        if not prompts:
+            return []
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+        batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
+        total = len(batches) * max_new_tokens
+        outputs: list[str] = []
+        for index, batch in enumerate(batches):
+            offset = index * max_new_tokens
+            outputs.extend(self._generate_batch(batch, max_new_tokens, seed + index, do_sample, temperature,
+                                                progress, offset, total))
+            if progress is not None:
+                progress(offset + max_new_tokens, total)
+        return outputs
+
+    def _generate_batch(self, prompts, max_new_tokens, seed, do_sample, temperature, progress, offset, total):
+        tokenizer = self.tokenizer
+        encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        kwargs = dict(
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        if do_sample:
+            kwargs.update(temperature=temperature, top_p=0.95, top_k=50)
+        else:  # explicit, so a model's own sampling defaults cannot leak into greedy decoding
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if progress is not None:
+            kwargs["stopping_criteria"] = transformers.StoppingCriteriaList([_ProgressStep(progress, offset, total)])
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            generated = self.model.generate(**encoded, **kwargs)
+        new_tokens = generated[:, encoded["input_ids"].shape[1] :]
+        return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    # -- placement (the ComfyUI node moves the model between devices) ------------
+    def to(self, device: str | torch.device) -> "LocalLLM":
+        self.model.to(device)
+        return self
+
+    def offload(self) -> "LocalLLM":
+        """Move the weights to the CPU and release cached accelerator memory."""
+        self.model.to("cpu")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return self
+
+
+class _ProgressStep(transformers.StoppingCriteria):
+    """Reports each decoding step; never stops generation itself (an exception does)."""
+
+    def __init__(self, progress: Progress, offset: int, total: int):
+        self.progress, self.offset, self.total, self.step = progress, offset, total, 0
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.step += 1
+        self.progress(min(self.offset + self.step, self.total), self.total)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+# -- loading -------------------------------------------------------------------------
+
+
+def load_llm(path: Path | str, cache_dir: Path | None = None, device: str = "cpu") -> LocalLLM:
+    """Load a causal LM from a Hugging Face folder or a ``.gguf`` file (converted once, cached).
+
+    Raises :class:`ModelLoadError` naming the problem and the fix for a missing
+    path, a folder without ``config.json``, unreadable files and architectures
+    that are not causal language models.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"LLM path {path} does not exist; give a Hugging Face model folder or a .gguf file.")
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelLoadError(
+                f"{path} is a file but not a .gguf model; give a .gguf file or the folder holding config.json."
+            )
+        folder = _converted_gguf_folder(path, cache_dir)
+    else:
+        folder = path
+    llm = _load_folder(folder)
+    llm.source = path
+    if device != "cpu":
+        llm.to(device)
+    return llm
+
+
+def _load_folder(folder: Path) -> LocalLLM:
+    if not (folder / "config.json").is_file():
+        ggufs = sorted(folder.glob("*.gguf"))
+        hint = f" It holds {ggufs[0].name}: pass that file instead." if ggufs else ""
+        raise ModelLoadError(
+            f"{folder} has no config.json, so it is not a Hugging Face model folder.{hint} "
+            "Give a folder saved with save_pretrained() or a .gguf file."
+        )
+    try:
+        config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:  # transformers raises ValueError/KeyError/OSError for bad configs
+        raise ModelLoadError(
+            f"{folder}/config.json is not a usable model config ({_short(exc)}); "
+            "re-save the model with save_pretrained() or point to the right folder."
+        ) from exc
+    if type(config) not in transformers.MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise ModelLoadError(
+            f"{folder} holds a {config.model_type!r} model, which is not a causal language model; "
+            "PMG needs a decoder LLM such as Llama, Qwen or SmolLM2."
+        )
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"Could not load the model in {folder} ({_short(exc)}); check that its weights "
+            "(*.safetensors) and tokenizer files are complete, or re-save it with save_pretrained()."
+        ) from exc
+    model.eval()
+    model.requires_grad_(False)
+    tokenizer.padding_side = "left"  # generation continues at the right edge of every row
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LocalLLM(model=model, tokenizer=tokenizer, identity=_folder_identity(folder), source=folder)
+
+
+def _converted_gguf_folder(gguf: Path, cache_dir: Path | None) -> Path:
+    """The cached HF folder for ``gguf``, converting it first if needed."""
+    from .assets import default_cache_dir
+
+    digest = gguf_fingerprint(gguf)
+    name = _safe_name(gguf.stem)
+    out = Path(cache_dir or default_cache_dir()) / "llm" / f"{name}-{digest[:12]}"
+    if (out / _SOURCE_FILE).is_file():
+        return out
+    log.info("Converting %s to a cached Hugging Face folder %s (once; this takes ~30 s)", gguf.name, out)
+    started = time.perf_counter()
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}-{time.time_ns()}")
+    try:
+        _convert_gguf(gguf, tmp)
+        (tmp / _SOURCE_FILE).write_text(
+            json.dumps({"gguf": gguf.name, "fingerprint": digest, "identity": f"{name}-{digest[:12]}",
+                        "conversion": _CONVERSION_VERSION}),
+            encoding="utf-8",
+        )
+        try:
+            tmp.rename(out)
+        except OSError:
+            if not (out / _SOURCE_FILE).is_file():  # not a concurrent winner: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("Converted %s in %.1f s", gguf.name, time.perf_counter() - started)
+    return out
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+        quantized = transformers.AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, local_files_only=True
+        )
+    except Exception as exc:  # the gguf reader raises ValueError/KeyError/struct errors on garbage
+        raise ModelLoadError(
+            f"{gguf} could not be read as a GGUF language model ({_short(exc)}); the file may be truncated, "
+            "not a GGUF file, or an architecture transformers cannot de-quantise. Re-download it or "
+            "give a Hugging Face folder instead."
+        ) from exc
+    # A model loaded from GGUF refuses save_pretrained (its config says "quantized");
+    # rebuilding it from the cleaned config gives an ordinary float32 model.
+    config = copy.deepcopy(quantized.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(quantized.state_dict(), strict=True)
+    model.generation_config = quantized.generation_config
+    out.mkdir(parents=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def gguf_fingerprint(path: Path) -> str:
+    """sha256 over size + first MiB + last MiB of a file (see the module docstring)."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(_MIB))
+        if size > _MIB:
+            handle.seek(max(size - _MIB, _MIB))
+            digest.update(handle.read())
+    return digest.hexdigest()
+
+
+def _folder_identity(folder: Path) -> str:
+    """``<name>-<hash12>``; a converted GGUF folder keeps the identity of its GGUF file."""
+    source = folder / _SOURCE_FILE
+    if source.is_file():
+        with contextlib.suppress(ValueError, KeyError):
+            return str(json.loads(source.read_text(encoding="utf-8"))["identity"])
+    digest = hashlib.sha256((folder / "config.json").read_bytes())
+    for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        digest.update(weights.name.encode())
+        digest.update(gguf_fingerprint(weights).encode())
+    return f"{_safe_name(folder.name)}-{digest.hexdigest()[:12]}"
+
+
+def _safe_name(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+    return cleaned.strip("-.") or "model"
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
