@@ -1,0 +1,124 @@
+"""The real ComfyUI server, started by the session fixture, with the pack and the tiny checkpoint.
+
+These tests check mechanics (start-up, pack loading, the stock pipeline, error paths)
+on a random-weight checkpoint: the images are noise by design.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from safetensors import safe_open
+
+from fixtures_comfy import stock_txt2img_graph
+from pmg_core.comfy_client.client import output_files
+from pmg_core.comfy_client.server import EmbeddedComfyUI, free_port
+
+pytestmark = pytest.mark.comfy_server
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_tiny_checkpoint_is_a_random_sd15_in_fp16(tiny_checkpoint):
+    """Mechanics: the cached checkpoint has the SD1.5 key layout, fp16 tensors and says what it is."""
+    with safe_open(str(tiny_checkpoint), "pt") as f:
+        keys = set(f.keys())
+        assert f.metadata()["pmg_kind"] == "random-weight test checkpoint"
+        assert f.get_tensor("model.diffusion_model.input_blocks.0.0.weight").shape[0] == 320
+        assert str(f.get_tensor("first_stage_model.taesd_decoder.1.weight").dtype) == "torch.float16"
+    assert any(k.startswith("cond_stage_model.transformer.text_model.") for k in keys)
+    assert not any(k.startswith("model.diffusion_model.input_blocks.2.") for k in keys), "one level only"
+
+
+def test_tiny_checkpoint_build_is_byte_identical(tmp_path, tiny_checkpoint):
+    """Mechanics: building again with the same seed gives the same bytes (the cache key relies on it)."""
+    out = tmp_path / "again.safetensors"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_checkpoint.py"), "--out", str(out)],
+                   check=True, capture_output=True, env=env, timeout=300)
+
+    def digest(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    assert digest(out) == digest(tiny_checkpoint)
+
+
+def test_server_is_up_with_stock_nodes_and_the_pack(comfy_server):
+    stats = comfy_server.client.system_stats()
+    assert stats["system"]["comfyui_version"] == "0.3.75"
+    info = comfy_server.client.object_info()
+    assert {"CheckpointLoaderSimple", "KSampler", "SaveImage"} <= set(info)
+    assert (comfy_server.base_dir / "custom_nodes" / "comfyui-pmg").resolve() == REPO
+    log_text = comfy_server.log_text()
+    assert "custom_nodes/comfyui-pmg" in log_text, "the pack was not even tried"
+    pmg_nodes = [name for name in info if name.startswith("PMG")]
+    assert pmg_nodes, f"no PMG node registered; server log:\n{comfy_server.log_tail(40)}"
+    assert "IMPORT FAILED): " + str(comfy_server.base_dir / "custom_nodes" / "comfyui-pmg") not in log_text
+
+
+def test_default_models_are_visible_to_comfyui(comfy_server):
+    schema = comfy_server.client.object_info("CheckpointLoaderSimple")["CheckpointLoaderSimple"]
+    assert "pmg-tiny-sd15.safetensors" in schema["input"]["required"]["ckpt_name"][0]
+    assert any(p.suffix == ".gguf" for p in (comfy_server.base_dir / "models" / "LLM").iterdir())
+
+
+def test_stock_pipeline_runs_and_its_image_is_served(comfy_server):
+    """Mechanics: the stock SD1.5 graph runs on the tiny checkpoint; a warm rerun is fast."""
+    client = comfy_server.client
+    events = []
+    entry = client.run(stock_txt2img_graph(seed=1, prefix="pmg_test/stock_a"), timeout=120, on_progress=events.append)
+    assert entry["status"]["status_str"] == "success"
+    assert any(e["type"] == "progress" for e in events), "no sampler progress on /ws"
+    images = output_files(entry)
+    assert len(images) == 1 and images[0]["subfolder"] == "pmg_test"
+    png = client.view(**images[0])
+    assert Image.open(io.BytesIO(png)).size == (64, 64)
+
+    began = time.monotonic()
+    warm = client.run(stock_txt2img_graph(seed=2, prefix="pmg_test/stock_b"), timeout=60)
+    warm_seconds = time.monotonic() - began
+    assert warm["status"]["status_str"] == "success"
+    print(f"warm stock prompt: {warm_seconds:.2f} s; server start-up: {comfy_server.server.startup_seconds:.1f} s")
+    assert warm_seconds < 10, "a warm 2-step 64x64 prompt should take well under a few seconds"
+
+
+def test_serve_prints_its_url_and_stops_on_sigterm(tmp_path):
+    """`pmg serve` prints the URL once the server answers, and SIGTERM stops it and its child."""
+    port = free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pmg_core.comfy_client.cli", "serve", "--port", str(port),
+         "--base", str(tmp_path / "base"), "--no-default-models"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = proc.stdout.readline().strip()
+        assert line == f"http://127.0.0.1:{port}", proc.stderr.read() if not line else line
+        import requests
+
+        assert requests.get(line + "/system_stats", timeout=5).status_code == 200
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+        with pytest.raises(requests.ConnectionError):
+            requests.get(line + "/system_stats", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_start_failure_reports_the_log(tmp_path):
+    """A server that dies while starting raises with the end of its log."""
+    from pmg_core.errors import ComfyServerError
+
+    server = EmbeddedComfyUI(base_dir=tmp_path / "b", extra_args=("--no-such-flag",), pack_dir=None)
+    with pytest.raises(ComfyServerError, match="no-such-flag"):
+        server.start(timeout=60)
+    assert not server.is_running()
