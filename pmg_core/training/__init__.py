@@ -1,0 +1,38 @@
+"""Training PMG's implicit soft preference embeddings (the reference never released this).
+
+- :mod:`.components` — the frozen generator parts behind protocols, with diffusers adapters;
+- :mod:`.examples` / :mod:`.data` — training examples from user histories with images;
+- :mod:`.trainer` — :class:`SoftPromptTrainer` and :class:`TrainConfig`;
+- :mod:`.evaluate` — trained vs untrained vs keywords-only on held-out users;
+- :mod:`.cli` — ``pmg train``.
+
+Submodules load on first use, so ``import pmg_core.training`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "NoisePredictor": "components",
+    "LatentEncoder": "components",
+    "NoiseSchedule": "components",
+    "DiffusersNoisePredictor": "components",
+    "DiffusersLatentEncoder": "components",
+    "TrainingExample": "examples",
+    "build_examples": "data",
+    "TrainConfig": "trainer",
+    "TrainResult": "trainer",
+    "SoftPromptTrainer": "trainer",
+    "read_loss_csv": "trainer",
+    "evaluate_adapter": "evaluate",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pmg_core.training' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
