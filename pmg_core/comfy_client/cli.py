@@ -82,20 +82,30 @@ def run_queue(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise PMGError(f"Cannot read the workflow {args.workflow}: {exc}. Pass an API-format JSON file.") from exc
     users = None if args.users.strip().lower() == "all" else [u.strip() for u in args.users.split(",") if u.strip()]
+    bar = _TqdmProgress()
     summary = queue_users(
         ComfyClient(args.url), workflow, args.history, users, args.out,
         concurrency=args.concurrency, substitutions=parse_overrides(args.overrides),
-        progress=_TqdmProgress(), timeout=args.timeout,
+        progress=bar, timeout=args.timeout, on_event=bar.event,
     )
     print(json.dumps(summary.to_dict()))
     return 1 if summary.failed else 0
 
 
 class _TqdmProgress:
-    """A tqdm bar on stderr: users done out of users to run (the callback of ``queue_users``)."""
+    """A tqdm bar on stderr: users finished out of users to run, and what runs now (from /ws)."""
 
     def __init__(self) -> None:
         self.bar = None
+
+    def event(self, user: str, event: dict) -> None:
+        data = event.get("data") or {}
+        if self.bar is None:
+            return
+        if event["type"] == "progress":
+            self.bar.set_postfix_str(f"{user}: node {data.get('node')} {data.get('value')}/{data.get('max')}")
+        elif event["type"] == "executing" and data.get("node") is not None:
+            self.bar.set_postfix_str(f"{user}: node {data['node']}")
 
     def __call__(self, done: int, total: int) -> None:
         from tqdm import tqdm

@@ -61,8 +61,8 @@ class ComfyClient:
             ) from exc
         except requests.ConnectionError as exc:
             raise server_error(
-                f"Cannot reach ComfyUI at {self.url} ({method} {path}): {exc}. "
-                "Start it (pmg serve) or fix the --url."
+                f"Cannot reach ComfyUI at {self.url} ({method} {path}): {_root_cause(exc)}. "
+                "Start it with `pmg serve` or fix the --url."
             ) from exc
 
     def _json(self, method: str, path: str, **kwargs) -> Any:
@@ -217,13 +217,17 @@ class ComfyClient:
         """Queue a graph and wait for it; returns the history entry (raises if it failed)."""
         return self.wait(self.queue_prompt(api_graph), timeout=timeout, on_progress=on_progress)
 
-    def follow(self, prompt_ids: Iterable[str], timeout: float = 600.0, poll_interval: float = 0.5) -> Iterator[dict]:
+    def follow(
+        self, prompt_ids: Iterable[str], timeout: float = 600.0, poll_interval: float = 0.5, ticks: bool = False
+    ) -> Iterator[dict]:
         """Yield the events of some prompts of this client until all of them are finished.
 
         Websocket events are yielded as ``{"type", "data"}``; each finished prompt yields
         ``{"type": "done", "data": {"prompt_id", "entry"}}`` with its history entry. Adding
         ids to a ``set`` passed as ``prompt_ids`` while iterating is allowed (the batch
-        queue does it). Raises :class:`ComfyServerError` after ``timeout`` seconds.
+        queue does it). With ``ticks``, quiet periods yield ``{"type": "tick"}`` (about every
+        2 s) so the caller can check its own deadlines. Raises :class:`ComfyServerError`
+        after ``timeout`` seconds.
         """
         pending = prompt_ids if isinstance(prompt_ids, set) else set(prompt_ids)
         deadline = time.monotonic() + timeout
@@ -240,12 +244,16 @@ class ComfyClient:
                 if socket_ is None:
                     time.sleep(poll_interval)
                     yield from self._finished(pending)
+                    if ticks:
+                        yield {"type": "tick", "data": {}}
                     continue
                 try:
                     message = socket_.recv()
                 except websocket.WebSocketTimeoutException:
                     # Quiet period: cheap insurance against a missed final event.
                     yield from self._finished(pending)
+                    if ticks:
+                        yield {"type": "tick", "data": {}}
                     continue
                 except (websocket.WebSocketException, OSError) as exc:
                     log.warning("ComfyUI websocket dropped (%s); polling /history instead", exc)
@@ -288,6 +296,14 @@ class ComfyClient:
             if entry is not None and prompt_id in pending:
                 pending.discard(prompt_id)
                 yield {"type": "done", "data": {"prompt_id": prompt_id, "entry": entry}}
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost reason of a requests error ('[Errno 111] Connection refused'), not its wrappers."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    reason = str(exc)
+    return reason.rsplit(": ", 1)[-1] if ": [Errno" in reason else reason
 
 
 # --- reading answers --------------------------------------------------------------------

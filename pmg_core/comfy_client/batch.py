@@ -1,0 +1,323 @@
+"""Run one API workflow once per user on a ComfyUI server: the studio batch queue.
+
+Each user gets a deep copy of the graph with their substitutions (user id, history
+file, output prefix, ``--set`` overrides), at most ``concurrency`` prompts of this run
+sit in ComfyUI's queue at once, and one JSONL line per user is appended to the results
+file the moment the user finishes. Users with a ``"status": "success"`` line are skipped
+on the next run, so a killed batch resumes where it stopped; failed users are retried.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ComfyServerError, InvalidSettingError
+from .client import ComfyClient, describe_node_errors, execution_error, output_files
+
+log = logging.getLogger(__name__)
+
+HISTORY_LOADER = "PMGUserHistoryLoader"
+UPLOAD_SUBFOLDER = "pmg"
+KEYWORDS_KEY = "pmg_keywords"  # UI output of PMGPreferenceExtractor
+SCORES_KEY = "pmg_scores"  # UI output of PMGScorer
+EventCallback = Callable[[str, dict], None]
+
+
+@dataclass
+class BatchSummary:
+    """What a run did: users finished now, failed now, skipped (done before), and who failed."""
+
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    failed_users: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"done": self.done, "failed": self.failed, "skipped": self.skipped, "failed_users": self.failed_users}
+
+
+# --- substitutions -----------------------------------------------------------------------
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["5.seed=3", "2.text=a cat"]`` → ``{"5.seed": 3, "2.text": "a cat"}``.
+
+    A value that parses as JSON is used as such (numbers, booleans, lists), anything else
+    is a string. ``{user_id}`` inside a string value is replaced per user.
+    """
+    overrides: dict[str, Any] = {}
+    for item in items:
+        target, sep, raw = item.partition("=")
+        node_id, dot, input_name = target.partition(".")
+        if not sep or not dot or not node_id or not input_name:
+            raise InvalidSettingError(f"Cannot read override {item!r}; write it as NODE_ID.INPUT=VALUE, e.g. 5.seed=42.")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        overrides[f"{node_id.strip()}.{input_name.strip()}"] = value
+    return overrides
+
+
+def safe_path_part(user_id: str) -> str:
+    """A user id usable as one folder name in ComfyUI's output folder."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", user_id).strip(".")
+    return cleaned or "user"
+
+
+def user_graph(api_workflow: dict, user_id: str, history_name: str | None, overrides: dict[str, Any]) -> dict:
+    """A deep copy of the graph with one user's substitutions applied.
+
+    * every ``PMGUserHistoryLoader`` gets ``user_id`` and ``history_file``;
+    * every node with a ``filename_prefix`` (SaveImage, PMGScorer...) writes under
+      ``pmg/<user>/`` (which also keeps ComfyUI from serving one user's cached prompt
+      to another);
+    * then the ``NODE_ID.INPUT`` overrides, with ``{user_id}`` filled into strings.
+    """
+    graph = copy.deepcopy(api_workflow)
+    for node in graph.values():
+        inputs = node.setdefault("inputs", {})
+        if node.get("class_type") == HISTORY_LOADER:
+            inputs["user_id"] = user_id
+            if history_name is not None:
+                inputs["history_file"] = history_name
+        prefix = inputs.get("filename_prefix")
+        if isinstance(prefix, str):
+            stem = os.path.basename(os.path.normpath(prefix)) if prefix.strip("/ ") else ""
+            inputs["filename_prefix"] = f"{UPLOAD_SUBFOLDER}/{safe_path_part(user_id)}/{stem or 'pmg'}"
+    for target, value in overrides.items():
+        node_id, input_name = target.split(".", 1)
+        if isinstance(value, str):
+            value = value.replace("{user_id}", user_id)
+        graph[node_id]["inputs"][input_name] = value
+    return graph
+
+
+def check_graph(api_workflow: dict, overrides: dict[str, Any]) -> None:
+    """Refuse a graph that is not API format, or overrides naming nodes it does not have."""
+    if not isinstance(api_workflow, dict) or not all(
+        isinstance(node, dict) and "class_type" in node for node in api_workflow.values()
+    ):
+        raise InvalidSettingError(
+            "The workflow is not in ComfyUI's API format (a map of node id → {class_type, inputs}); "
+            "export it with 'Export (API)' in ComfyUI."
+        )
+    for target in overrides:
+        node_id = target.split(".", 1)[0]
+        if node_id not in api_workflow:
+            raise InvalidSettingError(
+                f"Override {target!r} names node {node_id!r}, which the workflow does not have; "
+                f"its node ids are {sorted(api_workflow)}."
+            )
+
+
+# --- results -------------------------------------------------------------------------------
+
+
+def read_results(out_jsonl: Path) -> dict[str, dict]:
+    """The last line of each user in a results file (unreadable lines are skipped with a warning)."""
+    latest: dict[str, dict] = {}
+    if not out_jsonl.exists():
+        return latest
+    for number, line in enumerate(out_jsonl.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            user = str(record["user_id"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s:%d is not a result line (cut short by a kill?); ignoring it", out_jsonl, number)
+            continue
+        # A success stays a success even if a later duplicate run failed.
+        if latest.get(user, {}).get("status") != "success":
+            latest[user] = record
+    return latest
+
+
+def _append_line(out_jsonl: Path, record: dict) -> None:
+    """Append one JSON line and flush it to disk, so a kill right after loses nothing."""
+    out_jsonl.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_jsonl, "a+b") as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell() > 0:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":  # a line cut short by a kill: do not glue onto it
+                handle.write(b"\n")
+        handle.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def result_record(user_id: str, prompt_id: str | None, entry: dict | None, error: dict | None, elapsed: float) -> dict:
+    """One results line, from a prompt's history entry (or from a refusal before it ran)."""
+    keywords = scores = None
+    images: list[dict] = []
+    if entry is not None:
+        error = error or execution_error(entry)
+        keywords = _first_ui_value(entry, KEYWORDS_KEY)
+        scores = _first_ui_value(entry, SCORES_KEY)
+        images = output_files(entry, "images")
+    return {
+        "user_id": user_id,
+        "prompt_id": prompt_id,
+        "status": "error" if error else "success",
+        "keywords": keywords,
+        "selected_image": scores.get("selected_image") if isinstance(scores, dict) else None,
+        "scores": scores,
+        "images": images,
+        "error": error,
+        "elapsed_s": round(elapsed, 3),
+    }
+
+
+def _first_ui_value(entry: dict, key: str) -> Any:
+    """The first record under ``key`` in any node's UI output (found by key, not by node id)."""
+    for node_output in (entry.get("outputs") or {}).values():
+        values = node_output.get(key)
+        if values:
+            return values[0] if isinstance(values, list) else values
+    return None
+
+
+# --- the queue -------------------------------------------------------------------------------
+
+
+def queue_users(
+    client: ComfyClient,
+    api_workflow: dict,
+    history_file: Path | str | None,
+    users: list[str] | None,
+    out_jsonl: Path | str,
+    concurrency: int = 2,
+    substitutions: dict[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    timeout: float = 3600.0,
+    on_event: EventCallback | None = None,
+) -> BatchSummary:
+    """Queue ``api_workflow`` once per user and append one result line per user to ``out_jsonl``.
+
+    ``history_file`` (a local file) is uploaded once into ComfyUI's ``input/pmg/``;
+    ``users=None`` means every user of that file. ``substitutions`` are
+    ``{"NODE_ID.INPUT": value}`` overrides (see :func:`parse_overrides`). ``progress``
+    gets (users finished, users to run); ``on_event`` gets (user id, websocket event).
+    ``timeout`` bounds each user's run. Returns a :class:`BatchSummary`; a lost server
+    raises :class:`ComfyServerError` after recording the user being submitted.
+    """
+    if concurrency < 1:
+        raise InvalidSettingError(f"concurrency must be at least 1 (got {concurrency}).")
+    overrides = substitutions or {}
+    check_graph(api_workflow, overrides)
+    out_jsonl = Path(out_jsonl)
+    history_name = None
+    if history_file is not None:
+        history_path = Path(history_file)
+        if not history_path.is_file():
+            raise InvalidSettingError(f"History file {history_path} does not exist; pass the path of a local file.")
+        if users is None:
+            from ..loaders import list_users
+
+            users = list_users(history_path)
+        uploaded = client.upload_file(history_path, subfolder=UPLOAD_SUBFOLDER, overwrite=True)
+        history_name = f"{uploaded['subfolder']}/{uploaded['name']}" if uploaded.get("subfolder") else uploaded["name"]
+    if users is None:
+        raise InvalidSettingError("No users given and no history file to list them from; pass users or a history file.")
+    users = list(dict.fromkeys(str(u) for u in users))  # keep order, drop repeats
+
+    previous = read_results(out_jsonl)
+    summary = BatchSummary()
+    todo = deque(u for u in users if previous.get(u, {}).get("status") != "success")
+    summary.skipped = len(users) - len(todo)
+    if summary.skipped:
+        log.info("%d user(s) already done in %s; skipping them", summary.skipped, out_jsonl)
+    total = len(todo)
+    if progress is not None:
+        progress(0, total)
+
+    running: dict[str, tuple[str, float]] = {}  # prompt id -> (user, submitted at)
+    watched: set[str] = set()
+
+    def finish(user: str, prompt_id: str | None, entry: dict | None, error: dict | None, began: float) -> None:
+        record = result_record(user, prompt_id, entry, error, time.monotonic() - began)
+        _append_line(out_jsonl, record)
+        if record["status"] == "success":
+            summary.done += 1
+        else:
+            summary.failed += 1
+            summary.failed_users.append(user)
+            log.warning("user %s failed: %s", user, describe_node_errors([record["error"]]))
+        if progress is not None:
+            progress(summary.done + summary.failed, total)
+
+    def submit_more() -> None:
+        while todo and len(running) < concurrency:
+            user = todo.popleft()
+            began = time.monotonic()
+            graph = user_graph(api_workflow, user, history_name, overrides)
+            try:
+                prompt_id = client.queue_prompt(graph)
+            except ComfyServerError as exc:
+                errors = getattr(exc, "node_errors", [])
+                if getattr(exc, "status_code", None) is None:  # no answer at all: the server is gone
+                    finish(user, None, None, {"node_id": None, "node_type": None, "message": str(exc)}, began)
+                    raise ComfyServerError(
+                        f"{exc} {len(todo)} user(s) were not submitted; run the same command again to resume."
+                    ) from exc
+                first = errors[0] if errors else {"node_id": None, "node_type": None}
+                finish(user, None, None, {**first, "message": describe_node_errors(errors) if errors else str(exc)}, began)
+                continue
+            running[prompt_id] = (user, began)
+            watched.add(prompt_id)
+
+    submit_more()
+    try:
+        for event in client.follow(watched, timeout=float("inf"), ticks=True):
+            data = event.get("data") or {}
+            prompt_id = data.get("prompt_id")
+            if event["type"] == "done" and prompt_id in running:
+                user, began = running.pop(prompt_id)
+                finish(user, prompt_id, data["entry"], None, began)
+                submit_more()
+            elif prompt_id in running and on_event is not None:
+                on_event(running[prompt_id][0], event)
+            _expire(client, running, watched, timeout, finish)
+            submit_more()
+            if not running and not todo:
+                break
+    finally:
+        if running:  # interrupted (Ctrl-C, a progress callback that raised): leave nothing queued
+            _abandon(client, running)
+    if summary.failed_users:
+        log.warning("failed users (rerun to retry them): %s", ", ".join(summary.failed_users))
+    return summary
+
+
+def _expire(client: ComfyClient, running: dict, watched: set, timeout: float, finish) -> None:
+    """Record and cancel the prompts that ran past ``timeout``."""
+    now = time.monotonic()
+    for prompt_id, (user, began) in list(running.items()):
+        if now - began > timeout:
+            running.pop(prompt_id)
+            watched.discard(prompt_id)
+            _abandon(client, {prompt_id: (user, began)})
+            finish(user, prompt_id, None,
+                   {"node_id": None, "node_type": None, "message": f"timed out after {timeout:.0f} s"}, began)
+
+
+def _abandon(client: ComfyClient, running: dict) -> None:
+    """Take prompts out of ComfyUI's queue and stop the one running, best effort."""
+    try:
+        client.delete_queued(list(running))
+        for prompt_id in running:
+            client.interrupt(prompt_id)
+    except ComfyServerError as exc:
+        log.warning("could not cancel prompts %s: %s", sorted(running), exc)

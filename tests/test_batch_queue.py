@@ -1,0 +1,164 @@
+"""`pmg queue` / queue_users: one prompt per user, JSONL results, resumable, no user lost.
+
+Mechanics on the stock SD1.5 graph with the tiny random checkpoint: each user's
+substitution is the SaveImage prefix (and the uploaded history file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fixtures_comfy import stock_txt2img_graph
+from pmg_core.comfy_client.batch import parse_overrides, queue_users, read_results, user_graph
+from pmg_core.errors import InvalidSettingError
+from pmg_core.history import Item, UserHistory
+from pmg_core.loaders import write_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_users(path: Path, user_ids: list[str]) -> Path:
+    histories = [UserHistory(user_id=u, items=(Item(item_id="1", title=f"Movie of {u}"),), scene="movie")
+                 for u in user_ids]
+    return write_jsonl(path, histories)
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# --- without a server ---------------------------------------------------------------------
+
+
+def test_user_graph_substitutes_loader_prefix_and_overrides_on_a_copy():
+    graph = stock_txt2img_graph(prefix="studio/run")
+    graph["9"] = {"class_type": "PMGUserHistoryLoader", "inputs": {"history_file": "x.jsonl", "user_id": ""}}
+    out = user_graph(graph, "u/7", "pmg/users.jsonl", {"5.seed": 11, "2.text": "portrait of {user_id}"})
+    assert out["9"]["inputs"] == {"history_file": "pmg/users.jsonl", "user_id": "u/7"}
+    assert out["7"]["inputs"]["filename_prefix"] == "pmg/u_7/run"
+    assert out["5"]["inputs"]["seed"] == 11 and out["2"]["inputs"]["text"] == "portrait of u/7"
+    assert graph["7"]["inputs"]["filename_prefix"] == "studio/run" and graph["9"]["inputs"]["user_id"] == ""
+
+
+def test_parse_overrides_reads_json_values_and_rejects_malformed():
+    assert parse_overrides(["5.seed=3", "2.text=a cat", "5.cfg=7.5"]) == {"5.seed": 3, "2.text": "a cat", "5.cfg": 7.5}
+    with pytest.raises(InvalidSettingError, match="NODE_ID.INPUT=VALUE"):
+        parse_overrides(["seed=3"])
+
+
+def test_override_of_an_unknown_node_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(InvalidSettingError, match="node '99'"):
+        queue_users(None, stock_txt2img_graph(), None, ["u1"], tmp_path / "r.jsonl", substitutions={"99.seed": 1})
+
+
+def test_read_results_tolerates_a_line_cut_by_a_kill(tmp_path):
+    out = tmp_path / "r.jsonl"
+    out.write_text('{"user_id": "a", "status": "success"}\n{"user_id": "b", "sta', encoding="utf-8")
+    assert list(read_results(out)) == ["a"]
+
+
+# --- against the server ---------------------------------------------------------------------
+
+
+@pytest.mark.comfy_server
+def test_queue_users_writes_one_line_per_user_and_skips_finished_ones(comfy_server, tmp_path):
+    history = write_users(tmp_path / "users.jsonl", ["u1", "u2", "u3"])
+    out = tmp_path / "results.jsonl"
+    graph = stock_txt2img_graph(seed=21, prefix="batch")
+    seen = []
+    summary = queue_users(comfy_server.client, graph, history, None, out, concurrency=2,
+                          progress=lambda done, total: seen.append((done, total)))
+    assert summary.to_dict() == {"done": 3, "failed": 0, "skipped": 0, "failed_users": []}
+    assert seen[0] == (0, 3) and seen[-1] == (3, 3)
+    records = {r["user_id"]: r for r in lines(out)}
+    assert set(records) == {"u1", "u2", "u3"}
+    for user, record in records.items():
+        assert record["status"] == "success" and record["error"] is None and record["elapsed_s"] > 0
+        assert record["images"][0]["subfolder"] == f"pmg/{user}"
+        assert record["keywords"] is None and record["scores"] is None  # the stock graph has no PMG node
+        assert comfy_server.client.view(**record["images"][0])[:4] == b"\x89PNG"
+    assert (comfy_server.base_dir / "input" / "pmg" / "users.jsonl").read_bytes() == history.read_bytes()
+
+    again = queue_users(comfy_server.client, graph, history, ["u1", "u2", "u3"], out)
+    assert again.to_dict() == {"done": 0, "failed": 0, "skipped": 3, "failed_users": []}
+    assert len(lines(out)) == 3
+
+
+@pytest.mark.comfy_server
+def test_refused_and_failing_users_get_failure_lines_and_are_retried(comfy_server, tmp_path):
+    out = tmp_path / "results.jsonl"
+    bad = stock_txt2img_graph(seed=31, prefix="retry")
+    bad["5"]["inputs"]["steps"] = 10**6  # refused by validation
+    summary = queue_users(comfy_server.client, bad, None, ["r1", "r2"], out)
+    assert summary.failed == 2 and summary.failed_users == ["r1", "r2"]
+    first = lines(out)
+    assert [r["status"] for r in first] == ["error", "error"]
+    assert first[0]["error"]["node_id"] == "5" and first[0]["error"]["node_type"] == "KSampler"
+    assert first[0]["prompt_id"] is None
+
+    broken = comfy_server.base_dir / "models" / "checkpoints" / "broken-batch.safetensors"
+    broken.write_bytes(b"not a checkpoint")
+    failing = stock_txt2img_graph(seed=32, prefix="retry")
+    failing["1"]["inputs"]["ckpt_name"] = broken.name  # passes validation, fails when run
+    summary = queue_users(comfy_server.client, failing, None, ["r1"], out)
+    assert summary.failed_users == ["r1"]
+    record = lines(out)[-1]
+    assert record["prompt_id"] and record["error"]["node_type"] == "CheckpointLoaderSimple"
+
+    summary = queue_users(comfy_server.client, stock_txt2img_graph(seed=33, prefix="retry"), None, ["r1", "r2"], out)
+    assert summary.to_dict() == {"done": 2, "failed": 0, "skipped": 0, "failed_users": []}
+    assert {u: r["status"] for u, r in read_results(out).items()} == {"r1": "success", "r2": "success"}
+
+
+@pytest.mark.comfy_server
+def test_pmg_queue_resumes_after_a_kill_without_doing_a_user_twice(comfy_server, tmp_path):
+    users = ["k1", "k2", "k3", "k4"]
+    history = write_users(tmp_path / "users.jsonl", users)
+    workflow = tmp_path / "workflow.json"
+    workflow.write_text(json.dumps(stock_txt2img_graph(seed=41, prefix="resume")), encoding="utf-8")
+    out = tmp_path / "results.jsonl"
+    command = [sys.executable, "-m", "pmg_core.comfy_client.cli", "queue", str(workflow), "--history", str(history),
+               "--users", "all", "--url", comfy_server.url, "--out", str(out), "--concurrency", "1",
+               "--set", "5.steps=12"]  # slow enough to kill between users
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out.exists() and lines(out)) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    done_at_kill = [r["user_id"] for r in lines(out)]
+    assert 1 <= len(done_at_kill) < len(users), "the kill should land after the first user and before the last"
+
+    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    summary = json.loads(second.stdout.strip().splitlines()[-1])
+    assert summary["skipped"] == len(done_at_kill) and summary["failed"] == 0
+    assert summary["done"] == len(users) - len(done_at_kill)
+    records = lines(out)
+    assert sorted(r["user_id"] for r in records) == sorted(users), "each user exactly once"
+    assert all(r["status"] == "success" for r in records)
+    assert "pmg queue" in second.stderr  # the tqdm bar went to stderr
+
+
+@pytest.mark.comfy_server
+def test_pmg_queue_exits_non_zero_and_lists_failed_users(comfy_server, tmp_path):
+    workflow = tmp_path / "workflow.json"
+    workflow.write_text(json.dumps(stock_txt2img_graph(seed=51, prefix="cli_fail")), encoding="utf-8")
+    history = write_users(tmp_path / "users.jsonl", ["f1"])
+    done = subprocess.run(
+        [sys.executable, "-m", "pmg_core.comfy_client.cli", "queue", str(workflow), "--history", str(history),
+         "--users", "f1", "--url", comfy_server.url, "--out", str(tmp_path / "r.jsonl"), "--set", "5.cfg=1000"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert done.returncode == 1
+    assert json.loads(done.stdout) == {"done": 0, "failed": 1, "skipped": 0, "failed_users": ["f1"]}
