@@ -50,23 +50,36 @@ def test_tiny_checkpoint_build_is_byte_identical(tmp_path, tiny_checkpoint):
     assert digest(out) == digest(tiny_checkpoint)
 
 
-def test_server_is_up_with_stock_nodes_and_the_pack(comfy_server):
+def test_server_is_up_with_stock_nodes_and_tries_the_pack(comfy_server):
     stats = comfy_server.client.system_stats()
     assert stats["system"]["comfyui_version"] == "0.3.75"
     info = comfy_server.client.object_info()
     assert {"CheckpointLoaderSimple", "KSampler", "SaveImage"} <= set(info)
     assert (comfy_server.base_dir / "custom_nodes" / "comfyui-pmg").resolve() == REPO
+    assert "custom_nodes/comfyui-pmg" in comfy_server.log_text(), "the pack was not even tried"
+
+
+def test_the_pack_imports_and_registers_pmg_nodes(comfy_server):
+    pack = str(comfy_server.base_dir / "custom_nodes" / "comfyui-pmg")
     log_text = comfy_server.log_text()
-    assert "custom_nodes/comfyui-pmg" in log_text, "the pack was not even tried"
-    pmg_nodes = [name for name in info if name.startswith("PMG")]
-    assert pmg_nodes, f"no PMG node registered; server log:\n{comfy_server.log_tail(40)}"
-    assert "IMPORT FAILED): " + str(comfy_server.base_dir / "custom_nodes" / "comfyui-pmg") not in log_text
+    assert f"(IMPORT FAILED): {pack}" not in log_text, f"the pack failed to import:\n{comfy_server.log_tail(40)}"
+    pmg_nodes = [name for name in comfy_server.client.object_info() if name.startswith("PMG")]
+    assert "PMGUserHistoryLoader" in pmg_nodes
 
 
 def test_default_models_are_visible_to_comfyui(comfy_server):
     schema = comfy_server.client.object_info("CheckpointLoaderSimple")["CheckpointLoaderSimple"]
     assert "pmg-tiny-sd15.safetensors" in schema["input"]["required"]["ckpt_name"][0]
     assert any(p.suffix == ".gguf" for p in (comfy_server.base_dir / "models" / "LLM").iterdir())
+
+
+def test_example_histories_are_installed_in_the_input_folder(comfy_server):
+    from pmg_core.loaders import list_users, load_user
+
+    inputs = comfy_server.base_dir / "input"
+    assert len(list_users(inputs / "pmg" / "movielens.jsonl")) > 900
+    sticker_user = load_user(inputs / "pmg_stickers" / "history.jsonl", "sticker_user_000")
+    assert sticker_user.images and all(path.is_file() for path in sticker_user.images)
 
 
 def test_stock_pipeline_runs_and_its_image_is_served(comfy_server):

