@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         lpips_value = LPIPS(args.net, device=args.device).distance(reference, distorted)
         ssim_value = ssim(reference, distorted)
     except PMGError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, whatever the cause
         return 2
     result = {
         "lpips": round(float(lpips_value[0]), 6),

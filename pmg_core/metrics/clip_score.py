@@ -57,7 +57,7 @@ class CLIPScorer:
         Raises :class:`ModelLoadError` for a missing folder, a non-CLIP config,
         missing or non-safetensors weights, or a missing tokenizer.
         """
-        from transformers import AutoTokenizer, CLIPModel
+        from transformers import CLIPModel
 
         folder = Path(path)
         config = _read_config(folder)
@@ -73,16 +73,10 @@ class CLIPScorer:
             )
         try:
             model = CLIPModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise ModelLoadError(f"Cannot load the CLIP weights in {folder}: {exc}. Re-download the folder; it may be incomplete.") from exc
-        tokenizer_source = Path(tokenizer_dir) if tokenizer_dir is not None else folder
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, local_files_only=True)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ModelLoadError(
-                f"No usable CLIP tokenizer in {tokenizer_source} ({exc}); add vocab.json, merges.txt and "
-                "tokenizer_config.json to the folder, or pass tokenizer_dir=pmg_core.assets.clip_tokenizer_dir()."
-            ) from exc
+        except Exception as exc:  # corrupt files raise many kinds (OSError, SafetensorError, ...)
+            reason = " ".join(str(exc).split())
+            raise ModelLoadError(f"Cannot load the CLIP weights in {folder}: {reason}. Re-download the folder; it may be incomplete.") from exc
+        tokenizer = _load_tokenizer(Path(tokenizer_dir) if tokenizer_dir is not None else folder, model.config.text_config.vocab_size)
         image_size, crop_size, mean, std = _preprocessing(folder, int(model.config.vision_config.image_size))
         return cls(model, tokenizer, image_size, crop_size, mean, std, device=device, source=folder)
 
@@ -127,6 +121,34 @@ class CLIPScorer:
 def _pooled(output) -> torch.Tensor:
     """transformers ≥ 5 returns a model output whose pooler_output is the projection; 4.x a tensor."""
     return output.pooler_output if hasattr(output, "pooler_output") else output
+
+
+def _load_tokenizer(source: Path, vocab_size: int):
+    """The tokenizer in ``source``, refusing folders without tokenizer files.
+
+    transformers builds an empty two-token tokenizer from a bare config.json
+    instead of failing, which would silently turn every text into padding.
+    """
+    from transformers import AutoTokenizer, CLIPTokenizer
+
+    hint = ("add tokenizer.json (or vocab.json and merges.txt) to the folder, or pass "
+            "tokenizer_dir=pmg_core.assets.clip_tokenizer_dir() (the vocabulary all OpenAI CLIP models share).")
+    has_files = (source / "tokenizer.json").is_file() or ((source / "vocab.json").is_file() and (source / "merges.txt").is_file())
+    if not has_files:
+        raise ModelLoadError(f"No CLIP tokenizer files in {source}; {hint}")
+    # Without tokenizer_config.json nothing names the class; bare vocab.json + merges.txt are CLIP's BPE.
+    loader = AutoTokenizer if (source / "tokenizer_config.json").is_file() else CLIPTokenizer
+    try:
+        tokenizer = loader.from_pretrained(source, local_files_only=True)
+    except Exception as exc:  # malformed tokenizer files raise many kinds
+        reason = " ".join(str(exc).split())
+        raise ModelLoadError(f"The CLIP tokenizer in {source} cannot be loaded ({reason}); {hint}") from exc
+    if not 256 < len(tokenizer) <= vocab_size:
+        raise ModelLoadError(
+            f"The tokenizer in {source} has {len(tokenizer)} tokens but the CLIP text model expects up to {vocab_size}; "
+            f"it belongs to another model: {hint}"
+        )
+    return tokenizer
 
 
 def _read_config(folder: Path) -> dict:

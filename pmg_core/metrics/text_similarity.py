@@ -41,8 +41,12 @@ class TextSimilarity:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
             self.model = AutoModel.from_pretrained(self.model_dir, local_files_only=True).to(self.device).eval()
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelLoadError(f"Cannot load the text model in {self.model_dir}: {exc}. The folder needs config.json, model.safetensors and the tokenizer files.") from exc
+        except Exception as exc:  # corrupt files raise many kinds (OSError, SafetensorError, ...)
+            reason = " ".join(str(exc).split())
+            raise ModelLoadError(
+                f"Cannot load the text model in {self.model_dir}: {reason}. "
+                "The folder needs config.json, model.safetensors and the tokenizer files."
+            ) from exc
         self.model.requires_grad_(False)
 
     @property
