@@ -181,3 +181,12 @@ def test_parse_alphas_rejects_empty_and_out_of_range(text):
 def test_errors_are_pmg_errors():
     assert issubclass(InvalidSettingError, PMGError) and issubclass(InvalidSettingError, ValueError)
     assert math.isclose(parse_alphas("0.6666")[0], 0.6666)
+
+
+def test_gradients_flow_to_soft_embeddings(tiny_text_encoder):
+    """Training builds conditions from adapter outputs: the soft part must stay differentiable."""
+    s = soft().requires_grad_(True)
+    cond = build_conditions(tiny_text_encoder, TARGET, PREFERENCE, s, None, [0.25, 0.75])
+    cond.embeddings.sum().backward()
+    # d(sum)/d(soft) = sum over alphas of w_i * 2a = 0.5 + 1.5
+    torch.testing.assert_close(s.grad, torch.full_like(s, 2.0))

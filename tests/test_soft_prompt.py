@@ -1,6 +1,6 @@
 """Soft preference embeddings: image tokens + P-Tuning v2 prefix + bridge over a frozen LLM.
 
-Most tests run on a tiny random Llama (hidden 64, 2 layers, 4 heads, 2 KV heads):
+Most tests run on the tiny random Llama (hidden 64, 2 layers, 4 heads, 2 KV heads, SmolLM2 tokenizer):
 they check mechanics (shapes, padding, gradients, the prefix cache, the file
 format), not what a trained adapter produces. The ``real_model`` test runs the
 real SmolLM2-135M-Instruct.
@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from pmg_core.errors import AdapterMismatchError, EmbeddingValueError, InvalidSettingError, ModelLoadError
 from pmg_core.soft_prompt import AdapterConfig, SoftPromptAdapter, load_adapter, save_adapter
-from pmg_core.tiny_models.diffusion import tiny_tokenizer
 
 TEXT_DIM = 48  # deliberately not a real encoder width: the adapter must take it from the caller
 SHORT = "A person watched the following movies \"1. Heat(Crime)\". Please describe his movie interests."
@@ -29,59 +27,21 @@ LONG = (
 )
 
 
-@dataclass
-class StandInLLM:
-    """The attributes of pmg_core.llm.LocalLLM that the adapter uses, around a tiny random Llama."""
-
-    model: LlamaForCausalLM
-    tokenizer: object
-    identity: str = "tiny-llama-test@0000"
-
-    @property
-    def hidden_size(self) -> int:
-        return self.model.config.hidden_size
-
-    @property
-    def num_layers(self) -> int:
-        return self.model.config.num_hidden_layers
-
-    @property
-    def num_kv_heads(self) -> int:
-        return self.model.config.num_key_value_heads
-
-    @property
-    def head_dim(self) -> int:
-        return self.model.config.hidden_size // self.model.config.num_attention_heads
-
-    @property
-    def context_length(self) -> int:
-        return self.model.config.max_position_embeddings
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-
-def make_llm(seed: int = 0, hidden: int = 64, identity: str = "tiny-llama-test@0000") -> StandInLLM:
-    config = LlamaConfig(
-        vocab_size=49408,  # the CLIP BPE tokenizer stands in for the LLM tokenizer
-        hidden_size=hidden,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
+def other_llm(llm, identity=None, hidden=None):
+    """An object with the identity and shape attributes of another LLM (only what the checks read)."""
+    return SimpleNamespace(
+        identity=identity or llm.identity,
+        hidden_size=hidden or llm.hidden_size,
+        num_layers=llm.num_layers,
+        num_kv_heads=llm.num_kv_heads,
+        head_dim=llm.head_dim,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    model.eval().requires_grad_(False)
-    return StandInLLM(model, tiny_tokenizer(), identity)
 
 
 @pytest.fixture(scope="module")
-def llm() -> StandInLLM:
-    return make_llm()
+def llm(tiny_llm):
+    """The tiny random Llama of tests/fixtures_llm.py (hidden 64, 2 layers, 4 heads, 2 KV heads)."""
+    return tiny_llm
 
 
 @pytest.fixture()
@@ -210,19 +170,16 @@ def test_header_holds_every_config_field_as_text(tmp_path, adapter):
 
 
 @pytest.mark.parametrize(
-    "other, named",
-    [
-        (lambda: make_llm(identity="other-llm@1234"), "other-llm@1234"),
-        (lambda: make_llm(hidden=32, identity="tiny-llama-test@0000"), "hidden 32"),
-    ],
+    "changes, named",
+    [(dict(identity="other-llm@1234"), "other-llm@1234"), (dict(hidden=32), "hidden 32")],
 )
-def test_load_rejects_another_llm(tmp_path, adapter, other, named):
+def test_load_rejects_another_llm(tmp_path, llm, adapter, changes, named):
     path = tmp_path / "a.safetensors"
     save_adapter(adapter, path)
     with pytest.raises(AdapterMismatchError) as excinfo:
-        load_adapter(path, llm=other())
+        load_adapter(path, llm=other_llm(llm, **changes))
     message = str(excinfo.value)
-    assert named in message and "tiny-llama-test@0000" in message and "hidden 64" in message
+    assert named in message and llm.identity in message and "hidden 64" in message
     assert "train" in message  # the fix
 
 
@@ -234,9 +191,12 @@ def test_load_rejects_another_text_width(tmp_path, adapter):
     assert "48" in str(excinfo.value) and "768" in str(excinfo.value)
 
 
-def test_encode_rejects_another_llm(adapter):
-    with pytest.raises(AdapterMismatchError):
-        adapter.encode(make_llm(identity="someone-else@9"), [SHORT])
+def test_encode_rejects_another_llm(llm, adapter):
+    import dataclasses
+
+    renamed = dataclasses.replace(llm, identity="someone-else@9")  # same weights, another identity
+    with pytest.raises(AdapterMismatchError, match="someone-else@9"):
+        adapter.encode(renamed, [SHORT])
 
 
 @pytest.mark.parametrize("content", [b"", b"not a safetensors file at all", b"\xff" * 64])
@@ -286,10 +246,20 @@ def test_config_metadata_round_trip():
 
 
 def test_overlong_text_keeps_its_end(llm, adapter, caplog):
-    """A text longer than the context is cut at the start, with a warning."""
-    long_text = "movie " * 400 + "Please describe his movie interests."
+    """A text longer than the context is cut at the start (with a warning), keeping the request at its end."""
+    short_context = SimpleNamespace(
+        model=llm.model, tokenizer=llm.tokenizer, identity=llm.identity, hidden_size=llm.hidden_size,
+        num_layers=llm.num_layers, num_kv_heads=llm.num_kv_heads, head_dim=llm.head_dim, device=llm.device,
+        context_length=40,
+    )
+    ending = " Please describe his movie interests."
+    long_text = "movie " * 100 + ending
     with torch.no_grad():
-        out = adapter.encode(llm, [long_text])
+        out = adapter.encode(short_context, [long_text])
+        # The kept part is the last 40 - 4 prefix - 4 image = 32 tokens of the text.
+        kept = llm.tokenizer.decode(llm.tokenizer(long_text)["input_ids"][-32:])
+        assert kept.endswith(ending.strip())
+        torch.testing.assert_close(out, adapter.encode(llm, [kept]), atol=1e-5, rtol=1e-4)
     assert out.shape == (1, 4, TEXT_DIM)
     assert "dropping the first" in caplog.text
 
