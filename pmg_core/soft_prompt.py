@@ -144,9 +144,14 @@ class SoftPromptAdapter(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
+        # Built as zeros without touching the global RNG; untrained() or load_adapter() fill them.
         self.image_tokens = nn.Parameter(torch.zeros(config.num_image_tokens, config.llm_hidden_size))
-        self.prefix = nn.Embedding(config.num_prefix, config.prefix_width)
-        self.bridge = nn.Linear(config.llm_hidden_size, config.text_dim)
+        self.prefix = nn.utils.skip_init(nn.Embedding, config.num_prefix, config.prefix_width)
+        self.bridge = nn.utils.skip_init(nn.Linear, config.llm_hidden_size, config.text_dim)
+        with torch.no_grad():
+            self.prefix.weight.zero_()
+            self.bridge.weight.zero_()
+            self.bridge.bias.zero_()
 
     @classmethod
     def untrained(

@@ -282,3 +282,12 @@ def test_real_smollm2_untrained_adapter_encodes_movielens_prompt(smollm2):
     assert torch.isfinite(out).all()
     assert out.std() > 0  # not collapsed to a constant
     assert elapsed < 30
+
+
+def test_building_and_loading_leave_the_global_rng_alone(tmp_path, llm, adapter):
+    path = tmp_path / "a.safetensors"
+    save_adapter(adapter, path)
+    state = torch.random.get_rng_state()
+    SoftPromptAdapter.untrained(llm, TEXT_DIM, seed=5)
+    load_adapter(path)
+    assert torch.equal(torch.random.get_rng_state(), state)
