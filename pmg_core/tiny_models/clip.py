@@ -1,0 +1,46 @@
+"""A tiny random CLIP folder: what PMG Scorer measures with when no real CLIP can be installed.
+
+No registry package ships CLIP weights, and MovieLens has no posters: without a CLIP the
+scorer has nothing to compare a movie user's images with. The offline demo and the
+workflow tests therefore install this one into ``models/pmg/``. Its similarities are
+meaningless (random weights); loading, preprocessing and batching go through the same
+code as a real CLIP (``openai/clip-vit-base-patch32`` folder layout, real tokenizer).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+TINY_CLIP_NAME = "pmg-tiny-clip"
+
+
+def save_tiny_clip(folder: Path | str, seed: int = 0) -> Path:
+    """Write a seeded tiny ``CLIPModel`` (32-px images, 16-d joint space) and the CLIP tokenizer to ``folder``.
+
+    Written into a temporary sibling and renamed, so a reader never sees half a folder.
+    Returns ``folder``; an existing complete folder is kept as it is.
+    """
+    import torch
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    from ..assets import clip_tokenizer_dir
+
+    folder = Path(folder)
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return folder
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, projection_dim=16)
+    config = CLIPConfig(text_config=small, vision_config=dict(small, image_size=32, patch_size=8), projection_dim=16)
+    with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's global RNG
+        torch.manual_seed(seed)
+        model = CLIPModel(config)
+    temporary = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    model.save_pretrained(temporary, safe_serialization=True)
+    CLIPTokenizer.from_pretrained(clip_tokenizer_dir(), local_files_only=True).save_pretrained(temporary)
+    try:
+        temporary.rename(folder)
+    except OSError:  # another process finished first
+        shutil.rmtree(temporary, ignore_errors=True)
+    return folder
