@@ -156,7 +156,7 @@ def test_pmg_queue_exits_non_zero_and_lists_failed_users(comfy_server, tmp_path)
     workflow.write_text(json.dumps(stock_txt2img_graph(seed=51, prefix="cli_fail")), encoding="utf-8")
     history = write_users(tmp_path / "users.jsonl", ["f1"])
     done = subprocess.run(
-        [sys.executable, "-m", "pmg_core.comfy_client.cli", "queue", str(workflow), "--history", str(history),
+        [sys.executable, "-m", "pmg_core", "queue", str(workflow), "--history", str(history),  # via the main CLI
          "--users", "f1", "--url", comfy_server.url, "--out", str(tmp_path / "r.jsonl"), "--set", "5.cfg=1000"],
         cwd=REPO, capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"),
     )

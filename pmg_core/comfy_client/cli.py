@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     serve.add_argument("--no-default-models", action="store_true",
                        help="do not install the tiny checkpoint, the default LLM and the example histories")
     serve.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for start-up")
-    serve.set_defaults(func=run_serve)
+    serve.set_defaults(run=run_serve)
 
     queue = subparsers.add_parser("queue", help="queue an API workflow once per user on a ComfyUI server")
     queue.add_argument("workflow", type=Path, help="API-format workflow JSON (File > Export (API) in ComfyUI)")
@@ -42,7 +42,7 @@ def register(subparsers) -> None:
     queue.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
                        help="override a node input in every prompt (VALUE is JSON if it parses, else a string)")
     queue.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for one user")
-    queue.set_defaults(func=run_queue)
+    queue.set_defaults(run=run_queue)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        return args.func(args)
+        return args.run(args)
     except PMGError as exc:
         log.error("%s", exc)
         return 2
