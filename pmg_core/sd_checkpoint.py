@@ -87,9 +87,40 @@ class GeneratorComponents:
         return int(self.unet.config.cross_attention_dim)
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "GeneratorComponents":
+        device = torch.device(device)
         for module in (self.unet, self.vae, self.text_encoder):
-            module.to(device=device, dtype=dtype)
+            current = next(module.parameters())
+            if current.device != device or (dtype is not None and current.dtype != dtype):
+                module.to(device=device, dtype=dtype)
         return self
+
+    def pipeline(self):
+        """A diffusers ``StableDiffusionPipeline`` over these components (DDIM sampler, no safety checker).
+
+        The pipeline decodes with ``vae.config.scaling_factor``, so a TAESD whose
+        checkpoint carries its own scale gets that factor written into its config.
+        """
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        if self.latent_shift:
+            raise ModelLoadError(
+                f"The VAE of {self.name} shifts its latents by {self.latent_shift}; the diffusers SD pipeline cannot "
+                "express that. Use an SD1.x checkpoint with a KL VAE or the SD1 TAESD."
+            )
+        if abs(float(getattr(self.vae.config, "scaling_factor", 1.0)) - self.latent_scaling) > 1e-9:
+            self.vae.register_to_config(scaling_factor=self.latent_scaling)
+        pipeline = StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=DDIMScheduler.from_config(self.scheduler.config),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
 
     def freeze(self) -> "GeneratorComponents":
         """Eval mode and no gradients for every weight: the generator never trains here."""

@@ -1,0 +1,229 @@
+"""``pmg train``: train a soft-prompt adapter from the command line.
+
+    pmg train --stickers 200 --checkpoint models/checkpoints/sd15.safetensors --out runs/stickers
+    pmg train --history users.jsonl --checkpoint sd15-diffusers/ --llm SmolLM2.gguf --out runs/a --steps 500
+
+Progress goes to stderr (tqdm), one JSON summary to stdout; bad input ends with
+a one-line ``error: ...`` and exit status 1. ``python -m pmg_core.training.cli``
+runs the same command on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ..errors import InvalidSettingError, PMGError, TrainingError
+
+log = logging.getLogger("pmg.train")
+
+BUILTIN_STICKERS = "builtin:stickers"
+
+
+def register(subparsers) -> None:
+    """Add the ``train`` subcommand to an ``argparse`` sub-parser set."""
+    p = subparsers.add_parser("train", help="train a soft-prompt adapter (safetensors + loss.csv + loss_curve.png)")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--history", help=f"history file (users need a target item with an image), or {BUILTIN_STICKERS}")
+    data.add_argument("--stickers", type=int, metavar="N", help="N synthetic sticker users built from the real Twemoji images")
+    p.add_argument("--format", default="auto", help="history format: auto, jsonl, csv, chat, sticker")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the sticker users (--stickers)")
+    p.add_argument("--skip-incomplete", action="store_true", help="drop users without a target image instead of failing")
+    p.add_argument("--checkpoint", type=Path, required=True, help="SD1.x single-file .safetensors (ComfyUI's) or a diffusers folder")
+    p.add_argument("--llm", type=Path, help="local HF folder or .gguf file (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default ~/.cache/pmg)")
+    p.add_argument("--out", type=Path, required=True, help="output folder: adapter.safetensors, loss.csv, loss_curve.png, checkpoint/")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: --epochs passes over the users)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=6)
+    p.add_argument("--grad-accum", type=int, default=4)
+    p.add_argument("--lr", type=float, default=5e-6)
+    p.add_argument("--weight-decay", type=float, default=1e-2)
+    p.add_argument("--negative-weight", type=float, default=0.5, help="weight of the random negative item's loss (0 = plain loss)")
+    p.add_argument("--resolution", type=int, default=512, help="training image size (multiple of 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-image-tokens", type=int, default=4, help="k learnable image tokens")
+    p.add_argument("--num-prefix", type=int, default=4, help="m P-Tuning v2 prefix vectors per layer")
+    p.add_argument("--checkpoint-every", type=int, default=50, help="save a resumable checkpoint every N steps")
+    p.add_argument("--mixed-precision", choices=("auto", "bf16", "no"), default="auto")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    resume.add_argument("--overwrite", action="store_true", help="discard a checkpoint in --out and start over")
+    p.add_argument("--eval-users", type=int, default=0, help="hold out N users; after training compare trained/untrained/keywords on them")
+    p.add_argument("--eval-steps", type=int, default=20, help="denoising steps of the evaluation images")
+    p.add_argument("--eval-size", type=int, default=None, help="evaluation image size (default: --resolution)")
+    p.add_argument("--eval-guidance", type=float, default=7.5)
+    p.add_argument("--alpha", type=float, default=0.5, help="preference/target balance of the evaluation conditions")
+    p.set_defaults(run=run_train)
+
+
+def run_train(args: argparse.Namespace) -> dict:
+    """Run ``pmg train``; returns the JSON summary."""
+    import torch
+    from tqdm import tqdm
+
+    from ..assets import smollm2_gguf
+    from ..conditioning import DiffusersTextEncoder
+    from ..llm import load_llm
+    from ..sd_checkpoint import load_generator
+    from ..soft_prompt import SoftPromptAdapter
+    from .checkpoint import find_checkpoint
+    from .components import DiffusersLatentEncoder, DiffusersNoisePredictor, NoiseSchedule
+    from .data import build_examples, split_users
+    from .trainer import SoftPromptTrainer, TrainConfig
+
+    config = TrainConfig(
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        epochs=args.epochs,
+        resolution=args.resolution,
+        negative_weight=args.negative_weight,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        max_steps=args.steps,
+        mixed_precision=args.mixed_precision,
+    )
+    config.validate()  # before loading any model: bad settings fail fast
+    if find_checkpoint(args.out) is not None and not (args.resume or args.overwrite):
+        raise TrainingError(
+            f"{args.out} already holds a training checkpoint; pass --resume to continue it, "
+            "--overwrite to start over, or choose another --out."
+        )
+
+    histories = _histories(args)
+    train_users, eval_users = split_users(histories, args.eval_users, seed=args.seed)
+    examples = build_examples(train_users, seed=args.seed, skip_incomplete=args.skip_incomplete)
+    log.info("%d training examples, %d held-out users", len(examples), len(eval_users))
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    components = load_generator(args.checkpoint).to(device)
+    llm = load_llm(args.llm or smollm2_gguf(), cache_dir=args.cache_dir, device=device)
+    text_encoder = DiffusersTextEncoder(components.tokenizer, components.text_encoder)
+    adapter = SoftPromptAdapter.untrained(
+        llm, text_encoder.width, num_image_tokens=args.num_image_tokens, num_prefix=args.num_prefix, seed=args.seed
+    )
+    trainer = SoftPromptTrainer(
+        llm,
+        adapter,
+        text_encoder,
+        DiffusersNoisePredictor(components.unet),
+        DiffusersLatentEncoder(components.vae, components.latent_scaling, components.latent_shift),
+        NoiseSchedule.from_scheduler(components.scheduler),
+        config,
+        generator_identity=components.identity,
+    )
+    with tqdm(desc="train", unit="step", file=sys.stderr) as bar:
+        result = trainer.train(examples, args.out, progress=_tqdm_progress(bar), resume=args.resume)
+
+    summary = {
+        "adapter": str(result.adapter_path),
+        "loss_csv": str(result.loss_csv),
+        "loss_curve": str(result.loss_curve),
+        "steps": result.steps,
+        "resumed_from_step": result.start_step,
+        "examples": result.examples,
+        "first_loss_mean10": result.first_loss_mean,
+        "final_loss": result.final_loss,
+        "final_loss_mean10": result.final_loss_mean,
+        "seconds": round(result.seconds, 3),
+        "seconds_per_step": round(result.seconds_per_step, 4),
+        "generator": components.identity,
+        "llm": llm.identity,
+        "device": device,
+    }
+    if eval_users:
+        summary["evaluation"] = _evaluate(args, components, llm, trainer.adapter, eval_users)
+    return summary
+
+
+def _histories(args) -> list:
+    from ..loaders import load_histories
+    from ..loaders.stickers import build_sticker_histories
+
+    if args.stickers is not None:
+        if args.stickers < 2:
+            raise InvalidSettingError(f"--stickers {args.stickers}: training needs at least 2 users.")
+        return build_sticker_histories(n_users=args.stickers, seed=args.data_seed)
+    if args.history == BUILTIN_STICKERS:
+        return build_sticker_histories(seed=args.data_seed)
+    path = Path(args.history)
+    if not path.exists():
+        raise InvalidSettingError(f"History file {path} does not exist; check --history.")
+    return list(load_histories(path, fmt=args.format).values())
+
+
+def _evaluate(args, components, llm, adapter, users) -> dict:
+    from tqdm import tqdm
+
+    from ..generation import PMGGenerator
+    from ..soft_prompt import SoftPromptAdapter
+    from .evaluate import evaluate_adapter, format_table
+
+    generator = PMGGenerator(components.pipeline())
+    # The untrained baseline is the trainer's own starting point (same seed).
+    untrained = SoftPromptAdapter.untrained(
+        llm, adapter.config.text_dim, adapter.config.num_image_tokens, adapter.config.num_prefix, seed=args.seed
+    )
+    with tqdm(desc="evaluate", unit="user", file=sys.stderr) as bar:
+        result = evaluate_adapter(
+            generator,
+            llm,
+            adapter,
+            users,
+            untrained=untrained,
+            seed=args.seed,
+            steps=args.eval_steps,
+            guidance_scale=args.eval_guidance,
+            size=args.eval_size or args.resolution,
+            alpha=args.alpha,
+            progress=_tqdm_progress(bar),
+        )
+    (Path(args.out) / "evaluation.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    log.info("evaluation on %d held-out users:\n%s", len(result["users"]), format_table(result))
+    return {"file": str(Path(args.out) / "evaluation.json"), "summary": result["summary"], "settings": result["settings"]}
+
+
+def _tqdm_progress(bar):
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pmg_core.training.cli ...``: the ``train`` command alone."""
+    parser = argparse.ArgumentParser(prog="pmg", description="Train PMG's soft-prompt adapter.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    register(parser.add_subparsers(dest="command", required=True))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "train":
+        argv = ["train", *argv]
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        result = args.run(args)
+    except (PMGError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted (the last checkpoint is kept; continue with --resume)", file=sys.stderr)
+        return 130
+    json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
