@@ -40,8 +40,9 @@ def test_ssim_matches_official_and_scikit_image(calib_dir, name):
     assert abs(value - OFFICIAL[name]["ssim"]) < 2e-3
     gray_ref = np.asarray(Image.open(calib_dir / f"{name}_ref.png").convert("L"))
     gray_dist = np.asarray(Image.open(calib_dir / f"{name}_dist.png").convert("L"))
-    expected = structural_similarity(gray_ref, gray_dist, gaussian_weights=True, sigma=1.5,
-                                     use_sample_covariance=False, data_range=255)
+    expected = structural_similarity(
+        gray_ref, gray_dist, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255
+    )
     assert abs(value - expected) < 1e-6
     # Our 8-bit grayscale is PIL's convert("L") exactly.
     np.testing.assert_array_equal(to_gray8(reference)[0, 0].numpy(), gray_ref)
@@ -62,8 +63,18 @@ def test_pairwise_ssim_on_calibration_pairs(calib_dir):
 @pytest.mark.parametrize("name", sorted(OFFICIAL))
 def test_cli_prints_official_values(calib_dir, name):
     result = subprocess.run(
-        [sys.executable, "-m", "pmg_core.metrics", str(calib_dir / f"{name}_ref.png"), str(calib_dir / f"{name}_dist.png")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        [
+            sys.executable,
+            "-m",
+            "pmg_core.metrics",
+            str(calib_dir / f"{name}_ref.png"),
+            str(calib_dir / f"{name}_dist.png"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.strip()]
@@ -78,7 +89,10 @@ def test_cli_missing_image_fails_with_one_line(calib_dir, tmp_path):
     absent = tmp_path / "absent.png"
     result = subprocess.run(
         [sys.executable, "-m", "pmg_core.metrics", str(calib_dir / "I03_ref.png"), str(absent)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode != 0
     assert result.stdout == ""

@@ -45,7 +45,7 @@ def test_load_image_errors_name_the_file(tmp_path):
 
 
 def test_pil_round_trip_is_exact_on_8_bit_values():
-    image = (torch.randint(0, 256, (1, 3, 5, 7)).float() / 255)
+    image = torch.randint(0, 256, (1, 3, 5, 7)).float() / 255
     pil = tensor_to_pil(image)[0]
     assert pil.size == (7, 5)
     assert torch.equal(pil_to_tensor(pil), image)

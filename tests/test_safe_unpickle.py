@@ -23,8 +23,11 @@ class _RunsACommand:
 
 
 def test_reads_nested_arrays(tmp_path):
-    data = {"layer": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3), "bias": np.float64(1.5)},
-            "order": collections.OrderedDict(a=np.ones(2, dtype=np.int64)), "list": [np.zeros(1)]}
+    data = {
+        "layer": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3), "bias": np.float64(1.5)},
+        "order": collections.OrderedDict(a=np.ones(2, dtype=np.int64)),
+        "list": [np.zeros(1)],
+    }
     path = tmp_path / "arrays.pkl"
     path.write_bytes(pickle.dumps(data, protocol=4))
     loaded = load_numpy_pickle(path)

