@@ -10,16 +10,16 @@ without ComfyUI. The pack deliberately exports no ``NODE_CLASS_MAPPINGS``: when 
 pack exports both, ComfyUI uses the V1 mappings and never calls the V3 entry point.
 """
 
-from __future__ import annotations
-
 __all__ = ["comfy_entrypoint"]
 
 
 async def comfy_entrypoint():
     """Build the PMG ``ComfyExtension`` (called by ComfyUI once, at start-up)."""
-    if not __package__:
-        # Loaded as a loose module rather than as ComfyUI's package: the relative
-        # imports below cannot work, and saying so beats a bare ImportError.
+    import sys
+
+    if not __package__ or __package__ not in sys.modules:
+        # Executed as a loose file rather than imported as ComfyUI's package: the
+        # relative imports below cannot work, and saying so beats a bare ImportError.
         raise ImportError(
             "The PMG node pack must be loaded as a package by ComfyUI: place (or symlink) this "
             "folder under ComfyUI's custom_nodes/ directory."

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import folder_paths
 
-from ..pmg_core.errors import MissingFileError, ModelLoadError
+from ..pmg_core.errors import MissingFileError, ModelLoadError, UnsafePathError
 from ..pmg_core.safe_paths import resolve_inside
 
 logger = logging.getLogger(__name__)
@@ -50,11 +50,33 @@ def register_model_folders() -> None:
         folder_paths.folder_names_and_paths[key] = (paths, set(known) | extensions)
 
 
-def _folders(key: str) -> list[Path]:
+def model_path(root: Path, name: str) -> Path:
+    """``root / name`` for a name picked from a model list; refuses ``..`` and absolute names.
+
+    Unlike history files (uploaded by users, checked with ``resolve_inside``), model
+    folders are arranged by the server's owner, who often symlinks models in from
+    elsewhere: symlinks are followed, only the name itself must stay inside ``root``.
+    """
+    normalised = name.replace("\\", "/")
+    if "\x00" in normalised or normalised.startswith("/") or ".." in normalised.split("/") or ":" in normalised:
+        raise UnsafePathError(
+            f"The model name {name!r} points outside {root}; pick a name from the list "
+            "(a file or folder inside the models folder)."
+        )
+    return root / normalised
+
+
+def _registered(key: str) -> list[Path]:
+    """Every folder registered for ``key`` (named in messages, whether it exists or not)."""
     try:
         return [Path(p) for p in folder_paths.get_folder_paths(key)]
     except KeyError:
         return []
+
+
+def _folders(key: str) -> list[Path]:
+    """The registered folders that exist; a folder not created yet is simply empty."""
+    return [path for path in _registered(key) if path.is_dir()]
 
 
 # ---------------------------------------------------------------- history files
@@ -139,16 +161,14 @@ def resolve_llm(name: str) -> Path:
     if not isinstance(name, str) or not name.strip():
         raise ModelLoadError(
             "No language model selected. Put a transformers model folder (with config.json) or a "
-            f".gguf file into {_describe(roots)}, refresh the page (press R) and pick it."
+            f".gguf file into {_describe(_registered(LLM_FOLDER_KEY))}, refresh the page (press R) and pick it."
         )
     for root in roots:
-        if not root.is_dir():
-            continue
-        candidate = resolve_inside(root, name)
+        candidate = model_path(root, name.strip())
         if candidate.exists():
             return candidate
     raise ModelLoadError(
-        f"Language model {name!r} was not found in {_describe(roots)}; "
+        f"Language model {name!r} was not found in {_describe(_registered(LLM_FOLDER_KEY))}; "
         "copy the model folder or .gguf file there and refresh the list."
     )
 
@@ -170,14 +190,40 @@ def resolve_adapter(name: str) -> Path:
     """The file behind an ``adapter_choices`` entry (not the untrained choice)."""
     roots = _folders(ADAPTER_FOLDER_KEY)
     for root in roots:
-        if not root.is_dir():
-            continue
-        candidate = resolve_inside(root, name)
+        candidate = model_path(root, name)
         if candidate.is_file():
             return candidate
     raise ModelLoadError(
-        f"Soft-prompt adapter {name!r} was not found in {_describe(roots)}; copy the .safetensors "
+        f"Soft-prompt adapter {name!r} was not found in {_describe(_registered(ADAPTER_FOLDER_KEY))}; copy the .safetensors "
         f"file there and refresh the list, or choose {UNTRAINED_ADAPTER!r}."
+    )
+
+
+# ---------------------------------------------------------------- CLIP scorers
+
+
+def clip_scorer_choices() -> list[str]:
+    """Hugging Face CLIP folders (a subfolder with ``config.json``) directly under ``models/pmg``."""
+    names: set[str] = set()
+    for root in _folders(ADAPTER_FOLDER_KEY):
+        try:
+            for entry in os.scandir(root):
+                if entry.is_dir() and os.path.isfile(os.path.join(entry.path, "config.json")):
+                    names.add(entry.name)
+        except OSError as error:
+            logger.warning("PMG: cannot list CLIP folders in %s: %s", root, error)
+    return sorted(names)
+
+
+def resolve_clip_scorer(name: str) -> Path:
+    roots = _folders(ADAPTER_FOLDER_KEY)
+    for root in roots:
+        candidate = model_path(root, name)
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise ModelLoadError(
+        f"CLIP folder {name!r} was not found in {_describe(_registered(ADAPTER_FOLDER_KEY))}; put a Hugging Face CLIP folder "
+        "(config.json, model.safetensors, tokenizer files) there and refresh the list."
     )
 
 

@@ -82,10 +82,10 @@ def llm_on_compute_device(llm, keep_loaded: bool) -> Iterator[torch.device]:
         if device.type != "cpu":
             # Make room the way ComfyUI's own loaders do: unload its models if needed.
             mm.free_memory(_model_bytes(llm) * 1.2, device)
-        llm.model.to(device)
+        llm.to(device)
     try:
         yield device
     finally:
         if not keep_loaded and _model_device(llm).type != "cpu":
-            llm.model.to("cpu")
+            llm.to("cpu")
             mm.soft_empty_cache()

@@ -144,3 +144,44 @@ def comfy_clip(comfy_source):
         for parameter in clip.cond_stage_model.parameters():
             parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
     return clip
+
+
+HISTORY_DATA = REPO / "tests" / "data" / "histories"
+
+
+@pytest.fixture(scope="session")
+def input_histories(comfy_base) -> Path:
+    """The movie test histories (jsonl + posters) copied into ``<input>/pmg/``; returns that folder."""
+    import shutil
+
+    folder = comfy_base.input / "pmg"
+    if not folder.exists():
+        folder.mkdir()
+        shutil.copy(HISTORY_DATA / "movies.jsonl", folder / "movies.jsonl")
+        shutil.copy(HISTORY_DATA / "movies.csv", folder / "movies.csv")
+        shutil.copytree(HISTORY_DATA / "posters", folder / "posters")
+    return folder
+
+
+def make_bundle(pack, history=None, llm=None, **fields):
+    """A ``PMG_PREFERENCE`` value built by hand (no LLM run), for the conditioning and scoring nodes."""
+    keywords = importlib.import_module(f"{PACK_NAME}.pmg_core.keywords")
+    types = importlib.import_module(f"{PACK_NAME}.nodes.types")
+    history_module = importlib.import_module(f"{PACK_NAME}.pmg_core.history")
+    if history is None:
+        item = history_module.Item(item_id="m1", title="Orbit of Ashes", categories=("Sci-Fi",))
+        history = history_module.UserHistory(user_id="ada", items=(item,), scene="movie",
+                                             target=history_module.Item(item_id="m5", title="Starlings of Vega"))
+    values = dict(
+        user_id=history.user_id,
+        scene=history.scene,
+        history_text="1. Orbit of Ashes(Sci-Fi): space, salvage.",
+        preference_keywords=("space", "salvage", "mystery"),
+        target_keywords=("birds", "colony", "alien sky"),
+        target_text="movie poster, Starlings of Vega, named 'Starlings of Vega', birds, colony",
+        preference_text="space, salvage, mystery",
+        soft_prompt_text='A person watched the following movies "Orbit of Ashes". Please describe his movie interests.',
+        negative_prompt="broken text, unclear, twisted",
+    )
+    values.update(fields)
+    return types.PreferenceBundle(preference=keywords.Preference(**values), history=history, llm=llm)

@@ -1,0 +1,295 @@
+"""PMGSoftPromptEncoder and PMGConditioning: from a user's preference to CONDITIONING."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from comfy_api.latest import io
+from safetensors.torch import load_file, save_file
+
+from ..pmg_core.conditioning import ConditionWeights, build_conditions, negative_conditions, parse_alphas
+from ..pmg_core.errors import EmbeddingValueError, InvalidSettingError
+from ..pmg_core.render import negative_prompt
+from ..pmg_core.safe_paths import sha256_file
+from ..pmg_core.soft_prompt import SoftPromptAdapter, load_adapter
+from . import comfy_paths
+from .comfy_runtime import llm_on_compute_device
+from .comfy_text_encoder import ComfyTextEncoder
+from .types import PMGPreference, PMGSoftPrompt, PreferenceBundle, SoftPrompt
+
+logger = logging.getLogger(__name__)
+
+_SOFT_CACHE_VERSION = "pmg-soft-prompt-v1"
+
+
+def soft_cache_key(adapter_id: str, llm_identity: str, text: str, width: int) -> str:
+    """The disk-cache key of one user's soft embeddings (hex SHA-256 of what determines them)."""
+    payload = json.dumps(
+        {"v": _SOFT_CACHE_VERSION, "adapter": adapter_id, "llm": llm_identity, "text": text, "width": width},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _read_cached(path: Path) -> torch.Tensor | None:
+    if not path.is_file():
+        return None
+    try:
+        embeddings = load_file(str(path))["embeddings"]
+    except Exception as error:  # noqa: BLE001 - a damaged cache entry is recomputed, not fatal
+        logger.warning("PMG: ignoring unreadable soft-prompt cache entry %s (%s); recomputing.", path, error)
+        return None
+    return embeddings if torch.isfinite(embeddings).all() else None
+
+
+def _write_cached(path: Path, embeddings: torch.Tensor, metadata: dict[str, str]) -> None:
+    temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    save_file({"embeddings": embeddings.contiguous()}, str(temporary), metadata=metadata)
+    os.replace(temporary, path)  # atomic: a concurrent reader sees the old file or the new one
+
+
+def _bundle(preference) -> PreferenceBundle:
+    if not isinstance(preference, PreferenceBundle):
+        raise EmbeddingValueError(
+            "The preference input must come from PMG Preference Extractor (a PMG_PREFERENCE value)."
+        )
+    return preference
+
+
+class PMGSoftPromptEncoder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PMGSoftPromptEncoder",
+            display_name="PMG Soft Prompt Encoder",
+            category="PMG/conditioning",
+            description=(
+                "Turns the user's behaviours into k implicit preference embeddings (PMG's soft prompt): the LLM "
+                "reads the history with a soft-prompt adapter and a bridge maps its hidden states into the "
+                "checkpoint's text-embedding space. Results are cached on disk per user, adapter and LLM."
+            ),
+            inputs=[
+                PMGPreference.Input("preference", tooltip="The user's preference from PMG Preference Extractor."),
+                io.Combo.Input(
+                    "adapter",
+                    options=comfy_paths.adapter_choices(),
+                    default=comfy_paths.UNTRAINED_ADAPTER,
+                    tooltip=(
+                        "A trained soft-prompt adapter (.safetensors in models/pmg), or 'none (untrained)' for a "
+                        "seeded random adapter (mechanics only: its embeddings carry no learned preference)."
+                    ),
+                ),
+                io.Clip.Input(
+                    "clip",
+                    tooltip="The checkpoint's CLIP: its text width (768 SD1.x, 1024 SD2.x, 2048 SDXL) sizes the embeddings.",
+                ),
+                io.Int.Input(
+                    "num_image_tokens", default=4, min=1, max=64,
+                    tooltip="k, the number of soft embeddings of an untrained adapter (a trained one fixes its own k).",
+                ),
+                io.Int.Input(
+                    "seed", default=0, min=0, max=0xFFFFFFFF,
+                    tooltip="Seed of the untrained adapter's random weights (ignored for a trained adapter).",
+                ),
+            ],
+            outputs=[
+                PMGSoftPrompt.Output(
+                    display_name="soft_prompt",
+                    tooltip="The user's soft embeddings [1, k, D] with their provenance (PMG_SOFT_PROMPT), for PMG Conditioning.",
+                ),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, adapter: str) -> bool | str:
+        if adapter == comfy_paths.UNTRAINED_ADAPTER:
+            return True
+        try:
+            comfy_paths.resolve_adapter(adapter)
+        except Exception as error:  # noqa: BLE001 - shown to the user as the validation message
+            return str(error)
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, adapter: str, **_) -> str:
+        if adapter == comfy_paths.UNTRAINED_ADAPTER:
+            return adapter
+        try:
+            return sha256_file(comfy_paths.resolve_adapter(adapter))
+        except Exception:  # noqa: BLE001 - validate_inputs reports it
+            return "missing"
+
+    @classmethod
+    def execute(cls, preference, adapter: str, clip, num_image_tokens: int, seed: int) -> io.NodeOutput:
+        bundle = _bundle(preference)
+        llm = bundle.llm
+        if llm is None:
+            raise EmbeddingValueError(
+                "This preference carries no LLM; connect the preference output of PMG Preference Extractor, "
+                "whose LLM the soft-prompt adapter runs on."
+            )
+        width = ComfyTextEncoder(clip).width
+        text = bundle.preference.soft_prompt_text
+        if adapter == comfy_paths.UNTRAINED_ADAPTER:
+            adapter_path = None
+            adapter_id = f"untrained:seed={seed}:k={num_image_tokens}"
+        else:
+            adapter_path = comfy_paths.resolve_adapter(adapter)
+            adapter_id = f"sha256:{sha256_file(adapter_path)}"
+        key = soft_cache_key(adapter_id, llm.identity, text, width)
+        metadata = {
+            "user_id": bundle.preference.user_id,
+            "adapter": adapter,
+            "adapter_id": adapter_id,
+            "llm_identity": llm.identity,
+            "text_width": str(width),
+            "cache_key": key,
+        }
+        cache_file = comfy_paths.cache_dir("soft_prompts") / f"{key}.safetensors"
+        embeddings = _read_cached(cache_file)
+        if embeddings is not None:
+            logger.info("PMG: soft prompt of user %s read from the cache", bundle.preference.user_id)
+            return io.NodeOutput(SoftPrompt(embeddings, {**metadata, "cached": "true"}))
+
+        with llm_on_compute_device(llm, keep_loaded=False) as device, torch.no_grad():
+            if adapter_path is None:
+                module = SoftPromptAdapter.untrained(llm, text_dim=width, num_image_tokens=num_image_tokens, seed=seed)
+            else:
+                module = load_adapter(adapter_path, llm=llm, text_dim=width)
+            module = module.to(device).eval()
+            embeddings = module.encode(llm, [text]).detach().float().cpu()
+        if embeddings.ndim != 3 or embeddings.shape[0] != 1 or embeddings.shape[-1] != width:
+            raise EmbeddingValueError(
+                f"The adapter produced embeddings of shape {tuple(embeddings.shape)}; expected [1, k, {width}]."
+            )
+        metadata["num_image_tokens"] = str(embeddings.shape[1])
+        _write_cached(cache_file, embeddings, metadata)
+        return io.NodeOutput(SoftPrompt(embeddings, {**metadata, "cached": "false"}))
+
+
+def _text(override: str | None, fallback: str | None) -> str | None:
+    return override if override is not None and override.strip() else fallback
+
+
+def comfy_conditioning(embeddings: torch.Tensor, pooled: torch.Tensor | None) -> list:
+    """ComfyUI's CONDITIONING: one entry whose tensor is the whole batch ``[A, T, D]``.
+
+    A stock KSampler matches a condition batch to the latent batch row by row
+    (``comfy.utils.repeat_to_batch_size``), so a latent batch of A gives image i
+    the condition of alpha i.
+    """
+    extras = {"pooled_output": pooled} if pooled is not None else {}
+    return [[embeddings, extras]]
+
+
+class PMGConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PMGConditioning",
+            display_name="PMG Conditioning",
+            category="PMG/conditioning",
+            description=(
+                "Builds PMG's condition: target-keyword embeddings, soft preference embeddings and preference-"
+                "keyword embeddings side by side, one row per alpha (0 = only the target, 1 = only the user's "
+                "preference). Set the empty latent's batch size to the batch_size output to get one image per alpha."
+            ),
+            inputs=[
+                io.Clip.Input("clip", tooltip="The checkpoint's CLIP text encoder (SD1.x, SD2.x or SDXL)."),
+                PMGPreference.Input(
+                    "preference", optional=True,
+                    tooltip="The user's preference from PMG Preference Extractor (target, preference and negative texts).",
+                ),
+                PMGSoftPrompt.Input(
+                    "soft_prompt", optional=True,
+                    tooltip="The user's soft embeddings from PMG Soft Prompt Encoder; leave empty for keywords only.",
+                ),
+                io.Float.Input(
+                    "w_target", default=1.0, min=0.0, max=10.0, step=0.05,
+                    tooltip="w_t: weight of the target-keyword embeddings.",
+                ),
+                io.Float.Input(
+                    "w_soft", default=1.0, min=0.0, max=10.0, step=0.05,
+                    tooltip="w_i: weight of the soft preference embeddings.",
+                ),
+                io.Float.Input(
+                    "w_preference", default=1.0, min=0.0, max=10.0, step=0.05,
+                    tooltip="w_p: weight of the preference-keyword embeddings.",
+                ),
+                io.String.Input(
+                    "alphas", default="0.33, 0.5, 0.67",
+                    tooltip=(
+                        "Balance values in [0, 1], comma-separated; one image per value. The target part is "
+                        "scaled by 2(1-a), the preference parts by 2a; 0.5 is the plain concatenation."
+                    ),
+                ),
+                io.String.Input(
+                    "target_text", optional=True, default="", multiline=True,
+                    tooltip="Overrides the target prompt of the preference (empty keeps it).",
+                ),
+                io.String.Input(
+                    "preference_text", optional=True, default="", multiline=True,
+                    tooltip="Overrides the preference keywords text (empty keeps the preference's).",
+                ),
+            ],
+            outputs=[
+                io.Conditioning.Output(
+                    display_name="positive",
+                    tooltip="One condition per alpha as a batch [A, T, D] (plus pooled [A, P]), for KSampler's positive.",
+                ),
+                io.Conditioning.Output(
+                    display_name="negative",
+                    tooltip="The scene's negative prompt, same shape as positive, for KSampler's negative.",
+                ),
+                io.Int.Output(
+                    display_name="batch_size",
+                    tooltip="A, the number of alphas: wire it into Empty Latent Image's batch_size.",
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        clip,
+        w_target: float,
+        w_soft: float,
+        w_preference: float,
+        alphas: str,
+        preference=None,
+        soft_prompt: SoftPrompt | None = None,
+        target_text: str = "",
+        preference_text: str = "",
+    ) -> io.NodeOutput:
+        pref = _bundle(preference).preference if preference is not None else None
+        target = _text(target_text, pref.target_text if pref else None)
+        if not target:
+            raise InvalidSettingError(
+                "PMG Conditioning has no target prompt: connect a preference from PMG Preference Extractor "
+                "or type a target_text."
+            )
+        preference_words = _text(preference_text, pref.preference_text if pref else None)
+        negative_text = pref.negative_prompt if pref else negative_prompt("generic")
+
+        encoder = ComfyTextEncoder(clip)
+        soft = soft_prompt.embeddings if soft_prompt is not None else None
+        weights = ConditionWeights(target=w_target, soft=w_soft, preference=w_preference)
+        positive = build_conditions(encoder, target, preference_words, soft, weights, parse_alphas(alphas))
+        negative = negative_conditions(encoder, negative_text, positive)
+        logger.info(
+            "PMG: condition of %d alpha(s) %s, parts %s",
+            len(positive.alphas), positive.alphas, positive.segments,
+        )
+        return io.NodeOutput(
+            comfy_conditioning(positive.embeddings, positive.pooled),
+            comfy_conditioning(negative.embeddings, negative.pooled),
+            len(positive.alphas),
+        )
+
+
+NODES: list[type[io.ComfyNode]] = [PMGSoftPromptEncoder, PMGConditioning]

@@ -1,0 +1,166 @@
+"""PMGUserHistoryLoader: one user's behaviours from a file in ComfyUI's input folder."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from comfy_api.latest import io
+
+from ..pmg_core.errors import MissingFileError, PMGError
+from ..pmg_core.history import SCENES, UserHistory
+from ..pmg_core.loaders import FORMATS as LOADER_FORMATS
+from ..pmg_core.loaders import list_users, load_user
+from ..pmg_core.metrics.images import as_batch, load_image, to_comfy
+from ..pmg_core.render import render_history
+from ..pmg_core.safe_paths import sha256_file
+from . import comfy_paths
+from .types import PMGHistory
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("auto", *LOADER_FORMATS)
+SCENE_CHOICES = ("auto", *SCENES)
+# History images are resized to one square size so they form one IMAGE batch; the
+# scorer resizes them again to the candidates' size, as pmg_core.metrics does.
+HISTORY_IMAGE_SIZE = 256
+# Shown when no item has an image: ComfyUI has no empty IMAGE batch, so a single
+# white image stands in (PMGScorer recognises it and skips the history metrics).
+PLACEHOLDER_SIZE = 64
+
+
+def placeholder_image() -> torch.Tensor:
+    """The 1×64×64 white IMAGE that stands for "this history has no images"."""
+    return torch.ones(1, PLACEHOLDER_SIZE, PLACEHOLDER_SIZE, 3)
+
+
+def is_placeholder(images: torch.Tensor) -> bool:
+    """True for :func:`placeholder_image` (one all-white 64×64 image)."""
+    return (
+        images.ndim == 4
+        and tuple(images.shape[:3]) == (1, PLACEHOLDER_SIZE, PLACEHOLDER_SIZE)
+        and bool((images == 1).all())
+    )
+
+
+def history_images(history: UserHistory) -> torch.Tensor:
+    """The history items' images as one ComfyUI IMAGE batch ``[N, 256, 256, 3]`` (placeholder if none)."""
+    paths = history.images
+    if not paths:
+        logger.warning(
+            "PMG: user %s has no history images; history_images is a 1x64x64 white placeholder "
+            "(add an image path to the items to score personalisation against them).",
+            history.user_id,
+        )
+        return placeholder_image()
+    batch = as_batch([load_image(path) for path in paths], "history images", (HISTORY_IMAGE_SIZE, HISTORY_IMAGE_SIZE))
+    return to_comfy(batch)
+
+
+class PMGUserHistoryLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PMGUserHistoryLoader",
+            display_name="PMG User History Loader",
+            category="PMG/history",
+            description=(
+                "Loads one user's behaviours (watched movies, clicked garments, sent stickers, a chat) from a "
+                "history file in ComfyUI's input folder, renders them as text and collects their images."
+            ),
+            inputs=[
+                io.Combo.Input(
+                    "history_file",
+                    options=comfy_paths.history_files(),
+                    upload=io.UploadType.model,
+                    tooltip=(
+                        "A history file (.jsonl, .csv, .json, .txt, or a MovieLens/RecBole .inter) in ComfyUI's "
+                        "input folder or one subfolder of it (e.g. pmg/users.jsonl). Refresh (R) after adding files."
+                    ),
+                ),
+                io.Combo.Input(
+                    "format",
+                    options=list(FORMATS),
+                    default="auto",
+                    tooltip="The file's format; 'auto' decides from the extension and content.",
+                ),
+                io.String.Input(
+                    "user_id",
+                    default="",
+                    tooltip="Which user to load; empty takes the first user of the file.",
+                ),
+                io.Int.Input(
+                    "max_items",
+                    default=0,
+                    min=0,
+                    max=10000,
+                    tooltip="Keep at most this many history items (the most recent); 0 keeps them all.",
+                ),
+                io.Combo.Input(
+                    "scene",
+                    options=list(SCENE_CHOICES),
+                    default="auto",
+                    tooltip=(
+                        "The kind of items, which picks the prompts and templates (movie, clothing, sticker, "
+                        "generic); 'auto' keeps the scene the file declares."
+                    ),
+                ),
+            ],
+            outputs=[
+                PMGHistory.Output(
+                    display_name="history",
+                    tooltip="The user's behaviours (PMG_HISTORY), for PMG Preference Extractor.",
+                ),
+                io.String.Output(
+                    display_name="history_text",
+                    tooltip="The behaviours rendered as the text the LLM reads.",
+                ),
+                io.Image.Output(
+                    display_name="history_images",
+                    tooltip=(
+                        f"The items' images resized to {HISTORY_IMAGE_SIZE}x{HISTORY_IMAGE_SIZE}, for PMG Scorer; "
+                        f"a single white {PLACEHOLDER_SIZE}x{PLACEHOLDER_SIZE} image when no item has one."
+                    ),
+                ),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, history_file: str) -> bool | str:
+        try:
+            comfy_paths.resolve_history_file(history_file)
+        except PMGError as error:
+            return str(error)
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, history_file: str, **_) -> str:
+        # Re-run when the file's content changes, even if its name stays the same.
+        try:
+            return sha256_file(comfy_paths.resolve_history_file(history_file))
+        except PMGError:
+            return "missing"  # validate_inputs reports the problem
+
+    @classmethod
+    def execute(cls, history_file: str, format: str, user_id: str, max_items: int, scene: str) -> io.NodeOutput:
+        path = comfy_paths.resolve_history_file(history_file)
+        user_id = (user_id or "").strip()
+        if not user_id:
+            users = list_users(path, fmt=format)
+            if not users:
+                raise MissingFileError(f"History file {history_file!r} holds no users; check its content.")
+            user_id = users[0]
+            logger.info("PMG: no user_id given; loading the first user of %s: %s", history_file, user_id)
+        history = load_user(
+            path,
+            user_id,
+            fmt=format,
+            scene=None if scene == "auto" else scene,
+            max_items=max_items or None,
+            # Images a history file names must lie in the input folder too.
+            image_root=comfy_paths.input_dir(),
+        )
+        return io.NodeOutput(history, render_history(history), history_images(history))
+
+
+NODES: list[type[io.ComfyNode]] = [PMGUserHistoryLoader]

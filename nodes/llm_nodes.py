@@ -1,0 +1,188 @@
+"""PMGLLMLoader and PMGPreferenceExtractor: the language-model half of PMG."""
+
+from __future__ import annotations
+
+import logging
+
+from comfy_api.latest import io
+
+from ..pmg_core.errors import PMGError
+from ..pmg_core.keywords import KeywordExtractor
+from ..pmg_core.llm import load_llm
+from . import comfy_paths
+from .comfy_runtime import (
+    DEVICE_CHOICES,
+    llm_on_compute_device,
+    progress_callback,
+    remember_compute_device,
+    resolve_device,
+)
+from .types import PMGHistory, PMGLLM, PMGPreference, PreferenceBundle
+
+logger = logging.getLogger(__name__)
+
+
+class PMGLLMLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PMGLLMLoader",
+            display_name="PMG LLM Loader",
+            category="PMG/loaders",
+            description=(
+                "Loads a local language model from ComfyUI's models/LLM folder: a transformers model folder "
+                "(with config.json and safetensors weights) or a .gguf file. Nothing is downloaded."
+            ),
+            inputs=[
+                io.Combo.Input(
+                    "model",
+                    options=comfy_paths.llm_choices(),
+                    tooltip=(
+                        "A subfolder of models/LLM holding config.json + *.safetensors, or a .gguf file there. "
+                        "Refresh (R) after adding models."
+                    ),
+                ),
+                io.Combo.Input(
+                    "device",
+                    options=list(DEVICE_CHOICES),
+                    default="auto",
+                    tooltip=(
+                        "Where the LLM computes: 'auto' and 'gpu' use ComfyUI's device, 'cpu' keeps it on the CPU. "
+                        "Between uses it waits on the CPU unless a node asks to keep it loaded."
+                    ),
+                ),
+            ],
+            outputs=[
+                PMGLLM.Output(
+                    display_name="llm",
+                    tooltip="The loaded language model (PMG_LLM), for PMG Preference Extractor.",
+                ),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, model: str) -> bool | str:
+        try:
+            comfy_paths.resolve_llm(model)
+        except PMGError as error:
+            return str(error)
+        return True
+
+    @classmethod
+    def execute(cls, model: str, device: str) -> io.NodeOutput:
+        path = comfy_paths.resolve_llm(model)
+        target = resolve_device(device)
+        # Loaded on the CPU; nodes move it to `target` only while they compute.
+        llm = load_llm(path, cache_dir=comfy_paths.cache_dir("llm"), device="cpu")
+        remember_compute_device(llm, target)
+        logger.info("PMG: loaded LLM %s (computes on %s)", llm.identity, target)
+        return io.NodeOutput(llm)
+
+
+def keywords_ui(bundle: PreferenceBundle) -> dict:
+    """The node's UI output: readable text, plus ``pmg_keywords`` for clients reading ``/history``."""
+    preference = bundle.preference
+    text = (
+        f"user {preference.user_id} ({preference.scene})\n"
+        f"preference: {', '.join(preference.preference_keywords)}\n"
+        f"target: {', '.join(preference.target_keywords)}\n"
+        f"prompt: {preference.target_text}"
+    )
+    if preference.truncated_items:
+        text += f"\n({preference.truncated_items} oldest items dropped to fit the LLM context)"
+    record = {
+        "user_id": preference.user_id,
+        "scene": preference.scene,
+        "preference_keywords": list(preference.preference_keywords),
+        "target_keywords": list(preference.target_keywords),
+        "target_text": preference.target_text,
+        "preference_text": preference.preference_text,
+        "truncated_items": preference.truncated_items,
+    }
+    return {"text": [text], "pmg_keywords": [record]}
+
+
+class PMGPreferenceExtractor(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PMGPreferenceExtractor",
+            display_name="PMG Preference Extractor",
+            category="PMG/llm",
+            description=(
+                "Asks the LLM for keywords describing the user's interests (explicit preference) and keywords "
+                "describing the target item, and builds the generation prompt. Results are cached per user on "
+                "disk, so a user seen before costs no LLM work."
+            ),
+            is_output_node=True,
+            inputs=[
+                PMGHistory.Input("history", tooltip="The user's behaviours from PMG User History Loader."),
+                PMGLLM.Input("llm", tooltip="The language model from PMG LLM Loader."),
+                io.Int.Input(
+                    "n_preference", default=8, min=1, max=32,
+                    tooltip="How many preference keywords to ask for (the paper uses 8).",
+                ),
+                io.Int.Input(
+                    "n_target", default=10, min=1, max=32,
+                    tooltip="How many target-item keywords to ask for (the paper uses 10).",
+                ),
+                io.Int.Input(
+                    "seed", default=0, min=0, max=0xFFFFFFFF,
+                    tooltip="Seed of the LLM decoding; the same seed gives the same keywords.",
+                ),
+                io.Int.Input(
+                    "max_new_tokens", default=100, min=8, max=1024,
+                    tooltip="The longest answer the LLM may write per question (the paper uses 100).",
+                ),
+                io.Boolean.Input(
+                    "keep_model_loaded", default=False,
+                    tooltip="Keep the LLM on the GPU afterwards (faster for many users, but holds VRAM).",
+                ),
+            ],
+            outputs=[
+                io.String.Output(
+                    display_name="preference_keywords",
+                    tooltip="The user's preference keywords, comma-separated.",
+                ),
+                io.String.Output(
+                    display_name="target_keywords",
+                    tooltip="The target item's keywords, comma-separated.",
+                ),
+                PMGPreference.Output(
+                    display_name="preference",
+                    tooltip="Everything the conditioning needs (PMG_PREFERENCE): keywords, prompts and the LLM.",
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        history,
+        llm,
+        n_preference: int,
+        n_target: int,
+        seed: int,
+        max_new_tokens: int,
+        keep_model_loaded: bool,
+    ) -> io.NodeOutput:
+        extractor = KeywordExtractor(
+            llm,
+            cache_dir=comfy_paths.cache_dir("keywords"),
+            n_preference=n_preference,
+            n_target=n_target,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+        )
+        with llm_on_compute_device(llm, keep_model_loaded):
+            preference = extractor.extract(history, progress=progress_callback())
+        bundle = PreferenceBundle(preference=preference, history=history, llm=llm)
+        return io.NodeOutput(
+            ", ".join(preference.preference_keywords),
+            ", ".join(preference.target_keywords),
+            bundle,
+            ui=keywords_ui(bundle),
+        )
+
+
+NODES: list[type[io.ComfyNode]] = [PMGLLMLoader, PMGPreferenceExtractor]

@@ -1,0 +1,70 @@
+"""The pack's entry point: importing it without ComfyUI does nothing and never fails; it exports only comfy_entrypoint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+_PROBE = r"""
+import importlib.util, json, sys
+repo = sys.argv[1]
+spec = importlib.util.spec_from_file_location("comfyui_pmg", repo + "/__init__.py", submodule_search_locations=[repo])
+module = importlib.util.module_from_spec(spec)
+sys.modules["comfyui_pmg"] = module
+spec.loader.exec_module(module)
+loose = importlib.util.spec_from_file_location("loose_pack", repo + "/__init__.py")
+loose_module = importlib.util.module_from_spec(loose)
+loose.loader.exec_module(loose_module)
+print(json.dumps({
+    "public": sorted(n for n in vars(module) if not n.startswith("_")),
+    "all": module.__all__,
+    "mappings": hasattr(module, "NODE_CLASS_MAPPINGS"),
+    "loose_public": sorted(n for n in vars(loose_module) if not n.startswith("_")),
+    "comfy_modules": sorted(n for n in sys.modules if n.split(".")[0] in ("comfy", "comfy_api", "folder_paths", "nodes", "server", "torch")),
+}))
+"""
+
+
+def test_importing_the_pack_without_comfyui_does_nothing():
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", _PROBE, str(REPO)], capture_output=True, text=True, timeout=120, cwd="/"
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["public"] == ["comfy_entrypoint"]
+    assert report["all"] == ["comfy_entrypoint"]
+    assert report["mappings"] is False
+    assert "comfy_entrypoint" in report["loose_public"]
+    # not even torch: the import is free until ComfyUI calls the entry point
+    assert report["comfy_modules"] == []
+
+
+def test_the_entry_point_returns_the_extension_with_every_node(pmg_pack):
+    from comfy_api.latest import ComfyExtension
+
+    assert isinstance(pmg_pack.extension, ComfyExtension)
+    assert not hasattr(pmg_pack.module, "NODE_CLASS_MAPPINGS")
+    assert set(pmg_pack.nodes) >= {
+        "PMGUserHistoryLoader", "PMGLLMLoader", "PMGPreferenceExtractor",
+        "PMGSoftPromptEncoder", "PMGConditioning", "PMGScorer",
+    }
+
+
+def test_a_loose_module_load_explains_how_to_install(tmp_path):
+    """Run as a plain module (not ComfyUI's package), the entry point says where the folder belongs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("loose_pack_entry", REPO / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        asyncio.run(module.comfy_entrypoint())
+    except ImportError as error:
+        assert "custom_nodes" in str(error)
+    else:
+        raise AssertionError("a loose module must not build the extension")

@@ -1,0 +1,100 @@
+"""PMGScorer on random candidate images with the real LPIPS AlexNet (the selection mechanics, files and UI)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fixtures_nodes import make_bundle
+
+
+@pytest.fixture(scope="module")
+def scorer(pmg_pack):
+    return pmg_pack.nodes["PMGScorer"]
+
+
+def _images(count: int, seed: int, size: int = 64) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(count, size, size, 3, generator=generator)
+
+
+def test_selects_by_the_tradeoff_and_saves_image_and_report(scorer, pmg_pack, comfy_base):
+    history = _images(2, seed=1, size=96)
+    target = _images(1, seed=2)
+    # candidate 1 is the target itself: with alpha 0 (accuracy only) it must win
+    candidates = torch.cat([_images(1, seed=3), target, _images(1, seed=4)])
+    bundle = make_bundle(pmg_pack)
+    output = scorer.execute(
+        images=candidates, history_images=history, target_image=target, preference=bundle,
+        alphas="0.3, 0.5, 0.7", alpha=0.0, lpips_net="alex", filename_prefix="pmg/test_score",
+    )
+    selected, plot, scores_json = output.args
+    assert torch.equal(selected, candidates[1:2])
+    assert plot.ndim == 4 and plot.shape[0] == 1 and plot.shape[-1] == 3
+    record = json.loads(scores_json)
+    assert record["selected"] == 1 and record["selected_alpha"] == 0.5
+    assert record["candidate_alphas"] == [0.3, 0.5, 0.7]
+    assert record["user_id"] == "ada"
+    assert record["candidates"][1]["lpips_target"] == pytest.approx(0.0, abs=1e-6)
+    assert all(c["lpips_history"] is not None and c["ssim_history"] is not None for c in record["candidates"])
+
+    ui = output.ui
+    assert ui["pmg_scores"] == [record]
+    image_entry = ui["images"][0]
+    assert image_entry == record["selected_image"]
+    assert image_entry["type"] == "output" and image_entry["subfolder"] == "pmg"
+    png = comfy_base.output / "pmg" / image_entry["filename"]
+    report = comfy_base.output / "pmg" / record["report_file"]["filename"]
+    assert png.is_file() and report.is_file()
+    assert json.loads(report.read_text())["selected"] == 1
+    assert png.stem == report.stem  # image and report share one counter
+
+
+def test_alpha_one_prefers_the_history_and_counters_advance(scorer, pmg_pack, comfy_base):
+    history = _images(1, seed=5)
+    target = _images(1, seed=6)
+    candidates = torch.cat([target, history])
+    first = scorer.execute(images=candidates, history_images=history, target_image=target,
+                           alphas="0.2, 0.8", alpha=1.0, lpips_net="alex", filename_prefix="pmg/advance")
+    second = scorer.execute(images=candidates, history_images=history, target_image=target,
+                            alphas="0.2, 0.8", alpha=1.0, lpips_net="alex", filename_prefix="pmg/advance")
+    assert json.loads(first.args[2])["selected"] == 1
+    assert first.ui["images"][0]["filename"] != second.ui["images"][0]["filename"]
+    assert json.loads(first.args[2])["user_id"] is None  # no preference connected
+
+
+def test_more_candidates_than_alphas_cycle_like_the_sampler(pmg_pack):
+    scoring = __import__("comfyui_pmg.nodes.scoring_nodes", fromlist=["x"])
+    assert scoring.candidate_alphas([0.3, 0.7], 5) == [0.3, 0.7, 0.3, 0.7, 0.3]
+    assert scoring.candidate_alphas([0.3, 0.5, 0.7], 2) == [0.3, 0.5]
+
+
+def test_no_way_to_measure_is_a_clear_error(scorer, pmg_pack):
+    history_nodes = __import__("comfyui_pmg.nodes.history_nodes", fromlist=["x"])
+    with pytest.raises(pmg_pack.errors.InvalidSettingError, match="target_image"):
+        scorer.execute(images=_images(2, 7), history_images=_images(1, 8), alphas="0.5", alpha=0.5,
+                       lpips_net="alex", filename_prefix="pmg/err")
+    with pytest.raises(pmg_pack.errors.InvalidSettingError, match="no images"):
+        scorer.execute(images=_images(2, 7), history_images=history_nodes.placeholder_image(),
+                       target_image=_images(1, 9), alphas="0.5", alpha=0.5, lpips_net="alex",
+                       filename_prefix="pmg/err")
+    with pytest.raises(pmg_pack.errors.ImageValueError):
+        scorer.execute(images=torch.rand(2, 4, 64, 64), history_images=_images(1, 8), target_image=_images(1, 9),
+                       alphas="0.5", alpha=0.5, lpips_net="alex", filename_prefix="pmg/err")
+
+
+def test_a_clip_folder_in_models_pmg_measures_texts(scorer, pmg_pack, comfy_base):
+    """With a (tiny random) CLIP folder both sides are CLIP text similarities; no target image needed."""
+    tiny_clip = __import__("comfyui_pmg.pmg_core.tiny_models.clip", fromlist=["x"])
+    tiny_clip.save_tiny_clip(comfy_base.models / "pmg" / "pmg-tiny-clip")
+    options = [s for s in scorer.GET_SCHEMA().inputs if s.id == "clip_model"][0].options
+    assert options == ["none", "pmg-tiny-clip"]
+    history_nodes = __import__("comfyui_pmg.nodes.history_nodes", fromlist=["x"])
+    output = scorer.execute(images=_images(3, 10), history_images=history_nodes.placeholder_image(),
+                            preference=make_bundle(pmg_pack), alphas="0.3, 0.5, 0.7", alpha=0.67,
+                            lpips_net="alex", filename_prefix="pmg/clip", clip_model="pmg-tiny-clip")
+    record = json.loads(output.args[2])
+    assert record["measure"]["d_pref"].startswith("CLIP") and record["measure"]["d_target"].startswith("CLIP")
+    assert all(c["clip_target"] is not None for c in record["candidates"])
