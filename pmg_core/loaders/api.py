@@ -55,12 +55,13 @@ def load_histories(
         except EmptyHistoryError:
             empty.append(history.user_id)
     if empty:
+        why = f"no history left after the split ({rule.describe()})" if rule else "no history items and no conversation"
         logger.warning(
-            "%s: skipped %d of %d users with no history left after the split (%s): %s%s",
+            "%s: skipped %d of %d users with %s: %s%s",
             path,
             len(empty),
             len(raw),
-            rule.describe() if rule else "no split",
+            why,
             ", ".join(empty[:10]),
             ", ..." if len(empty) > 10 else "",
         )

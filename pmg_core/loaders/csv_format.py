@@ -128,7 +128,9 @@ def write_csv(path: Path | str, histories: Iterable[UserHistory]) -> Path:
     path = Path(path)
     base = path.parent.resolve()
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    # RFC 4180 line ends: the writer quotes only characters of its line terminator, so "\n"
+    # alone would leave a lone "\r" in a cell unquoted and split the row on reading.
+    writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(COLUMNS)
     for history in histories:
         if history.conversation:

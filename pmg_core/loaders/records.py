@@ -69,7 +69,11 @@ class ImagePolicy:
                 resolved = joined.resolve()
             except (OSError, RuntimeError, ValueError) as error:
                 raise MissingImageError(f"{where}: the image path {value!r} cannot be resolved ({error}); fix it.") from error
-        if not resolved.is_file() or not os.access(resolved, os.R_OK):
+        try:
+            readable = resolved.is_file() and os.access(resolved, os.R_OK)
+        except (OSError, ValueError):  # a name too long for the file system, say
+            readable = False
+        if not readable:
             raise MissingImageError(
                 f"{where}: the image {value!r} does not exist or is not a readable file "
                 f"(looked for {resolved}). Image paths are relative to the history file's folder "
@@ -232,7 +236,10 @@ def parse_number(value: object, name: str, where: Where, text_allowed: bool = Fa
         except ValueError:
             raise HistoryFormatError(f"{where}: {name} {value!r} is not a number; write e.g. 4 or 4.5, or leave it empty.") from None
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float range
+            number = math.inf
     else:
         raise HistoryFormatError(f"{where}: {name} must be a number (e.g. 4 or 4.5), found {_kind(value)}.")
     if not math.isfinite(number):
@@ -256,7 +263,10 @@ def parse_timestamp(value: object, name: str, where: Where, text_allowed: bool =
             ) from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=timezone.utc)
-        return moment.timestamp()
+        try:
+            return moment.timestamp()
+        except (OverflowError, ValueError, OSError):
+            raise HistoryFormatError(f"{where}: {name} {value!r} is out of range; use a date within the years 1 to 9999.") from None
     return parse_number(value, name, where, text_allowed=text_allowed)
 
 

@@ -54,7 +54,8 @@ def parse_json(text: str, path: Path, example: str, line: int | None = None) -> 
         raise HistoryFormatError(
             f"{path}, line {at}, column {error.colno}: malformed JSON ({error.msg}). Expected something like {example}"
         ) from error
-    except RecursionError as error:
+    except (RecursionError, ValueError) as error:  # ValueError: e.g. an integer with thousands of digits
         raise HistoryFormatError(
-            f"{path}, line {line or 1}: the JSON is nested too deeply to be a history; expected something like {example}"
+            f"{path}, line {line or 1}: unusable JSON ({str(error)[:80] or 'nested too deeply'}); "
+            f"expected something like {example}"
         ) from error
