@@ -162,3 +162,29 @@ def test_pmg_queue_exits_non_zero_and_lists_failed_users(comfy_server, tmp_path)
     )
     assert done.returncode == 1
     assert json.loads(done.stdout) == {"done": 0, "failed": 1, "skipped": 0, "failed_users": ["f1"]}
+
+
+@pytest.mark.comfy_server
+def test_history_images_are_uploaded_beside_the_history_file(comfy_server, tmp_path):
+    from pmg_core.loaders import export_sticker_dataset
+
+    folder = export_sticker_dataset(tmp_path / "my_stickers", n_users=2, seed=3)
+    history = folder / "history.jsonl"
+    summary = queue_users(comfy_server.client, stock_txt2img_graph(seed=61, prefix="upload"), history, None,
+                          tmp_path / "r.jsonl")
+    assert summary.done == 2
+    server_input = comfy_server.base_dir / "input" / "pmg"
+    assert (server_input / "history.jsonl").read_bytes() == history.read_bytes()
+    local_images = sorted(p.name for p in (folder / "images").iterdir())
+    assert local_images and sorted(p.name for p in (server_input / "images").iterdir()) == local_images
+
+
+@pytest.mark.comfy_server
+def test_a_history_file_already_on_the_server_lists_its_users(comfy_server, tmp_path):
+    from pmg_core.comfy_client.batch import _server_file_users
+
+    users = _server_file_users(comfy_server.client, "pmg_stickers/history.jsonl")
+    assert users[0] == "sticker_user_000" and len(users) == 8
+    summary = queue_users(comfy_server.client, stock_txt2img_graph(seed=62, prefix="server_history"), None,
+                          users[:1], tmp_path / "r.jsonl", server_history="pmg_stickers/history.jsonl")
+    assert summary.done == 1

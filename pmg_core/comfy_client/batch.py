@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ComfyServerError, InvalidSettingError
+from ..errors import ComfyServerError, InvalidSettingError, PMGError
+from ..loaders import list_users
 from .client import ComfyClient, describe_node_errors, execution_error, output_files
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,64 @@ def check_graph(api_workflow: dict, overrides: dict[str, Any]) -> None:
             )
 
 
+# --- the history file on the server ------------------------------------------------------
+
+
+def upload_history(client: ComfyClient, path: Path) -> str:
+    """Upload a history file, and the images it names by relative path, into ``input/pmg/``.
+
+    Returns the name the PMG User History Loader takes (``pmg/<file name>``). Images
+    keep their path relative to the history file, so the file's relative image paths
+    still resolve on the server; an existing file of the same name is replaced.
+    """
+    for image in _relative_images(path):
+        subfolder = (Path(UPLOAD_SUBFOLDER) / image.parent).as_posix()
+        client.upload_file(path.parent / image, subfolder=subfolder, overwrite=True)
+    uploaded = client.upload_file(path, subfolder=UPLOAD_SUBFOLDER, overwrite=True)
+    return f"{uploaded['subfolder']}/{uploaded['name']}" if uploaded.get("subfolder") else uploaded["name"]
+
+
+def _relative_images(path: Path) -> list[Path]:
+    """Images of a history file (items and targets) as paths relative to its folder."""
+    from ..loaders import load_histories
+
+    try:
+        histories = load_histories(path)
+    except PMGError as exc:  # the server's loader will report the same problem per user
+        log.warning("could not read the images of %s (%s); uploading the file alone", path, exc)
+        return []
+    base = path.parent.resolve()
+    found: dict[Path, None] = {}
+    for history in histories.values():
+        for item in (*history.items, history.target):
+            if item is None or item.image_path is None:
+                continue
+            try:
+                found[Path(item.image_path).resolve().relative_to(base)] = None
+            except ValueError:
+                log.warning("image %s lies outside %s: it is not uploaded, so the server must be able to read "
+                            "it at that same path", item.image_path, base)
+    return list(found)
+
+
+def _server_file_users(client: ComfyClient, name: str) -> list[str]:
+    """The users of a history file in the server's input folder (fetched through /view)."""
+    import tempfile
+
+    subfolder, _, filename = name.rpartition("/")
+    data = client.view(filename, subfolder, type="input")
+    if filename.lower().endswith(".jsonl"):
+        # Read the ids alone: the loaders would also look for the images, which live on the server.
+        try:
+            return [str(json.loads(line)["user_id"]) for line in data.decode("utf-8").split("\n") if line.strip()]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidSettingError(f"{name} on the server is not a history JSONL file ({exc}); check the name.") from exc
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(folder) / filename
+        local.write_bytes(data)
+        return list_users(local)
+
+
 # --- results -------------------------------------------------------------------------------
 
 
@@ -203,11 +262,14 @@ def queue_users(
     progress: Callable[[int, int], None] | None = None,
     timeout: float = 3600.0,
     on_event: EventCallback | None = None,
+    server_history: str | None = None,
 ) -> BatchSummary:
     """Queue ``api_workflow`` once per user and append one result line per user to ``out_jsonl``.
 
-    ``history_file`` (a local file) is uploaded once into ComfyUI's ``input/pmg/``;
-    ``users=None`` means every user of that file. ``substitutions`` are
+    ``history_file`` (a local file) is uploaded once into ComfyUI's ``input/pmg/``
+    with the images it names by relative path (see :func:`upload_history`); or
+    ``server_history`` names a file already in the server's input folder
+    (``pmg_stickers/history.jsonl``). ``users=None`` means every user of that file. ``substitutions`` are
     ``{"NODE_ID.INPUT": value}`` overrides (see :func:`parse_overrides`). ``progress``
     gets (users finished, users to run); ``on_event`` gets (user id, websocket event).
     ``timeout`` bounds each user's run. Returns a :class:`BatchSummary`; a lost server
@@ -218,17 +280,18 @@ def queue_users(
     overrides = substitutions or {}
     check_graph(api_workflow, overrides)
     out_jsonl = Path(out_jsonl)
-    history_name = None
+    if history_file is not None and server_history is not None:
+        raise InvalidSettingError("Give either a local history file or a server_history name, not both.")
+    history_name = server_history
     if history_file is not None:
         history_path = Path(history_file)
         if not history_path.is_file():
             raise InvalidSettingError(f"History file {history_path} does not exist; pass the path of a local file.")
         if users is None:
-            from ..loaders import list_users
-
             users = list_users(history_path)
-        uploaded = client.upload_file(history_path, subfolder=UPLOAD_SUBFOLDER, overwrite=True)
-        history_name = f"{uploaded['subfolder']}/{uploaded['name']}" if uploaded.get("subfolder") else uploaded["name"]
+        history_name = upload_history(client, history_path)
+    elif server_history is not None and users is None:
+        users = _server_file_users(client, server_history)
     if users is None:
         raise InvalidSettingError("No users given and no history file to list them from; pass users or a history file.")
     users = list(dict.fromkeys(str(u) for u in users))  # keep order, drop repeats

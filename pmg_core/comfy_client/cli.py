@@ -34,7 +34,12 @@ def register(subparsers) -> None:
 
     queue = subparsers.add_parser("queue", help="queue an API workflow once per user on a ComfyUI server")
     queue.add_argument("workflow", type=Path, help="API-format workflow JSON (File > Export (API) in ComfyUI)")
-    queue.add_argument("--history", type=Path, required=True, help="the history file (JSONL) with the users")
+    source = queue.add_mutually_exclusive_group(required=True)
+    source.add_argument("--history", type=Path,
+                        help="a local history file with the users: uploaded into the server's input/pmg/ "
+                             "together with the images it names by relative path")
+    source.add_argument("--server-history", metavar="NAME",
+                        help="a history file already in the server's input folder, e.g. pmg_stickers/history.jsonl")
     queue.add_argument("--users", default="all", help="comma-separated user ids, or 'all' (default)")
     queue.add_argument("--url", default="http://127.0.0.1:8188", help="the ComfyUI server")
     queue.add_argument("--out", type=Path, required=True, help="results JSONL (appended; finished users are skipped)")
@@ -86,7 +91,7 @@ def run_queue(args: argparse.Namespace) -> int:
     summary = queue_users(
         ComfyClient(args.url), workflow, args.history, users, args.out,
         concurrency=args.concurrency, substitutions=parse_overrides(args.overrides),
-        progress=bar, timeout=args.timeout, on_event=bar.event,
+        progress=bar, timeout=args.timeout, on_event=bar.event, server_history=args.server_history,
     )
     print(json.dumps(summary.to_dict()))
     return 1 if summary.failed else 0
