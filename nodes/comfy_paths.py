@@ -4,9 +4,11 @@
 - language models: ``models/LLM`` (folder key ``LLM``): a subfolder holding a
   ``config.json`` (a transformers model) or a ``.gguf`` file;
 - soft-prompt adapters: ``models/pmg`` (folder key ``pmg``), ``*.safetensors``;
-- caches (keywords, soft embeddings, converted models): ``<user folder>/pmg_cache``,
-  which survives restarts (ComfyUI empties its temp folder at start-up) and is not
-  served over HTTP (``/userdata`` only serves ``user/<user id>/``).
+- per-user caches (keywords, soft embeddings): ``<user folder>/pmg_cache``, which
+  survives restarts (ComfyUI empties its temp folder at start-up) and is not served
+  over HTTP (``/userdata`` only serves ``user/<user id>/``);
+- converted models (a .gguf turned into a transformers folder): the library's
+  machine-wide cache, shared with other installs and the ``pmg`` command line.
 
 Every listing used by a ``define_schema`` swallows file-system errors and returns an
 empty list: ComfyUI builds ``/object_info`` from the schemas, and one unreadable
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import folder_paths
 
+from ..pmg_core.assets import default_cache_dir
 from ..pmg_core.errors import MissingFileError, ModelLoadError, UnsafePathError
 from ..pmg_core.safe_paths import resolve_inside
 
@@ -230,11 +233,28 @@ def resolve_clip_scorer(name: str) -> Path:
 # ---------------------------------------------------------------- caches
 
 
-def cache_dir(kind: str) -> Path:
-    """A cache subfolder (``keywords``, ``soft_prompts``, ``llm``) under ``<user folder>/pmg_cache``."""
-    path = Path(folder_paths.get_user_directory()) / CACHE_FOLDER_NAME / kind
+def cache_root() -> Path:
+    """``<ComfyUI user folder>/pmg_cache``: per-user results (keywords, soft embeddings)."""
+    path = Path(folder_paths.get_user_directory()) / CACHE_FOLDER_NAME
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def cache_dir(kind: str) -> Path:
+    """A subfolder of :func:`cache_root` (``soft_prompts``...)."""
+    path = cache_root() / kind
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def model_cache_dir() -> Path:
+    """Where converted models go (a .gguf converted to a transformers folder, the CLIP tokenizer).
+
+    The library's machine-wide cache (``pmg_core.assets.default_cache_dir()``): entries
+    are named by a hash of their source file, so every ComfyUI install and the ``pmg``
+    command line share one conversion instead of redoing it (~30 s, hundreds of MB).
+    """
+    return default_cache_dir()
 
 
 def _describe(roots: list[Path]) -> str:

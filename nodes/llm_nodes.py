@@ -73,13 +73,13 @@ class PMGLLMLoader(io.ComfyNode):
         path = comfy_paths.resolve_llm(model)
         target = resolve_device(device)
         # Loaded on the CPU; nodes move it to `target` only while they compute.
-        llm = load_llm(path, cache_dir=comfy_paths.cache_dir("llm"), device="cpu")
+        llm = load_llm(path, cache_dir=comfy_paths.model_cache_dir(), device="cpu")
         remember_compute_device(llm, target)
         logger.info("PMG: loaded LLM %s (computes on %s)", llm.identity, target)
         return io.NodeOutput(llm)
 
 
-def keywords_ui(bundle: PreferenceBundle) -> dict:
+def keywords_ui(bundle: PreferenceBundle, stats: dict[str, int]) -> dict:
     """The node's UI output: readable text, plus ``pmg_keywords`` for clients reading ``/history``."""
     preference = bundle.preference
     text = (
@@ -90,6 +90,10 @@ def keywords_ui(bundle: PreferenceBundle) -> dict:
     )
     if preference.truncated_items:
         text += f"\n({preference.truncated_items} oldest items dropped to fit the LLM context)"
+    text += (
+        "\n(from the cache: no LLM run)" if stats.get("generate_calls") == 0
+        else f"\n(LLM batches run: {stats.get('generate_calls')})"
+    )
     record = {
         "user_id": preference.user_id,
         "scene": preference.scene,
@@ -98,6 +102,7 @@ def keywords_ui(bundle: PreferenceBundle) -> dict:
         "target_text": preference.target_text,
         "preference_text": preference.preference_text,
         "truncated_items": preference.truncated_items,
+        "llm_batches": stats.get("generate_calls"),
     }
     return {"text": [text], "pmg_keywords": [record]}
 
@@ -168,7 +173,7 @@ class PMGPreferenceExtractor(io.ComfyNode):
     ) -> io.NodeOutput:
         extractor = KeywordExtractor(
             llm,
-            cache_dir=comfy_paths.cache_dir("keywords"),
+            cache_dir=comfy_paths.cache_root(),  # entries go to <cache_root>/keywords
             n_preference=n_preference,
             n_target=n_target,
             seed=seed,
@@ -181,7 +186,7 @@ class PMGPreferenceExtractor(io.ComfyNode):
             ", ".join(preference.preference_keywords),
             ", ".join(preference.target_keywords),
             bundle,
-            ui=keywords_ui(bundle),
+            ui=keywords_ui(bundle, extractor.stats),
         )
 
 

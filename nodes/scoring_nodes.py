@@ -39,7 +39,7 @@ def _lpips(net: str, device: str) -> LPIPS:
 def _clip_scorer(folder: str, device: str) -> CLIPScorer:
     path = Path(folder)
     has_tokenizer = any((path / name).is_file() for name in ("tokenizer.json", "vocab.json"))
-    tokenizer = path if has_tokenizer else clip_tokenizer_dir(comfy_paths.cache_dir("clip_tokenizer"))
+    tokenizer = path if has_tokenizer else clip_tokenizer_dir(comfy_paths.model_cache_dir())
     return CLIPScorer.from_folder(path, device=device, tokenizer_dir=tokenizer)
 
 

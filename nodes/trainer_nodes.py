@@ -1,0 +1,232 @@
+"""PMGSoftPromptTrainer: train a soft-prompt adapter inside ComfyUI, from the loaded checkpoint.
+
+The node adapts ComfyUI's MODEL / CLIP / VAE to the library's trainer
+(:mod:`.trainer_components`, :class:`.comfy_text_encoder.ComfyTextEncoder`), trains
+on every user of a history file whose target item has an image, and saves the
+adapter to ``models/pmg/<adapter_name>.safetensors``, where PMG Soft Prompt
+Encoder lists it. The run folder (resumable checkpoint, ``loss.csv``,
+``loss_curve.png``) lives in ``<user>/pmg_cache/training/<adapter_name>/``, so a
+cancelled run continues where it stopped when queued again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+import folder_paths
+import torch
+from comfy_api.latest import io, ui
+
+from ..pmg_core.errors import InvalidSettingError
+from ..pmg_core.loaders import load_histories
+from ..pmg_core.metrics.images import pil_to_tensor, to_comfy
+from ..pmg_core.soft_prompt import SoftPromptAdapter
+from ..pmg_core.training.data import build_examples
+from ..pmg_core.training.trainer import LOSS_CURVE, SoftPromptTrainer, TrainConfig
+from . import comfy_paths
+from .comfy_runtime import llm_on_compute_device, progress_callback
+from .comfy_text_encoder import ComfyTextEncoder
+from .trainer_components import (
+    ComfyLatentEncoder,
+    ComfyNoisePredictor,
+    comfy_schedule,
+    make_autograd_ready,
+    model_identity,
+)
+from .types import PMGLLM
+
+logger = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def checked_adapter_name(name: str) -> str:
+    """The adapter's file stem: letters, digits, ``_ . -`` (no folders, no extension needed)."""
+    stem = name.strip()
+    if stem.lower().endswith(".safetensors"):
+        stem = stem[: -len(".safetensors")]
+    if not _NAME.match(stem) or ".." in stem:
+        raise InvalidSettingError(
+            f"Adapter name {name!r} is not usable as a file name; use letters, digits, '_', '.' and '-' "
+            "(e.g. 'stickers_v1'); it is saved as models/pmg/<name>.safetensors."
+        )
+    return stem
+
+
+def adapter_destination(stem: str) -> Path:
+    """``<first models/pmg folder>/<stem>.safetensors``."""
+    comfy_paths.register_model_folders()
+    folders = folder_paths.get_folder_paths(comfy_paths.ADAPTER_FOLDER_KEY)
+    folder = Path(folders[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{stem}.safetensors"
+
+
+class PMGSoftPromptTrainer(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PMGSoftPromptTrainer",
+            display_name="PMG Soft Prompt Trainer",
+            category="PMG/training",
+            description=(
+                "Trains PMG's soft-prompt adapter (image tokens, prefix, bridge) with the LLM and the checkpoint "
+                "frozen: for every user of the history file, the soft embeddings should help the checkpoint denoise "
+                "the user's target image and not a random other user's. Saves models/pmg/<adapter_name>.safetensors "
+                "for PMG Soft Prompt Encoder. Cancelling keeps a checkpoint; queue again to continue."
+            ),
+            is_output_node=True,
+            inputs=[
+                io.Combo.Input(
+                    "history_file",
+                    options=comfy_paths.history_files(),
+                    tooltip=(
+                        "A history file in ComfyUI's input folder; every user whose target item has an image is a "
+                        "training example (e.g. pmg_stickers/history.jsonl). Users without one stop the run with a message."
+                    ),
+                ),
+                PMGLLM.Input("llm", tooltip="The language model from PMG LLM Loader (stays frozen)."),
+                io.Model.Input("model", tooltip="The checkpoint's diffusion model (SD1.x or SD2.x; stays frozen)."),
+                io.Clip.Input("clip", tooltip="The checkpoint's CLIP: encodes the target captions and sets the embedding width."),
+                io.Vae.Input("vae", tooltip="The checkpoint's VAE: encodes the target images into latents."),
+                io.Int.Input("steps", default=200, min=1, max=1_000_000, tooltip="Optimizer steps to train in total."),
+                io.Float.Input(
+                    "learning_rate", default=5e-6, min=1e-8, max=1.0, step=1e-6, round=False,
+                    tooltip="AdamW learning rate (the public recipe uses 5e-6 for 3 epochs of a large data set; "
+                    "small sets with few steps need more, e.g. 1e-4).",
+                ),
+                io.Int.Input("batch_size", default=6, min=1, max=256, tooltip="Users per micro-batch (recipe: 6)."),
+                io.Int.Input(
+                    "grad_accum", default=4, min=1, max=256,
+                    tooltip="Micro-batches per optimizer step (recipe: 4, i.e. 24 users per step).",
+                ),
+                io.Int.Input(
+                    "resolution", default=512, min=64, max=2048, step=8,
+                    tooltip="Target images are centre-cropped and resized to this square size (recipe: 512).",
+                ),
+                io.Float.Input(
+                    "negative_weight", default=0.5, min=0.0, max=2.0, step=0.05,
+                    tooltip="Weight of the loss on a random other user's target, subtracted (recipe: 0.5; 0 = plain loss).",
+                ),
+                io.Int.Input("num_image_tokens", default=4, min=1, max=64, tooltip="k, the number of soft embeddings per user."),
+                io.Int.Input("num_prefix", default=4, min=1, max=64, tooltip="m, P-Tuning v2 prefix vectors per LLM layer."),
+                io.Int.Input(
+                    "seed", default=0, min=0, max=0xFFFFFFFF,
+                    tooltip="Seeds the adapter's initialisation, the data order, negatives, noise and timesteps.",
+                ),
+                io.String.Input(
+                    "adapter_name", default="pmg_adapter",
+                    tooltip="File name of the trained adapter in models/pmg (letters, digits, _ . -).",
+                ),
+                io.Boolean.Input(
+                    "resume", default=True,
+                    tooltip="Continue this adapter's unfinished run (same settings) instead of starting over.",
+                ),
+            ],
+            outputs=[
+                io.String.Output(display_name="adapter_path", tooltip="Where the trained adapter was saved."),
+                io.Image.Output(display_name="loss_curve", tooltip="The training loss per optimizer step."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, history_file: str, adapter_name: str) -> bool | str:
+        try:
+            comfy_paths.resolve_history_file(history_file)
+            checked_adapter_name(adapter_name)
+        except Exception as error:  # noqa: BLE001 - shown to the user as the validation message
+            return str(error)
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, history_file: str, **_) -> str:
+        try:  # a changed history file must retrain, not return the cached result
+            path = comfy_paths.resolve_history_file(history_file)
+            stat = path.stat()
+            return f"{path}:{stat.st_mtime_ns}:{stat.st_size}"
+        except Exception:  # noqa: BLE001 - validate_inputs reports it
+            return "missing"
+
+    @classmethod
+    def execute(
+        cls,
+        history_file: str,
+        llm,
+        model,
+        clip,
+        vae,
+        steps: int,
+        learning_rate: float,
+        batch_size: int,
+        grad_accum: int,
+        resolution: int,
+        negative_weight: float,
+        num_image_tokens: int,
+        num_prefix: int,
+        seed: int,
+        adapter_name: str,
+        resume: bool,
+    ) -> io.NodeOutput:
+        stem = checked_adapter_name(adapter_name)
+        histories = list(load_histories(comfy_paths.resolve_history_file(history_file)).values())
+        examples = build_examples(histories, seed=seed)
+        config = TrainConfig(
+            learning_rate=float(learning_rate),
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            resolution=resolution,
+            negative_weight=float(negative_weight),
+            seed=seed,
+            max_steps=steps,
+            checkpoint_every=max(1, min(50, steps // 4 or 1)),
+        )
+        run_dir = comfy_paths.cache_dir("training") / stem
+        text_encoder = ComfyTextEncoder(clip)
+
+        # ComfyUI executes nodes under torch.inference_mode(); training needs autograd.
+        with torch.inference_mode(False), torch.enable_grad():
+            with llm_on_compute_device(llm, keep_loaded=False) as device:
+                replaced = make_autograd_ready(llm.model)
+                if replaced:
+                    logger.info("PMG: made %d LLM tensors usable by autograd", replaced)
+                adapter = SoftPromptAdapter.untrained(
+                    llm, text_encoder.width, num_image_tokens=num_image_tokens, num_prefix=num_prefix, seed=seed
+                ).to(device)
+                trainer = SoftPromptTrainer(
+                    llm,
+                    adapter,
+                    text_encoder,
+                    ComfyNoisePredictor(model),
+                    ComfyLatentEncoder(vae, model),
+                    comfy_schedule(model),
+                    config,
+                    generator_identity=model_identity(model),
+                )
+                result = trainer.train(examples, run_dir, progress=progress_callback(), resume=resume)
+
+        destination = adapter_destination(stem)
+        temporary = destination.with_name(f".{destination.name}.tmp{os.getpid()}")
+        shutil.copyfile(result.adapter_path, temporary)
+        os.replace(temporary, destination)  # the encoder never sees a half-written adapter
+        logger.info(
+            "PMG: trained %s for %d steps (loss %.4f -> %.4f) -> %s",
+            stem, result.steps, result.first_loss_mean, result.final_loss_mean, destination,
+        )
+        from PIL import Image
+
+        with Image.open(run_dir / LOSS_CURVE) as picture:
+            curve = to_comfy(pil_to_tensor(picture))
+        summary = (
+            f"{stem}: {result.steps} steps on {result.examples} users, loss (mean of 10) "
+            f"{result.first_loss_mean:.4f} -> {result.final_loss_mean:.4f}; {result.seconds_per_step:.2f} s/step\n"
+            f"saved {destination}"
+        )
+        preview = ui.PreviewImage(curve, cls=cls).as_dict()
+        return io.NodeOutput(str(destination), curve, ui={**preview, "text": [summary]})
+
+
+NODES: list[type[io.ComfyNode]] = [PMGSoftPromptTrainer]

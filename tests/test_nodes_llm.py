@@ -1,0 +1,155 @@
+"""PMGLLMLoader and PMGPreferenceExtractor.
+
+Mechanics tests run the tiny random Llama behind a scripted ``generate`` (its own
+answers are random tokens); the real-model test runs SmolLM2-135M for one user.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pytest
+import torch
+
+from fixtures_nodes import PACK_NAME
+
+ANSWER = "1. space opera 2. salvage crews 3. lonely lighthouses 4. night trains 5. mystery 6. red giants 7. robots 8. the sea 9. birds 10. colonies"
+
+
+@pytest.fixture(scope="module")
+def llm_loader(pmg_pack):
+    return pmg_pack.nodes["PMGLLMLoader"]
+
+
+@pytest.fixture(scope="module")
+def extractor(pmg_pack):
+    return pmg_pack.nodes["PMGPreferenceExtractor"]
+
+
+@pytest.fixture(scope="module")
+def llm_folder_installed(pmg_pack, tiny_llm_folder):
+    link = pmg_pack.base.models / "LLM" / "tiny-llama"
+    if not link.exists():
+        os.symlink(tiny_llm_folder, link, target_is_directory=True)
+    return "tiny-llama"
+
+
+@pytest.fixture(scope="module")
+def scripted_llm(pmg_pack, llm_loader, llm_folder_installed):
+    """The tiny Llama loaded by PMGLLMLoader, whose generate() answers with a fixed keyword list."""
+    (llm,) = llm_loader.execute(model=llm_folder_installed, device="cpu").args
+    local_llm = pmg_pack.core.llm.LocalLLM
+
+    @dataclasses.dataclass
+    class ScriptedLLM(local_llm):
+        calls: list = dataclasses.field(default_factory=list)
+
+        def generate(self, prompts, max_new_tokens=100, seed=0, do_sample=False, progress=None, **_):
+            self.calls.append(list(prompts))
+            for step in range(1, 4):
+                if progress is not None:
+                    progress(step, 3)
+            return [ANSWER] * len(prompts)
+
+    return ScriptedLLM(llm.model, llm.tokenizer, llm.identity + "-scripted", llm.source)
+
+
+def test_loader_lists_model_folders_and_gguf_files(llm_loader, pmg_pack, llm_folder_installed):
+    llm_dir = pmg_pack.base.models / "LLM"
+    (llm_dir / "loose.gguf").write_bytes(b"GGUF")
+    (llm_dir / "nested").mkdir(exist_ok=True)
+    (llm_dir / "nested" / "model.Q4.gguf").write_bytes(b"GGUF")
+    (llm_dir / "no-config").mkdir(exist_ok=True)
+    options = llm_loader.GET_SCHEMA().inputs[0].options
+    assert {"tiny-llama", "loose.gguf", "nested/model.Q4.gguf"} <= set(options)
+    assert "no-config" not in options and "nested" not in options
+
+
+def test_loader_loads_through_the_library_and_remembers_the_device(llm_loader, pmg_pack, llm_folder_installed):
+    (llm,) = llm_loader.execute(model=llm_folder_installed, device="cpu").args
+    assert isinstance(llm, pmg_pack.core.llm.LocalLLM)
+    assert llm.device.type == "cpu" and llm.identity
+    runtime = __import__(f"{PACK_NAME}.nodes.comfy_runtime", fromlist=["x"])
+    assert runtime.compute_device(llm) == torch.device("cpu")
+
+
+def test_loader_errors_name_the_problem(llm_loader, pmg_pack):
+    llm_dir = pmg_pack.base.models / "LLM"
+    garbage = llm_dir / "garbage"
+    garbage.mkdir(exist_ok=True)
+    (garbage / "config.json").write_text('{"model_type": "not-a-model"}')
+    with pytest.raises(pmg_pack.errors.ModelLoadError) as raised:
+        llm_loader.execute(model="garbage", device="cpu")
+    assert "garbage" in str(raised.value)
+    assert "not found" in llm_loader.validate_inputs(model="missing-model")
+    assert "outside" in llm_loader.validate_inputs(model="../checkpoints")
+
+
+def test_extractor_outputs_keywords_ui_and_uses_the_cache(extractor, pmg_pack, scripted_llm, input_histories):
+    import comfy.utils
+
+    history, _, _ = pmg_pack.nodes["PMGUserHistoryLoader"].execute(
+        history_file="pmg/movies.jsonl", format="auto", user_id="bo", max_items=0, scene="auto"
+    ).args
+    ticks = []
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: ticks.append((value, total)))
+    try:
+        output = extractor.execute(history=history, llm=scripted_llm, n_preference=8, n_target=10, seed=0,
+                                   max_new_tokens=50, keep_model_loaded=False)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    preference_keywords, target_keywords, bundle = output.args
+    assert preference_keywords.startswith("space opera, salvage crews")
+    assert len(preference_keywords.split(", ")) == 8
+    assert bundle.llm is scripted_llm and bundle.history is history
+    assert bundle.preference.user_id == "bo" and "Letters to the Lighthouse Keeper" in bundle.preference.target_text
+    assert ticks, "the node's progress bar was never updated"
+
+    record = output.ui["pmg_keywords"][0]
+    assert record["user_id"] == "bo"
+    assert record["preference_keywords"] == preference_keywords.split(", ")
+    assert record["target_keywords"] == target_keywords.split(", ")
+    assert record["target_text"] == bundle.preference.target_text
+    assert json.loads(json.dumps(output.ui))  # /history serves it as JSON
+    assert "space opera" in output.ui["text"][0]
+
+    calls_before = len(scripted_llm.calls)
+    again = extractor.execute(history=history, llm=scripted_llm, n_preference=8, n_target=10, seed=0,
+                              max_new_tokens=50, keep_model_loaded=False)
+    assert len(scripted_llm.calls) == calls_before, "a warm user must cost no LLM work"
+    assert again.args[0] == preference_keywords
+    assert again.ui["pmg_keywords"][0]["llm_batches"] == 0
+    assert list((pmg_pack.base.user / "pmg_cache" / "keywords").iterdir())
+
+
+def test_extractor_honours_cancel(extractor, pmg_pack, scripted_llm, input_histories):
+    import comfy.model_management as mm
+
+    history, _, _ = pmg_pack.nodes["PMGUserHistoryLoader"].execute(
+        history_file="pmg/movies.jsonl", format="auto", user_id="cy", max_items=0, scene="movie"
+    ).args
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            extractor.execute(history=history, llm=scripted_llm, n_preference=4, n_target=4, seed=123,
+                              max_new_tokens=20, keep_model_loaded=False)
+    finally:
+        mm.interrupt_current_processing(False)
+
+
+@pytest.mark.real_model
+def test_real_smollm2_extracts_keywords_for_a_movie_user(extractor, pmg_pack, model_cache_dir, input_histories):
+    """SmolLM2-135M-Instruct (the offline default) answers with real words for a real-looking history."""
+    llm = pmg_pack.core.llm.load_llm(pmg_pack.core.assets.smollm2_gguf(), cache_dir=model_cache_dir)
+    history, _, _ = pmg_pack.nodes["PMGUserHistoryLoader"].execute(
+        history_file="pmg/movies.jsonl", format="auto", user_id="ada", max_items=0, scene="auto"
+    ).args
+    preference_keywords, target_keywords, bundle = extractor.execute(
+        history=history, llm=llm, n_preference=8, n_target=10, seed=0, max_new_tokens=100, keep_model_loaded=False
+    ).args
+    words = preference_keywords.split(", ")
+    assert 3 <= len(words) <= 8
+    assert all(any(ch.isalpha() for ch in word) for word in words)
+    assert bundle.preference.target_text.startswith("movie poster, Starlings of Vega")
