@@ -36,8 +36,8 @@ WORKFLOWS = REPO / "workflows"
 
 
 def workflow_names(folder: Path = WORKFLOWS) -> list[str]:
-    """The stems of the UI workflows (top-level ``*.json``)."""
-    return sorted(p.stem for p in folder.glob("*.json"))
+    """The stems of the workflows: UI files (top-level ``*.json``) and API copies (``api/*.json``)."""
+    return sorted({p.stem for p in folder.glob("*.json")} | {p.stem for p in (folder / "api").glob("*.json")})
 
 
 def read_json(path: Path) -> dict:

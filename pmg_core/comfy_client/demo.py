@@ -1,0 +1,468 @@
+"""``pmg demo``: the shareable workflows, run for a handful of users, with a results folder to look at.
+
+It starts the embedded ComfyUI with this pack and the offline default models (or uses
+``--url`` of a running server), queues ``workflows/api/pmg_movie_poster.json`` for
+MovieLens users and ``workflows/api/pmg_sticker.json`` for Twemoji sticker users
+through the batch client, and writes ``results/<timestamp>/``:
+
+* ``images/<user>/``: every candidate (one per α) and the selected image;
+* ``scores.jsonl``: the batch client's lines (keywords, selected image, scores);
+* ``keywords.jsonl``: one line per user with the LLM's preference and target keywords;
+* ``contact_sheet.png``: one row per user: history, candidates per α (selected framed), keywords;
+* ``summary.md``: what ran, timings, and what the images mean.
+
+The default checkpoint has RANDOM weights: its images are noise, the demo shows the
+wiring. ``--checkpoint NAME`` uses a real checkpoint from ``models/checkpoints``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from ..errors import ComfyServerError, InvalidSettingError, PMGError
+from .server import REPO_ROOT, TINY_CHECKPOINT_NAME
+
+log = logging.getLogger(__name__)
+
+WORKFLOW_DIR = REPO_ROOT / "workflows"
+PMG_NODES = ("PMGUserHistoryLoader", "PMGLLMLoader", "PMGPreferenceExtractor", "PMGSoftPromptEncoder",
+             "PMGConditioning", "PMGScorer")
+# Sizes the tiny random checkpoint runs fast at; a real SD1.5 checkpoint wants 512 px and ~20 steps.
+TINY_SETTINGS = {"size": 64, "steps": 4}
+REAL_SETTINGS = {"size": 512, "steps": 20}
+
+
+@dataclass
+class DemoJob:
+    """One workflow run for some users of one history file."""
+
+    name: str  # workflows/api/<name>.json
+    scene: str
+    history_file: Path  # local file; the batch client uploads it
+    users: list[str]
+    server_history_name: str | None = None  # set when the file must stay where the server has it
+
+
+@dataclass
+class DemoSettings:
+    checkpoint: str = TINY_CHECKPOINT_NAME
+    steps: int | None = None
+    size: int | None = None
+    alphas: str = "0.33, 0.5, 0.67"
+    seed: int = 0
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.checkpoint == TINY_CHECKPOINT_NAME
+
+    def resolved(self) -> "DemoSettings":
+        defaults = TINY_SETTINGS if self.is_tiny else REAL_SETTINGS
+        return DemoSettings(self.checkpoint, self.steps or defaults["steps"], self.size or defaults["size"],
+                            self.alphas, self.seed)
+
+
+@dataclass
+class DemoResult:
+    out_dir: Path
+    wall_s: float
+    users_ok: int = 0
+    users_failed: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"results": str(self.out_dir), "wall_s": round(self.wall_s, 1), "users_ok": self.users_ok,
+                "users_failed": self.users_failed}
+
+
+# --- workflow settings -----------------------------------------------------------------------
+
+
+def load_api_workflow(name: str, folder: Path = WORKFLOW_DIR) -> dict:
+    """``workflows/api/<name>.json``."""
+    path = folder / "api" / f"{name}.json"
+    if not path.is_file():
+        raise InvalidSettingError(f"No API workflow {path}; the repository's workflows/ folder is incomplete.")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def apply_settings(graph: dict, settings: DemoSettings) -> dict:
+    """Set checkpoint, steps, size, α list and seed in a graph, finding nodes by class (not id)."""
+    graph = json.loads(json.dumps(graph))
+    for node in graph.values():
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "CheckpointLoaderSimple":
+            inputs["ckpt_name"] = settings.checkpoint
+        elif kind == "KSampler":
+            inputs["steps"] = settings.steps
+            inputs["seed"] = settings.seed
+        elif kind == "EmptyLatentImage":
+            inputs["width"] = inputs["height"] = settings.size
+    for node in graph.values():  # the alpha list, typed in the nodes or in the String node feeding them
+        if node["class_type"] in ("PMGConditioning", "PMGScorer") and "alphas" in node["inputs"]:
+            value = node["inputs"]["alphas"]
+            if isinstance(value, list):
+                graph[str(value[0])]["inputs"]["value"] = settings.alphas
+            else:
+                node["inputs"]["alphas"] = settings.alphas
+    return graph
+
+
+def check_server_has_pack(object_info: dict, url: str) -> None:
+    missing = [name for name in PMG_NODES if name not in object_info]
+    if missing:
+        raise ComfyServerError(
+            f"The ComfyUI at {url} lacks the PMG nodes {missing}; link this repository into its custom_nodes/ "
+            "folder (ln -s $PWD <ComfyUI>/custom_nodes/comfyui-pmg), restart it and check its log."
+        )
+
+
+def check_checkpoint(object_info: dict, checkpoint: str, url: str) -> None:
+    choices = object_info.get("CheckpointLoaderSimple", {}).get("input", {}).get("required", {}).get("ckpt_name", [[]])[0]
+    if isinstance(choices, list) and checkpoint not in choices:
+        raise InvalidSettingError(
+            f"Checkpoint {checkpoint!r} is not in models/checkpoints of the ComfyUI at {url} "
+            f"(it has {choices[:6]}{' ...' if len(choices) > 6 else ''}); copy it there or pick one of those."
+        )
+
+
+def split_users(total: int) -> tuple[int, int]:
+    """How many MovieLens and sticker users make ``total`` (3 + 2 for the default 5)."""
+    if total < 1:
+        raise InvalidSettingError(f"--users must be at least 1 (got {total}).")
+    movies = math.ceil(total * 0.6)
+    return movies, total - movies
+
+
+def set_clip_model(graph: dict, clip_model: str) -> dict:
+    """Point every PMG Scorer at ``clip_model`` (a CLIP folder in models/pmg)."""
+    for node in graph.values():
+        if node["class_type"] == "PMGScorer":
+            node["inputs"]["clip_model"] = clip_model
+    return graph
+
+
+def scorer_clip_choices(object_info: dict) -> list[str]:
+    spec = object_info.get("PMGScorer", {}).get("input", {}).get("optional", {}).get("clip_model")
+    if not spec:
+        return []
+    options = spec[0] if isinstance(spec[0], list) else (spec[1] or {}).get("options", [])
+    return list(options)
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+@dataclass
+class DemoOptions:
+    users: int = 5
+    movie_users: list[str] | None = None
+    sticker_users: list[str] | None = None
+    url: str | None = None
+    base: Path = REPO_ROOT / "comfy_base"
+    out: Path | None = None
+    clip_model: str = "pmg-tiny-clip"
+    concurrency: int = 2
+    timeout: float = 1800.0
+    settings: DemoSettings = field(default_factory=DemoSettings)
+
+
+def run_demo(options: DemoOptions, progress: Callable[[int, int], None] | None = None) -> DemoResult:
+    """Run the example workflows for a few users and write the results folder (see the module doc)."""
+    from .batch import queue_users
+    from .client import ComfyClient
+
+    began = time.monotonic()
+    settings = options.settings.resolved()
+    out_dir = Path(options.out or REPO_ROOT / "results" / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    server = None
+    try:
+        if options.url:
+            client = ComfyClient(options.url)
+            histories = _upload_examples(client, out_dir / "inputs")
+        else:
+            server, histories = _start_embedded(options.base)
+            client = ComfyClient(server.url)
+        object_info = client.object_info()
+        check_server_has_pack(object_info, client.url)
+        check_checkpoint(object_info, settings.checkpoint, client.url)
+        if options.clip_model not in scorer_clip_choices(object_info):
+            raise InvalidSettingError(
+                f"PMG Scorer needs a CLIP folder in models/pmg to score the movie posters (MovieLens has no "
+                f"images); the server has {scorer_clip_choices(object_info)}. Copy a Hugging Face CLIP folder "
+                "there (or, for mechanics only, run: python -c \"from pmg_core.tiny_models.clip import "
+                "save_tiny_clip; save_tiny_clip('<ComfyUI>/models/pmg/pmg-tiny-clip')\") and pass --clip NAME."
+            )
+        jobs = _jobs(options, histories)
+        scores_path = out_dir / "scores.jsonl"
+        total = sum(len(job.users) for job in jobs)
+        finished = 0
+        for job in jobs:
+            graph = set_clip_model(apply_settings(load_api_workflow(job.name), settings), options.clip_model)
+            log.info("queueing %s for %d user(s): %s", job.name, len(job.users), ", ".join(job.users))
+            offset = finished
+
+            def report(done: int, _total: int, offset: int = offset) -> None:
+                if progress is not None:
+                    progress(offset + done, total)
+
+            queue_users(client, graph, None, job.users, scores_path, concurrency=options.concurrency,
+                         progress=report, timeout=options.timeout)
+            finished += len(job.users)
+        result = _write_results(client, jobs, scores_path, out_dir, settings, time.monotonic() - began, options)
+    finally:
+        if server is not None:
+            server.stop()
+    result.wall_s = time.monotonic() - began
+    _append_wall_time(out_dir / "summary.md", result.wall_s)
+    return result
+
+
+def _start_embedded(base: Path):
+    """The embedded ComfyUI on ``base`` with the offline defaults (tiny checkpoint, SmolLM2, tiny CLIP, examples)."""
+    from ..tiny_models.clip import TINY_CLIP_NAME, save_tiny_clip
+    from .server import EmbeddedComfyUI, install_default_models
+
+    server = EmbeddedComfyUI(base_dir=base)
+    server.prepare()
+    installed = install_default_models(server.base_dir)
+    save_tiny_clip(server.base_dir / "models" / "pmg" / TINY_CLIP_NAME)
+    server.start(timeout=180)
+    return server, {"movie": installed["movielens"], "sticker": installed["stickers"]}
+
+
+def _upload_examples(client, folder: Path) -> dict[str, Path]:
+    """Write the example histories locally and upload them (the sticker images too) to a remote server."""
+    from .server import EXAMPLE_MOVIELENS, EXAMPLE_STICKERS, install_example_histories
+
+    written = install_example_histories(folder)
+    for name, local in ((EXAMPLE_MOVIELENS, written["movielens"]), (EXAMPLE_STICKERS, written["stickers"])):
+        client.upload_file(local, subfolder=str(Path(name).parent))
+    stickers_dir = written["stickers"].parent
+    for image in sorted((stickers_dir / "images").glob("*.png")):
+        client.upload_file(image, subfolder=f"{Path(EXAMPLE_STICKERS).parent}/images")
+    return {"movie": written["movielens"], "sticker": written["stickers"]}
+
+
+def _jobs(options: DemoOptions, histories: dict[str, Path]) -> list[DemoJob]:
+    from ..loaders import list_users
+
+    n_movie, n_sticker = split_users(options.users)
+    movie_users = options.movie_users or list_users(histories["movie"])[:n_movie]
+    sticker_users = options.sticker_users or list_users(histories["sticker"])[:n_sticker]
+    overlap = set(movie_users) & set(sticker_users)
+    if overlap:
+        raise InvalidSettingError(f"Users {sorted(overlap)} are in both scenes; the results file is keyed by user id.")
+    jobs = [DemoJob("pmg_movie_poster", "movie", histories["movie"], list(movie_users))]
+    if sticker_users:
+        jobs.append(DemoJob("pmg_sticker", "sticker", histories["sticker"], list(sticker_users)))
+    return [job for job in jobs if job.users]
+
+
+# --- the results folder ------------------------------------------------------------------------
+
+
+def _write_results(client, jobs: list[DemoJob], scores_path: Path, out_dir: Path, settings: DemoSettings,
+                   elapsed: float, options: DemoOptions) -> DemoResult:
+    from ..loaders import load_histories
+    from .batch import read_results
+    from .contact_sheet import SheetRow, save_contact_sheet
+
+    records = read_results(scores_path)
+    rows, keyword_lines = [], []
+    result = DemoResult(out_dir=out_dir, wall_s=elapsed)
+    for job in jobs:
+        histories = load_histories(job.history_file)
+        for user in job.users:
+            record = records.get(user, {"status": "error", "error": {"message": "no result line"}})
+            ok = record.get("status") == "success"
+            if ok:
+                result.users_ok += 1
+            else:
+                result.users_failed.append(user)
+            row = _sheet_row(client, SheetRow, user, job, histories.get(user), record, out_dir / "images" / user)
+            rows.append(row)
+            keywords = record.get("keywords") or {}
+            keyword_lines.append({
+                "user_id": user, "workflow": job.name, "scene": job.scene, "status": record.get("status"),
+                "preference_keywords": keywords.get("preference_keywords"),
+                "target_keywords": keywords.get("target_keywords"),
+                "target_text": keywords.get("target_text"),
+            })
+    (out_dir / "keywords.jsonl").write_text(
+        "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in keyword_lines), encoding="utf-8")
+    title = (f"PMG demo: {len(rows)} users, checkpoint {settings.checkpoint}, {settings.steps} steps, "
+             f"{settings.size}x{settings.size}.")
+    if settings.is_tiny:
+        title += " The checkpoint has RANDOM weights: the images are noise; this sheet shows the wiring, not quality."
+    save_contact_sheet(rows, out_dir / "contact_sheet.png", title=title)
+    (out_dir / "summary.md").write_text(_summary(jobs, records, settings, options, result), encoding="utf-8")
+    return result
+
+
+def _sheet_row(client, row_type, user: str, job: DemoJob, history, record: dict, image_dir: Path):
+    from PIL import Image
+
+    scores = record.get("scores") or {}
+    keywords = record.get("keywords") or {}
+    candidates, selected_index = [], scores.get("selected")
+    for image in record.get("images") or []:
+        local = _download(client, image, image_dir)
+        if local is not None and "_candidates" in image["filename"]:
+            candidates.append(Image.open(local))
+    history_tiles: list = []
+    if history is not None:
+        for item in history.items:
+            if item.image_path is not None and Path(item.image_path).is_file():
+                history_tiles.append(Image.open(item.image_path))
+            else:
+                history_tiles.append(item.title)
+    error = record.get("error")
+    return row_type(
+        user_id=user, scene=job.scene, history=history_tiles, candidates=candidates,
+        alphas=scores.get("candidate_alphas") or [], selected=selected_index,
+        keywords=keywords.get("preference_keywords") or [], target_text=keywords.get("target_text") or "",
+        error=(error.get("message") if isinstance(error, dict) else str(error)) if error else None,
+    )
+
+
+def _download(client, image: dict, folder: Path) -> Path | None:
+    try:
+        data = client.view(image["filename"], image.get("subfolder", ""), image.get("type", "output"))
+    except ComfyServerError as error:
+        log.warning("could not fetch %s: %s", image.get("filename"), error)
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / image["filename"]
+    path.write_bytes(data)
+    return path
+
+
+def _summary(jobs: list[DemoJob], records: dict, settings: DemoSettings, options: DemoOptions, result: DemoResult) -> str:
+    lines = ["# PMG demo results", ""]
+    if settings.is_tiny:
+        lines += [
+            f"**The checkpoint `{settings.checkpoint}` has RANDOM weights: the images are noise.** It is the offline",
+            "default (no machine of this project can download Stable Diffusion); this run tests the wiring —",
+            "history → LLM keywords → soft prompt → PMG conditioning → stock KSampler → scoring — not image quality.",
+            f"The scorer's CLIP (`{options.clip_model}`) is random too when it is the default `pmg-tiny-clip`, so the",
+            "scores and the selected image are arbitrary. The keywords are real SmolLM2-135M output (a weak model).",
+            "",
+            "To see real images:",
+            "",
+            "- put a Stable Diffusion 1.5 checkpoint into `comfy_base/models/checkpoints/` and run",
+            "  `bash scripts/demo.sh --checkpoint v1-5-pruned-emaonly-fp16.safetensors` (512×512, 20 steps by default);",
+            "- or use a ComfyUI you already run (with this pack in its `custom_nodes/` and a CLIP folder in",
+            "  `models/pmg/`): `bash scripts/demo.sh --url http://127.0.0.1:8188 --checkpoint NAME --clip NAME`.",
+            "",
+        ]
+    lines += [
+        "| | |", "|---|---|",
+        f"| checkpoint | `{settings.checkpoint}` |",
+        f"| steps, size | {settings.steps}, {settings.size}×{settings.size} |",
+        f"| alphas | {settings.alphas} |",
+        f"| server | {options.url or 'embedded ComfyUI on ' + str(options.base)} |",
+        f"| users | {result.users_ok} succeeded, {len(result.users_failed)} failed {result.users_failed or ''} |",
+        "",
+        "## Users", "",
+        "| user | workflow | status | preference keywords | selected α | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for job in jobs:
+        for user in job.users:
+            record = records.get(user, {})
+            keywords = (record.get("keywords") or {}).get("preference_keywords") or []
+            scores = record.get("scores") or {}
+            alpha = scores.get("selected_alpha")
+            lines.append(
+                f"| {user} | {job.name} | {record.get('status', 'missing')} | {', '.join(keywords)} | "
+                f"{'' if alpha is None else f'{alpha:.2f}'} | {record.get('elapsed_s', '')} |"
+            )
+    lines += ["", "Files: `images/<user>/` (candidates and selected image), `scores.jsonl` (one line per user from",
+              "the batch client), `keywords.jsonl`, `contact_sheet.png`.", ""]
+    return "\n".join(lines)
+
+
+def _append_wall_time(summary: Path, wall_s: float) -> None:
+    with open(summary, "a", encoding="utf-8") as handle:
+        handle.write(f"Wall time of the whole demo (server start included): {wall_s:.1f} s.\n")
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+
+def register(subparsers) -> None:
+    """Add ``demo`` to an ``argparse`` sub-parser set (``pmg demo``)."""
+    demo = subparsers.add_parser("demo", help="run the example workflows for a few users and write a results folder")
+    demo.add_argument("--users", type=int, default=5, help="how many users: 60%% MovieLens, the rest stickers (default 5 = 3 + 2)")
+    demo.add_argument("--movie-users", help="comma-separated MovieLens user ids (instead of the first ones)")
+    demo.add_argument("--sticker-users", help="comma-separated sticker user ids (instead of the first ones)")
+    demo.add_argument("--url", help="use this running ComfyUI (with the pack installed) instead of the embedded one")
+    demo.add_argument("--checkpoint", default=TINY_CHECKPOINT_NAME,
+                      help=f"checkpoint in models/checkpoints (default {TINY_CHECKPOINT_NAME}: random weights)")
+    demo.add_argument("--clip", default="pmg-tiny-clip", help="CLIP folder in models/pmg for the scorer (default: a tiny random one)")
+    demo.add_argument("--steps", type=int, help="sampler steps (default 4 for the tiny checkpoint, 20 otherwise)")
+    demo.add_argument("--size", type=int, help="image size (default 64 for the tiny checkpoint, 512 otherwise)")
+    demo.add_argument("--alphas", default="0.33, 0.5, 0.67", help="preference weights, one image each")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--base", type=Path, default=REPO_ROOT / "comfy_base",
+                      help="base folder of the embedded ComfyUI (models, input, output, caches)")
+    demo.add_argument("--out", type=Path, help="results folder (default results/<timestamp>)")
+    demo.set_defaults(run=_run_cli)
+
+
+def _ids(text: str | None) -> list[str] | None:
+    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+
+
+def _run_cli(args: argparse.Namespace) -> dict:
+    options = DemoOptions(
+        users=args.users, movie_users=_ids(args.movie_users), sticker_users=_ids(args.sticker_users),
+        url=args.url, base=args.base, out=args.out, clip_model=args.clip,
+        settings=DemoSettings(checkpoint=args.checkpoint, steps=args.steps, size=args.size, alphas=args.alphas,
+                              seed=args.seed),
+    )
+    result = run_demo(options, progress=_progress_bar())
+    log.info("results in %s (%.1f s)", result.out_dir, result.wall_s)
+    return result.to_dict()
+
+
+def _progress_bar() -> Callable[[int, int], None]:
+    from tqdm import tqdm
+
+    bar = tqdm(unit="user", desc="pmg demo", file=sys.stderr)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pmg_core.comfy_client.demo``: the demo alone (same options as ``pmg demo``)."""
+    parser = argparse.ArgumentParser(prog="pmg demo", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    register(sub)
+    args = parser.parse_args(["demo", *(argv if argv is not None else sys.argv[1:])])
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        result = args.run(args)
+    except PMGError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 1 if result["users_failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
