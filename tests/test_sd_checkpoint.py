@@ -313,3 +313,17 @@ def test_bad_paths_are_refused(tmp_path):
     garbage.write_bytes(b"\x00" * 16)
     with pytest.raises(ModelLoadError, match="safetensors"):
         load_generator(garbage)
+
+
+def test_tiny_comfyui_checkpoint_loads_and_runs(tiny_checkpoint):
+    """Mechanics: the random-weight SD1.5-layout ComfyUI checkpoint (one UNet level, CLIP-L, TAESD) converts and runs."""
+    loaded = load_generator(tiny_checkpoint)
+    cfg = loaded.unet.config
+    assert list(cfg.block_out_channels) == [320] and cfg.cross_attention_dim == 768
+    assert list(cfg.down_block_types) == ["CrossAttnDownBlock2D"] and cfg.mid_block_type == "UNetMidBlock2DCrossAttn"
+    assert type(loaded.vae).__name__ == "AutoencoderTiny" and loaded.text_width == 768
+    with torch.no_grad():
+        ids = loaded.tokenizer(["a red apple"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+        text = loaded.text_encoder(ids).last_hidden_state
+        out = loaded.unet(torch.randn(1, 4, 8, 8), torch.tensor([999]), encoder_hidden_states=text).sample
+    assert text.shape == (1, 77, 768) and out.shape == (1, 4, 8, 8) and torch.isfinite(out).all()

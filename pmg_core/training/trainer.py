@@ -237,6 +237,8 @@ class SoftPromptTrainer:
         )
         noise_rng = torch.Generator(device="cpu").manual_seed(config.seed)
         start = self._restore(out_dir, resume, fingerprint, optimizer, noise_rng)
+        if config.cache_latents:
+            self._encode_all(examples)
         log = _LossLog(out_dir / LOSS_CSV, keep_until=start)
         self._last_saved = start
 
@@ -360,6 +362,19 @@ class SoftPromptTrainer:
         return F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(dim=1)
 
     # ------------------------------------------------------------------ frozen encodings (cached)
+
+    def _encode_all(self, examples: list[TrainingExample]) -> None:
+        """Encode every image and caption once, before the first step.
+
+        The frozen VAE and text encoder then never run between UNet steps (in
+        ComfyUI that avoids swapping models in and out of GPU memory each step).
+        """
+        began = time.perf_counter()
+        self._encode_images([p for e in examples for p in (e.target_image, e.negative_image)])
+        self._encode_texts([t for e in examples for t in (e.target_caption, e.negative_caption)])
+        logger.info(
+            "Encoded %d images and %d captions in %.1f s", len(self._latents), len(self._texts), time.perf_counter() - began
+        )
 
     # Each image and caption is encoded alone, then cached: batched convolutions and matmuls
     # round differently with the batch size, and a resumed run must see bit-identical inputs.
