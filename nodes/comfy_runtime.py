@@ -63,13 +63,6 @@ def compute_device(llm) -> torch.device:
     return _COMPUTE_DEVICE.get(llm.model, mm.get_torch_device())
 
 
-def _model_device(llm) -> torch.device:
-    try:
-        return next(llm.model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 def _model_bytes(llm) -> int:
     return sum(p.numel() * p.element_size() for p in llm.model.parameters())
 
@@ -78,7 +71,7 @@ def _model_bytes(llm) -> int:
 def llm_on_compute_device(llm, keep_loaded: bool) -> Iterator[torch.device]:
     """Run a block with ``llm`` on its compute device; offload it afterwards unless ``keep_loaded``."""
     device = compute_device(llm)
-    if _model_device(llm) != device:
+    if llm.device != device:
         if device.type != "cpu":
             # Make room the way ComfyUI's own loaders do: unload its models if needed.
             mm.free_memory(_model_bytes(llm) * 1.2, device)
@@ -86,6 +79,6 @@ def llm_on_compute_device(llm, keep_loaded: bool) -> Iterator[torch.device]:
     try:
         yield device
     finally:
-        if not keep_loaded and _model_device(llm).type != "cpu":
+        if not keep_loaded and llm.device.type != "cpu":
             llm.to("cpu")
             mm.soft_empty_cache()

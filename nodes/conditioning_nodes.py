@@ -156,7 +156,7 @@ class PMGSoftPromptEncoder(io.ComfyNode):
             logger.info("PMG: soft prompt of user %s read from the cache", bundle.preference.user_id)
             return io.NodeOutput(SoftPrompt(embeddings, {**metadata, "cached": "true"}))
 
-        with llm_on_compute_device(llm, keep_loaded=False) as device, torch.no_grad():
+        with llm_on_compute_device(llm, keep_loaded=bundle.keep_model_loaded) as device, torch.no_grad():
             if adapter_path is None:
                 module = SoftPromptAdapter.untrained(llm, text_dim=width, num_image_tokens=num_image_tokens, seed=seed)
             else:

@@ -181,7 +181,9 @@ class PMGPreferenceExtractor(io.ComfyNode):
         )
         with llm_on_compute_device(llm, keep_model_loaded):
             preference = extractor.extract(history, progress=progress_callback())
-        bundle = PreferenceBundle(preference=preference, history=history, llm=llm)
+        bundle = PreferenceBundle(
+            preference=preference, history=history, llm=llm, keep_model_loaded=keep_model_loaded
+        )
         return io.NodeOutput(
             ", ".join(preference.preference_keywords),
             ", ".join(preference.target_keywords),

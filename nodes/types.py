@@ -30,12 +30,14 @@ class PreferenceBundle:
 
     ``preference`` is the library's ``pmg_core.keywords.Preference``; ``llm`` is the
     ``LocalLLM`` that extracted it (the soft-prompt adapter must run on the same
-    model), or ``None`` when the preference was built without one.
+    model), or ``None`` when the preference was built without one;
+    ``keep_model_loaded`` carries the extractor's choice to later LLM users.
     """
 
     preference: Any
     history: UserHistory
     llm: Any = None
+    keep_model_loaded: bool = False
 
 
 @dataclass(frozen=True)

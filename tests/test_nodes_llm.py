@@ -103,7 +103,7 @@ def test_extractor_outputs_keywords_ui_and_uses_the_cache(extractor, pmg_pack, s
     preference_keywords, target_keywords, bundle = output.args
     assert preference_keywords.startswith("space opera, salvage crews")
     assert len(preference_keywords.split(", ")) == 8
-    assert bundle.llm is scripted_llm and bundle.history is history
+    assert bundle.llm is scripted_llm and bundle.history is history and bundle.keep_model_loaded is False
     assert bundle.preference.user_id == "bo" and "Letters to the Lighthouse Keeper" in bundle.preference.target_text
     assert ticks, "the node's progress bar was never updated"
 

@@ -68,3 +68,22 @@ def test_a_loose_module_load_explains_how_to_install(tmp_path):
         assert "custom_nodes" in str(error)
     else:
         raise AssertionError("a loose module must not build the extension")
+
+
+def test_a_failing_optional_node_module_is_logged_and_skipped(pmg_pack, monkeypatch, caplog):
+    import importlib
+
+    extension = importlib.import_module("comfyui_pmg.nodes.extension")
+    real = extension._module_nodes
+
+    def broken(name):
+        if name == "trainer_nodes":
+            raise ImportError("diffusers is too old")
+        return real(name)
+
+    monkeypatch.setattr(extension, "_module_nodes", broken)
+    monkeypatch.setattr(extension.importlib.util, "find_spec", lambda name: object())
+    with caplog.at_level("WARNING"):
+        nodes = extension.collect_nodes()
+    assert "trainer_nodes" in caplog.text and "diffusers is too old" in caplog.text
+    assert {cls.GET_SCHEMA().node_id for cls in nodes} >= {"PMGConditioning", "PMGScorer"}
