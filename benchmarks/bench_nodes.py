@@ -1,0 +1,198 @@
+"""What PMG costs on top of plain txt2img, measured on ONE real ComfyUI server.
+
+    .venv/bin/python benchmarks/bench_nodes.py [--repeats 3] [--checkpoint NAME] [--steps 4] [--size 64] [--json out.json]
+
+Against one embedded server started in a fresh folder (so every PMG cache is empty), it
+times, from ``POST /prompt`` to the prompt's end:
+
+* **plain**: ``CheckpointLoaderSimple → CLIPTextEncode ×2 → EmptyLatentImage → KSampler →
+  VAEDecode → SaveImage`` with as many images as the PMG run has alphas (3);
+* **PMG cold**: ``workflows/api/pmg_movie_poster.json`` for a MovieLens user never seen
+  before (LLM keywords and soft prompt computed);
+* **PMG warm**: the same users again (keywords and soft prompt read from the disk caches).
+
+Before every timed prompt ``/free`` clears ComfyUI's in-memory node cache and unloads the
+models, so every condition executes all of its nodes and reloads the checkpoint; the
+very first PMG prompt also converts the GGUF LLM once (reported separately, "first").
+Peak memory is the server process's RSS, sampled every 20 ms by psutil while the prompt
+runs. Prints the medians and the ratios PMG / plain. Not a test: numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pmg_core.comfy_client.client import ComfyClient  # noqa: E402
+from pmg_core.comfy_client.demo import DemoSettings, apply_settings, load_api_workflow  # noqa: E402
+from pmg_core.comfy_client.server import TINY_CHECKPOINT_NAME, EmbeddedComfyUI, install_default_models  # noqa: E402
+from pmg_core.tiny_models.clip import TINY_CLIP_NAME, save_tiny_clip  # noqa: E402
+
+log = logging.getLogger("bench_nodes")
+ALPHAS = "0.33, 0.5, 0.67"
+
+
+def plain_graph(checkpoint: str, steps: int, size: int, batch: int, seed: int, prefix: str) -> dict:
+    """Stock txt2img with the PMG workflow's sampler settings."""
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a movie poster of Star Wars, science fiction, space", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry, low quality, text, watermark", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": batch}},
+        "5": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": seed,
+            "steps": steps, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": prefix}},
+    }
+
+
+def pmg_graph(settings: DemoSettings, user: str, seed: int, prefix: str) -> dict:
+    graph = apply_settings(load_api_workflow("pmg_movie_poster"), DemoSettings(**{**settings.__dict__, "seed": seed}))
+    for node in graph.values():
+        if node["class_type"] == "PMGUserHistoryLoader":
+            node["inputs"]["user_id"] = user
+        if "filename_prefix" in node["inputs"]:
+            node["inputs"]["filename_prefix"] = f"bench/{prefix}_{node['inputs']['filename_prefix'].rsplit('/', 1)[-1]}"
+    return graph
+
+
+class PeakRSS:
+    """Samples a process's resident memory in a thread; ``peak`` is the largest value seen (bytes)."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        self.process = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, self.process.memory_info().rss)
+            except psutil.Error:
+                return
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakRSS":
+        self.peak = self.process.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class Condition:
+    name: str
+    seconds: list[float] = field(default_factory=list)
+    peak_rss: list[int] = field(default_factory=list)
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def peak_mib(self) -> float:
+        return max(self.peak_rss) / 2**20
+
+    def to_dict(self) -> dict:
+        return {"runs_s": [round(s, 3) for s in self.seconds], "median_s": round(self.median_s, 3),
+                "peak_rss_mib": round(self.peak_mib, 1)}
+
+
+def timed(client: ComfyClient, pid: int, graph: dict, condition: Condition) -> None:
+    """Clear ComfyUI's node cache and models, then run ``graph`` and record its wall time and peak RSS."""
+    client.free(unload_models=True, free_memory=True)
+    time.sleep(1.5)  # the worker applies /free between prompts; let it finish before timing
+    with PeakRSS(pid) as memory:
+        began = time.monotonic()
+        entry = client.wait(client.queue_prompt(graph), timeout=900)
+        elapsed = time.monotonic() - began
+    if entry["status"]["status_str"] != "success":
+        raise RuntimeError(f"{condition.name}: the prompt failed: {entry['status']}")
+    condition.seconds.append(elapsed)
+    condition.peak_rss.append(memory.peak)
+    log.info("%s: %.2f s, peak RSS %.0f MiB", condition.name, elapsed, memory.peak / 2**20)
+
+
+def benchmark(repeats: int, settings: DemoSettings, base: Path, users: list[str]) -> dict:
+    settings = settings.resolved()
+    install_default_models(base)
+    save_tiny_clip(base / "models" / "pmg" / TINY_CLIP_NAME)
+    with EmbeddedComfyUI(base_dir=base) as server:
+        client = ComfyClient(server.url)
+        pid = server.pid
+        batch = len([a for a in settings.alphas.split(",") if a.strip()])
+        # Warm-up: imports, torch kernels and the first checkpoint load are not what we compare.
+        client.wait(client.queue_prompt(plain_graph(settings.checkpoint, settings.steps, settings.size, batch, 999, "bench/warmup")))
+
+        first, plain, cold, warm = Condition("PMG first (LLM conversion)"), Condition("plain"), Condition("PMG cold"), Condition("PMG warm")
+        timed(client, pid, pmg_graph(settings, users[0], 0, "first"), first)
+        cold_users = users[1 : 1 + repeats]
+        for i in range(repeats):
+            timed(client, pid, plain_graph(settings.checkpoint, settings.steps, settings.size, batch, i, f"bench/plain{i}"), plain)
+            timed(client, pid, pmg_graph(settings, cold_users[i], i, f"cold{i}"), cold)
+        for i in range(repeats):
+            timed(client, pid, pmg_graph(settings, cold_users[i], 100 + i, f"warm{i}"), warm)
+        stats = client.system_stats()
+    return {
+        "settings": {"checkpoint": settings.checkpoint, "steps": settings.steps, "size": settings.size,
+                     "images": batch, "repeats": repeats},
+        "device": stats.get("devices", [{}])[0].get("name"),
+        "conditions": {c.name: c.to_dict() for c in (plain, cold, warm, first)},
+        "ratios": {
+            "time_cold_over_plain": round(cold.median_s / plain.median_s, 2),
+            "time_warm_over_plain": round(warm.median_s / plain.median_s, 2),
+            "peak_rss_cold_over_plain": round(cold.peak_mib / plain.peak_mib, 2),
+            "peak_rss_warm_over_plain": round(warm.peak_mib / plain.peak_mib, 2),
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per condition (default 3)")
+    parser.add_argument("--checkpoint", default=TINY_CHECKPOINT_NAME)
+    parser.add_argument("--steps", type=int, help="default: 4 for the tiny checkpoint, 20 otherwise")
+    parser.add_argument("--size", type=int, help="default: 64 for the tiny checkpoint, 512 otherwise")
+    parser.add_argument("--users", default="1,2,3,4,5,6,7,8,9", help="MovieLens users, never seen by this server")
+    parser.add_argument("--base", type=Path, help="server folder (default: a fresh temporary one, so caches start empty)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    users = [u.strip() for u in args.users.split(",") if u.strip()]
+    if len(users) < args.repeats + 1:
+        parser.error(f"--users needs at least {args.repeats + 1} ids (one for the first run, then one per repeat)")
+    settings = DemoSettings(checkpoint=args.checkpoint, steps=args.steps, size=args.size, alphas=ALPHAS)
+    with tempfile.TemporaryDirectory(prefix="pmg-bench-") as temporary:
+        result = benchmark(args.repeats, settings, args.base or Path(temporary), users)
+    conditions = result["conditions"]
+    print(f"{'condition':28} {'median s':>9} {'peak RSS MiB':>13}")
+    for name, values in conditions.items():
+        print(f"{name:28} {values['median_s']:9.2f} {values['peak_rss_mib']:13.0f}")
+    for name, value in result["ratios"].items():
+        print(f"{name:28} {value:9.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""The shareable workflows on a real ComfyUI: in sync, loadable, runnable, cached, and failing cleanly.
+
+Mechanics only: the checkpoint (``pmg-tiny-sd15``) and the scorer's CLIP (``pmg-tiny-clip``)
+have random weights, so images and scores are noise; the keywords come from the real
+SmolLM2-135M. What is checked is the wiring: UI ⇄ API sync, the stock KSampler consuming
+PMG conditioning (one image per α), the score records, LLM work reused on a repeat,
+bad inputs reported per node, and the batch client's JSONL.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import requests
+from PIL import Image
+
+from pmg_core.comfy_client.batch import queue_users, read_results
+from pmg_core.comfy_client.workflow_format import api_differences, ui_to_api, workflow_models
+from pmg_core.errors import ComfyServerError
+from pmg_core.tiny_models.clip import TINY_CLIP_NAME, save_tiny_clip
+
+pytestmark = pytest.mark.comfy_server
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS = REPO / "workflows"
+NAMES = ("pmg_movie_poster", "pmg_sticker", "pmg_alpha_sweep")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# Node ids shared by the three workflows (see workflows/api/*.json).
+HISTORY, LLM, EXTRACTOR, SOFT, ALPHAS, CONDITIONING, LATENT, SAMPLER, DECODE, SCORER, SAVE = (
+    "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12")
+BEFORE_SAMPLER = {"1", HISTORY, LLM, EXTRACTOR, SOFT, ALPHAS, CONDITIONING}
+
+
+def load(name: str, api: bool = True) -> dict:
+    return json.loads((WORKFLOWS / ("api" if api else "") / f"{name}.json").read_text(encoding="utf-8"))
+
+
+class Timeline:
+    """Websocket events of one prompt with arrival times: which nodes ran, which were cached, how long each took."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[float, dict]] = []
+
+    def __call__(self, event: dict) -> None:
+        self.events.append((time.monotonic(), event))
+
+    def cached(self) -> set[str]:
+        return {str(n) for _, e in self.events if e["type"] == "execution_cached" for n in e["data"].get("nodes", [])}
+
+    def executed(self) -> set[str]:
+        return {str(e["data"]["node"]) for _, e in self.events if e["type"] == "executing" and e["data"].get("node")}
+
+    def seconds(self, node: str) -> float:
+        """From ``executing`` of ``node`` to the next ``executing`` event."""
+        starts = [(t, e["data"].get("node")) for t, e in self.events if e["type"] == "executing"]
+        for (t, current), (t_next, _) in zip(starts, starts[1:]):
+            if current == node:
+                return t_next - t
+        raise AssertionError(f"node {node} did not execute; events: {[e['type'] for _, e in self.events]}")
+
+
+def run(client, graph: dict, timeout: float = 300) -> tuple[dict, Timeline]:
+    timeline = Timeline()
+    entry = client.wait(client.queue_prompt(graph), timeout=timeout, on_progress=timeline)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    return entry, timeline
+
+
+def node_output(entry: dict, node: str) -> dict:
+    return (entry.get("outputs") or {}).get(node) or {}
+
+
+def fetch_png(client, record: dict) -> Image.Image:
+    data = client.view(record["filename"], record.get("subfolder", ""), record.get("type", "output"))
+    assert data.startswith(PNG_MAGIC)
+    return Image.open(io.BytesIO(data))
+
+
+@pytest.fixture(scope="module")
+def pmg_server(comfy_server):
+    """The session server plus the scorer's tiny random CLIP in models/pmg (MovieLens has no posters to compare with)."""
+    save_tiny_clip(comfy_server.base_dir / "models" / "pmg" / TINY_CLIP_NAME)
+    return comfy_server
+
+
+@pytest.fixture(scope="module")
+def object_info(pmg_server) -> dict:
+    info = pmg_server.client.object_info()
+    missing = [n for n in ("PMGUserHistoryLoader", "PMGScorer", "PMGConditioning") if n not in info]
+    assert not missing, f"the pack did not load {missing}:\n{pmg_server.log_tail()}"
+    return info
+
+
+@pytest.fixture(scope="module")
+def movie_run(pmg_server, object_info):
+    """The movie workflow for MovieLens user 1, run once (cold: nothing of this user cached)."""
+    return run(pmg_server.client, load("pmg_movie_poster"))
+
+
+# --- the files ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_workflow_converts_to_its_api_copy(name, object_info):
+    """The committed UI file and API copy describe the same graph (widget order from the live /object_info)."""
+    assert api_differences(load(name), ui_to_api(load(name, api=False), object_info)) == []
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_workflow_has_what_the_front_end_needs(name, pmg_server):
+    """Front-end schema essentials, consistent links, a note on real checkpoints, and the model files it lists exist."""
+    ui = load(name, api=False)
+    assert isinstance(ui["version"], float) and ui["last_link_id"] == max(link[0] for link in ui["links"])
+    assert ui["last_node_id"] == max(n["id"] for n in ui["nodes"])
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    for node in ui["nodes"]:
+        assert {"id", "type", "pos", "size", "flags", "order", "mode", "properties"} <= set(node)
+    for link_id, source, slot, target, target_slot, kind in ui["links"]:
+        assert link_id in nodes[source]["outputs"][slot]["links"]
+        assert nodes[target]["inputs"][target_slot]["link"] == link_id
+        assert nodes[source]["outputs"][slot]["type"] == kind
+    notes = [n for n in ui["nodes"] if n["type"] in ("Note", "MarkdownNote")]
+    assert notes and any("checkpoint" in n["widgets_values"][0].lower() for n in notes)
+
+    # The front end checks the listed models that a widget selects against /experiment/models/<folder>
+    # and opens a "Missing Models" dialog for the others. (That listing skips .gguf files, so the
+    # LLM is documented in the note instead of being listed: it would always look missing.)
+    models = workflow_models(ui)
+    assert [m["name"] for m in models] == ["pmg-tiny-sd15.safetensors"]
+    for model in models:
+        assert urlparse(model["url"]).scheme == "https"  # the front end's schema requires a URL
+        owner = next(n for n in ui["nodes"] if model in (n["properties"].get("models") or []))
+        assert model["name"] in owner["widgets_values"], "the front end checks only selected models"
+        listed = requests.get(f"{pmg_server.url}/experiment/models/{model['directory']}", timeout=10).json()
+        assert model["name"] in [entry["name"] for entry in listed]
+    assert any("SmolLM2" in n["widgets_values"][0] and "models/LLM" in n["widgets_values"][0] for n in notes)
+
+
+def test_pack_serves_the_ui_workflows_as_templates(pmg_server):
+    """ComfyUI lists workflows/*.json of the pack in its template browser (not the API copies)."""
+    listing = requests.get(f"{pmg_server.url}/workflow_templates", timeout=10).json()
+    pack = next(key for key in listing if "pmg" in key.lower())
+    assert sorted(listing[pack]) == sorted(NAMES)
+    served = requests.get(f"{pmg_server.url}/api/workflow_templates/{pack}/pmg_sticker.json", timeout=10)
+    assert served.status_code == 200 and served.json() == load("pmg_sticker", api=False)
+
+
+# --- running them ----------------------------------------------------------------------------------
+
+
+def test_movie_workflow_gives_one_image_per_alpha_and_a_score_record(pmg_server, movie_run):
+    """The stock KSampler consumes PMGConditioning: an α list of 3 gives 3 images; the scorer picks one and saves its report."""
+    entry, _ = movie_run
+    client = pmg_server.client
+    candidates = node_output(entry, SAVE)["images"]
+    assert len(candidates) == 3
+    assert {fetch_png(client, c).size for c in candidates} == {(64, 64)}
+
+    (keywords,) = node_output(entry, EXTRACTOR)["pmg_keywords"]
+    assert keywords["user_id"] == "1" and keywords["preference_keywords"]
+    (scores,) = node_output(entry, SCORER)["pmg_scores"]
+    assert scores["candidate_alphas"] == [0.33, 0.5, 0.67]
+    assert len(scores["candidates"]) == 3 and 0 <= scores["selected"] < 3
+    assert scores["selected_alpha"] == scores["candidate_alphas"][scores["selected"]]
+    assert node_output(entry, SCORER)["images"] == [scores["selected_image"]]
+    selected = fetch_png(client, scores["selected_image"])
+    assert selected.size == (64, 64)
+
+    report = scores["report_file"]
+    on_disk = json.loads((pmg_server.base_dir / "output" / report["subfolder"] / report["filename"]).read_text())
+    assert on_disk["candidates"] == scores["candidates"] and on_disk["selected"] == scores["selected"]
+
+
+def test_sticker_workflow_scores_against_the_real_history_images(pmg_server, object_info):
+    """Sticker items have real Twemoji images: the scorer measures the candidates against them (LPIPS, SSIM)."""
+    entry, _ = run(pmg_server.client, load("pmg_sticker"))
+    assert len(node_output(entry, SAVE)["images"]) == 3
+    (scores,) = node_output(entry, SCORER)["pmg_scores"]
+    assert scores["user_id"] == "sticker_user_000"
+    assert all(c["lpips_history"] is not None and c["ssim_history"] is not None for c in scores["candidates"])
+
+
+def test_alpha_sweep_saves_seven_candidates_and_the_tradeoff_plot(pmg_server, object_info):
+    entry, _ = run(pmg_server.client, load("pmg_alpha_sweep"))
+    assert len(node_output(entry, SAVE)["images"]) == 7
+    (scores,) = node_output(entry, SCORER)["pmg_scores"]
+    assert scores["candidate_alphas"] == [0.0, 0.17, 0.33, 0.5, 0.67, 0.83, 1.0]
+    (plot,) = node_output(entry, "13")["images"]
+    assert fetch_png(pmg_server.client, plot).width > 64  # a chart, not a candidate
+
+
+def test_repeat_of_a_user_does_no_llm_work(pmg_server, movie_run):
+    """Second queue of the same user: (a) new sampler seed → ComfyUI serves everything before the sampler
+    from its cache; (b) a changed extractor setting forces the extractor to run → it reads its disk cache
+    instead of asking the LLM (much faster than the cold run, and it says so)."""
+    client = pmg_server.client
+    _, cold = movie_run
+    graph = load("pmg_movie_poster")
+    graph[SAMPLER]["inputs"]["seed"] = 1
+    entry, warm = run(client, graph)
+    assert BEFORE_SAMPLER <= warm.cached() and not (BEFORE_SAMPLER & warm.executed())
+    assert len(node_output(entry, SAVE)["images"]) == 3
+
+    graph[EXTRACTOR]["inputs"]["keep_model_loaded"] = True  # does not change the keywords, forces a re-run
+    entry, forced = run(client, graph)
+    assert EXTRACTOR in forced.executed()
+    (keywords,) = node_output(entry, EXTRACTOR)["pmg_keywords"]
+    (cold_keywords,) = node_output(movie_run[0], EXTRACTOR)["pmg_keywords"]
+    assert keywords["preference_keywords"] == cold_keywords["preference_keywords"]
+    assert keywords.get("cached") is True, keywords
+    assert forced.seconds(EXTRACTOR) < 0.25 * cold.seconds(EXTRACTOR), (forced.seconds(EXTRACTOR), cold.seconds(EXTRACTOR))
+
+
+# --- bad inputs ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bad_files(pmg_server, smollm2):
+    """A junk LLM folder and an adapter built for a 512-wide text encoder (the checkpoint's CLIP is 768)."""
+    from pmg_core.soft_prompt import SoftPromptAdapter, save_adapter
+
+    junk = pmg_server.base_dir / "models" / "LLM" / "junk-llm"
+    junk.mkdir(parents=True, exist_ok=True)
+    (junk / "config.json").write_text("{this is not json", encoding="utf-8")
+    adapter = pmg_server.base_dir / "models" / "pmg" / "pmg-wrong-width.safetensors"
+    save_adapter(SoftPromptAdapter.untrained(smollm2, text_dim=512), adapter)
+    return {"llm": junk.name, "adapter": adapter.name}
+
+
+BAD_INPUTS = {
+    # case: (node, input, value, node named in the error, words of the message)
+    "missing history file": (HISTORY, "history_file", "pmg/no_such_users.jsonl", HISTORY, "does not exist"),
+    "path escaping input/": (HISTORY, "history_file", "../comfyui.log", HISTORY, "outside"),
+    "unknown user": (HISTORY, "user_id", "no-such-user", HISTORY, "not in"),
+    "wrong adapter width": (SOFT, "adapter", "{adapter}", SOFT, "512-wide"),
+    "garbage LLM folder": (LLM, "model", "{llm}", LLM, "junk-llm"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_a_node_error_and_the_server_keeps_serving(case, pmg_server, bad_files, movie_run):
+    node, name, value, failing, words = BAD_INPUTS[case]
+    client = pmg_server.client
+    graph = load("pmg_movie_poster")
+    graph[node]["inputs"][name] = value.format(**bad_files)
+    graph[SAMPLER]["inputs"]["seed"] = 100 + list(BAD_INPUTS).index(case)
+    with pytest.raises(ComfyServerError) as info:
+        client.wait(client.queue_prompt(graph), timeout=300)  # refused by /prompt, or failed in /history
+    (error,) = [e for e in info.value.node_errors if e["node_id"] == failing]
+    assert words.lower() in error["message"].lower(), error
+
+    # The server is still healthy: the next prompt (same user, another seed) runs.
+    good = load("pmg_movie_poster")
+    good[SAMPLER]["inputs"]["seed"] = 200 + list(BAD_INPUTS).index(case)
+    entry, _ = run(client, good)
+    assert len(node_output(entry, SAVE)["images"]) == 3
+
+
+# --- the batch client ---------------------------------------------------------------------------------
+
+
+def test_batch_queue_writes_one_line_per_user_with_keywords_image_and_scores(pmg_server, movie_run, tmp_path):
+    out = tmp_path / "scores.jsonl"
+    summary = queue_users(pmg_server.client, load("pmg_movie_poster"), None, ["1", "2", "3"], out, concurrency=2)
+    assert summary.done == 3 and summary.failed == 0
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert sorted(line["user_id"] for line in lines) == ["1", "2", "3"]
+    for line in lines:
+        assert line["status"] == "success"
+        assert line["keywords"]["user_id"] == line["user_id"] and line["keywords"]["preference_keywords"]
+        assert len(line["scores"]["candidates"]) == 3
+        assert line["selected_image"]["subfolder"].startswith(f"pmg/{line['user_id']}")
+        fetch_png(pmg_server.client, line["selected_image"])
+        assert len([i for i in line["images"] if "_candidates" in i["filename"]]) == 3
+    assert read_results(out).keys() == {"1", "2", "3"}
