@@ -15,7 +15,8 @@ import torch
 
 from fixtures_nodes import PACK_NAME
 
-ANSWER = "1. space opera 2. salvage crews 3. lonely lighthouses 4. night trains 5. mystery 6. red giants 7. robots 8. the sea 9. birds 10. colonies"
+# What a model writes after the primed "The keywords are:\n1." (the default prompts' assistant prefix).
+ANSWER = "space opera\n2. salvage crews\n3. lonely lighthouses\n4. night trains\n5. mystery\n6. red giants\n7. robots\n8. the sea\n9. birds\n10. colonies"
 
 
 @pytest.fixture(scope="module")
