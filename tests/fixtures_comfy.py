@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pmg_core.assets import default_cache_dir
 from pmg_core.comfy_client.client import ComfyClient
 from pmg_core.comfy_client.server import EmbeddedComfyUI, ensure_tiny_checkpoint, install_default_models
 
@@ -44,6 +45,7 @@ def tiny_checkpoint() -> Path:
 def comfy_server(tmp_path_factory, tiny_checkpoint) -> ComfyServerHandle:
     base = tmp_path_factory.mktemp("comfy_base")
     install_default_models(base)
+    _share_llm_conversions(base)
     server = EmbeddedComfyUI(base_dir=base)
     server.start(timeout=120)  # raises with the log tail if it cannot start
     handle = ComfyServerHandle(url=server.url, base_dir=base, client=ComfyClient(server.url), server=server)
@@ -51,6 +53,22 @@ def comfy_server(tmp_path_factory, tiny_checkpoint) -> ComfyServerHandle:
         yield handle
     finally:
         server.stop()
+
+
+def _share_llm_conversions(base: Path) -> None:
+    """Let the server reuse this machine's converted GGUF models (~30 s each to convert).
+
+    The pack converts a GGUF once into ``<user>/pmg_cache/llm/llm/``; pointing that at
+    the library's persistent cache (``default_cache_dir()/llm``, which the LLM tests fill)
+    saves the conversion in every test session. Only a speed-up: without it the pack
+    converts again.
+    """
+    shared = default_cache_dir() / "llm"
+    shared.mkdir(parents=True, exist_ok=True)
+    link = base / "user" / "pmg_cache" / "llm" / "llm"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.exists():
+        link.symlink_to(shared, target_is_directory=True)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -79,3 +97,50 @@ def stock_txt2img_graph(seed: int = 0, prefix: str = "pmg_test/stock", steps: in
         "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
         "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": prefix}},
     }
+
+
+def pmg_txt2img_graph(history_file: str = "pmg_stickers/history.jsonl", user_id: str = "", seed: int = 0,
+                      prefix: str = "pmg/score", alphas: str = "0.33, 0.67", size: int = 64, steps: int = 2,
+                      target_image: str | None = None) -> dict:
+    """The PMG pipeline as an API graph on the offline defaults (tiny SD1.5, SmolLM2):
+    history → LLM keywords → PMG conditioning (one image per alpha) → KSampler → VAE decode → PMG Scorer.
+    The scorer needs a target: ``target_image`` (a file in the input folder, read by LoadImage)."""
+    graph = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "pmg-tiny-sd15.safetensors"}},
+        "2": {"class_type": "PMGUserHistoryLoader", "inputs": {
+            "history_file": history_file, "format": "auto", "user_id": user_id, "max_items": 0, "scene": "auto"}},
+        "3": {"class_type": "PMGLLMLoader", "inputs": {"model": "SmolLM2-135M-Instruct.Q4_1.gguf", "device": "cpu"}},
+        "4": {"class_type": "PMGPreferenceExtractor", "inputs": {
+            "history": ["2", 0], "llm": ["3", 0], "n_preference": 8, "n_target": 10, "seed": seed,
+            "max_new_tokens": 100, "keep_model_loaded": False}},
+        "5": {"class_type": "PMGConditioning", "inputs": {
+            "clip": ["1", 1], "preference": ["4", 2], "w_target": 1.0, "w_soft": 1.0, "w_preference": 1.0,
+            "alphas": alphas}},
+        "6": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": ["5", 2]}},
+        "7": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "positive": ["5", 0], "negative": ["5", 1], "latent_image": ["6", 0],
+            "seed": seed, "steps": steps, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}},
+        "9": {"class_type": "PMGScorer", "inputs": {
+            "images": ["8", 0], "history_images": ["2", 2], "preference": ["4", 2], "alphas": alphas,
+            "alpha": 0.67, "lpips_net": "alex", "filename_prefix": prefix}},
+    }
+    if target_image is not None:
+        graph["10"] = {"class_type": "LoadImage", "inputs": {"image": target_image}}
+        graph["9"]["inputs"]["target_image"] = ["10", 0]
+    return graph
+
+
+def pmg_no_llm_graph(target_image: str, history_file: str = "pmg_stickers/history.jsonl", user_id: str = "",
+                     seed: int = 0, prefix: str = "pmg/score", alphas: str = "0.33, 0.67", size: int = 64,
+                     steps: int = 2) -> dict:
+    """The PMG pipeline without the LLM (typed target and preference texts): fast, for mechanics tests.
+    history (images) → PMG conditioning → KSampler → VAE decode → PMG Scorer, which compares with
+    ``target_image`` (a file in the server's input folder, read by a stock LoadImage)."""
+    graph = pmg_txt2img_graph(history_file, user_id, seed, prefix, alphas, size, steps, target_image)
+    for node_id in ("3", "4"):
+        del graph[node_id]
+    graph["5"]["inputs"].pop("preference")
+    graph["5"]["inputs"].update(target_text="a cute sticker of a cat", preference_text="smiling, hearts, yellow")
+    graph["9"]["inputs"].pop("preference")
+    return graph

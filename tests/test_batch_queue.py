@@ -188,3 +188,46 @@ def test_a_history_file_already_on_the_server_lists_its_users(comfy_server, tmp_
     summary = queue_users(comfy_server.client, stock_txt2img_graph(seed=62, prefix="server_history"), None,
                           users[:1], tmp_path / "r.jsonl", server_history="pmg_stickers/history.jsonl")
     assert summary.done == 1
+
+
+@pytest.mark.comfy_server
+def test_pmg_nodes_get_each_user_and_report_scores_and_the_selected_image(comfy_server, tmp_path):
+    """Mechanics of per-user substitution into the PMG nodes (no LLM; tiny random SD1.5 images)."""
+    from fixtures_comfy import pmg_no_llm_graph
+
+    out = tmp_path / "results.jsonl"
+    sticker = next((comfy_server.base_dir / "input" / "pmg_stickers" / "images").glob("*.png"))
+    target = comfy_server.client.upload_file(sticker)["name"]  # LoadImage lists the input folder's top level
+    users = ["sticker_user_000", "sticker_user_001", "nobody"]
+    summary = queue_users(comfy_server.client, pmg_no_llm_graph(target, seed=71), None, users, out,
+                          server_history="pmg_stickers/history.jsonl")
+    records = {r["user_id"]: r for r in lines(out)}
+    assert summary.failed_users == ["nobody"], [r["error"] for r in records.values()]
+    assert records["nobody"]["error"]["node_type"] == "PMGUserHistoryLoader"
+    assert "nobody" in records["nobody"]["error"]["message"]
+    for user in users[:2]:
+        record = records[user]
+        assert record["keywords"] is None  # no PreferenceExtractor in this graph
+        assert record["selected_image"] == record["scores"]["selected_image"]
+        assert record["selected_image"]["subfolder"] == f"pmg/{user}"
+        assert comfy_server.client.view(**record["selected_image"])[:4] == b"\x89PNG"
+    assert records["sticker_user_000"]["scores"] != records["sticker_user_001"]["scores"]
+
+
+@pytest.mark.real_model
+@pytest.mark.comfy_server
+def test_pmg_workflow_batch_records_keywords_scores_and_the_selected_image(comfy_server, tmp_path):
+    """Real behaviour of the whole pipeline per user: SmolLM2 keywords reach the results line."""
+    from fixtures_comfy import pmg_txt2img_graph
+
+    out = tmp_path / "results.jsonl"
+    sticker = next((comfy_server.base_dir / "input" / "pmg_stickers" / "images").glob("*.png"))
+    target = comfy_server.client.upload_file(sticker)["name"]
+    user = "sticker_user_000"
+    summary = queue_users(comfy_server.client, pmg_txt2img_graph(seed=72, target_image=target), None, [user], out,
+                          server_history="pmg_stickers/history.jsonl")
+    record = lines(out)[0]
+    assert summary.failed == 0, record["error"]
+    assert record["keywords"]["user_id"] == user and record["keywords"]["preference_keywords"]
+    assert record["scores"] is not None and record["selected_image"] == record["scores"]["selected_image"]
+    assert record["selected_image"]["subfolder"] == f"pmg/{user}"

@@ -345,13 +345,18 @@ def execution_error(entry: dict) -> dict | None:
     for kind, data in status.get("messages", []):
         if kind == "execution_error":
             return {"node_id": str(data.get("node_id")), "node_type": data.get("node_type"),
-                    "message": f"{data.get('exception_type', 'Error')}: {data.get('exception_message', '').strip()}"}
+                    "message": f"{_short_type(data.get('exception_type'))}: {data.get('exception_message', '').strip()}"}
         if kind == "execution_interrupted":
             return {"node_id": str(data.get("node_id")), "node_type": data.get("node_type"),
                     "message": "interrupted"}
     if status.get("status_str") == "error":
         return {"node_id": None, "node_type": None, "message": "the prompt failed (no details in its history)"}
     return None
+
+
+def _short_type(exception_type: str | None) -> str:
+    """``/path/custom_nodes/pack.pmg_core.errors.KeywordParseError`` → ``KeywordParseError``."""
+    return (exception_type or "Error").rsplit(".", 1)[-1]
 
 
 def output_files(entry: dict, key: str = "images") -> list[dict]:
