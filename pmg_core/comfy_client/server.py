@@ -53,7 +53,7 @@ class EmbeddedComfyUI:
     def __init__(
         self,
         comfy_dir: Path | str | None = None,
-        base_dir: Path | str = "comfy_base",
+        base_dir: Path | str = REPO_ROOT / "comfy_base",
         port: int | None = None,
         pack_dir: Path | str | None = REPO_ROOT,
         extra_args: tuple[str, ...] | list[str] = (),
@@ -238,6 +238,10 @@ def ensure_tiny_checkpoint(
                 f"Building the tiny checkpoint failed (exit {done.returncode}):\n{done.stderr[-3000:]}\n"
                 "Check that ComfyUI is extracted (scripts/fetch_comfyui.sh) and its requirements installed."
             )
+        # Builds of older script versions are 300 MB each; servers holding a hard link keep theirs.
+        for stale in folder.glob("pmg-tiny-sd15-*.safetensors"):
+            if stale != target:
+                stale.unlink(missing_ok=True)
     return target
 
 
@@ -255,8 +259,8 @@ def _file_lock(path: Path):
 
 
 def _place(source: Path, target: Path) -> None:
-    """Hard-link ``source`` to ``target`` (copy across file systems); keep a same-size target."""
-    if target.is_file() and not target.is_symlink() and target.stat().st_size == source.stat().st_size:
+    """Hard-link ``source`` to ``target`` (copy across file systems), replacing any other file there."""
+    if target.is_file() and not target.is_symlink():
         with contextlib.suppress(OSError):
             if os.path.samefile(source, target):
                 return
