@@ -27,8 +27,6 @@ _PREAMBLE = re.compile(r"^[^,;\n]{0,80}?\b(?:keywords?|interests?|here|are|is)\b
 _EXPLANATION = re.compile(r"\s[-–—]\s|:\s|\.\s|\(")
 _NOT_ALLOWED = re.compile(r"[^\w\s'&-]|_")
 _EXAMPLE_ECHO = re.compile(r"^(?:keyword|key word)s?\s*\d*$", re.IGNORECASE)
-# Words that mark a sentence about the user rather than a keyword ("he likes action films").
-_PRONOUNS = frozenset("i he she you we they his her their him them my your our me us".split())
 
 
 def parse_keywords(text: str, expected: int | None = None, max_keywords: int | None = None) -> list[str]:
@@ -116,8 +114,5 @@ def _is_junk(keyword: str) -> bool:
     if len(keyword.split()) > MAX_WORDS:
         return True
     if _EXAMPLE_ECHO.match(keyword):  # the prompt's format example parroted back
-        return True
-    words = keyword.casefold().split()
-    if len(words) >= 3 and _PRONOUNS.intersection(words):  # short titles such as "Her" survive
         return True
     return not any(c.isalpha() for c in keyword)

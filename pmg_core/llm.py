@@ -107,8 +107,14 @@ class LocalLLM:
         return f"{head}### Human: {user_text} ### Assistant:{tail}"
 
     def count_tokens(self, text: str) -> int:
-        """How many tokens ``text`` takes (special tokens a chat template wrote included)."""
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        """How many tokens ``text`` takes as a prompt to :meth:`generate`."""
+        return len(self.tokenizer(text, add_special_tokens=self._adds_special_tokens)["input_ids"])
+
+    @property
+    def _adds_special_tokens(self) -> bool:
+        # A chat template writes the special tokens (BOS, turn markers) itself; the plain
+        # "### Human:" layout relies on the tokenizer to add BOS.
+        return not getattr(self.tokenizer, "chat_template", None)
 
     # -- generation --------------------------------------------------------------
     @torch.no_grad()
@@ -149,7 +155,9 @@ class LocalLLM:
 
     def _generate_batch(self, prompts, max_new_tokens, seed, do_sample, temperature, progress, offset, total):
         tokenizer = self.tokenizer
-        encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        encoded = tokenizer(
+            prompts, return_tensors="pt", padding=True, add_special_tokens=self._adds_special_tokens
+        ).to(self.device)
         kwargs = dict(
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,

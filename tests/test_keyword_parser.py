@@ -27,6 +27,8 @@ MESSY = [
     ("1. Friendship 2. He really enjoys movies about long journeys across the sea 3. Ocean",
      ["Friendship", "Ocean"]),
     ("`horror`, __slasher__, #gore", ["horror", "slasher", "gore"]),
+    # titles are what SmolLM2 often repeats; pronouns in them are fine
+    ("The keywords are:\n1. Shall We Dance? 2. Shall We Dance? 3. Her", ["Shall We Dance", "Her"]),
 ]
 
 
