@@ -103,6 +103,11 @@ def _separated(segment: str) -> list[str]:
     return [_EXPLANATION.split(part.strip(), maxsplit=1)[0] for part in parts]
 
 
+def normalize_keyword(candidate: str) -> str:
+    """One keyword cleaned as :func:`parse_keywords` cleans each item (allowed characters only)."""
+    return _clean(candidate)
+
+
 def _clean(candidate: str) -> str:
     text = candidate.replace("’", "'").replace("‘", "'")
     text = _NOT_ALLOWED.sub(" ", text)

@@ -28,7 +28,7 @@ from pathlib import Path
 from .cache import JsonCache
 from .errors import EmptyHistoryError, InvalidSettingError, KeywordParseError
 from .history import Item, UserHistory
-from .keyword_parser import parse_keywords
+from .keyword_parser import normalize_keyword, parse_keywords
 from .llm import LocalLLM
 from .prompts import ChatRequest, PromptTemplates, preference_prompt, prompt_templates, soft_prompt_text, target_prompt
 from .render import SceneTemplates, negative_prompt, render_history, render_target_text, scene_templates
@@ -176,7 +176,13 @@ class KeywordExtractor:
         cache_keys = [self._item_key(item, ps) for item, ps in unique.values()]
         labels = [f"item {item.item_id!r} ({item.title!r})" for item, _ in unique.values()]
         found = self._cached_keywords(requests, cache_keys, self.n_target, tracker, labels)
-        return {key: tuple(words) for key, words in zip(keys, found)}
+        # Small models often answer with the title itself; it is already in every text that
+        # shows item keywords, so it is dropped (an item may end up with no extra keywords).
+        titles = [normalize_keyword(item.title).casefold() for item, _ in unique.values()]
+        return {
+            key: tuple(word for word in words if word.casefold() != title)
+            for key, words, title in zip(keys, found, titles)
+        }
 
     def _check_fits(self, request: ChatRequest, label: str) -> None:
         length = self.llm.count_tokens(request.for_llm(self.llm))
@@ -205,14 +211,21 @@ class KeywordExtractor:
         return self._fit_context(history, prompt_set, templates)
 
     def _fit_context(self, history: UserHistory, prompt_set: str, templates: SceneTemplates):
-        """Drop the oldest items (or turns) until prompt + answer fit the LLM's context."""
+        """Drop the oldest items (or turns) until prompt + answer fit the LLM's context.
+
+        "Oldest" is by timestamp where items have one (undated items count as older
+        than dated ones), else by position: a history sorted by rating
+        (``SplitRule(order="rating")``) thus keeps its most recent items, in order.
+        """
         budget = self.llm.context_length - self.max_new_tokens
         prompts = self.prompts_for(prompt_set)
         use_turns = not history.items
         units = history.conversation if use_turns else history.items
+        oldest_first = sorted(range(len(units)), key=lambda i: (_timestamp(units[i]), i))
 
         def build(dropped: int):
-            rest = units[dropped:]
+            gone = set(oldest_first[:dropped])
+            rest = tuple(unit for i, unit in enumerate(units) if i not in gone)
             trimmed = dataclasses.replace(history, **({"conversation": rest} if use_turns else {"items": rest}))
             text = render_history(trimmed, templates)
             request = preference_prompt(prompt_set, text, self.n_preference, prompts)
@@ -326,6 +339,11 @@ class KeywordExtractor:
             return parse_keywords(f"{request.assistant_prefix} {answer}", expected=n)
         except KeywordParseError:
             return None
+
+
+def _timestamp(unit) -> float:
+    value = getattr(unit, "timestamp", None)
+    return float("-inf") if value is None else float(value)
 
 
 def _item_identity(item: Item, prompt_set: str) -> tuple:

@@ -169,6 +169,25 @@ def test_long_history_loses_its_oldest_items(tmp_path, caplog):
     assert dropped_again == 1
 
 
+def test_truncation_drops_by_timestamp_when_items_have_one(tiny_llm, tmp_path):
+    """Mechanics: in a rating-sorted history the items with the oldest timestamps go first."""
+    from pmg_core.tiny_models.llm import tiny_llama
+
+    small = tiny_llama(seed=0, context_length=320)
+    items = tuple(
+        dataclasses.replace(movie(i, f"A rather long movie title number {i}"), keywords=("noir",), timestamp=float(i % 7))
+        for i in range(1, 41)
+    )
+    extractor = KeywordExtractor(small, cache_dir=tmp_path, **FAST)
+    text, _, dropped = extractor._fit_context(UserHistory("u", items, scene="generic"), "generic",
+                                              extractor.render_templates_for("generic"))
+    kept = [item for item in items if f"number {item.item_id}(" in text]
+    gone = [item for item in items if item not in kept]
+    assert len(gone) == dropped > 0
+    assert max(item.timestamp for item in gone) <= min(item.timestamp for item in kept)
+    assert [item.item_id for item in kept] == sorted((item.item_id for item in kept), key=int)  # order kept
+
+
 def test_a_context_too_small_for_one_item_is_an_error(tmp_path):
     from pmg_core.tiny_models.llm import tiny_llama
 
@@ -217,6 +236,19 @@ def test_a_successful_retry_is_used_and_cached(tiny_llm, tmp_path):
     llm.calls.clear()
     assert KeywordExtractor(llm, cache_dir=tmp_path).extract(history) == preference
     assert llm.calls == []
+
+
+def test_item_keywords_drop_the_title_itself(tiny_llm, tmp_path):
+    """A small model often answers with the item's title; it is not kept as a keyword of that item."""
+    llm = scripted(tiny_llm, greedy=" Shall We Dance?\n2. ballroom\n3. shall we dance", sampled="")
+    history = UserHistory("u", (Item("251", "Shall We Dance?"), Item("7", "Shall We Dance?")), scene="movie",
+                          target=Item("9", "Other"))
+    preference = KeywordExtractor(llm, cache_dir=tmp_path).extract(history)
+    assert preference.history_text.startswith("1. Shall We Dance?: ballroom. ")
+    assert preference.target_keywords == ("Shall We Dance", "ballroom")
+    llm = scripted(tiny_llm, greedy=" Shall We Dance", sampled="")
+    history = UserHistory("u", (Item("251", "Shall We Dance?"),), scene="movie")
+    assert KeywordExtractor(llm, cache_dir=tmp_path / "b").extract(history).history_text == "1. Shall We Dance?."
 
 
 def test_parsing_sees_the_primed_prefix(tiny_llm, tmp_path):
