@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from .errors import ModelLoadError
+from .errors import InvalidSettingError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,12 @@ class LocalLLM:
         encoded = tokenizer(
             prompts, return_tensors="pt", padding=True, add_special_tokens=self._adds_special_tokens
         ).to(self.device)
+        longest = encoded["input_ids"].shape[1]
+        if longest + max_new_tokens > self.context_length:
+            raise InvalidSettingError(
+                f"A prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the LLM's context "
+                f"of {self.context_length} tokens; shorten the prompt (fewer history items) or lower max_new_tokens."
+            )
         kwargs = dict(
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,

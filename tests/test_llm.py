@@ -94,6 +94,17 @@ def test_chat_prompt_uses_the_template_or_the_plain_layout(tiny_llm):
     assert plain == "You help. ### Human: list keywords ### Assistant: The keywords are:"
 
 
+def test_prompt_longer_than_the_context_is_refused(tmp_path):
+    """Mechanics: generation never runs past the model's context (transformers would only warn)."""
+    from pmg_core.errors import InvalidSettingError
+    from pmg_core.tiny_models.llm import tiny_llama
+
+    small = tiny_llama(seed=0, context_length=64)
+    assert small.generate(["short prompt"], max_new_tokens=8)
+    with pytest.raises(InvalidSettingError, match="context of 64 tokens"):
+        small.generate(["word " * 60], max_new_tokens=8)
+
+
 def test_generate_rejects_a_bare_string(tiny_llm):
     """Mechanics: a str is not silently split into characters."""
     with pytest.raises(TypeError, match="list"):
