@@ -22,6 +22,7 @@ Other layouts (SD2's OpenCLIP, SDXL's two encoders) raise :class:`ModelLoadError
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -374,7 +375,8 @@ def _build_clip(state: dict[str, torch.Tensor]):
         eos_token_id=49407,
         pad_token_id=49407,
     )
-    model = CLIPTextModel(config)
+    with _skipped_weight_init():  # random init of 123M weights costs seconds; all are overwritten below
+        model = CLIPTextModel(config)
     # Extras some exporters add (text projection, logit scale) are not weights of the text tower.
     tower_keys = set(model.state_dict())
     weights = {k: v for k, v in clip.items() if k in tower_keys or k.startswith(("embeddings.", "encoder.", "final_layer_norm."))}
@@ -387,6 +389,18 @@ def _build_clip(state: dict[str, torch.Tensor]):
             "the checkpoint's text encoder is not CLIP-L."
         )
     return model, tokenizer
+
+
+def _skipped_weight_init():
+    """transformers' context that skips random weight initialisation (location differs across versions)."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        try:
+            from transformers.modeling_utils import no_init_weights
+        except ImportError:
+            return contextlib.nullcontext()
+    return no_init_weights()
 
 
 def _strip(key: str, prefix: str) -> str:

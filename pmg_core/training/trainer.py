@@ -437,7 +437,8 @@ class SoftPromptTrainer:
             differing = sorted(k for k in fingerprint if state.fingerprint.get(k) != fingerprint[k])
             raise TrainingError(
                 f"The checkpoint in {out_dir} comes from a run with other {', '.join(differing)}; resuming would not "
-                "continue the same run. Use another output folder, or train without --resume to start over."
+                "continue the same run. Train into another output (pmg train --out, or another adapter_name in ComfyUI), "
+                "or start over (pmg train --overwrite, or resume off in ComfyUI)."
             )
         self.adapter.load_state_dict({k: v.to(self.llm.device) for k, v in state.adapter.items()})
         optimizer.load_state_dict(state.optimizer)
