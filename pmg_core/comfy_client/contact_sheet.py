@@ -114,7 +114,9 @@ def _draw_row(sheet, draw, font, row: SheetRow, y: int, candidate_x: int, text_x
 
 def _fit(image: Image.Image, tile: int) -> Image.Image:
     """The image scaled (nearest for small images, so noise stays visible as noise) into a square tile."""
-    image = image.convert("RGB")
+    # Stickers are palette PNGs with transparency: flatten them onto white, not onto their key colour.
+    rgba = image.convert("RGBA")
+    image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     scale = tile / max(image.size)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS

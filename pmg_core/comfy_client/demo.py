@@ -256,8 +256,9 @@ def _jobs(options: DemoOptions, histories: dict[str, Path]) -> list[DemoJob]:
     from ..loaders import list_users
 
     n_movie, n_sticker = split_users(options.users)
-    movie_users = options.movie_users or list_users(histories["movie"])[:n_movie]
-    sticker_users = options.sticker_users or list_users(histories["sticker"])[:n_sticker]
+    movie_users = options.movie_users if options.movie_users is not None else list_users(histories["movie"])[:n_movie]
+    sticker_users = (options.sticker_users if options.sticker_users is not None
+                     else list_users(histories["sticker"])[:n_sticker])
     overlap = set(movie_users) & set(sticker_users)
     if overlap:
         raise InvalidSettingError(f"Users {sorted(overlap)} are in both scenes; the results file is keyed by user id.")
@@ -353,8 +354,9 @@ def _summary(jobs: list[DemoJob], records: dict, settings: DemoSettings, options
             f"**The checkpoint `{settings.checkpoint}` has RANDOM weights: the images are noise.** It is the offline",
             "default (no machine of this project can download Stable Diffusion); this run tests the wiring —",
             "history → LLM keywords → soft prompt → PMG conditioning → stock KSampler → scoring — not image quality.",
-            f"The scorer's CLIP (`{options.clip_model}`) is random too when it is the default `pmg-tiny-clip`, so the",
-            "scores and the selected image are arbitrary. The keywords are real SmolLM2-135M output (a weak model).",
+            *([f"The scorer's CLIP (`{options.clip_model}`) has random weights too, so the scores and the selected",
+               "image are arbitrary."] if options.clip_model == "pmg-tiny-clip" else []),
+            "The keywords are real output of SmolLM2-135M (a small, weak LLM; cached per user after the first run).",
             "",
             "To see real images:",
             "",
