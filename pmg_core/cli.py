@@ -128,6 +128,7 @@ def _add_llm_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=100)
     p.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default ~/.cache/pmg)")
+    p.add_argument("--no-cache", action="store_true", help="ask the LLM again instead of reusing cached keywords")
 
 
 # --- shared steps -------------------------------------------------------------
@@ -178,6 +179,7 @@ def _preferences(args, histories, llm) -> list:
         n_target=args.n_target,
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
+        use_cache=not args.no_cache,
     )
     with tqdm(total=len(histories), desc="keywords", unit="user", file=sys.stderr) as bar:
         return extractor.extract_many(histories, progress=_tqdm_progress(bar))
