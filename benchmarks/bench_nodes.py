@@ -12,8 +12,9 @@ times, from ``POST /prompt`` to the prompt's end:
 * **PMG warm**: the same users again (keywords and soft prompt read from the disk caches).
 
 Before every timed prompt ``/free`` clears ComfyUI's in-memory node cache and unloads the
-models, so every condition executes all of its nodes and reloads the checkpoint; the
-very first PMG prompt also converts the GGUF LLM once (reported separately, "first").
+models, so every condition executes all of its nodes and reloads the checkpoint (and PMG
+its LLM); the very first PMG prompt also pays the LLM's first load in the server process
+(and its one-time GGUF conversion, if the model cache is empty), reported as "first".
 Peak memory is the server process's RSS, sampled every 20 ms by psutil while the prompt
 runs. Prints the medians and the ratios PMG / plain. Not a test: numbers depend on the machine.
 """
@@ -143,7 +144,7 @@ def benchmark(repeats: int, settings: DemoSettings, base: Path, users: list[str]
         # Warm-up: imports, torch kernels and the first checkpoint load are not what we compare.
         client.wait(client.queue_prompt(plain_graph(settings.checkpoint, settings.steps, settings.size, batch, 999, "bench/warmup")))
 
-        first, plain, cold, warm = Condition("PMG first (LLM conversion)"), Condition("plain"), Condition("PMG cold"), Condition("PMG warm")
+        first, plain, cold, warm = Condition("PMG first (first LLM load)"), Condition("plain"), Condition("PMG cold"), Condition("PMG warm")
         timed(client, pid, pmg_graph(settings, users[0], 0, "first"), first)
         cold_users = users[1 : 1 + repeats]
         for i in range(repeats):
