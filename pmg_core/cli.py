@@ -65,7 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate = sub.add_parser("generate", help="images for an alpha sweep (PNG files + JSON)")
     _add_history_args(generate)
     _add_llm_args(generate)
-    generate.add_argument("--pipeline", type=Path, help="local diffusers Stable Diffusion folder (default: a tiny random pipeline)")
+    generate.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="SD1.x single-file checkpoint (.safetensors, as in ComfyUI's models/checkpoints) or a local "
+        "diffusers folder (default: a tiny random pipeline)",
+    )
     generate.add_argument("--adapter", default="none", help="adapter .safetensors, or 'none' for an untrained one")
     generate.add_argument("--alphas", default="0.33,0.5,0.67", help="comma-separated preference weights in [0, 1]")
     generate.add_argument("--steps", type=int, default=20)
@@ -249,13 +254,15 @@ def _run_generate(args) -> dict:
     histories = _users(args)
     if len(histories) != 1:
         raise InvalidSettingError("generate takes one --user at a time")
-    if args.pipeline is None:
+    if args.checkpoint is None:
         from .tiny_models.diffusion import tiny_sd_pipeline
 
-        log.warning("no --pipeline given: using a TINY RANDOM pipeline; its images are noise (mechanics only)")
+        log.warning("no --checkpoint given: using a TINY RANDOM pipeline; its images are noise (mechanics only)")
         generator = PMGGenerator(tiny_sd_pipeline(seed=args.seed))
     else:
-        generator = PMGGenerator.from_folder(args.pipeline)
+        from .sd_checkpoint import load_generator
+
+        generator = PMGGenerator(load_generator(args.checkpoint).pipeline())
     pipe = generator.pipeline
     encoder = DiffusersTextEncoder(pipe.tokenizer, pipe.text_encoder)
 
@@ -293,13 +300,16 @@ def _run_score(args) -> dict:
 
     candidates = torch.cat([load_image(p) for p in args.images])
     history_paths = list(args.history_images)
+    target_path = args.target_image
     if args.history:
         if not args.user:
             raise InvalidSettingError("--history needs --user")
         (history,) = _users(argparse.Namespace(**{**vars(args), "max_items": None, "split": "file"}))
         history_paths += history.images
+        if target_path is None and history.target is not None:
+            target_path = history.target.image_path  # the target item's own image, when it has one
     history_images = [load_image(p) for p in history_paths]
-    target_image = load_image(args.target_image) if args.target_image else None
+    target_image = load_image(target_path) if target_path else None
     clip = None
     if args.clip:
         from .metrics import CLIPScorer
