@@ -87,27 +87,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", choices=("api", "ui"), help="regenerate the API copies from the UI files, or the reverse")
     parser.add_argument("--url", help="a running ComfyUI with this pack (default: start the embedded one)")
     parser.add_argument("--object-info", type=Path, help="read the node schemas from this saved /object_info JSON")
+    parser.add_argument("--dir", type=Path, default=WORKFLOWS, help="the workflows folder (default: workflows/)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
-    names = args.names or workflow_names()
-    unknown = [n for n in names if not (WORKFLOWS / f"{n}.json").is_file() and not (WORKFLOWS / "api" / f"{n}.json").is_file()]
+    folder = args.dir
+    names = args.names or workflow_names(folder)
+    unknown = [n for n in names if not (folder / f"{n}.json").is_file() and not (folder / "api" / f"{n}.json").is_file()]
     if unknown:
-        parser.error(f"no workflow named {', '.join(unknown)} in {WORKFLOWS}")
+        parser.error(f"no workflow named {', '.join(unknown)} in {folder}")
     object_info = read_json(args.object_info) if args.object_info else object_info_from(args.url)
 
     if args.write == "api":
         for name in names:
-            write_json(WORKFLOWS / "api" / f"{name}.json", ui_to_api(read_json(WORKFLOWS / f"{name}.json"), object_info))
-            log.info("wrote workflows/api/%s.json", name)
+            write_json(folder / "api" / f"{name}.json", ui_to_api(read_json(folder / f"{name}.json"), object_info))
+            log.info("wrote %s/api/%s.json", folder, name)
     elif args.write == "ui":
         for name in names:
-            ui_path = WORKFLOWS / f"{name}.json"
+            ui_path = folder / f"{name}.json"
             template = read_json(ui_path) if ui_path.is_file() else None
-            write_json(ui_path, api_to_ui(read_json(WORKFLOWS / "api" / f"{name}.json"), object_info, template))
-            log.info("wrote workflows/%s.json", name)
+            write_json(ui_path, api_to_ui(read_json(folder / "api" / f"{name}.json"), object_info, template))
+            log.info("wrote %s", ui_path)
 
-    problems = check(names, object_info)
+    problems = check(names, object_info, folder)
     for name, lines in problems.items():
         print(f"{name}: out of sync", file=sys.stderr)
         for line in lines:

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -156,6 +159,31 @@ def test_ui_workflow_has_what_the_front_end_needs(name, pmg_server):
         listed = requests.get(f"{pmg_server.url}/experiment/models/{model['directory']}", timeout=10).json()
         assert model["name"] in [entry["name"] for entry in listed]
     assert any("SmolLM2" in n["widgets_values"][0] and "models/LLM" in n["widgets_values"][0] for n in notes)
+
+
+def test_sync_script_regenerates_each_format_from_the_other_byte_for_byte(pmg_server, tmp_path):
+    """``workflow_sync.py --write api`` rebuilds the committed API copies from the UI files, and ``--write ui``
+    rebuilds the committed UI files from the API copies (layout, notes and model lists kept from the old UI file)."""
+    folder = tmp_path / "workflows"
+    shutil.copytree(WORKFLOWS, folder)
+    for path in (folder / "api").glob("*.json"):
+        path.unlink()
+    sync = [sys.executable, str(REPO / "scripts" / "workflow_sync.py"), "--url", pmg_server.url, "--dir", str(folder)]
+    subprocess.run([*sync, "--write", "api", *NAMES], check=True, capture_output=True, timeout=120)
+    for name in NAMES:
+        assert (folder / "api" / f"{name}.json").read_bytes() == (WORKFLOWS / "api" / f"{name}.json").read_bytes()
+        ui = folder / f"{name}.json"
+        ui.write_text(ui.read_text().replace('"widgets_values": [\n        64,', '"widgets_values": [\n        32,'))
+    subprocess.run([*sync, "--write", "ui", *NAMES], check=True, capture_output=True, timeout=120)
+    for name in NAMES:  # the API copy wins: 64 px again
+        assert (folder / f"{name}.json").read_bytes() == (WORKFLOWS / f"{name}.json").read_bytes()
+
+    # An edited API copy makes the check fail and name the difference.
+    api = json.loads((folder / "api" / "pmg_sticker.json").read_text())
+    api[SAMPLER]["inputs"]["steps"] = 9
+    (folder / "api" / "pmg_sticker.json").write_text(json.dumps(api))
+    checked = subprocess.run([*sync, "pmg_sticker"], capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 1 and "input steps: 9 != 4" in checked.stderr
 
 
 def test_pack_serves_the_ui_workflows_as_templates(pmg_server):
