@@ -47,9 +47,8 @@ class DemoJob:
 
     name: str  # workflows/api/<name>.json
     scene: str
-    history_file: Path  # local file; the batch client uploads it
+    history_file: Path  # local copy (the contact sheet reads the users' items from it)
     users: list[str]
-    server_history_name: str | None = None  # set when the file must stay where the server has it
 
 
 @dataclass
