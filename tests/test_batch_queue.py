@@ -123,7 +123,12 @@ def test_pmg_queue_resumes_after_a_kill_without_doing_a_user_twice(comfy_server,
     users = ["k1", "k2", "k3", "k4"]
     history = write_users(tmp_path / "users.jsonl", users)
     workflow = tmp_path / "workflow.json"
-    workflow.write_text(json.dumps(stock_txt2img_graph(seed=41, prefix="resume")), encoding="utf-8")
+    graph = stock_txt2img_graph(seed=41, prefix="resume")
+    # Each user's history text becomes the prompt, so ComfyUI's cache cannot skip the sampler for later users.
+    graph["9"] = {"class_type": "PMGUserHistoryLoader", "inputs": {
+        "history_file": "placeholder.jsonl", "format": "auto", "user_id": "", "max_items": 0, "scene": "auto"}}
+    graph["2"]["inputs"]["text"] = ["9", 1]
+    workflow.write_text(json.dumps(graph), encoding="utf-8")
     out = tmp_path / "results.jsonl"
     command = [sys.executable, "-m", "pmg_core.comfy_client.cli", "queue", str(workflow), "--history", str(history),
                "--users", "all", "--url", comfy_server.url, "--out", str(out), "--concurrency", "1",

@@ -80,6 +80,8 @@ def test_schemas_survive_missing_and_unreadable_folders(pmg_pack, monkeypatch, t
     monkeypatch.setattr(folder_paths, "get_input_directory", lambda: str(missing))
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "LLM", ([str(missing)], {".gguf"}))
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "pmg", ([str(missing)], {".safetensors"}))
+    # ComfyUI caches folder listings: an earlier test's listing of the real folders must not answer for these.
+    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
     info = {node_id: cls.GET_NODE_INFO_V1() for node_id, cls in pmg_pack.nodes.items()}
     def options(node_id, name):
         return info[node_id]["input"]["required"][name][1]["options"]
