@@ -40,7 +40,6 @@ sys.path.insert(0, str(REPO))
 from pmg_core.comfy_client.client import ComfyClient  # noqa: E402
 from pmg_core.comfy_client.demo import DemoSettings, apply_settings, load_api_workflow  # noqa: E402
 from pmg_core.comfy_client.server import TINY_CHECKPOINT_NAME, EmbeddedComfyUI, install_default_models  # noqa: E402
-from pmg_core.tiny_models.clip import TINY_CLIP_NAME, save_tiny_clip  # noqa: E402
 
 log = logging.getLogger("bench_nodes")
 ALPHAS = "0.33, 0.5, 0.67"
@@ -135,8 +134,7 @@ def timed(client: ComfyClient, pid: int, graph: dict, condition: Condition) -> N
 
 def benchmark(repeats: int, settings: DemoSettings, base: Path, users: list[str]) -> dict:
     settings = settings.resolved()
-    install_default_models(base)
-    save_tiny_clip(base / "models" / "pmg" / TINY_CLIP_NAME)
+    install_default_models(base)  # also the scorer's tiny CLIP
     with EmbeddedComfyUI(base_dir=base) as server:
         client = ComfyClient(server.url)
         pid = server.pid

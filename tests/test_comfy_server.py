@@ -15,12 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from safetensors import safe_open
 
 from fixtures_comfy import stock_txt2img_graph
 from pmg_core.comfy_client.client import output_files
-from pmg_core.comfy_client.server import EmbeddedComfyUI, free_port
+from pmg_core.comfy_client.server import EmbeddedComfyUI, free_port, install_default_models
 
 pytestmark = pytest.mark.comfy_server
 REPO = Path(__file__).resolve().parents[1]
@@ -71,6 +72,22 @@ def test_default_models_are_visible_to_comfyui(comfy_server):
     schema = comfy_server.client.object_info("CheckpointLoaderSimple")["CheckpointLoaderSimple"]
     assert "pmg-tiny-sd15.safetensors" in schema["input"]["required"]["ckpt_name"][0]
     assert any(p.suffix == ".gguf" for p in (comfy_server.base_dir / "models" / "LLM").iterdir())
+
+
+def test_default_models_include_the_scorers_tiny_clip(tmp_path, tiny_checkpoint):
+    """Mechanics: ``install_default_models`` alone gives PMG Scorer a CLIP folder (MovieLens has no posters)."""
+    from pmg_core.metrics import CLIPScorer
+    from pmg_core.tiny_models.clip import TINY_CLIP_NAME
+
+    installed = install_default_models(tmp_path, examples=False)
+    assert installed["clip"] == tmp_path / "models" / "pmg" / TINY_CLIP_NAME
+    scorer = CLIPScorer.from_folder(installed["clip"])
+    assert scorer.image_text(torch.rand(2, 3, 32, 32), ["a movie poster"]).shape == (2, 1)
+
+
+def test_the_session_server_offers_the_tiny_clip_to_the_scorer(comfy_server):
+    schema = comfy_server.client.object_info("PMGScorer")["PMGScorer"]
+    assert "pmg-tiny-clip" in schema["input"]["optional"]["clip_model"][1]["options"]
 
 
 def test_example_histories_are_installed_in_the_input_folder(comfy_server):

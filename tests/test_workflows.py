@@ -26,7 +26,6 @@ from PIL import Image
 from pmg_core.comfy_client.batch import queue_users, read_results
 from pmg_core.comfy_client.workflow_format import api_differences, ui_to_api, workflow_models
 from pmg_core.errors import ComfyServerError
-from pmg_core.tiny_models.clip import TINY_CLIP_NAME, save_tiny_clip
 
 pytestmark = pytest.mark.comfy_server
 REPO = Path(__file__).resolve().parents[1]
@@ -103,8 +102,7 @@ def fetch_png(client, record: dict) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def pmg_server(comfy_server):
-    """The session server plus the scorer's tiny random CLIP in models/pmg (MovieLens has no posters to compare with)."""
-    save_tiny_clip(comfy_server.base_dir / "models" / "pmg" / TINY_CLIP_NAME)
+    """The session server; ``install_default_models`` put the scorer's tiny random CLIP in models/pmg."""
     return comfy_server
 
 

