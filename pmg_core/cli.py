@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .errors import InvalidSettingError, PMGError
+from .progress import stderr_bar, tqdm_progress
 
 log = logging.getLogger("pmg")
 
@@ -22,6 +23,12 @@ BUILTIN_STICKERS = "builtin:stickers"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``pmg ARGV``; the subsystems' own entry points (``python -m pmg_core.training.cli`` ...) call it too.
+
+    A subcommand returns its JSON result, or an exit code when it printed its own
+    output (``serve``, ``queue``, ``demo``). It may set ``interrupt_hint`` (a parser
+    default) to tell the user how to continue after Ctrl-C.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -35,13 +42,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        hint = getattr(args, "interrupt_hint", None)
+        print("error: interrupted" + (f" ({hint})" if hint else ""), file=sys.stderr)
         return 130
-    if isinstance(result, int):  # long-running commands (serve) return an exit code
+    if isinstance(result, int):
         return result
+    print_json(result)
+    return 0
+
+
+def print_json(result: object) -> None:
+    """The command's result on stdout: indented JSON, non-ASCII kept as is."""
     json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,8 +186,6 @@ def _llm(args):
 
 
 def _preferences(args, histories, llm) -> list:
-    from tqdm import tqdm
-
     from .keywords import KeywordExtractor
 
     extractor = KeywordExtractor(
@@ -186,17 +197,8 @@ def _preferences(args, histories, llm) -> list:
         seed=args.seed,
         use_cache=not args.no_cache,
     )
-    with tqdm(total=len(histories), desc="keywords", unit="user", file=sys.stderr) as bar:
-        return extractor.extract_many(histories, progress=_tqdm_progress(bar))
-
-
-def _tqdm_progress(bar):
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    return update
+    with stderr_bar("keywords", "user", total=len(histories)) as bar:
+        return extractor.extract_many(histories, progress=tqdm_progress(bar))
 
 
 def _adapter(args, llm, text_dim: int):

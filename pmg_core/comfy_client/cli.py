@@ -1,7 +1,7 @@
 """``pmg serve`` (run the embedded ComfyUI) and ``pmg queue`` (one prompt per user).
 
-``pmg_core.cli`` calls :func:`register`; ``python -m pmg_core.comfy_client.cli`` runs
-these two commands alone.
+``pmg_core.cli`` calls :func:`register`; ``python -m pmg_core.comfy_client.cli serve|queue ...``
+is the same as ``pmg serve|queue ...``.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import logging
 import signal
 import sys
 import threading
+from functools import partial
 from pathlib import Path
 
 from ..errors import PMGError
+from ..progress import stderr_bar, tqdm_progress
 from .server import REPO_ROOT
 
 log = logging.getLogger(__name__)
@@ -88,51 +90,31 @@ def run_queue(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise PMGError(f"Cannot read the workflow {args.workflow}: {exc}. Pass an API-format JSON file.") from exc
     users = None if args.users.strip().lower() == "all" else [u.strip() for u in args.users.split(",") if u.strip()]
-    bar = _TqdmProgress()
-    summary = queue_users(
-        ComfyClient(args.url), workflow, args.history, users, args.out,
-        concurrency=args.concurrency, substitutions=parse_overrides(args.overrides),
-        progress=bar, timeout=args.timeout, on_event=bar.event, server_history=args.server_history,
-    )
-    print(json.dumps(summary.to_dict()))
+    with stderr_bar("pmg queue", "user") as bar:
+        summary = queue_users(
+            ComfyClient(args.url), workflow, args.history, users, args.out,
+            concurrency=args.concurrency, substitutions=parse_overrides(args.overrides),
+            progress=tqdm_progress(bar), timeout=args.timeout, on_event=partial(_show_event, bar),
+            server_history=args.server_history,
+        )
+    print(json.dumps(summary.to_dict()))  # one line: scripts read the last line of stdout
     return 1 if summary.failed else 0
 
 
-class _TqdmProgress:
-    """A tqdm bar on stderr: users finished out of users to run, and what runs now (from /ws)."""
-
-    def __init__(self) -> None:
-        self.bar = None
-
-    def event(self, user: str, event: dict) -> None:
-        data = event.get("data") or {}
-        if self.bar is None:
-            return
-        if event["type"] == "progress":
-            self.bar.set_postfix_str(f"{user}: node {data.get('node')} {data.get('value')}/{data.get('max')}")
-        elif event["type"] == "executing" and data.get("node") is not None:
-            self.bar.set_postfix_str(f"{user}: node {data['node']}")
-
-    def __call__(self, done: int, total: int) -> None:
-        from tqdm import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(total=total, unit="user", file=sys.stderr, desc="pmg queue")
-        self.bar.update(done - self.bar.n)
-        if done >= total:
-            self.bar.close()
+def _show_event(bar, user: str, event: dict) -> None:
+    """What runs now (from ComfyUI's /ws), as the bar's postfix."""
+    data = event.get("data") or {}
+    if event["type"] == "progress":
+        bar.set_postfix_str(f"{user}: node {data.get('node')} {data.get('value')}/{data.get('max')}")
+    elif event["type"] == "executing" and data.get("node") is not None:
+        bar.set_postfix_str(f"{user}: node {data['node']}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pmg", description=__doc__.split("\n\n")[0])
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        return args.run(args)
-    except PMGError as exc:
-        log.error("%s", exc)
-        return 2
+    """``python -m pmg_core.comfy_client.cli serve|queue ...``: runs ``pmg`` with these arguments."""
+    from ..cli import main as pmg_main
+
+    return pmg_main(argv)
 
 
 if __name__ == "__main__":

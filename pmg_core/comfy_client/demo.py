@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from ..errors import ComfyServerError, InvalidSettingError, PMGError
+from ..errors import ComfyServerError, InvalidSettingError
 from .server import REPO_ROOT, TINY_CHECKPOINT_NAME
 
 log = logging.getLogger(__name__)
@@ -422,45 +422,29 @@ def _ids(text: str | None) -> list[str] | None:
     return [part.strip() for part in text.split(",") if part.strip()] if text else None
 
 
-def _run_cli(args: argparse.Namespace) -> dict:
+def _run_cli(args: argparse.Namespace) -> int:
+    """Run ``pmg demo``: prints the JSON summary; exit status 1 when a user failed."""
+    from ..cli import print_json
+    from ..progress import stderr_bar, tqdm_progress
+
     options = DemoOptions(
         users=args.users, movie_users=_ids(args.movie_users), sticker_users=_ids(args.sticker_users),
         url=args.url, base=args.base, out=args.out, clip_model=args.clip,
         settings=DemoSettings(checkpoint=args.checkpoint, steps=args.steps, size=args.size, alphas=args.alphas,
                               seed=args.seed),
     )
-    result = run_demo(options, progress=_progress_bar())
+    with stderr_bar("pmg demo", "user") as bar:
+        result = run_demo(options, progress=tqdm_progress(bar))
     log.info("results in %s (%.1f s)", result.out_dir, result.wall_s)
-    return result.to_dict()
-
-
-def _progress_bar() -> Callable[[int, int], None]:
-    from tqdm import tqdm
-
-    bar = tqdm(unit="user", desc="pmg demo", file=sys.stderr)
-
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    return update
+    print_json(result.to_dict())
+    return 1 if result.users_failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pmg_core.comfy_client.demo``: the demo alone (same options as ``pmg demo``)."""
-    parser = argparse.ArgumentParser(prog="pmg demo", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command")
-    register(sub)
-    args = parser.parse_args(["demo", *(argv if argv is not None else sys.argv[1:])])
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        result = args.run(args)
-    except PMGError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=2))
-    return 1 if result["users_failed"] else 0
+    """``python -m pmg_core.comfy_client.demo ...``: ``pmg demo ...`` (same options)."""
+    from ..cli import main as pmg_main
+
+    return pmg_main(["demo", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

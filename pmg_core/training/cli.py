@@ -16,7 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
-from ..errors import InvalidSettingError, PMGError, TrainingError
+from ..errors import InvalidSettingError, TrainingError
+from ..progress import stderr_bar, tqdm_progress
 
 log = logging.getLogger("pmg.train")
 
@@ -58,13 +59,12 @@ def register(subparsers) -> None:
     p.add_argument("--eval-size", type=int, default=None, help="evaluation image size (default: --resolution)")
     p.add_argument("--eval-guidance", type=float, default=7.5)
     p.add_argument("--alpha", type=float, default=0.5, help="preference/target balance of the evaluation conditions")
-    p.set_defaults(run=run_train)
+    p.set_defaults(run=run_train, interrupt_hint="the last checkpoint is kept; continue with --resume")
 
 
 def run_train(args: argparse.Namespace) -> dict:
     """Run ``pmg train``; returns the JSON summary."""
     import torch
-    from tqdm import tqdm
 
     from ..assets import smollm2_gguf
     from ..conditioning import DiffusersTextEncoder
@@ -118,8 +118,8 @@ def run_train(args: argparse.Namespace) -> dict:
         config,
         generator_identity=components.identity,
     )
-    with tqdm(desc="train", unit="step", file=sys.stderr) as bar:
-        result = trainer.train(examples, args.out, progress=_tqdm_progress(bar), resume=args.resume)
+    with stderr_bar("train", "step") as bar:
+        result = trainer.train(examples, args.out, progress=tqdm_progress(bar), resume=args.resume)
 
     summary = {
         "adapter": str(result.adapter_path),
@@ -159,8 +159,6 @@ def _histories(args) -> list:
 
 
 def _evaluate(args, components, llm, adapter, users) -> dict:
-    from tqdm import tqdm
-
     from ..generation import PMGGenerator
     from ..soft_prompt import SoftPromptAdapter
     from .evaluate import evaluate_adapter, format_table
@@ -170,7 +168,7 @@ def _evaluate(args, components, llm, adapter, users) -> dict:
     untrained = SoftPromptAdapter.untrained(
         llm, adapter.config.text_dim, adapter.config.num_image_tokens, adapter.config.num_prefix, seed=args.seed
     )
-    with tqdm(desc="evaluate", unit="user", file=sys.stderr) as bar:
+    with stderr_bar("evaluate", "user") as bar:
         result = evaluate_adapter(
             generator,
             llm,
@@ -182,47 +180,21 @@ def _evaluate(args, components, llm, adapter, users) -> dict:
             guidance_scale=args.eval_guidance,
             size=args.eval_size or args.resolution,
             alpha=args.alpha,
-            progress=_tqdm_progress(bar),
+            progress=tqdm_progress(bar),
         )
     (Path(args.out) / "evaluation.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     log.info("evaluation on %d held-out users:\n%s", len(result["users"]), format_table(result))
     return {"file": str(Path(args.out) / "evaluation.json"), "summary": result["summary"], "settings": result["settings"]}
 
 
-def _tqdm_progress(bar):
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    return update
-
-
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pmg_core.training.cli ...``: the ``train`` command alone."""
-    parser = argparse.ArgumentParser(prog="pmg", description="Train PMG's soft-prompt adapter.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
-    register(parser.add_subparsers(dest="command", required=True))
+    """``python -m pmg_core.training.cli ...``: ``pmg train ...`` (the leading ``train`` may be left out)."""
+    from ..cli import main as pmg_main
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "train":
         argv = ["train", *argv]
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        result = args.run(args)
-    except (PMGError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted (the last checkpoint is kept; continue with --resume)", file=sys.stderr)
-        return 130
-    json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
-    return 0
+    return pmg_main(argv)
 
 
 if __name__ == "__main__":
