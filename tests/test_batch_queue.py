@@ -93,6 +93,19 @@ def test_queue_users_writes_one_line_per_user_and_skips_finished_ones(comfy_serv
 
 
 @pytest.mark.comfy_server
+def test_a_user_served_from_cache_still_reports_its_events(comfy_server, tmp_path):
+    """The batch opens its socket before queueing: a repeat of a user (every node cached, done within
+    milliseconds) still reaches on_event with its execution_start and execution_cached."""
+    graph = stock_txt2img_graph(seed=22, prefix="cached")
+    queue_users(comfy_server.client, graph, None, ["c1"], tmp_path / "first.jsonl")
+    events = []
+    summary = queue_users(comfy_server.client, graph, None, ["c1"], tmp_path / "again.jsonl",
+                          on_event=lambda user, event: events.append((user, event["type"])))
+    assert summary.done == 1
+    assert ("c1", "execution_start") in events and ("c1", "execution_cached") in events, events
+
+
+@pytest.mark.comfy_server
 def test_refused_and_failing_users_get_failure_lines_and_are_retried(comfy_server, tmp_path):
     out = tmp_path / "results.jsonl"
     bad = stock_txt2img_graph(seed=31, prefix="retry")

@@ -62,6 +62,34 @@ def test_execution_error_names_the_failing_node(comfy_server):
     assert execution_error(entry)["node_type"] == "CheckpointLoaderSimple"
 
 
+def test_a_cached_prompt_still_reports_its_early_events(comfy_server):
+    """The socket opens before POST /prompt: a repeat served entirely from ComfyUI's cache finishes within
+    milliseconds, yet ``run`` still delivers its ``execution_start`` and ``execution_cached`` events."""
+    client = ComfyClient(comfy_server.url)
+    graph = stock_txt2img_graph(seed=9, prefix="pmg_test/cached")
+    client.run(graph, timeout=60)
+    events = []
+    entry = client.run(graph, timeout=60, on_progress=events.append)
+    assert entry["status"]["status_str"] == "success"
+    types = [event["type"] for event in events]
+    assert types[:2] == ["execution_start", "execution_cached"], types
+    (cached,) = [event["data"]["nodes"] for event in events if event["type"] == "execution_cached"]
+    assert sorted(cached) == sorted(graph)  # every node served from cache
+    assert types[-1] == "executing" and events[-1]["data"]["node"] is None
+
+
+def test_wait_on_a_socket_opened_before_queueing_gets_every_event(comfy_server):
+    """``connect()`` then ``queue_prompt`` then ``wait(events=...)``: the same guarantee without ``run``."""
+    client = ComfyClient(comfy_server.url)
+    graph = stock_txt2img_graph(seed=9, prefix="pmg_test/cached")
+    client.run(graph, timeout=60)
+    events = []
+    with client.connect() as socket_:
+        client.wait(client.queue_prompt(graph), timeout=60, on_progress=events.append, events=socket_)
+    assert "execution_cached" in [event["type"] for event in events]
+    assert socket_.socket is None  # closed by the with block
+
+
 def test_upload_accepts_any_file_and_view_serves_it_back(comfy_server, tmp_path):
     history = tmp_path / "users.jsonl"
     history.write_text('{"user_id": "u1", "items": []}\n', encoding="utf-8")
@@ -95,7 +123,7 @@ def test_wait_survives_a_socket_that_drops_mid_prompt(comfy_server, monkeypatch)
             self.inner.settimeout(value)
 
         def recv(self):
-            if self.received >= 1:
+            if self.received >= 3:  # the greeting, then two events of the prompt
                 raise websocket.WebSocketConnectionClosedException("dropped for the test")
             self.received += 1
             return self.inner.recv()

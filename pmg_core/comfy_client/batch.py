@@ -341,9 +341,12 @@ def queue_users(
             running[prompt_id] = (user, began)
             watched.add(prompt_id)
 
-    submit_more()
+    # The socket opens before the first prompt is queued: a prompt served from ComfyUI's
+    # cache finishes within milliseconds, and its events would be gone otherwise.
+    events = client.connect()
     try:
-        for event in client.follow(watched, timeout=float("inf"), ticks=True):
+        submit_more()
+        for event in client.follow(watched, timeout=float("inf"), ticks=True, events=events):
             data = event.get("data") or {}
             prompt_id = data.get("prompt_id")
             if event["type"] == "done" and prompt_id in running:
@@ -357,6 +360,7 @@ def queue_users(
             if not running and not todo:
                 break
     finally:
+        events.close()
         if running:  # interrupted (Ctrl-C, a progress callback that raised): leave nothing queued
             _abandon(client, running)
     if summary.failed_users:

@@ -12,11 +12,13 @@ node and the problem. Structured details ride on the exception as attributes:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,32 @@ log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[dict], None]
 """Called with each websocket event of the prompt: ``{"type": ..., "data": {...}}``."""
+
+
+@dataclass
+class EventSocket:
+    """This client's ``/ws`` connection, opened by :meth:`ComfyClient.connect`.
+
+    ComfyUI sends a prompt's events only to the sockets open when they happen, so open
+    this BEFORE queueing: a prompt served from cache finishes within milliseconds, and
+    a socket opened after ``POST /prompt`` would miss its ``execution_start`` and
+    ``execution_cached``. ``socket`` is None when it could not open or has dropped; the
+    readers then poll ``/history``. Use it as a context manager to close it.
+    """
+
+    socket: websocket.WebSocket | None
+
+    def close(self) -> None:
+        socket_, self.socket = self.socket, None
+        if socket_ is not None:
+            with contextlib.suppress(websocket.WebSocketException, OSError):  # already broken: nothing to close
+                socket_.close()
+
+    def __enter__(self) -> "EventSocket":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 def server_error(message: str, node_errors: list[dict] | None = None, status_code: int | None = None) -> ComfyServerError:
@@ -190,16 +218,20 @@ class ComfyClient:
         timeout: float = 600.0,
         on_progress: ProgressCallback | None = None,
         raise_on_error: bool = True,
+        events: EventSocket | None = None,
     ) -> dict:
         """Block until the prompt finishes; returns its history entry.
 
         Follows ``/ws`` (events go to ``on_progress``) and falls back to polling
-        ``/history`` if the socket cannot be opened or drops. A prompt that failed
-        raises :class:`ComfyServerError` naming the node (unless ``raise_on_error`` is
-        False, then the entry is returned: see :func:`execution_error`).
+        ``/history`` if the socket cannot be opened or drops. Pass ``events`` (from
+        :meth:`connect`, opened before queueing) to receive every event of the prompt;
+        without it the socket opens now, and events sent before that are lost (use
+        :meth:`run`). A prompt that failed raises :class:`ComfyServerError` naming the
+        node (unless ``raise_on_error`` is False, then the entry is returned: see
+        :func:`execution_error`).
         """
         entry = None
-        for event in self.follow([prompt_id], timeout=timeout):
+        for event in self.follow([prompt_id], timeout=timeout, events=events):
             if event["type"] == "done":
                 entry = event["data"]["entry"]
             elif on_progress is not None:
@@ -214,11 +246,30 @@ class ComfyClient:
         return entry
 
     def run(self, api_graph: dict, timeout: float = 600.0, on_progress: ProgressCallback | None = None) -> dict:
-        """Queue a graph and wait for it; returns the history entry (raises if it failed)."""
-        return self.wait(self.queue_prompt(api_graph), timeout=timeout, on_progress=on_progress)
+        """Queue a graph and wait for it; returns the history entry (raises if it failed).
+
+        The socket opens before the prompt is queued, so ``on_progress`` sees all its
+        events, ``execution_start`` and ``execution_cached`` included.
+        """
+        with self.connect() as events:
+            return self.wait(self.queue_prompt(api_graph), timeout=timeout, on_progress=on_progress, events=events)
+
+    def connect(self) -> EventSocket:
+        """Open this client's ``/ws`` now, before queueing (see :class:`EventSocket`).
+
+        Returns once ComfyUI has registered the socket (its first ``status`` message
+        arrived), so a prompt queued afterwards cannot beat it. A socket that cannot
+        open gives an :class:`EventSocket` without one (the readers poll ``/history``).
+        """
+        return EventSocket(self._open_socket())
 
     def follow(
-        self, prompt_ids: Iterable[str], timeout: float = 600.0, poll_interval: float = 0.5, ticks: bool = False
+        self,
+        prompt_ids: Iterable[str],
+        timeout: float = 600.0,
+        poll_interval: float = 0.5,
+        ticks: bool = False,
+        events: EventSocket | None = None,
     ) -> Iterator[dict]:
         """Yield the events of some prompts of this client until all of them are finished.
 
@@ -226,29 +277,35 @@ class ComfyClient:
         ``{"type": "done", "data": {"prompt_id", "entry"}}`` with its history entry. Adding
         ids to a ``set`` passed as ``prompt_ids`` while iterating is allowed (the batch
         queue does it). With ``ticks``, quiet periods yield ``{"type": "tick"}`` (about every
-        2 s) so the caller can check its own deadlines. Raises :class:`ComfyServerError`
-        after ``timeout`` seconds.
+        2 s) so the caller can check its own deadlines. ``events``: a socket from
+        :meth:`connect` opened before the prompts were queued (the caller closes it);
+        without it one is opened here, and events sent before that are lost. Raises
+        :class:`ComfyServerError` after ``timeout`` seconds.
         """
         pending = prompt_ids if isinstance(prompt_ids, set) else set(prompt_ids)
         deadline = time.monotonic() + timeout
-        socket_ = self._open_socket()
+        own = events is None
+        if own:
+            events = self.connect()
         try:
-            # Prompts may have finished before the socket was open: their events are gone.
-            yield from self._finished(pending)
+            if own or events.socket is None:
+                # Prompts may have finished before this socket was open: their events are gone.
+                # (A socket opened before queueing holds them all, down to the final one.)
+                yield from self._finished(pending)
             while pending:
                 if time.monotonic() > deadline:
                     raise server_error(
                         f"Timed out after {timeout:.0f} s waiting for prompt(s) {sorted(pending)}; they may still "
                         "run: see GET /queue, interrupt them, or wait longer."
                     )
-                if socket_ is None:
+                if events.socket is None:
                     time.sleep(poll_interval)
                     yield from self._finished(pending)
                     if ticks:
                         yield {"type": "tick", "data": {}}
                     continue
                 try:
-                    message = socket_.recv()
+                    message = events.socket.recv()
                 except websocket.WebSocketTimeoutException:
                     # Quiet period: cheap insurance against a missed final event.
                     yield from self._finished(pending)
@@ -257,7 +314,7 @@ class ComfyClient:
                     continue
                 except (websocket.WebSocketException, OSError) as exc:
                     log.warning("ComfyUI websocket dropped (%s); polling /history instead", exc)
-                    socket_ = None
+                    events.close()
                     continue
                 if not isinstance(message, str):
                     continue  # binary preview frames
@@ -271,8 +328,8 @@ class ComfyClient:
                     # Sent after the history entry is written: the prompt is finished.
                     yield from self._finished(pending, only=data["prompt_id"])
         finally:
-            if socket_ is not None:
-                socket_.close()
+            if own:
+                events.close()
 
     def _open_socket(self) -> websocket.WebSocket | None:
         ws_url = self.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
@@ -282,6 +339,15 @@ class ComfyClient:
             log.warning("Cannot open ComfyUI's websocket (%s); polling /history instead", exc)
             return None
         socket_.settimeout(2.0)  # the recv loop wakes up to check the deadline and /history
+        try:
+            # ComfyUI registers the socket, then greets it with "status": after that, every event is ours.
+            socket_.recv()
+        except websocket.WebSocketTimeoutException:
+            log.warning("ComfyUI's websocket sent no greeting within 2 s; a prompt queued now may lose early events")
+        except (websocket.WebSocketException, OSError) as exc:
+            log.warning("ComfyUI's websocket closed at once (%s); polling /history instead", exc)
+            socket_.close()
+            return None
         return socket_
 
     def _finished(self, pending: set[str], only: str | None = None) -> Iterator[dict]:
