@@ -127,6 +127,21 @@ def check_images(images: torch.Tensor, name: str, min_size: int = 1, clamp: bool
     return images.clamp(0, 1) if clamp else images
 
 
+
+def check_pair(a: torch.Tensor, b: torch.Tensor, min_size: int, pairwise: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`check_images` on both sides of a paired metric, whose batches must match or one be a single image.
+
+    ``pairwise`` names the metric's every-combination function, suggested when the batches differ.
+    """
+    a = check_images(a, "a", min_size=min_size)
+    b = check_images(b, "b", min_size=min_size)
+    if a.shape[0] != b.shape[0] and 1 not in (a.shape[0], b.shape[0]):
+        raise ImageValueError(
+            f"Cannot pair {a.shape[0]} images with {b.shape[0]}; pass equal batches, a batch of one on either "
+            f"side, or use {pairwise}() for every combination."
+        )
+    return a, b
+
 def as_batch(
     images: torch.Tensor | Sequence[torch.Tensor], name: str, size: tuple[int, int] | None, min_size: int = 1
 ) -> torch.Tensor:

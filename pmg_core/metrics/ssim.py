@@ -20,8 +20,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from ..errors import ImageValueError
-from .images import as_batch, check_images, resize
+from .images import as_batch, check_images, check_pair, resize
 
 WINDOW_SIZE = 11
 SIGMA = 1.5
@@ -72,13 +71,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
     ``b`` is resized to ``a``'s size when they differ (bilinear, antialiased).
     """
-    a = check_images(a, "a", min_size=WINDOW_SIZE)
-    b = check_images(b, "b", min_size=WINDOW_SIZE)
-    if a.shape[0] != b.shape[0] and 1 not in (a.shape[0], b.shape[0]):
-        raise ImageValueError(
-            f"Cannot pair {a.shape[0]} images with {b.shape[0]}; pass equal batches, a batch of one on either "
-            "side, or use ssim_pairwise() for every combination."
-        )
+    a, b = check_pair(a, b, min_size=WINDOW_SIZE, pairwise="ssim_pairwise")
     x = to_gray8(a)
     y = to_gray8(resize(b, tuple(a.shape[-2:])))
     x, y = torch.broadcast_tensors(x, y)
