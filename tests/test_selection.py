@@ -134,11 +134,42 @@ def test_clip_defines_both_sides_when_texts_are_given(tiny_clip, lpips_alex):
     )
     similarity = tiny_clip.image_text(candidates, ["a movie poster", "dark, gothic, rain"])
     assert report.measure["d_pref"].startswith("CLIP") and report.measure["d_target"].startswith("CLIP")
+    assert report.measure == {"d_pref": "CLIP (1 + cosine(candidate image, preference_text)) / 2",
+                              "d_target": "CLIP (1 + cosine(candidate image, target_text)) / 2"}
     for i, score in enumerate(report.candidates):
-        assert score.d_target == pytest.approx(float(similarity[i, 0]), abs=1e-5)
-        assert score.d_pref == pytest.approx(float(similarity[i, 1]), abs=1e-5)
+        assert score.clip_target == pytest.approx(float(similarity[i, 0]), abs=1e-5)  # raw cosines reported
+        assert score.clip_preference == pytest.approx(float(similarity[i, 1]), abs=1e-5)
+        assert score.d_target == pytest.approx((1 + float(similarity[i, 0])) / 2, abs=1e-5)
+        assert score.d_pref == pytest.approx((1 + float(similarity[i, 1])) / 2, abs=1e-5)
         assert score.lpips_history is not None  # image metrics are still reported
-    assert report.selected == select_by_tradeoff(similarity[:, 1], similarity[:, 0], 2 / 3)[0]
+    closeness = (1 + similarity) / 2
+    assert report.selected == select_by_tradeoff(closeness[:, 1], closeness[:, 0], 2 / 3)[0]
+
+
+class _FixedCLIP:
+    """Stands in for a CLIPScorer whose image–text cosines are chosen by the test."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        self.table = table
+
+    def image_text(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        assert images.shape[0] == self.table.shape[0] and len(texts) == self.table.shape[1]
+        return self.table
+
+
+def test_negative_clip_cosines_still_rank_the_candidates():
+    """Cosines <= 0 (common with CLIP, the rule with a random one) map to (1 + cos) / 2 > 0: distinct z, and the
+    candidate closest on both sides wins, instead of every z being clamped to one value."""
+    # columns: target text, preference text
+    cosines = torch.tensor([[-0.5, -0.3], [-0.2, -0.1], [-0.8, -0.6]])
+    report = score_candidates(_smooth(20, 3), target_text="a poster", preference_text="rain, neon",
+                              clip=_FixedCLIP(cosines), alpha=2 / 3)
+    z = [score.z for score in report.candidates]
+    assert len(set(z)) == 3 and all(math.isfinite(value) for value in z)
+    expected = [2 / 3 * math.log((1 + p) / 2) + 1 / 3 * math.log((1 + t) / 2) for t, p in cosines.tolist()]
+    assert z == pytest.approx(expected)
+    assert report.selected == 1
+    assert [score.clip_target for score in report.candidates] == pytest.approx([-0.5, -0.2, -0.8])
 
 
 @pytest.mark.real_model

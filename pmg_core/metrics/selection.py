@@ -8,7 +8,12 @@ Where d_p and d_t come from, per side, first available wins (recorded in
 ``ScoreReport.measure``):
 
 1. a CLIP scorer and the side's text: CLIP image–text cosine similarity of the
-   candidate with the preference / target text (the paper's definition);
+   candidate with the preference / target text (the paper's definition), mapped
+   from [-1, 1] into [0, 1] as ``d = (1 + cos) / 2`` before the log. CLIP cosines
+   are often <= 0 (always so for a random CLIP), where log is undefined: without
+   the mapping every such candidate would be clamped to the same value and the
+   pick would be arbitrary. The mapping keeps the order of cosines on each side;
+   the report keeps the raw cosines in ``clip_target`` / ``clip_preference``;
 2. images: ``d_p = 1 − mean LPIPS to the history images``,
    ``d_t = 1 − LPIPS to the target image`` (an image-side proxy);
 3. candidate captions and the side's text: MiniLM text cosine similarity
@@ -36,8 +41,9 @@ from .text_similarity import TextSimilarity
 
 logger = logging.getLogger(__name__)
 
-# d is clamped to at least this before the log: cosine similarities can be <= 0
-# and 1 - LPIPS goes negative for LPIPS > 1, where log is undefined. The clamp
+# d is clamped to at least this before the log: MiniLM cosine similarities can be
+# <= 0 and 1 - LPIPS goes negative for LPIPS > 1, where log is undefined (CLIP
+# cosines are mapped into [0, 1] first, see clip_closeness). The clamp
 # ranks such a candidate last on that side while keeping z finite, so the other
 # side still orders candidates that tie there.
 D_EPSILON = 1e-6
@@ -210,10 +216,10 @@ def score_candidates(
 
 
 _MEASURE_TEXT = {
-    ("preference", "clip"): "CLIP cosine similarity(candidate image, preference_text)",
+    ("preference", "clip"): "CLIP (1 + cosine(candidate image, preference_text)) / 2",
     ("preference", "image"): "1 - mean LPIPS(candidate, history images)",
     ("preference", "text"): "MiniLM cosine similarity(candidate caption, preference_text)",
-    ("target", "clip"): "CLIP cosine similarity(candidate image, target_text)",
+    ("target", "clip"): "CLIP (1 + cosine(candidate image, target_text)) / 2",
     ("target", "image"): "1 - LPIPS(candidate, target image)",
     ("target", "text"): "MiniLM cosine similarity(candidate caption, target_text)",
 }
@@ -240,9 +246,14 @@ def _plan_sides(history, target, target_text, preference_text, clip, captions) -
     return plan
 
 
+def clip_closeness(cosine: float) -> float:
+    """A CLIP image–text cosine in [-1, 1] as a closeness d = (1 + cos) / 2 in [0, 1] (see the module docstring)."""
+    return (1.0 + cosine) / 2.0
+
+
 def _side_values(kind: str, side: str, values: dict[str, list[float]]) -> list[float]:
     if kind == "clip":
-        return values[f"clip_{side}"]
+        return [clip_closeness(value) for value in values[f"clip_{side}"]]
     if kind == "text":
         return values[f"text_{side}"]
     column = values["lpips_history" if side == "preference" else "lpips_target"]
