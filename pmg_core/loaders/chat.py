@@ -45,20 +45,8 @@ def _read_json_chat(path: Path, text: str, image_root: Path | None) -> list[User
     if not records:
         raise HistoryFormatError(f"{path} holds an empty list; add at least one record like {_CHAT_EXAMPLE}")
     parser = RecordParser(ImagePolicy(base_dir=path.parent.resolve(), root=image_root), default_scene=CHAT_SCENE)
-    histories: list[UserHistory] = []
-    seen: dict[str, int] = {}
-    for index, record in enumerate(records):
-        where = Where(path, record=index)
-        history = parser.history(record, where)
-        if history.user_id in seen:
-            raise HistoryFormatError(
-                f"{where}: user {history.user_id!r} already appeared as record {seen[history.user_id]}; "
-                "keep one record per user."
-            )
-        seen[history.user_id] = index
-        histories.append(history)
-    parser.report_unknown(path)
-    return histories
+    places = ((Where(path, record=index), record) for index, record in enumerate(records))
+    return parser.histories(places, path, fix="keep one record per user.")
 
 
 def _read_transcript(path: Path, text: str) -> UserHistory:

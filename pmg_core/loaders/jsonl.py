@@ -30,24 +30,14 @@ def read_jsonl(path: Path, image_root: Path | None = None, default_scene: str = 
     path = jsonl_file(path)
     text = read_text(path)
     parser = RecordParser(ImagePolicy(base_dir=path.parent.resolve(), root=image_root), default_scene=default_scene)
-    histories: list[UserHistory] = []
-    first_line: dict[str, int] = {}
-    # Split on "\n" only: str.splitlines() would also split inside JSON strings at U+2028 and friends.
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        where = Where(path, line=number)
-        record = parse_json(line, path, RECORD_EXAMPLE, line=number)
-        history = parser.history(record, where)
-        if history.user_id in first_line:
-            raise HistoryFormatError(
-                f"{where}: user {history.user_id!r} already appeared on line {first_line[history.user_id]}; "
-                "keep one line per user (merge the items into one list)."
-            )
-        first_line[history.user_id] = number
-        histories.append(history)
-    parser.report_unknown(path)
-    return histories
+
+    def records():
+        # Split on "\n" only: str.splitlines() would also split inside JSON strings at U+2028 and friends.
+        for number, line in enumerate(text.split("\n"), start=1):
+            if line.strip():
+                yield Where(path, line=number), parse_json(line, path, RECORD_EXAMPLE, line=number)
+
+    return parser.histories(records(), path, fix="keep one line per user (merge the items into one list).")
 
 
 def dumps_history(history: UserHistory, relative_to: Path | None = None) -> str:

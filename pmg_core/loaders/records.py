@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,6 +44,15 @@ class Where:
         if self.record is not None:
             return f"{self.path}, record {self.record}"
         return str(self.path)
+
+    @property
+    def place(self) -> str:
+        """Where in its file, for "already appeared ..." messages: "on line 3", "as record 0"."""
+        if self.line is not None:
+            return f"on line {self.line}"
+        if self.record is not None:
+            return f"as record {self.record}"
+        return f"in {self.path}"
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,25 @@ class RecordParser:
             target=target,
             conversation=conversation,
         )
+
+    def histories(self, records: Iterable[tuple[Where, object]], path: Path, fix: str) -> list[UserHistory]:
+        """Every record's history, in order, then the ignored fields reported once for ``path``.
+
+        A user id that appears twice is an error naming both places; ``fix`` says
+        how to repair the file (it depends on what a record is: a line, a list entry).
+        """
+        histories: list[UserHistory] = []
+        first_seen: dict[str, Where] = {}
+        for where, record in records:
+            history = self.history(record, where)
+            if history.user_id in first_seen:
+                raise HistoryFormatError(
+                    f"{where}: user {history.user_id!r} already appeared {first_seen[history.user_id].place}; {fix}"
+                )
+            first_seen[history.user_id] = where
+            histories.append(history)
+        self.report_unknown(path)
+        return histories
 
     def item(self, data: object, where: Where, name: str = "item") -> Item:
         if not isinstance(data, dict):
