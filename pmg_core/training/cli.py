@@ -16,12 +16,12 @@ import logging
 import sys
 from pathlib import Path
 
+from ..cli import BUILTIN_STICKERS, add_llm_source_args, load_cli_llm
+from ..cli import main as pmg_main
 from ..errors import InvalidSettingError, TrainingError
 from ..progress import stderr_bar, tqdm_progress
 
 log = logging.getLogger("pmg.train")
-
-BUILTIN_STICKERS = "builtin:stickers"
 
 
 def register(subparsers) -> None:
@@ -34,8 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--data-seed", type=int, default=0, help="seed of the sticker users (--stickers)")
     p.add_argument("--skip-incomplete", action="store_true", help="drop users without a target image instead of failing")
     p.add_argument("--checkpoint", type=Path, required=True, help="SD1.x single-file .safetensors (ComfyUI's) or a diffusers folder")
-    p.add_argument("--llm", type=Path, help="local HF folder or .gguf file (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default ~/.cache/pmg)")
+    add_llm_source_args(p)
     p.add_argument("--out", type=Path, required=True, help="output folder: adapter.safetensors, loss.csv, loss_curve.png, checkpoint/")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: --epochs passes over the users)")
     p.add_argument("--epochs", type=int, default=3)
@@ -66,9 +65,7 @@ def run_train(args: argparse.Namespace) -> dict:
     """Run ``pmg train``; returns the JSON summary."""
     import torch
 
-    from ..assets import smollm2_gguf
     from ..conditioning import DiffusersTextEncoder
-    from ..llm import load_llm
     from ..sd_checkpoint import load_generator
     from ..soft_prompt import SoftPromptAdapter
     from .checkpoint import find_checkpoint
@@ -103,7 +100,7 @@ def run_train(args: argparse.Namespace) -> dict:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     components = load_generator(args.checkpoint).to(device)
-    llm = load_llm(args.llm or smollm2_gguf(), cache_dir=args.cache_dir, device=device)
+    llm = load_cli_llm(args, device=device)
     text_encoder = DiffusersTextEncoder(components.tokenizer, components.text_encoder)
     adapter = SoftPromptAdapter.untrained(
         llm, text_encoder.width, num_image_tokens=args.num_image_tokens, num_prefix=args.num_prefix, seed=args.seed
@@ -189,8 +186,6 @@ def _evaluate(args, components, llm, adapter, users) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m pmg_core.training.cli ...``: ``pmg train ...`` (the leading ``train`` may be left out)."""
-    from ..cli import main as pmg_main
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "train":
         argv = ["train", *argv]
