@@ -34,6 +34,7 @@ import torch
 
 from .assets import clip_tokenizer_dir
 from .errors import ModelLoadError
+from .safe_paths import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def load_generator(path: str | Path, num_attention_heads: int | None = None) -> 
         )
     state = _read_safetensors(path)
     return components_from_state_dict(
-        state, name=path.stem, content_hash=file_sha256(path), source=path, num_attention_heads=num_attention_heads
+        state, name=path.stem, content_hash=sha256_file(path), source=path, num_attention_heads=num_attention_heads
     )
 
 
@@ -189,15 +190,6 @@ def components_from_state_dict(
         latent_shift=shift,
     )
     return components.freeze()
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """SHA-256 of a file's bytes (the generator's identity in adapter metadata)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- layout checks
@@ -505,7 +497,7 @@ def _load_diffusers_folder(path: Path) -> GeneratorComponents:
     weights = sorted(p for p in path.rglob("*.safetensors"))
     digest = hashlib.sha256()
     for weight_file in weights:
-        digest.update(file_sha256(weight_file).encode())
+        digest.update(sha256_file(weight_file).encode())
     components = GeneratorComponents(
         unet=unet,
         vae=vae,
