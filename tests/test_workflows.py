@@ -20,7 +20,6 @@ from urllib.parse import urlparse
 
 import pytest
 import requests
-import websocket
 from PIL import Image
 
 from pmg_core.comfy_client.batch import queue_users, read_results
@@ -49,9 +48,8 @@ class Timeline:
         self.events, self.entry, self.graph = events, entry, graph
 
     def cached(self) -> set[str]:
-        # From the history entry, which records it even when the prompt beat the socket.
-        messages = self.entry["status"].get("messages", [])
-        return {str(n) for kind, data in messages if kind == "execution_cached" for n in data.get("nodes", [])}
+        cached_events = [e["data"] for _, e in self.events if e["type"] == "execution_cached"]
+        return {str(n) for data in cached_events for n in data.get("nodes", [])}
 
     def executed(self) -> set[str]:
         return set(self.graph) - self.cached()  # a successful prompt runs every node it does not serve from cache
@@ -66,26 +64,9 @@ class Timeline:
 
 
 def run(client, graph: dict, timeout: float = 300) -> tuple[dict, Timeline]:
-    """Queue ``graph`` with the websocket already open (so that no early event is lost) and wait for it."""
-    ws_url = client.url.replace("http", "ws", 1)
-    socket = websocket.create_connection(f"{ws_url}/ws?clientId={client.client_id}", timeout=timeout)
+    """Queue ``graph`` and wait for it; the client opens its socket first, so no early event is lost."""
     events: list[tuple[float, dict]] = []
-    try:
-        prompt_id = client.queue_prompt(graph)
-        while True:
-            message = socket.recv()
-            if not isinstance(message, str):
-                continue  # binary previews
-            event = json.loads(message)
-            if (event.get("data") or {}).get("prompt_id") != prompt_id:
-                continue
-            events.append((time.monotonic(), event))
-            done = event["type"] == "executing" and event["data"].get("node") is None
-            if done or event["type"] == "execution_error":
-                break
-    finally:
-        socket.close()
-    entry = client.history(prompt_id)
+    entry = client.run(graph, timeout=timeout, on_progress=lambda event: events.append((time.monotonic(), event)))
     assert entry["status"]["status_str"] == "success", entry["status"]
     return entry, Timeline(events, entry, graph)
 
