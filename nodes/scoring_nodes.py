@@ -17,7 +17,18 @@ import comfy.model_management as mm
 from ..pmg_core.assets import clip_tokenizer_dir
 from ..pmg_core.conditioning import parse_alphas
 from ..pmg_core.errors import InvalidSettingError
-from ..pmg_core.metrics import CLIPScorer, LPIPS, from_comfy, pil_to_tensor, score_candidates, to_comfy, tradeoff_plot
+from ..pmg_core.history import UserHistory
+from ..pmg_core.metrics import (
+    CLIPScorer,
+    LPIPS,
+    from_comfy,
+    load_image,
+    pil_to_tensor,
+    score_candidates,
+    to_comfy,
+    tradeoff_plot,
+)
+from ..pmg_core.safe_paths import resolve_inside
 from . import comfy_paths
 from .comfy_runtime import progress_callback
 from .history_nodes import is_placeholder
@@ -52,6 +63,21 @@ def candidate_alphas(alphas: list[float], count: int) -> list[float]:
     return [alphas[i % len(alphas)] for i in range(count)]
 
 
+def history_target_image(history: UserHistory) -> tuple[torch.Tensor, str] | None:
+    """The target item's own image ``[1, 3, H, W]`` and its name relative to the input folder, if it has one.
+
+    Sticker users have one (the emoji to generate); MovieLens targets do not. The path
+    must lie inside ComfyUI's input folder, as the history loader requires of every
+    image; anything else raises ``UnsafePathError``.
+    """
+    target = history.target
+    if target is None or target.image_path is None:
+        return None
+    root = comfy_paths.input_dir()
+    path = resolve_inside(root, target.image_path)
+    return load_image(path), path.relative_to(root.resolve()).as_posix()
+
+
 def _save_selected(cls, image: torch.Tensor, filename_prefix: str, record: dict) -> tuple[ui.SavedResult, Path]:
     """Save the selected image (PNG with the workflow metadata) and the record (JSON) under one counter."""
     output_dir = folder_paths.get_output_directory()
@@ -79,7 +105,8 @@ class PMGScorer(io.ComfyNode):
             category="PMG/scoring",
             description=(
                 "Scores the images of an alpha sweep: closeness to the user's history images (LPIPS, SSIM) and to "
-                "the target (a target image, or the target text with a CLIP model), then keeps the image that "
+                "the target (a target image, connected or the target item's own from the history, or the target text "
+                "with a CLIP model), then keeps the image that "
                 "maximises alpha*log(d_pref) + (1-alpha)*log(d_target). Saves it with a JSON report."
             ),
             is_output_node=True,
@@ -88,7 +115,10 @@ class PMGScorer(io.ComfyNode):
                 io.Image.Input("history_images", tooltip="The user's history images from PMG User History Loader."),
                 io.Image.Input(
                     "target_image", optional=True,
-                    tooltip="The target item's real image (e.g. its poster), to measure accuracy by LPIPS/SSIM.",
+                    tooltip=(
+                        "The target item's real image (e.g. its poster), to measure accuracy by LPIPS/SSIM. "
+                        "Not connected: the target item's image from the preference's history, when it has one."
+                    ),
                 ),
                 PMGPreference.Input(
                     "preference", optional=True,
@@ -151,10 +181,17 @@ class PMGScorer(io.ComfyNode):
         else:
             history = from_comfy(history_images)
         target = None
+        target_source = None
         if target_image is not None:
             if target_image.shape[0] > 1:
                 logger.warning("PMG: target_image is a batch of %d; the first image is the target.", target_image.shape[0])
             target = from_comfy(target_image[:1])
+            target_source = "target_image input"
+        elif isinstance(preference, PreferenceBundle) and (found := history_target_image(preference.history)):
+            target, name = found
+            target_source = f"history target item: {name}"
+            logger.info("PMG: no target_image connected; scoring user %s against the target item's image %s "
+                        "(input folder) from the history.", preference.history.user_id, name)
 
         pref = preference.preference if isinstance(preference, PreferenceBundle) else None
         device = str(mm.get_torch_device())
@@ -165,7 +202,8 @@ class PMGScorer(io.ComfyNode):
             if target is None:
                 raise InvalidSettingError(
                     "PMG Scorer cannot measure closeness to the target: connect a target_image, or connect the "
-                    "preference and choose a clip_model (a CLIP folder in models/pmg)."
+                    "preference and choose a clip_model (a CLIP folder in models/pmg), or give the history's "
+                    "target item an image."
                 )
             if history is None:
                 raise InvalidSettingError(
@@ -187,6 +225,7 @@ class PMGScorer(io.ComfyNode):
         record = report.to_dict()
         record.update(
             user_id=pref.user_id if pref else None,
+            target_image=target_source,  # where the target image came from (None: no image)
             candidate_alphas=sweep,
             selected_alpha=sweep[report.selected],
         )

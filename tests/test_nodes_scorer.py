@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
+from PIL import Image
 
 from fixtures_nodes import make_bundle
 
@@ -98,3 +100,48 @@ def test_a_clip_folder_in_models_pmg_measures_texts(scorer, pmg_pack, comfy_base
     record = json.loads(output.args[2])
     assert record["measure"]["d_pref"].startswith("CLIP") and record["measure"]["d_target"].startswith("CLIP")
     assert all(c["clip_target"] is not None for c in record["candidates"])
+
+
+def _sticker_bundle(pmg_pack, comfy_base, target_path):
+    """A sticker user whose target item has an image (as the sticker set's users have), history images in input/."""
+    history_module = pmg_pack.core.history
+    folder = comfy_base.input / "pmg_test_target"
+    folder.mkdir(exist_ok=True)
+    liked = folder / "liked.png"
+    Image.fromarray((_images(1, seed=12)[0].numpy() * 255).astype("uint8")).save(liked)
+    history = history_module.UserHistory(
+        user_id="sticker_ada", scene="sticker",
+        items=(history_module.Item(item_id="e1", title="grinning face", image_path=liked),),
+        target=history_module.Item(item_id="e2", title="cat face", image_path=target_path),
+    )
+    return make_bundle(pmg_pack, history=history, user_id="sticker_ada", scene="sticker")
+
+
+def test_the_history_target_image_is_used_when_no_target_image_is_wired(scorer, pmg_pack, comfy_base, caplog):
+    """No target_image and no CLIP: the sticker target's own image (inside input/) measures accuracy."""
+    target_pixels = (_images(1, seed=13)[0].numpy() * 255).astype("uint8")
+    target_path = comfy_base.input / "pmg_test_target" / "target.png"
+    target_path.parent.mkdir(exist_ok=True)
+    Image.fromarray(target_pixels).save(target_path)
+    target = torch.from_numpy(target_pixels).float().div(255).unsqueeze(0)  # the PNG's exact pixels
+    candidates = torch.cat([_images(1, seed=14), target, _images(1, seed=15)])
+    with caplog.at_level(logging.INFO):
+        output = scorer.execute(images=candidates, history_images=_images(1, seed=12),
+                                preference=_sticker_bundle(pmg_pack, comfy_base, target_path),
+                                alphas="0.3, 0.5, 0.7", alpha=0.0, lpips_net="alex", filename_prefix="pmg/hist_target")
+    record = json.loads(output.args[2])
+    assert all(c["lpips_target"] is not None and c["ssim_target"] is not None for c in record["candidates"])
+    assert record["candidates"][1]["lpips_target"] == pytest.approx(0.0, abs=1e-6)
+    assert record["selected"] == 1  # alpha 0: accuracy only, and candidate 1 is the target itself
+    assert record["measure"]["d_target"] == "1 - LPIPS(candidate, target image)"
+    assert record["target_image"] == "history target item: pmg_test_target/target.png"
+    assert "target item's image pmg_test_target/target.png" in caplog.text
+
+
+def test_a_history_target_image_outside_the_input_folder_is_refused(scorer, pmg_pack, comfy_base, tmp_path):
+    outside = tmp_path / "secret.png"
+    Image.fromarray((_images(1, seed=16)[0].numpy() * 255).astype("uint8")).save(outside)
+    with pytest.raises(pmg_pack.errors.UnsafePathError, match="outside the allowed folder"):
+        scorer.execute(images=_images(2, seed=17), history_images=_images(1, seed=12),
+                       preference=_sticker_bundle(pmg_pack, comfy_base, outside),
+                       alphas="0.5", alpha=0.5, lpips_net="alex", filename_prefix="pmg/outside")

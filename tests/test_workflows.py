@@ -201,12 +201,15 @@ def test_movie_workflow_gives_one_image_per_alpha_and_a_score_record(pmg_server,
 
 
 def test_sticker_workflow_scores_against_the_real_history_images(pmg_server, object_info):
-    """Sticker items have real Twemoji images: the scorer measures the candidates against them (LPIPS, SSIM)."""
+    """Sticker items have real Twemoji images: the scorer measures the candidates against them (LPIPS, SSIM),
+    and against the target sticker's own image, which the workflow does not wire (the scorer takes it from the history)."""
     entry, _ = run(pmg_server.client, load("pmg_sticker"))
     assert len(node_output(entry, SAVE)["images"]) == 3
     (scores,) = node_output(entry, SCORER)["pmg_scores"]
     assert scores["user_id"] == "sticker_user_000"
     assert all(c["lpips_history"] is not None and c["ssim_history"] is not None for c in scores["candidates"])
+    assert scores["target_image"].startswith("history target item: pmg_stickers/images/")
+    assert all(c["lpips_target"] is not None and c["ssim_target"] is not None for c in scores["candidates"])
 
 
 def test_alpha_sweep_saves_seven_candidates_and_the_tradeoff_plot(pmg_server, object_info):
