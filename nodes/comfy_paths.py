@@ -86,6 +86,7 @@ def _folders(key: str) -> list[Path]:
 
 
 def input_dir() -> Path:
+    """ComfyUI's input folder."""
     return Path(folder_paths.get_input_directory())
 
 
@@ -219,6 +220,7 @@ def clip_scorer_choices() -> list[str]:
 
 
 def resolve_clip_scorer(name: str) -> Path:
+    """The Hugging Face CLIP folder named ``name`` under models/pmg, or a clear error."""
     roots = _folders(ADAPTER_FOLDER_KEY)
     for root in roots:
         candidate = model_path(root, name)

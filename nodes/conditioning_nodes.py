@@ -62,6 +62,8 @@ def _bundle(preference) -> PreferenceBundle:
 
 
 class PMGSoftPromptEncoder(io.ComfyNode):
+    """Node: a user's soft preference embeddings in the checkpoint CLIP's width."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -188,6 +190,8 @@ def comfy_conditioning(embeddings: torch.Tensor, pooled: torch.Tensor | None) ->
 
 
 class PMGConditioning(io.ComfyNode):
+    """Node: PMG's condition, one row per alpha, for the stock KSampler."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

@@ -58,6 +58,8 @@ def history_images(history: UserHistory) -> torch.Tensor:
 
 
 class PMGUserHistoryLoader(io.ComfyNode):
+    """Node: a user's behaviours from a history file in ComfyUI's input folder."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

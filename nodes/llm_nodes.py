@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 
 class PMGLLMLoader(io.ComfyNode):
+    """Node: a local language model from models/LLM."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -108,6 +110,8 @@ def keywords_ui(bundle: PreferenceBundle, stats: dict[str, int]) -> dict:
 
 
 class PMGPreferenceExtractor(io.ComfyNode):
+    """Node: preference and target keywords from the LLM, cached per user."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

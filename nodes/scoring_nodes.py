@@ -97,6 +97,8 @@ def _save_selected(cls, image: torch.Tensor, filename_prefix: str, record: dict)
 
 
 class PMGScorer(io.ComfyNode):
+    """Node: score the candidates, select one by the alpha trade-off, save the record."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

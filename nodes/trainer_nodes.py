@@ -67,6 +67,8 @@ def adapter_destination(stem: str) -> Path:
 
 
 class PMGSoftPromptTrainer(io.ComfyNode):
+    """Node: train a soft-prompt adapter inside ComfyUI and save it into models/pmg."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

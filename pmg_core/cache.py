@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class CacheStats:
+    """Hit, miss and write counters of a JsonCache (the nodes show them)."""
+
     hits: int = 0
     misses: int = 0
     writes: int = 0

@@ -58,6 +58,7 @@ def print_json(result: object) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the pmg command, with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="pmg", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -108,6 +108,7 @@ def render_items(items: tuple[Item, ...] | list[Item], templates: SceneTemplates
 
 
 def render_conversation(turns: tuple[ChatTurn, ...] | list[ChatTurn], templates: SceneTemplates) -> str:
+    """A conversation as text, one template-filled line per turn."""
     return templates.conversation_joiner.join(
         fill(templates.conversation_turn, {"speaker": t.speaker, "text": " ".join(t.text.split())}, "conversation template")
         for t in turns

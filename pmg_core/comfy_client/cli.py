@@ -54,6 +54,7 @@ def register(subparsers) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    """pmg serve: prepare the base folder, start ComfyUI, print its URL, run until killed."""
     from .server import EmbeddedComfyUI, free_port, install_default_models
 
     server = EmbeddedComfyUI(comfy_dir=args.comfy_dir, base_dir=args.base, port=args.port or free_port())
@@ -82,6 +83,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_queue(args: argparse.Namespace) -> int:
+    """pmg queue: one prompt per user through the batch client; exit 1 if any user failed."""
     from .batch import parse_overrides, queue_users
     from .client import ComfyClient
 

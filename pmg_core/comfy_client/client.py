@@ -402,6 +402,7 @@ def _error_from_top_level(error: dict, api_graph: dict) -> dict:
 
 
 def describe_node_errors(errors: list[dict]) -> str:
+    """One readable line for a list of ``{node_id, node_type, message}`` errors."""
     return "; ".join(f"node {e['node_id']} ({e['node_type']}): {e['message']}" for e in errors) or "no details"
 
 

@@ -53,6 +53,8 @@ class DemoJob:
 
 @dataclass
 class DemoSettings:
+    """What every demo prompt uses: checkpoint, steps, size, alphas, seed."""
+
     checkpoint: str = TINY_CHECKPOINT_NAME
     steps: int | None = None
     size: int | None = None
@@ -71,6 +73,8 @@ class DemoSettings:
 
 @dataclass
 class DemoResult:
+    """Where the demo wrote its results, how long it took, which users failed."""
+
     out_dir: Path
     wall_s: float
     users_ok: int = 0
@@ -115,6 +119,7 @@ def apply_settings(graph: dict, settings: DemoSettings) -> dict:
 
 
 def check_server_has_pack(object_info: dict, url: str) -> None:
+    """Refuse a server without the PMG nodes, saying how to install them."""
     missing = [name for name in PMG_NODES if name not in object_info]
     if missing:
         raise ComfyServerError(
@@ -124,6 +129,7 @@ def check_server_has_pack(object_info: dict, url: str) -> None:
 
 
 def check_checkpoint(object_info: dict, checkpoint: str, url: str) -> None:
+    """Refuse a checkpoint name the server does not list in models/checkpoints."""
     choices = object_info.get("CheckpointLoaderSimple", {}).get("input", {}).get("required", {}).get("ckpt_name", [[]])[0]
     if isinstance(choices, list) and checkpoint not in choices:
         raise InvalidSettingError(
@@ -149,6 +155,7 @@ def set_clip_model(graph: dict, clip_model: str) -> dict:
 
 
 def scorer_clip_choices(object_info: dict) -> list[str]:
+    """The CLIP folders the server's PMGScorer offers (from /object_info)."""
     spec = object_info.get("PMGScorer", {}).get("input", {}).get("optional", {}).get("clip_model")
     if not spec:
         return []
@@ -161,6 +168,8 @@ def scorer_clip_choices(object_info: dict) -> list[str]:
 
 @dataclass
 class DemoOptions:
+    """The demo's users, server (embedded or --url), folders and settings."""
+
     users: int = 5
     movie_users: list[str] | None = None
     sticker_users: list[str] | None = None

@@ -50,6 +50,7 @@ def detect_format(path: Path | str) -> str:
 
 
 def check_format(fmt: str) -> str:
+    """Return ``fmt`` if it is 'auto' or a known format, else raise HistoryFormatError."""
     if fmt not in FORMATS and fmt != "auto":
         raise HistoryFormatError(f"Unknown history format {fmt!r}; use 'auto' or one of {', '.join(FORMATS)}.")
     return fmt

@@ -221,6 +221,7 @@ def _canonical(data: dict, aliases: dict[str, str], where: Where) -> dict:
 
 
 def parse_id(value: object, name: str, where: Where) -> str:
+    """A user or item id: a non-empty string or integer, returned as a string."""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise HistoryFormatError(f"{where}: {name} must be a string or an integer, found {_kind(value)}.")
     text = str(value)
@@ -230,6 +231,7 @@ def parse_id(value: object, name: str, where: Where) -> str:
 
 
 def parse_title(value: object, name: str, where: Where) -> str:
+    """An item title: a non-empty string."""
     if not isinstance(value, str):
         raise HistoryFormatError(f"{where}: {name} must be a string, found {_kind(value)}.")
     if not value.strip():
@@ -238,6 +240,7 @@ def parse_title(value: object, name: str, where: Where) -> str:
 
 
 def parse_text(value: object, name: str, where: Where) -> str:
+    """An optional free-text field: a string, or '' when absent."""
     if value is None:
         return ""
     if not isinstance(value, str):
@@ -246,6 +249,7 @@ def parse_text(value: object, name: str, where: Where) -> str:
 
 
 def parse_strings(value: object, name: str, where: Where) -> tuple[str, ...]:
+    """An optional list of strings (genres, keywords), as a tuple."""
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -300,12 +304,14 @@ def parse_timestamp(value: object, name: str, where: Where, text_allowed: bool =
 
 
 def parse_scene(value: object, where: Where) -> str:
+    """One of the known scenes (movie, clothing, sticker, generic)."""
     if value not in SCENES:
         raise HistoryFormatError(f"{where}: unknown scene {value!r}; use one of {', '.join(SCENES)}.")
     return value  # type: ignore[return-value]
 
 
 def parse_turn(value: object, name: str, where: Where) -> ChatTurn:
+    """A conversation turn from 'speaker: text' or ``{speaker, text}``."""
     if isinstance(value, str):
         speaker, sep, text = value.partition(":")
         if not sep or not speaker.strip():

@@ -16,6 +16,7 @@ from ..errors import PMGError
 
 
 def main(argv: list[str] | None = None) -> int:
+    """python -m pmg_core.metrics REF DIST: print LPIPS and SSIM as one JSON object."""
     parser = argparse.ArgumentParser(
         prog="python -m pmg_core.metrics",
         description="LPIPS v0.1 and SSIM between a reference and a distorted image (full resolution; "

@@ -128,5 +128,6 @@ def load_state(folder: Path) -> TrainingState:
 
 
 def remove_checkpoints(out_dir: Path) -> None:
+    """Delete a run's resumable checkpoint folders (for --overwrite)."""
     for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old", CHECKPOINT_DIR + ".new"):
         shutil.rmtree(Path(out_dir) / name, ignore_errors=True)

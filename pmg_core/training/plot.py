@@ -64,6 +64,7 @@ def loss_curve_image(
 
 
 def save_loss_curve(image: Image.Image, path: Path) -> Path:
+    """Save the loss-curve PNG atomically; returns its path."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp")
     image.save(temporary, format="PNG")
