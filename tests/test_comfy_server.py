@@ -152,3 +152,28 @@ def test_start_failure_reports_the_log(tmp_path):
     with pytest.raises(ComfyServerError, match="no-such-flag"):
         server.start(timeout=60)
     assert not server.is_running()
+
+
+def test_an_interrupted_start_kills_the_server(tmp_path, monkeypatch):
+    """Mechanics: Ctrl-C while waiting for the server to answer kills it (it runs in its own session,
+    so the Ctrl-C never reaches it, and a context manager's __exit__ does not run when __enter__ raises)."""
+    from pmg_core.comfy_client import server as server_module
+
+    comfy_dir = tmp_path / "fake_comfy"
+    comfy_dir.mkdir()
+    (comfy_dir / "main.py").write_text("import time\ntime.sleep(120)\n")
+    pids = []
+
+    def interrupted(url):
+        pids.append(server.pid)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(server_module, "_answers", interrupted)
+    server = EmbeddedComfyUI(comfy_dir=comfy_dir, base_dir=tmp_path / "b", pack_dir=None)
+    with pytest.raises(KeyboardInterrupt):
+        with server:
+            pass
+    assert pids and pids[0] is not None, "the fake server was never polled"
+    assert not server.is_running()
+    with pytest.raises(ProcessLookupError):  # ended and reaped, not left running
+        os.kill(pids[0], 0)

@@ -128,7 +128,17 @@ class EmbeddedComfyUI:
                 start_new_session=True,  # a Ctrl-C meant for the parent does not hit it first
             )
         log.info("ComfyUI starting (pid %d) at %s, log %s", self.process.pid, self.url, self.log_path)
-        deadline = began + timeout
+        try:
+            self._wait_until_answering(began + timeout, timeout)
+        except BaseException:
+            # Ctrl-C or any error while waiting: the server runs in its own session (a Ctrl-C
+            # never reaches it) and __exit__ does not run when __enter__ raises, so end it here.
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - began
+        log.info("ComfyUI up at %s after %.1f s", self.url, self.startup_seconds)
+
+    def _wait_until_answering(self, deadline: float, timeout: float) -> None:
         while True:
             if self.process.poll() is not None:
                 code = self.process.returncode
@@ -138,17 +148,13 @@ class EmbeddedComfyUI:
                     f"{self.log_tail()}\nFix the error above (missing package? port in use?) and retry."
                 )
             if _answers(self.url):
-                break
+                return
             if time.monotonic() > deadline:
-                tail = self.log_tail()
-                self.stop()
                 raise ComfyServerError(
                     f"ComfyUI did not answer {self.url}/system_stats within {timeout:.0f} s; "
-                    f"the end of {self.log_path}:\n{tail}\nRaise the timeout or look at the log."
+                    f"the end of {self.log_path}:\n{self.log_tail()}\nRaise the timeout or look at the log."
                 )
             time.sleep(0.2)
-        self.startup_seconds = time.monotonic() - began
-        log.info("ComfyUI up at %s after %.1f s", self.url, self.startup_seconds)
 
     def stop(self, timeout: float = 10.0) -> None:
         """End the server by its PID: SIGTERM, then SIGKILL after ``timeout`` seconds."""
