@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import InvalidSettingError, PMGError
+from .errors import ImageValueError, InvalidSettingError, PMGError
 from .progress import stderr_bar, tqdm_progress
 
 log = logging.getLogger("pmg")
@@ -307,7 +307,15 @@ def _run_score(args) -> dict:
     from .metrics import LPIPS, score_candidates
     from .metrics.images import load_image
 
-    candidates = torch.cat([load_image(p) for p in args.images])
+    candidates = [load_image(p) for p in args.images]
+    size = tuple(candidates[0].shape[-2:])
+    for path, image in zip(args.images, candidates):
+        if tuple(image.shape[-2:]) != size:
+            raise ImageValueError(
+                f"candidate {path} is {image.shape[-2]}x{image.shape[-1]} pixels but {args.images[0]} is "
+                f"{size[0]}x{size[1]}; score candidates of one size (the images of one generate run)."
+            )
+    candidates = torch.cat(candidates)
     history_paths = list(args.history_images)
     target_path = args.target_image
     if args.history:

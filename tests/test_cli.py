@@ -131,3 +131,17 @@ def test_module_entry_exits_non_zero_with_one_line(tmp_path):
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "broken.jsonl" in errors[0]
+
+
+def test_score_candidates_of_different_sizes_is_a_one_line_error(capsys, tmp_path):
+    """Candidates are stacked into one batch: differing sizes must be a clear error, not a torch traceback."""
+    from PIL import Image
+
+    small, large = tmp_path / "small.png", tmp_path / "large.png"
+    Image.new("RGB", (64, 64), "red").save(small)
+    Image.new("RGB", (96, 64), "blue").save(large)
+    code, out, err = run_cli(capsys, "score", str(small), str(large), "--target-text", "x")
+    assert code == 1
+    assert out == ""
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "large.png" in lines[0] and "64x96" in lines[0]
