@@ -299,3 +299,15 @@ def test_history_path_string_and_missing_path(tmp_path, histories_dir):
         load_histories(tmp_path / "nope.jsonl")
     with pytest.raises(MissingFileError):
         list_users(Path("/definitely/not/here.csv"))
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, "3", 2.5])
+def test_truncate_refuses_a_bad_max_items_even_when_nothing_would_be_dropped(bad):
+    """max_items is checked before it is compared: a short history must not hide a bad setting."""
+    from pmg_core.errors import InvalidSettingError
+    from pmg_core.history import Item, UserHistory
+    from pmg_core.loaders.split import truncate
+
+    history = UserHistory("u1", (Item("a", "A"),))
+    with pytest.raises(InvalidSettingError, match="max_items"):
+        truncate(history, bad, newest_last=True)

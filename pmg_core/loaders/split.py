@@ -136,10 +136,12 @@ def truncate(history: UserHistory, max_items: int | None, newest_last: bool) -> 
     ``newest_last``: the items are oldest first, so the most relevant are at the
     end; otherwise (rating order) they are at the start.
     """
-    if max_items is None or len(history.items) <= max_items:
+    if max_items is None:
         return history
     if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
         raise InvalidSettingError(f"max_items must be a positive integer or None, not {max_items!r}.")
+    if len(history.items) <= max_items:
+        return history
     kept = history.items[-max_items:] if newest_last else history.items[:max_items]
     logger.info(
         "user %s: kept the %d most relevant of %d history items (max_items=%d); %d dropped.",
