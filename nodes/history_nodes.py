@@ -136,33 +136,51 @@ class PMGUserHistoryLoader(io.ComfyNode):
         return True
 
     @classmethod
-    def fingerprint_inputs(cls, history_file: str, **_) -> str:
-        # Re-run when the file's content changes, even if its name stays the same.
+    def fingerprint_inputs(
+        cls, history_file: str, format: str = "auto", user_id: str = "", max_items: int = 0, scene: str = "auto", **_
+    ) -> str:
+        # Re-run when the file's content changes, even if its name stays the same, and when
+        # an image it names changes (history_images, and the scorer's target image, come
+        # from those files), as ComfyUI's LoadImage does for its image.
         try:
-            return sha256_file(comfy_paths.resolve_history_file(history_file))
+            path = comfy_paths.resolve_history_file(history_file)
+            digest = sha256_file(path)
         except PMGError:
             return "missing"  # validate_inputs reports the problem
+        try:
+            history = _load(path, history_file, format, user_id, max_items, scene)
+            target = history.target.image_path if history.target is not None else None
+            images = [*history.images, *([target] if target is not None else [])]
+            image_digests = [sha256_file(image) for image in images]
+        except PMGError:
+            return digest  # execute reports the problem
+        return ":".join([digest, *image_digests])
 
     @classmethod
     def execute(cls, history_file: str, format: str, user_id: str, max_items: int, scene: str) -> io.NodeOutput:
         path = comfy_paths.resolve_history_file(history_file)
-        user_id = (user_id or "").strip()
-        if not user_id:
-            users = list_users(path, fmt=format)
-            if not users:
-                raise MissingFileError(f"History file {history_file!r} holds no users; check its content.")
-            user_id = users[0]
-            logger.info("PMG: no user_id given; loading the first user of %s: %s", history_file, user_id)
-        history = load_user(
-            path,
-            user_id,
-            fmt=format,
-            scene=None if scene == "auto" else scene,
-            max_items=max_items or None,
-            # Images a history file names must lie in the input folder too.
-            image_root=comfy_paths.input_dir(),
-        )
+        history = _load(path, history_file, format, user_id, max_items, scene)
         return io.NodeOutput(history, render_history(history), history_images(history))
+
+
+def _load(path, history_file: str, format: str, user_id: str, max_items: int, scene: str) -> UserHistory:
+    """The user ``user_id`` of the history file at ``path`` (the file's first user if empty)."""
+    user_id = (user_id or "").strip()
+    if not user_id:
+        users = list_users(path, fmt=format)
+        if not users:
+            raise MissingFileError(f"History file {history_file!r} holds no users; check its content.")
+        user_id = users[0]
+        logger.info("PMG: no user_id given; loading the first user of %s: %s", history_file, user_id)
+    return load_user(
+        path,
+        user_id,
+        fmt=format,
+        scene=None if scene == "auto" else scene,
+        max_items=max_items or None,
+        # Images a history file names must lie in the input folder too.
+        image_root=comfy_paths.input_dir(),
+    )
 
 
 NODES: list[type[io.ComfyNode]] = [PMGUserHistoryLoader]

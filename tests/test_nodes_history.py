@@ -64,6 +64,29 @@ def test_fingerprint_follows_the_file_content(loader, comfy_base):
     assert loader.fingerprint_inputs(history_file="../escape.jsonl") == "missing"
 
 
+def test_fingerprint_follows_the_images_the_history_names(loader, comfy_base):
+    """A history image replaced under the same name must re-run the loader (its IMAGE output
+    changes), as ComfyUI's LoadImage re-runs when its file changes."""
+    from PIL import Image
+
+    folder = comfy_base.input / "fp_images"
+    folder.mkdir(exist_ok=True)
+    Image.new("RGB", (8, 8), "red").save(folder / "a.png")
+    Image.new("RGB", (8, 8), "blue").save(folder / "t.png")
+    (folder / "h.jsonl").write_text(
+        '{"user_id": "u1", "scene": "sticker", "items": [{"item_id": "1", "title": "a", "image_path": "a.png"}], '
+        '"target": {"item_id": "2", "title": "t", "image_path": "t.png"}}\n'
+    )
+    inputs = dict(history_file="fp_images/h.jsonl", format="auto", user_id="u1", max_items=0, scene="auto")
+    first = loader.fingerprint_inputs(**inputs)
+    assert first == loader.fingerprint_inputs(**inputs)
+    Image.new("RGB", (8, 8), "green").save(folder / "a.png")
+    second = loader.fingerprint_inputs(**inputs)
+    assert second != first, "a changed history image must change the fingerprint"
+    Image.new("RGB", (8, 8), "green").save(folder / "t.png")
+    assert loader.fingerprint_inputs(**inputs) != second, "a changed target image must change the fingerprint"
+
+
 def test_execute_loads_the_user_text_and_images(loader, input_histories):
     history, text, images = loader.execute(
         history_file="pmg/movies.jsonl", format="auto", user_id="ada", max_items=0, scene="auto"
