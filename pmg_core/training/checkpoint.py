@@ -92,13 +92,14 @@ def find_checkpoint(out_dir: Path) -> Path | None:
 
 def load_state(folder: Path) -> TrainingState:
     """Read a checkpoint folder written by :func:`save_state`."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     folder = Path(folder)
     try:
         meta = json.loads((folder / _META).read_text(encoding="utf-8"))
         tensors = load_file(str(folder / _TENSORS))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError (a damaged file) is neither
         raise TrainingError(
             f"The training checkpoint in {folder} cannot be read ({exc}); delete the folder to start over, "
             "or train without --resume."
