@@ -72,9 +72,10 @@ def save_state(out_dir: Path, state: TrainingState) -> Path:
     }
     (staging / _META).write_text(json.dumps(meta, indent=1, sort_keys=True), encoding="utf-8")
 
-    # Swap: the old checkpoint is only deleted once the new one is in place.
-    shutil.rmtree(retired, ignore_errors=True)
+    # Swap: the old checkpoint is only deleted once the new one is in place. Without
+    # `final` (an earlier swap was interrupted) `retired` is the only complete one: keep it.
     if final.exists():
+        shutil.rmtree(retired, ignore_errors=True)
         final.rename(retired)
     staging.rename(final)
     shutil.rmtree(retired, ignore_errors=True)
