@@ -64,3 +64,17 @@ def test_demo_refuses_a_checkpoint_the_server_does_not_have(comfy_server, tmp_pa
                           settings=DemoSettings(checkpoint="missing.safetensors"))
     with pytest.raises(InvalidSettingError, match="missing.safetensors.*models/checkpoints"):
         run_demo(options)
+
+
+def test_a_downloaded_image_stays_in_the_results_folder(tmp_path):
+    """A file name the server reports ("../../x.png") must not write outside the user's image folder."""
+    from pmg_core.comfy_client.demo import _download
+
+    class Server:
+        def view(self, filename, subfolder="", type="output"):
+            return b"png bytes"
+
+    folder = tmp_path / "results" / "images" / "u1"
+    path = _download(Server(), {"filename": "../../escaped.png", "subfolder": "pmg/u1", "type": "output"}, folder)
+    assert path == folder / "escaped.png" and path.read_bytes() == b"png bytes"
+    assert not (tmp_path / "results" / "escaped.png").exists()

@@ -348,7 +348,8 @@ def _download(client, image: dict, folder: Path) -> Path | None:
         log.warning("could not fetch %s: %s", image.get("filename"), error)
         return None
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / image["filename"]
+    # The name comes from the server: keep only its last part, so it cannot write outside `folder`.
+    path = folder / Path(image["filename"]).name
     path.write_bytes(data)
     return path
 
