@@ -256,8 +256,15 @@ def _load_folder(folder: Path) -> LocalLLM:
             f"{folder} holds a {config.model_type!r} model, which is not a causal language model; "
             "PMG needs a decoder LLM such as Llama, Qwen or SmolLM2."
         )
+    if not any(folder.glob("*.safetensors")):
+        raise ModelLoadError(
+            f"{folder} has no *.safetensors weights; PMG loads weights only from safetensors. Re-save the "
+            "model with save_pretrained(safe_serialization=True) or give its .gguf file."
+        )
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            folder, local_files_only=True, dtype=torch.float32, use_safetensors=True
+        )
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception as exc:
         raise ModelLoadError(
@@ -346,7 +353,7 @@ def _folder_identity(folder: Path) -> str:
         with contextlib.suppress(ValueError, KeyError):
             return str(json.loads(source.read_text(encoding="utf-8"))["identity"])
     digest = hashlib.sha256((folder / "config.json").read_bytes())
-    for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+    for weights in sorted(folder.glob("*.safetensors")):
         digest.update(weights.name.encode())
         digest.update(gguf_fingerprint(weights).encode())
     return f"{_safe_name(folder.name)}-{digest.hexdigest()[:12]}"

@@ -166,6 +166,16 @@ def test_config_without_weights(tiny_llm_folder, tmp_path):
         load_llm(tmp_path)
 
 
+def test_pickled_weights_are_refused(tiny_llm_folder, tmp_path):
+    """A folder with only pytorch_model.bin (a pickle) is refused before anything unpickles it."""
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        if (tiny_llm_folder / name).exists():
+            (tmp_path / name).write_bytes((tiny_llm_folder / name).read_bytes())
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    with pytest.raises(ModelLoadError, match="safetensors"):
+        load_llm(tmp_path)
+
+
 def test_text_file_named_gguf(tmp_path):
     fake = tmp_path / "model.gguf"
     fake.write_text("this is not a model\n" * 10)
