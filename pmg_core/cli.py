@@ -256,7 +256,7 @@ def _run_embed(args) -> dict:
 def _run_generate(args) -> dict:
     import torch
 
-    from .conditioning import ConditionWeights, DiffusersTextEncoder, build_conditions, parse_alphas
+    from .conditioning import ConditionWeights, build_conditions, parse_alphas
     from .generation import PMGGenerator
 
     alphas = parse_alphas(args.alphas)
@@ -272,8 +272,7 @@ def _run_generate(args) -> dict:
         from .sd_checkpoint import load_generator
 
         generator = PMGGenerator(load_generator(args.checkpoint).pipeline())
-    pipe = generator.pipeline
-    encoder = DiffusersTextEncoder(pipe.tokenizer, pipe.text_encoder)
+    encoder = generator.text_encoder
 
     llm = load_cli_llm(args)
     (preference,) = _preferences(args, histories, llm)
