@@ -1,19 +1,23 @@
-"""Training checkpoints: mechanics on tiny tensors, no models.
+"""Training checkpoints and the trainer's precision choice: mechanics on tiny tensors, no models.
 
 What is checked: a damaged checkpoint is refused with the library's TrainingError
-(a message naming the fix), and a save that is interrupted while a previous save's
-swap was also interrupted never leaves the run without a readable checkpoint.
+(a message naming the fix), a save that is interrupted while a previous save's
+swap was also interrupted never leaves the run without a readable checkpoint, and
+bf16 autocast is only chosen on GPUs with native bf16 (not emulated).
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from pmg_core.errors import TrainingError
 from pmg_core.training.checkpoint import TrainingState, find_checkpoint, load_state, save_state
+from pmg_core.training.trainer import SoftPromptTrainer, TrainConfig
 
 
 def _state(step: int) -> TrainingState:
@@ -58,3 +62,36 @@ def test_save_after_an_interrupted_swap_keeps_a_readable_checkpoint(tmp_path, mo
     assert save_state(tmp_path, _state(4)) == tmp_path / "checkpoint"
     assert load_state(find_checkpoint(tmp_path)).step == 4
     assert not (tmp_path / "checkpoint.old").exists()
+
+
+def _fake_cuda(monkeypatch, major: int) -> None:
+    """Make torch report one CUDA device of compute capability ``major``.x whose bf16 works by emulation."""
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: SimpleNamespace(major=major, minor=0))
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True, raising=False)
+
+
+def _precision_of(mode: str):
+    trainer = SoftPromptTrainer.__new__(SoftPromptTrainer)  # only the precision choice is exercised
+    trainer.config = TrainConfig(mixed_precision=mode)
+    trainer.device = torch.device("cuda", 0)
+    return trainer._autocast()
+
+
+def test_auto_precision_skips_emulated_bf16(monkeypatch):
+    """Mechanics: on a pre-Ampere GPU (bf16 only emulated) 'auto' trains in fp32 and 'bf16' is refused."""
+    _fake_cuda(monkeypatch, major=7)
+    assert isinstance(_precision_of("auto"), contextlib.nullcontext)
+    with pytest.raises(TrainingError, match="bf16"):
+        _precision_of("bf16")
+
+
+def test_auto_precision_uses_native_bf16(monkeypatch):
+    """Mechanics: on an Ampere-or-newer GPU 'auto' and 'bf16' autocast to bfloat16; 'no' stays fp32."""
+    _fake_cuda(monkeypatch, major=8)
+    for mode in ("auto", "bf16"):
+        context = _precision_of(mode)
+        assert isinstance(context, torch.autocast) and context.fast_dtype == torch.bfloat16
+    assert isinstance(_precision_of("no"), contextlib.nullcontext)

@@ -60,7 +60,7 @@ class TrainConfig:
 
     ``max_steps``: when set, train exactly this many optimizer steps (cycling
     through epochs as needed) instead of ``epochs`` passes over the data.
-    ``mixed_precision``: ``"auto"`` = bf16 autocast on CUDA when supported, fp32
+    ``mixed_precision``: ``"auto"`` = bf16 autocast on CUDA GPUs with native bf16 (Ampere+), fp32
     elsewhere; ``"bf16"`` insists on it (CUDA only); ``"no"`` = fp32 always.
     ``cache_latents``: keep each image's latent in memory after its first
     encoding (the VAE is frozen, so the latent never changes).
@@ -398,12 +398,12 @@ class SoftPromptTrainer:
 
     def _autocast(self):
         mode = self.config.mixed_precision
-        if self.device.type == "cuda" and mode in ("auto", "bf16") and torch.cuda.is_bf16_supported():
+        if mode in ("auto", "bf16") and _native_bf16(self.device):
             return torch.autocast("cuda", dtype=torch.bfloat16)
         if mode == "bf16":
             raise TrainingError(
-                f"mixed_precision='bf16' needs a CUDA device with bf16 support; this run is on {self.device}. "
-                "Use mixed_precision='auto' or 'no'."
+                f"mixed_precision='bf16' needs a CUDA device with native bf16 (Ampere or newer); this run is on "
+                f"{self.device}. Use mixed_precision='auto' or 'no'."
             )
         return contextlib.nullcontext()
 
@@ -489,6 +489,20 @@ class SoftPromptTrainer:
         if self.config.negative_weight > 0:
             series["negative_loss"] = [r["negative_loss"] for r in rows]
         return save_loss_curve(loss_curve_image(steps, series), out_dir / LOSS_CURVE)
+
+
+def _native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively (CUDA compute capability 8+, or ROCm).
+
+    ``torch.cuda.is_bf16_supported()`` also answers True on older GPUs that only
+    emulate bf16, where autocast would be slower than fp32; it also asks about the
+    current device rather than the one the model is on.
+    """
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 class _LossLog:
