@@ -491,7 +491,10 @@ def _load_diffusers_folder(path: Path) -> GeneratorComponents:
         else:
             scheduler = DDPMScheduler.from_config(SD1_SCHEDULER_CONFIG)
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"Cannot load the diffusers folder {path}: {exc}") from exc
+        raise ModelLoadError(
+            f"Cannot load the diffusers folder {path}: {exc}. Pass a complete folder saved with "
+            "pipeline.save_pretrained() (weights included) or a single-file .safetensors checkpoint."
+        ) from exc
     scaling = float(getattr(vae.config, "scaling_factor", SD1_LATENT_SCALE) or 1.0)
     shift = float(getattr(vae.config, "shift_factor", 0.0) or 0.0)
     weights = sorted(p for p in path.rglob("*.safetensors"))

@@ -327,3 +327,12 @@ def test_tiny_comfyui_checkpoint_loads_and_runs(tiny_checkpoint):
         text = loaded.text_encoder(ids).last_hidden_state
         out = loaded.unet(torch.randn(1, 4, 8, 8), torch.tensor([999]), encoder_hidden_states=text).sample
     assert text.shape == (1, 77, 768) and out.shape == (1, 4, 8, 8) and torch.isfinite(out).all()
+
+
+def test_broken_diffusers_folder_names_the_fix(tmp_path):
+    """Mechanics: a folder with the diffusers configs but no loadable weights raises ModelLoadError saying what to pass instead."""
+    for part in ("unet", "vae", "text_encoder"):
+        (tmp_path / part).mkdir()
+        (tmp_path / part / "config.json").write_text('{"_class_name": "AutoencoderKL"}', encoding="utf-8")
+    with pytest.raises(ModelLoadError, match=r"Cannot load the diffusers folder .*save_pretrained\(\).*single-file"):
+        load_generator(tmp_path)
