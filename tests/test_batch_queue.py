@@ -69,6 +69,44 @@ def test_read_results_tolerates_a_line_cut_by_a_kill(tmp_path):
 
 
 @pytest.mark.comfy_server
+def test_users_running_when_the_server_is_lost_get_failure_lines(tmp_path):
+    """Mechanics (a fake server that dies after accepting two prompts): the users whose prompts
+    were running get an error line naming the lost server, the rest are left for the rerun."""
+    from pmg_core.comfy_client.client import ComfyClient, EventSocket, server_error
+    from pmg_core.errors import ComfyServerError
+
+    class LostServer(ComfyClient):
+        def __init__(self):
+            super().__init__("http://127.0.0.1:9")
+            self.queued = []
+
+        def connect(self):
+            return EventSocket(None)
+
+        def queue_prompt(self, api_graph, extra_data=None):
+            self.queued.append(f"p{len(self.queued)}")
+            return self.queued[-1]
+
+        def history(self, prompt_id):
+            raise server_error("Cannot reach ComfyUI at http://127.0.0.1:9 (GET /history): refused.")
+
+        def delete_queued(self, prompt_ids):
+            raise server_error("Cannot reach ComfyUI.")
+
+        def interrupt(self, prompt_id=None):
+            raise server_error("Cannot reach ComfyUI.")
+
+    out = tmp_path / "results.jsonl"
+    client = LostServer()
+    with pytest.raises(ComfyServerError, match="run the same command again"):
+        queue_users(client, stock_txt2img_graph(), None, ["a", "b", "c"], out, concurrency=2)
+    assert client.queued == ["p0", "p1"]
+    records = read_results(out)
+    assert sorted(records) == ["a", "b"], "the running users must be recorded, the unsubmitted one left"
+    assert all(r["status"] == "error" and "Cannot reach ComfyUI" in r["error"]["message"] for r in records.values())
+    assert [r["prompt_id"] for r in (records["a"], records["b"])] == ["p0", "p1"]
+
+
 def test_queue_users_writes_one_line_per_user_and_skips_finished_ones(comfy_server, tmp_path):
     history = write_users(tmp_path / "users.jsonl", ["u1", "u2", "u3"])
     out = tmp_path / "results.jsonl"
@@ -249,3 +287,34 @@ def test_pmg_workflow_batch_records_keywords_scores_and_the_selected_image(comfy
     assert record["keywords"]["user_id"] == user and record["keywords"]["preference_keywords"]
     assert record["scores"] is not None and record["selected_image"] == record["scores"]["selected_image"]
     assert record["selected_image"]["subfolder"] == f"pmg/{user}"
+
+
+def test_a_server_lost_at_submission_records_that_user_and_the_running_ones(tmp_path):
+    """Mechanics (a fake server that accepts one prompt, then stops answering): the refused
+    user and the running one get error lines; the message says how many were not submitted."""
+    from pmg_core.comfy_client.client import ComfyClient, EventSocket, server_error
+    from pmg_core.errors import ComfyServerError
+
+    class DyingServer(ComfyClient):
+        def __init__(self):
+            super().__init__("http://127.0.0.1:9")
+            self.queued = 0
+
+        def connect(self):
+            return EventSocket(None)
+
+        def queue_prompt(self, api_graph, extra_data=None):
+            self.queued += 1
+            if self.queued > 1:
+                raise server_error("Cannot reach ComfyUI at http://127.0.0.1:9 (POST /prompt): refused.")
+            return "p0"
+
+        def delete_queued(self, prompt_ids):
+            raise server_error("Cannot reach ComfyUI.")
+
+    out = tmp_path / "results.jsonl"
+    with pytest.raises(ComfyServerError, match=r"1 user\(s\) were not submitted; run the same command again") as info:
+        queue_users(DyingServer(), stock_txt2img_graph(), None, ["a", "b", "c"], out, concurrency=2)
+    assert str(info.value).count("run the same command again") == 1
+    records = read_results(out)
+    assert sorted(records) == ["a", "b"] and all(r["status"] == "error" for r in records.values())

@@ -273,7 +273,7 @@ def queue_users(
     ``{"NODE_ID.INPUT": value}`` overrides (see :func:`parse_overrides`). ``progress``
     gets (users finished, users to run); ``on_event`` gets (user id, websocket event).
     ``timeout`` bounds each user's run. Returns a :class:`BatchSummary`; a lost server
-    raises :class:`ComfyServerError` after recording the user being submitted.
+    raises :class:`ComfyServerError` after recording the users being submitted or running.
     """
     if concurrency < 1:
         raise InvalidSettingError(f"concurrency must be at least 1 (got {concurrency}).")
@@ -332,9 +332,7 @@ def queue_users(
                 errors = getattr(exc, "node_errors", [])
                 if getattr(exc, "status_code", None) is None:  # no answer at all: the server is gone
                     finish(user, None, None, {"node_id": None, "node_type": None, "message": str(exc)}, began)
-                    raise ComfyServerError(
-                        f"{exc} {len(todo)} user(s) were not submitted; run the same command again to resume."
-                    ) from exc
+                    raise  # the running users are recorded below
                 first = errors[0] if errors else {"node_id": None, "node_type": None}
                 finish(user, None, None, {**first, "message": describe_node_errors(errors) if errors else str(exc)}, began)
                 continue
@@ -345,20 +343,32 @@ def queue_users(
     # cache finishes within milliseconds, and its events would be gone otherwise.
     events = client.connect()
     try:
-        submit_more()
-        for event in client.follow(watched, timeout=float("inf"), ticks=True, events=events):
-            data = event.get("data") or {}
-            prompt_id = data.get("prompt_id")
-            if event["type"] == "done" and prompt_id in running:
-                user, began = running.pop(prompt_id)
-                finish(user, prompt_id, data["entry"], None, began)
-                submit_more()
-            elif prompt_id in running and on_event is not None:
-                on_event(running[prompt_id][0], event)
-            _expire(client, running, watched, timeout, finish)
+        try:
             submit_more()
-            if not running and not todo:
-                break
+            for event in client.follow(watched, timeout=float("inf"), ticks=True, events=events):
+                data = event.get("data") or {}
+                prompt_id = data.get("prompt_id")
+                if event["type"] == "done" and prompt_id in running:
+                    user, began = running.pop(prompt_id)
+                    finish(user, prompt_id, data["entry"], None, began)
+                    submit_more()
+                elif prompt_id in running and on_event is not None:
+                    on_event(running[prompt_id][0], event)
+                _expire(client, running, watched, timeout, finish)
+                submit_more()
+                if not running and not todo:
+                    break
+        except ComfyServerError as exc:
+            if getattr(exc, "status_code", None) is not None:
+                raise
+            # No answer (server gone or stuck): the running users get a line saying so (one of them
+            # may have brought it down), the rest are left for the rerun. They stay in `running`,
+            # so the `finally` below still tries to cancel them.
+            for prompt_id, (user, began) in list(running.items()):
+                finish(user, prompt_id, None, {"node_id": None, "node_type": None, "message": str(exc)}, began)
+            raise ComfyServerError(
+                f"{exc} {len(todo)} user(s) were not submitted; run the same command again to resume."
+            ) from exc
     finally:
         events.close()
         if running:  # interrupted (Ctrl-C, a progress callback that raised): leave nothing queued
