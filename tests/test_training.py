@@ -227,3 +227,29 @@ def test_bad_examples_are_refused(tiny_llm, tiny_sd, tiny_text_encoder, examples
     with pytest.raises(MissingImageError, match="gone.png"):
         trainer.train(broken, tmp_path / "b")
     assert not (tmp_path / "b" / "loss.csv").exists()
+
+
+def test_image_encoding_before_the_first_step_reports_progress_and_can_be_interrupted(
+    tiny_llm, tiny_sd, tiny_text_encoder, examples, tmp_path
+):
+    """Mechanics: while the images are encoded (minutes on a CPU at 512 px) the progress callback is
+    called with "0 steps done" after each image, so a Cancel stops training before any UNet step."""
+
+    class Stop(Exception):
+        pass
+
+    calls = []
+
+    def cancel_during_encoding(done, total):
+        calls.append((done, total))
+        if len(calls) == 2:
+            raise Stop
+
+    trainer = _trainer(tiny_llm, tiny_sd, tiny_text_encoder, max_steps=3)
+    unet_calls = []
+    unet = trainer.noise_predictor
+    trainer.noise_predictor = lambda *args: unet_calls.append(1) or unet(*args)
+    with pytest.raises(Stop):
+        trainer.train(examples, tmp_path / "cancelled", progress=cancel_during_encoding)
+    assert calls == [(0, 3), (0, 3)]
+    assert unet_calls == [], "no training step may start after a Cancel during encoding"

@@ -238,7 +238,9 @@ class SoftPromptTrainer:
         noise_rng = torch.Generator(device="cpu").manual_seed(config.seed)
         start = self._restore(out_dir, resume, fingerprint, optimizer, noise_rng)
         if config.cache_latents:
-            self._encode_all(examples)
+            # Encoding can take minutes on a CPU: report "no step done yet" after each image, which
+            # also gives the caller's progress callback its chance to interrupt.
+            self._encode_all(examples, None if progress is None else lambda: progress(start, schedule.total_steps))
         log = _LossLog(out_dir / LOSS_CSV, keep_until=start)
         self._last_saved = start
 
@@ -363,14 +365,15 @@ class SoftPromptTrainer:
 
     # ------------------------------------------------------------------ frozen encodings (cached)
 
-    def _encode_all(self, examples: list[TrainingExample]) -> None:
+    def _encode_all(self, examples: list[TrainingExample], after_each: Callable[[], None] | None = None) -> None:
         """Encode every image and caption once, before the first step.
 
         The frozen VAE and text encoder then never run between UNet steps (in
         ComfyUI that avoids swapping models in and out of GPU memory each step).
+        ``after_each`` runs after every newly encoded image (and may raise to interrupt).
         """
         began = time.perf_counter()
-        self._encode_images([p for e in examples for p in (e.target_image, e.negative_image)])
+        self._encode_images([p for e in examples for p in (e.target_image, e.negative_image)], after_each)
         self._encode_texts([t for e in examples for t in (e.target_caption, e.negative_caption)])
         logger.info(
             "Encoded %d images and %d captions in %.1f s", len(self._latents), len(self._texts), time.perf_counter() - began
@@ -378,12 +381,14 @@ class SoftPromptTrainer:
 
     # Each image and caption is encoded alone, then cached: batched convolutions and matmuls
     # round differently with the batch size, and a resumed run must see bit-identical inputs.
-    def _encode_images(self, paths: list[Path]) -> torch.Tensor:
+    def _encode_images(self, paths: list[Path], after_each: Callable[[], None] | None = None) -> torch.Tensor:
         for path in dict.fromkeys(str(p) for p in paths):
             if path not in self._latents:
                 pixels = load_training_image(Path(path), self.config.resolution).unsqueeze(0)
                 with torch.no_grad():
                     self._latents[path] = self.latent_encoder(pixels)[0].to(self.device, torch.float32)
+                if after_each is not None:
+                    after_each()
         batch = torch.stack([self._latents[str(p)] for p in paths])
         if not self.config.cache_latents:
             self._latents.clear()
