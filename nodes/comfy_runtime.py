@@ -71,12 +71,13 @@ def _model_bytes(llm) -> int:
 def llm_on_compute_device(llm, keep_loaded: bool) -> Iterator[torch.device]:
     """Run a block with ``llm`` on its compute device; offload it afterwards unless ``keep_loaded``."""
     device = compute_device(llm)
-    if llm.device != device:
-        if device.type != "cpu":
-            # Make room the way ComfyUI's own loaders do: unload its models if needed.
-            mm.free_memory(_model_bytes(llm) * 1.2, device)
-        llm.to(device)
     try:
+        # Inside the try: a move that fails part-way (out of GPU memory) is undone below too.
+        if llm.device != device:
+            if device.type != "cpu":
+                # Make room the way ComfyUI's own loaders do: unload its models if needed.
+                mm.free_memory(_model_bytes(llm) * 1.2, device)
+            llm.to(device)
         yield device
     finally:
         if not keep_loaded and llm.device.type != "cpu":

@@ -66,6 +66,24 @@ def test_the_llm_is_offloaded_even_when_the_block_fails(runtime):
     assert llm.moves == ["cuda:0", "cpu"]
 
 
+def test_a_move_that_fails_part_way_is_undone(runtime):
+    """Out of GPU memory half-way through llm.to(gpu): what did move goes back to the CPU."""
+
+    class HalfMovedLLM(RecordingLLM):
+        def to(self, device):
+            super().to(device)
+            if self.device.type == "cuda":
+                raise torch.OutOfMemoryError("CUDA out of memory")
+            return self
+
+    llm = HalfMovedLLM()
+    runtime.remember_compute_device(llm, torch.device("cuda", 0))
+    with pytest.raises(torch.OutOfMemoryError):
+        with runtime.llm_on_compute_device(llm, keep_loaded=False):
+            pass
+    assert llm.moves == ["cuda:0", "cpu"] and llm.device.type == "cpu"
+
+
 def test_cpu_choice_never_moves_or_frees(runtime):
     llm = RecordingLLM()
     runtime.remember_compute_device(llm, runtime.resolve_device("cpu"))
