@@ -1,0 +1,25 @@
+"""The names pmg_core exports at top level resolve, lazily, to the documented objects."""
+
+import subprocess
+import sys
+
+import pytest
+
+import pmg_core
+
+
+@pytest.mark.parametrize("name", pmg_core.__all__)
+def test_every_exported_name_resolves(name):
+    assert getattr(pmg_core, name) is not None
+
+
+def test_unknown_names_raise_attribute_error():
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        pmg_core.no_such_thing  # noqa: B018
+
+
+def test_importing_the_package_alone_loads_no_torch():
+    """`import pmg_core` stays cheap: heavy modules load on first use of a name that needs them."""
+    code = "import sys, pmg_core; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
