@@ -123,7 +123,8 @@ def test_queue_users_writes_one_line_per_user_and_skips_finished_ones(comfy_serv
         assert record["images"][0]["subfolder"] == f"pmg/{user}"
         assert record["keywords"] is None and record["scores"] is None  # the stock graph has no PMG node
         assert comfy_server.client.view(**record["images"][0])[:4] == b"\x89PNG"
-    assert (comfy_server.base_dir / "input" / "pmg" / "users.jsonl").read_bytes() == history.read_bytes()
+    uploaded = [p.read_bytes() for p in (comfy_server.base_dir / "input").glob("pmg-*/users.jsonl")]
+    assert history.read_bytes() in uploaded
 
     again = queue_users(comfy_server.client, graph, history, ["u1", "u2", "u3"], out)
     assert again.to_dict() == {"done": 0, "failed": 0, "skipped": 3, "failed_users": []}
@@ -229,10 +230,25 @@ def test_history_images_are_uploaded_beside_the_history_file(comfy_server, tmp_p
     summary = queue_users(comfy_server.client, stock_txt2img_graph(seed=61, prefix="upload"), history, None,
                           tmp_path / "r.jsonl")
     assert summary.done == 2
-    server_input = comfy_server.base_dir / "input" / "pmg"
-    assert (server_input / "history.jsonl").read_bytes() == history.read_bytes()
+    (uploaded,) = [p for p in (comfy_server.base_dir / "input").glob("pmg-*/history.jsonl")
+                   if p.read_bytes() == history.read_bytes()]
     local_images = sorted(p.name for p in (folder / "images").iterdir())
-    assert local_images and sorted(p.name for p in (server_input / "images").iterdir()) == local_images
+    assert local_images and sorted(p.name for p in (uploaded.parent / "images").iterdir()) == local_images
+
+
+@pytest.mark.comfy_server
+def test_same_named_history_files_of_two_batches_do_not_overwrite_each_other(comfy_server, tmp_path):
+    from pmg_core.comfy_client.batch import upload_history
+
+    first = write_users(tmp_path / "a" / "users.jsonl", ["a1"])
+    second = write_users(tmp_path / "b" / "users.jsonl", ["b1"])
+    name_first = upload_history(comfy_server.client, first)
+    name_second = upload_history(comfy_server.client, second)
+    assert name_first != name_second and name_first.endswith("/users.jsonl")
+    server_input = comfy_server.base_dir / "input"
+    assert (server_input / name_first).read_bytes() == first.read_bytes()
+    assert (server_input / name_second).read_bytes() == second.read_bytes()
+    assert upload_history(comfy_server.client, first) == name_first  # same content, same place
 
 
 @pytest.mark.comfy_server

@@ -10,6 +10,7 @@ on the next run, so a killed batch resumes where it stopped; failed users are re
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from typing import Any
 
 from ..errors import ComfyServerError, InvalidSettingError, PMGError
 from ..loaders import list_users
+from ..safe_paths import sha256_file
 from .client import ComfyClient, describe_node_errors, execution_error, output_files
 
 log = logging.getLogger(__name__)
@@ -126,16 +128,24 @@ def check_graph(api_workflow: dict, overrides: dict[str, Any]) -> None:
 
 
 def upload_history(client: ComfyClient, path: Path) -> str:
-    """Upload a history file, and the images it names by relative path, into ``input/pmg/``.
+    """Upload a history file, and the images it names by relative path, into ``input/``.
 
-    Returns the name the PMG User History Loader takes (``pmg/<file name>``). Images
-    keep their path relative to the history file, so the file's relative image paths
-    still resolve on the server; an existing file of the same name is replaced.
+    The upload goes into its own folder ``pmg-<content hash>/`` (one level deep, where
+    the PMG User History Loader looks), named by the bytes of the file and its images:
+    two batches whose files share a name but not their content never overwrite each
+    other, and the same content uploaded again lands on itself. Images keep their
+    path relative to the history file, so its relative image paths still resolve on
+    the server. Returns the name the loader takes (``pmg-<hash>/<file name>``).
     """
-    for image in _relative_images(path):
-        subfolder = (Path(UPLOAD_SUBFOLDER) / image.parent).as_posix()
-        client.upload_file(path.parent / image, subfolder=subfolder, overwrite=True)
-    uploaded = client.upload_file(path, subfolder=UPLOAD_SUBFOLDER, overwrite=True)
+    images = _relative_images(path)
+    digest = hashlib.sha256(path.read_bytes())
+    for image in images:
+        digest.update(image.as_posix().encode())
+        digest.update(sha256_file(path.parent / image).encode())
+    folder = f"{UPLOAD_SUBFOLDER}-{digest.hexdigest()[:12]}"
+    for image in images:
+        client.upload_file(path.parent / image, subfolder=(Path(folder) / image.parent).as_posix(), overwrite=True)
+    uploaded = client.upload_file(path, subfolder=folder, overwrite=True)
     return f"{uploaded['subfolder']}/{uploaded['name']}" if uploaded.get("subfolder") else uploaded["name"]
 
 
@@ -266,7 +276,7 @@ def queue_users(
 ) -> BatchSummary:
     """Queue ``api_workflow`` once per user and append one result line per user to ``out_jsonl``.
 
-    ``history_file`` (a local file) is uploaded once into ComfyUI's ``input/pmg/``
+    ``history_file`` (a local file) is uploaded once into its own ``input/pmg-<content hash>/``
     with the images it names by relative path (see :func:`upload_history`); or
     ``server_history`` names a file already in the server's input folder
     (``pmg_stickers/history.jsonl``). ``users=None`` means every user of that file. ``substitutions`` are

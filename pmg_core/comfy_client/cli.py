@@ -39,7 +39,7 @@ def register(subparsers) -> None:
     queue.add_argument("workflow", type=Path, help="API-format workflow JSON (File > Export (API) in ComfyUI)")
     source = queue.add_mutually_exclusive_group(required=True)
     source.add_argument("--history", type=Path,
-                        help="a local history file with the users: uploaded into the server's input/pmg/ "
+                        help="a local history file with the users: uploaded into the server's input/pmg-<content hash>/ "
                              "together with the images it names by relative path")
     source.add_argument("--server-history", metavar="NAME",
                         help="a history file already in the server's input folder, e.g. pmg_stickers/history.jsonl")
