@@ -316,20 +316,18 @@ def _write_results(client, jobs: list[DemoJob], scores_path: Path, out_dir: Path
 
 
 def _sheet_row(client, row_type, user: str, job: DemoJob, history, record: dict, image_dir: Path):
-    from PIL import Image
-
     scores = record.get("scores") or {}
     keywords = record.get("keywords") or {}
     candidates, selected_index = [], scores.get("selected")
     for image in record.get("images") or []:
         local = _download(client, image, image_dir)
         if local is not None and "_candidates" in image["filename"]:
-            candidates.append(Image.open(local))
+            candidates.append(_read_image(local))
     history_tiles: list = []
     if history is not None:
         for item in history.items:
             if item.image_path is not None and Path(item.image_path).is_file():
-                history_tiles.append(Image.open(item.image_path))
+                history_tiles.append(_read_image(item.image_path))
             else:
                 history_tiles.append(item.title)
     error = record.get("error")
@@ -339,6 +337,15 @@ def _sheet_row(client, row_type, user: str, job: DemoJob, history, record: dict,
         keywords=keywords.get("preference_keywords") or [], target_text=keywords.get("target_text") or "",
         error=(error.get("message") if isinstance(error, dict) else str(error)) if error else None,
     )
+
+
+def _read_image(path: Path):
+    """The image fully read into memory, its file closed (a sheet may hold hundreds)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        return image.copy()
 
 
 def _download(client, image: dict, folder: Path) -> Path | None:
