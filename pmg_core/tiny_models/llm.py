@@ -22,7 +22,7 @@ import transformers
 
 from ..assets import default_cache_dir, smollm2_gguf
 from ..errors import ModelLoadError
-from ..llm import LocalLLM, gguf_fingerprint, load_llm
+from ..llm import LocalLLM, gguf_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,3 @@ def save_tiny_llama(folder: Path, seed: int = 0, context_length: int = 2048, cac
     llm.model.save_pretrained(folder, safe_serialization=True)
     llm.tokenizer.save_pretrained(folder)
     return folder
-
-
-def load_tiny_llama(folder: Path) -> LocalLLM:
-    """Shorthand for ``load_llm(folder)`` on a folder from :func:`save_tiny_llama`."""
-    return load_llm(folder)
