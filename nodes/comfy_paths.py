@@ -4,6 +4,8 @@
 - language models: ``models/LLM`` (folder key ``LLM``): a subfolder holding a
   ``config.json`` (a transformers model) or a ``.gguf`` file;
 - soft-prompt adapters: ``models/pmg`` (folder key ``pmg``), ``*.safetensors``;
+- sticker generators: ``models/pmg_generator`` (folder key ``pmg_generator``) and the
+  pack's own ``models/`` folder, where the generator trained by the project ships;
 - per-user caches (keywords, soft embeddings): ``<user folder>/pmg_cache``, which
   survives restarts (ComfyUI empties its temp folder at start-up) and is not served
   over HTTP (``/userdata`` only serves ``user/<user id>/``);
@@ -31,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 LLM_FOLDER_KEY = "LLM"
 ADAPTER_FOLDER_KEY = "pmg"
+GENERATOR_FOLDER_KEY = "pmg_generator"
+PACK_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 HISTORY_EXTENSIONS = (".jsonl", ".csv", ".json", ".txt", ".inter")
 LLM_EXTENSIONS = {".gguf", ".json", ".safetensors"}
 ADAPTER_EXTENSIONS = {".safetensors"}
@@ -39,16 +43,18 @@ CACHE_FOLDER_NAME = "pmg_cache"
 
 
 def register_model_folders() -> None:
-    """Declare ``models/LLM`` and ``models/pmg`` to ComfyUI (idempotent).
+    """Declare ``models/LLM``, ``models/pmg`` and the generator folders to ComfyUI (idempotent).
 
     Extends an existing key (another pack, or ``extra_model_paths.yaml``, may have
     declared ``LLM`` already) instead of replacing it.
     """
-    for key, subfolder, extensions in (
-        (LLM_FOLDER_KEY, "LLM", LLM_EXTENSIONS),
-        (ADAPTER_FOLDER_KEY, "pmg", ADAPTER_EXTENSIONS),
+    for key, folders, extensions in (
+        (LLM_FOLDER_KEY, [os.path.join(folder_paths.models_dir, "LLM")], LLM_EXTENSIONS),
+        (ADAPTER_FOLDER_KEY, [os.path.join(folder_paths.models_dir, "pmg")], ADAPTER_EXTENSIONS),
+        (GENERATOR_FOLDER_KEY, [os.path.join(folder_paths.models_dir, GENERATOR_FOLDER_KEY), str(PACK_MODELS_DIR)], {".safetensors"}),
     ):
-        folder_paths.add_model_folder_path(key, os.path.join(folder_paths.models_dir, subfolder))
+        for folder in folders:
+            folder_paths.add_model_folder_path(key, folder)
         paths, known = folder_paths.folder_names_and_paths[key]
         folder_paths.folder_names_and_paths[key] = (paths, set(known) | extensions)
 
@@ -200,6 +206,30 @@ def resolve_adapter(name: str) -> Path:
     raise ModelLoadError(
         f"Soft-prompt adapter {name!r} was not found in {_describe(_registered(ADAPTER_FOLDER_KEY))}; copy the .safetensors "
         f"file there and refresh the list, or choose {UNTRAINED_ADAPTER!r}."
+    )
+
+
+# ---------------------------------------------------------------- sticker generators
+
+
+def generator_choices() -> list[str]:
+    """The ``.safetensors`` files under ``models/pmg_generator`` and the pack's ``models/`` folder."""
+    try:
+        return sorted(f for f in folder_paths.get_filename_list(GENERATOR_FOLDER_KEY) if f.lower().endswith(".safetensors"))
+    except (KeyError, OSError) as error:
+        logger.warning("PMG: cannot list sticker generators: %s", error)
+        return []
+
+
+def resolve_generator(name: str) -> Path:
+    """The file behind a ``generator_choices`` entry."""
+    for root in _folders(GENERATOR_FOLDER_KEY):
+        candidate = model_path(root, name)
+        if candidate.is_file():
+            return candidate
+    raise ModelLoadError(
+        f"Sticker generator {name!r} was not found in {_describe(_registered(GENERATOR_FOLDER_KEY))}; copy the "
+        ".safetensors file there (or train one with: pmg train-generator) and refresh the list (press R)."
     )
 
 

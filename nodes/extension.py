@@ -18,7 +18,7 @@ from . import comfy_paths
 
 logger = logging.getLogger(__name__)
 
-CORE_MODULES = ("history_nodes", "llm_nodes", "conditioning_nodes", "scoring_nodes")
+CORE_MODULES = ("history_nodes", "llm_nodes", "conditioning_nodes", "scoring_nodes", "generator_nodes")
 OPTIONAL_MODULES = ("trainer_nodes",)
 
 

@@ -115,11 +115,13 @@ def _register_optional(sub) -> None:
     """Subcommands that live with their own subsystem (ComfyUI client, training)."""
     from .comfy_client.cli import register as register_comfy
     from .comfy_client.demo import register as register_demo
+    from .generator.cli import register as register_generator
     from .training.cli import register as register_training
 
     register_comfy(sub)
     register_demo(sub)
     register_training(sub)
+    register_generator(sub)
 
 
 def _add_history_args(p: argparse.ArgumentParser) -> None:

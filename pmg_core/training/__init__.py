@@ -24,7 +24,7 @@ _EXPORTS = {
     "TrainConfig": "trainer",
     "TrainResult": "trainer",
     "SoftPromptTrainer": "trainer",
-    "read_loss_csv": "trainer",
+    "read_loss_csv": "loss_log",
     "evaluate_adapter": "evaluate",
 }
 

@@ -2,7 +2,8 @@
 
 A checkpoint is a folder ``<out>/checkpoint/`` with
 
-* ``state.safetensors`` — the adapter's weights (``adapter.*``), AdamW's
+* ``state.safetensors`` — the trained weights (``weights.*``: a soft-prompt
+  adapter, or the sticker generator's networks and their EMA), AdamW's
   per-parameter tensors (``optimizer.<param index>.<name>``) and the noise RNG
   state (``rng.noise``, the ``torch.Generator`` byte state);
 * ``state.json`` — the step, the optimizer's hyper-parameters and scalar state,
@@ -23,8 +24,8 @@ import torch
 
 from ..errors import TrainingError
 
-FORMAT = "pmg-soft-prompt-training-checkpoint"
-VERSION = 1
+FORMAT = "pmg-training-checkpoint"
+VERSION = 2
 CHECKPOINT_DIR = "checkpoint"
 _TENSORS = "state.safetensors"
 _META = "state.json"
@@ -35,7 +36,7 @@ class TrainingState:
     """What a resumed run needs to continue the same loss curve."""
 
     step: int
-    adapter: dict[str, torch.Tensor]
+    weights: dict[str, torch.Tensor]  # every trained tensor, by name
     optimizer: dict  # torch.optim state_dict layout
     noise_rng: torch.Tensor  # uint8 byte state of the CPU torch.Generator
     fingerprint: dict
@@ -52,7 +53,7 @@ def save_state(out_dir: Path, state: TrainingState) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
 
-    tensors = {f"adapter.{name}": value.detach().to("cpu").contiguous() for name, value in state.adapter.items()}
+    tensors = {f"weights.{name}": value.detach().to("cpu").contiguous() for name, value in state.weights.items()}
     scalars: dict[str, dict] = {}
     for index, per_param in state.optimizer["state"].items():
         for name, value in per_param.items():
@@ -110,7 +111,7 @@ def load_state(folder: Path) -> TrainingState:
             f"{folder} is not a PMG training checkpoint this version can read (format {meta.get('format')!r}, "
             f"version {meta.get('version')!r}); use another output folder or train without --resume."
         )
-    adapter = {k[len("adapter.") :]: v for k, v in tensors.items() if k.startswith("adapter.")}
+    weights = {k[len("weights.") :]: v for k, v in tensors.items() if k.startswith("weights.")}
     per_param: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
@@ -122,7 +123,7 @@ def load_state(folder: Path) -> TrainingState:
         raise TrainingError(f"{folder} lacks the noise RNG state; the checkpoint is incomplete. Train without --resume.")
     return TrainingState(
         step=int(meta["step"]),
-        adapter=adapter,
+        weights=weights,
         optimizer={"state": per_param, "param_groups": meta["param_groups"]},
         noise_rng=tensors["rng.noise"],
         fingerprint=meta.get("fingerprint", {}),

@@ -21,7 +21,6 @@ state is checkpointed, so a resumed run continues the very same loss curve.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import logging
 import math
@@ -39,6 +38,7 @@ from ..errors import AdapterMismatchError, InvalidSettingError, TrainingError
 from ..soft_prompt import SoftPromptAdapter, save_adapter
 from .checkpoint import TrainingState, find_checkpoint, load_state, remove_checkpoints, save_state
 from .components import LatentEncoder, NoisePredictor, NoiseSchedule, frozen_parameters
+from .loss_log import LossLog, read_loss_csv
 from .examples import TrainingExample, check_examples, examples_fingerprint, load_training_image
 from .plot import loss_curve_image, save_loss_curve
 
@@ -241,7 +241,7 @@ class SoftPromptTrainer:
             # Encoding can take minutes on a CPU: report "no step done yet" after each image, which
             # also gives the caller's progress callback its chance to interrupt.
             self._encode_all(examples, None if progress is None else lambda: progress(start, schedule.total_steps))
-        log = _LossLog(out_dir / LOSS_CSV, keep_until=start)
+        log = LossLog(out_dir / LOSS_CSV, _CSV_FIELDS, keep_until=start)
         self._last_saved = start
 
         total = schedule.total_steps
@@ -445,7 +445,7 @@ class SoftPromptTrainer:
                 "continue the same run. Train into another output (pmg train --out, or another adapter_name in ComfyUI), "
                 "or start over (pmg train --overwrite, or resume off in ComfyUI)."
             )
-        self.adapter.load_state_dict({k: v.to(self.llm.device) for k, v in state.adapter.items()})
+        self.adapter.load_state_dict({k: v.to(self.llm.device) for k, v in state.weights.items()})
         optimizer.load_state_dict(state.optimizer)
         noise_rng.set_state(state.noise_rng)
         logger.info("Resuming from step %d (%s)", state.step, folder)
@@ -456,7 +456,7 @@ class SoftPromptTrainer:
             out_dir,
             TrainingState(
                 step=step,
-                adapter=self.adapter.state_dict(),
+                weights=self.adapter.state_dict(),
                 optimizer=optimizer.state_dict(),
                 noise_rng=rng_state,
                 fingerprint=fingerprint,
@@ -508,42 +508,3 @@ def _native_bf16(device: torch.device) -> bool:
     if torch.version.hip:
         return True
     return torch.cuda.get_device_capability(device)[0] >= 8
-
-
-class _LossLog:
-    """``loss.csv``: one row per optimizer step; rows past the resumed step are dropped first."""
-
-    def __init__(self, path: Path, keep_until: int):
-        self.path = path
-        rows = [r for r in read_loss_csv(path) if int(r["step"]) <= keep_until] if path.exists() else []
-        if keep_until and len(rows) != keep_until:
-            logger.warning("loss.csv holds %d of the %d steps before the checkpoint", len(rows), keep_until)
-        with open(path, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(_CSV_FIELDS)
-            for row in rows:
-                writer.writerow([_format(row[name]) for name in _CSV_FIELDS])
-        self.last_step = int(rows[-1]["step"]) if rows else 0
-
-    def append(self, record: dict) -> None:
-        with open(self.path, "a", newline="", encoding="utf-8") as handle:
-            csv.writer(handle).writerow([_format(record[name]) for name in _CSV_FIELDS])
-        self.last_step = int(record["step"])
-
-
-def _format(value) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return format(float(value), ".9g")
-
-
-def read_loss_csv(path: str | Path) -> list[dict]:
-    """Rows of a ``loss.csv`` as dicts of numbers (``step`` as int)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = []
-        for row in csv.DictReader(handle):
-            rows.append({k: (int(v) if k == "step" else float(v)) for k, v in row.items()})
-        return rows
