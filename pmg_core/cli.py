@@ -115,6 +115,7 @@ def _register_optional(sub) -> None:
     """Subcommands that live with their own subsystem (ComfyUI client, training)."""
     from .comfy_client.cli import register as register_comfy
     from .comfy_client.demo import register as register_demo
+    from .evaluation.cli import register as register_evaluation
     from .generator.cli import register as register_generator
     from .training.cli import register as register_training
 
@@ -122,6 +123,7 @@ def _register_optional(sub) -> None:
     register_demo(sub)
     register_training(sub)
     register_generator(sub)
+    register_evaluation(sub)
 
 
 def _add_history_args(p: argparse.ArgumentParser) -> None:

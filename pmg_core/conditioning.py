@@ -43,6 +43,7 @@ __all__ = [
     "parse_alphas",
     "validate_alphas",
     "check_finite",
+    "WEIGHTINGS",
 ]
 
 
@@ -225,6 +226,7 @@ def build_conditions(
     soft_embeddings: Tensor | None,
     weights: ConditionWeights | None = None,
     alphas=(0.5,),
+    weighting: str = "scale",
 ) -> PMGConditions:
     """Build one PMG condition per alpha.
 
@@ -237,6 +239,11 @@ def build_conditions(
             ``None`` leaves the soft part out.
         weights: (w_t, w_i, w_p); defaults to all 1.
         alphas: the balance values, each in [0, 1].
+        weighting: how a part's weight ``w * balance`` acts on it (see :data:`WEIGHTINGS`):
+            ``"scale"`` multiplies the encoder states; ``"interpolate"`` moves them from the
+            empty prompt's states towards (or past) the part's, as ComfyUI's ``(text:1.2)``
+            prompt weighting does; ``"repeat"`` repeats the part ``round(2 * w * balance)``
+            times, as the reference code repeats its preference keywords.
 
     Returns:
         :class:`PMGConditions` with ``embeddings [A, T_total, D]``, the target's
@@ -258,13 +265,18 @@ def build_conditions(
     else:
         logger.debug("No preference keywords: the condition holds no preference-text part.")
 
+    if weighting not in WEIGHTINGS:
+        raise InvalidSettingError(f"Unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}.")
+    empty = _encode_one(encoder, "", "empty").embeddings.to(embeddings.device, embeddings.dtype) if weighting == "interpolate" else None
     rows = []
     for alpha in alpha_values:
-        scaled = []
+        weighted = []
         for name, part, weight in parts:
             balance = 2.0 * (1.0 - alpha) if name == "target" else 2.0 * alpha
-            scaled.append(part * (weight * balance))
-        rows.append(torch.cat(scaled, dim=1))
+            weighted.extend(_weighted(part, weight * balance, weighting, None if name == "soft" else empty))
+        rows.append(torch.cat(weighted or [parts[0][1]], dim=1))
+    if weighting == "repeat":
+        rows = _same_length(rows)
     stacked = torch.cat(rows, dim=0)
 
     pooled = None
@@ -272,6 +284,25 @@ def build_conditions(
         pooled = target.pooled.reshape(1, -1).expand(len(alpha_values), -1).clone()
     segments = tuple((name, int(part.shape[1])) for name, part, _ in parts)
     return PMGConditions(stacked, pooled, alpha_values, segments)
+
+
+WEIGHTINGS = ("scale", "interpolate", "repeat")
+
+
+def _weighted(part: Tensor, weight: float, weighting: str, empty: Tensor | None) -> list[Tensor]:
+    """The pieces one part contributes to the sequence under ``weighting``."""
+    if weighting == "repeat":
+        return [part] * max(0, round(2 * weight))
+    if weighting == "interpolate" and empty is not None:
+        baseline = tile_to_length(empty, part.shape[1])
+        return [baseline + weight * (part - baseline)]
+    return [part * weight]  # "scale", and soft embeddings (which have no empty-prompt counterpart)
+
+
+def _same_length(rows: list[Tensor]) -> list[Tensor]:
+    """Rows of one sweep batched together: the shorter ones repeated whole up to the longest (same attention)."""
+    longest = max(row.shape[1] for row in rows)
+    return [row if row.shape[1] == longest else tile_to_length(row, longest) for row in rows]
 
 
 def tile_to_length(embeddings: Tensor, length: int) -> Tensor:

@@ -25,6 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="save a resumable checkpoint this often")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (set it on a shared machine)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--export", action="store_true", help="only write the weights file from the checkpoints (no training)")
     p.set_defaults(run=run_train_generator, interrupt_hint="the last checkpoint is kept; run the same command to continue")
 
 
@@ -52,6 +53,7 @@ def run_train_generator(args: argparse.Namespace) -> dict:
 
     with ExitStack() as stack:
         path = train_generator(
-            args.out, config, minutes=args.minutes, checkpoint_minutes=args.checkpoint_minutes, device=args.device, progress=progress
+            args.out, config, minutes=args.minutes, checkpoint_minutes=args.checkpoint_minutes, device=args.device, progress=progress,
+            export_only=args.export,
         )
     return {"weights": str(path), "out": str(args.out)}

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import TrainingError
+from ..training.checkpoint import find_checkpoint
 from .autoencoder import TinyAutoencoder
 from .dataset import caption_table, image_tensor, split
 from .text_encoder import CHUNK, MiniLMTextEncoder
@@ -47,8 +49,14 @@ def train_generator(
     checkpoint_minutes: float = 5.0,
     device: str = "cpu",
     progress: Progress | None = None,
+    export_only: bool = False,
 ) -> Path:
-    """Train (or continue training) into ``out_dir``; returns the weights file once the denoiser has steps."""
+    """Train (or continue training) into ``out_dir``; returns the weights file once the denoiser has steps.
+
+    ``export_only`` writes the weights file from the checkpoints as they are and
+    trains nothing (safe while another process trains into the same folder:
+    it reads the checkpoints and never writes them).
+    """
     config = config or GeneratorRunConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -61,6 +69,8 @@ def train_generator(
         "autoencoder", out_dir / "autoencoder", TinyAutoencoder(config.latent_channels).to(device), config.autoencoder, fingerprint
     )
     autoencoder_run.restore()
+    if export_only and not (autoencoder_run.done and find_checkpoint(out_dir / "denoiser")):
+        raise TrainingError(f"{out_dir} has no trained denoiser yet; nothing to export. Train first: pmg train-generator --out {out_dir}")
     if not autoencoder_run.done:
         images = image_tensor(trained, config.image_size)
         loss = autoencoder_loss(images, config.autoencoder.batch_size)
@@ -68,7 +78,9 @@ def train_generator(
         if not autoencoder_run.done:
             logger.info("Time is up in the autoencoder stage (step %d); run again to continue", autoencoder_run.step)
             return out_dir / FILE_NAME
-    autoencoder = autoencoder_run.ema.eval()
+    # The live weights, not the EMA: over a 1,000-step run an EMA of decay 0.999 still carries the
+    # blurry early autoencoder (measured: L1 0.135 for the EMA vs 0.092 live at step ~400).
+    autoencoder = autoencoder_run.model.eval()
 
     latents = _cached(out_dir / "latents.safetensors", lambda: _encode_latents(autoencoder, trained, config.image_size))
     autoencoder.normalise(latents["raw"])
@@ -81,7 +93,7 @@ def train_generator(
         "denoiser", out_dir / "denoiser", new_denoiser(config.denoiser.seed).to(device), config.denoiser, denoiser_fingerprint
     )
     denoiser_run.restore()
-    if not denoiser_run.done:
+    if not denoiser_run.done and not export_only:
         loss = denoiser_loss(
             normalised, states["states"], texts_index, states["empty"][0], config.denoiser.batch_size, config.condition_dropout
         )

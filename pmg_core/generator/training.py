@@ -110,6 +110,8 @@ class StageRun:
             self.rng.set_state(state.noise_rng)
             self.step = state.step
             logger.info("%s: resuming at step %d of %d", self.name, self.step, self.config.steps)
+
+    def open_log(self) -> None:
         self.log = LossLog(self.folder / "loss.csv", _FIELDS, keep_until=self.step)
 
     def run(
@@ -120,6 +122,7 @@ class StageRun:
         progress: Callable[[int, int], None] | None = None,
     ) -> None:
         """Optimise until the stage's steps are done or ``deadline`` (``time.monotonic``) passes."""
+        self.open_log()
         self.model.train()
         last_save = time.monotonic()
         try:

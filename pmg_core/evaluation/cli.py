@@ -1,0 +1,145 @@
+"""``pmg eval``: does PMG personalise the sticker generator? Table, plots and JSON into one folder.
+
+    pmg eval --generator models/pmg-sticker-generator.safetensors --judge models/pmg-sticker-judge.safetensors \\
+             --users 24 --split held-out --out docs/evaluation
+    pmg eval --train-judge --judge models/pmg-sticker-judge.safetensors     # the category classifier
+
+Users come from the sticker scene (``builtin:stickers``): the *train* split
+(seed 0) is for choosing settings, the *held-out* split (seed 1, other users)
+for reporting. Keywords come from the LLM (cached, so a rerun asks it nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+SPLIT_SEEDS = {"train": 0, "held-out": 1}
+METHOD_CHOICES = ("target only", "keywords", "keywords + soft (untrained)", "keywords + soft (trained)", "PMG sweep + z")
+
+
+def register(subparsers) -> None:
+    """Add the ``eval`` subcommand."""
+    from ..cli import add_llm_source_args
+
+    p = subparsers.add_parser("eval", help="measure PMG on the sticker generator (table, plots, JSON)")
+    p.add_argument("--generator", type=Path, help="sticker generator .safetensors (pmg train-generator)")
+    p.add_argument("--judge", type=Path, required=True, help="category judge .safetensors (read, or written by --train-judge)")
+    p.add_argument("--train-judge", action="store_true", help="train the category judge on the real training emoji and stop")
+    p.add_argument("--judge-steps", type=int, default=1200)
+    p.add_argument("--out", type=Path, help="folder for evaluation.md, evaluation.json and the PNG plots")
+    p.add_argument("--split", choices=tuple(SPLIT_SEEDS), default="held-out", help="train users tune, held-out users report")
+    p.add_argument("--users", type=int, default=24)
+    p.add_argument("--methods", default=",".join(m for m in METHOD_CHOICES if "trained)" not in m or "un" in m),
+                   help="comma-separated, from: " + "; ".join(METHOD_CHOICES))
+    p.add_argument("--adapter", type=Path, help="a soft-prompt adapter trained for this generator (for 'keywords + soft (trained)')")
+    p.add_argument("--images-per-user", type=int, default=4)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=5.0)
+    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--weighting", default="scale", help="scale, interpolate or repeat (pmg_core.conditioning.WEIGHTINGS)")
+    p.add_argument("--negative", default="", help="negative prompt of every sticker")
+    p.add_argument("--responsiveness", action="store_true", help="also judge stickers for every held-out emoji name")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_llm_source_args(p)
+    p.set_defaults(run=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> dict:
+    import torch
+
+    from ..errors import InvalidSettingError
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.train_judge:
+        return _train_judge(args)
+    if args.generator is None or args.out is None:
+        raise InvalidSettingError("pmg eval needs --generator FILE and --out FOLDER (or --train-judge).")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHOD_CHOICES]
+    if unknown:
+        raise InvalidSettingError(f"Unknown method(s) {unknown}; choose from: {'; '.join(METHOD_CHOICES)}.")
+    if "keywords + soft (trained)" in methods and args.adapter is None:
+        raise InvalidSettingError("The method 'keywords + soft (trained)' needs --adapter FILE (a soft-prompt adapter for this generator).")
+    return _evaluate(args, methods)
+
+
+def _train_judge(args) -> dict:
+    import torch
+
+    from ..generator.dataset import image_tensor, split
+    from ..progress import stderr_bar, tqdm_progress
+    from .judge import accuracy, save_judge, train_judge
+
+    trained, held_out = split()
+    with stderr_bar("judge", "step", args.judge_steps) as bar:
+        judge = train_judge(trained, steps=args.judge_steps, progress=tqdm_progress(bar))
+    labels = torch.tensor([image.category_index for image in held_out])
+    held_out_accuracy = accuracy(judge, image_tensor(held_out, 64), labels)
+    save_judge(judge, args.judge, {"steps": args.judge_steps, "seed": 0, "images": len(trained), "held_out_accuracy": held_out_accuracy})
+    return {"judge": str(args.judge), "held_out_accuracy": held_out_accuracy}
+
+
+def _evaluate(args, methods: list[str]) -> dict:
+    from ..cli import load_cli_llm
+    from ..generator.text_encoder import MiniLMTextEncoder
+    from ..generator.weights import load_generator
+    from ..loaders.stickers import build_sticker_histories
+    from ..metrics.lpips import LPIPS
+    from ..progress import stderr_bar, tqdm_progress
+    from .cases import build_cases
+    from .judge import load_judge
+    from .report import image_strip, markdown_table, sample_grid, tradeoff_curve
+    from .sticker_eval import EvalSettings, StickerEvaluation, StickerPipeline, summarise
+
+    settings = EvalSettings(
+        steps=args.steps, cfg=args.cfg, images_per_user=args.images_per_user, alpha=args.alpha,
+        weighting=args.weighting, negative=args.negative,
+    )
+    pipeline = StickerPipeline(load_generator(args.generator), MiniLMTextEncoder())
+    judge, lpips = load_judge(args.judge), LPIPS("alex")
+    histories = build_sticker_histories(n_users=args.users, seed=SPLIT_SEEDS[args.split])
+    llm = load_cli_llm(args)
+    with stderr_bar("keywords + soft embeddings", "user", len(histories)) as bar:
+        cases = build_cases(histories, llm, args.cache_dir, methods, args.adapter, progress=tqdm_progress(bar))
+    evaluation = StickerEvaluation(pipeline, judge, settings, lpips)
+    with stderr_bar("stickers", "user x method", len(cases) * len(methods)) as bar:
+        results = evaluation.run(cases, methods, progress=tqdm_progress(bar))
+    summary = summarise(results, seed=0)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "split": args.split,
+        "users": len(cases),
+        "settings": vars(settings) | {"sweep": list(settings.sweep)},
+        "generator": str(args.generator),
+        "llm": llm.identity,
+        "summary": {method: {k: v.to_dict() for k, v in row.items()} for method, row in summary.items()},
+        "keywords": {c.history.user_id: list(c.preference.preference_keywords) for c in cases},
+    }
+    table = markdown_table(summary)
+    tradeoff_curve(summary).save(out / "tradeoff.png")
+    shown = [m for m in methods if m in results]
+    rows = [(case.history.user_id, [*case.history_images[:3], case.target_image[0], *(results[m].samples[i] for m in shown)])
+            for i, case in enumerate(cases[:8])]
+    sample_grid(rows, ["history", "history", "history", "target", *shown]).save(out / "samples.png")
+    if args.responsiveness:
+        from ..generator.dataset import split
+        from .responsiveness import responsiveness_report
+
+        with stderr_bar("held-out names", "sticker", None) as bar:
+            report = responsiveness_report(pipeline, judge, lpips, split()[1], steps=args.steps, cfg=args.cfg,
+                                           progress=tqdm_progress(bar))
+        image_strip(report.pop("images")[:64]).save(out / "held_out_generated.png")
+        image_strip(report.pop("real")[:64]).save(out / "held_out_real.png")
+        record["responsiveness"] = report
+    (out / "evaluation.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+    (out / "evaluation.md").write_text(table + "\n", encoding="utf-8")
+    logger.info("Wrote %s", out)
+    return {"out": str(out), "table": table, "responsiveness": record.get("responsiveness")}

@@ -1,0 +1,79 @@
+"""Does the generator follow its condition, and do its stickers look like emoji?
+
+* **Responsiveness**: one sticker for the name of every held-out emoji (names
+  the generator never trained on), judged by the category classifier; its
+  accuracy is compared with the classifier's accuracy on the real held-out images.
+* **Image quality**: a Fréchet distance between generated and real held-out
+  stickers on LPIPS-AlexNet features (each layer's unit-normalised activations,
+  spatially averaged: 1,152 values per image), beside the distance between two
+  halves of the real images, with the same number of images on each side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ..generator.dataset import EmojiImage, image_tensor
+from ..generator.sampling import sample_euler
+from ..metrics.lpips import LPIPS
+from .judge import CategoryJudge, accuracy
+
+
+@torch.no_grad()
+def generate_for_names(pipeline, names: list[str], seed: int, steps: int, cfg: float, batch: int = 64,
+                       progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """One sticker per name ``[N, 3, 64, 64]``, prompts batched (each batch one seed, as in ComfyUI)."""
+    encoder, generator = pipeline.encoder, pipeline.generator
+    uncond = encoder.encode([""]).embeddings
+    channels, side = generator.autoencoder.latent_channels, generator.image_size // 8
+    out = []
+    for start in range(0, len(names), batch):
+        chunk = names[start : start + batch]
+        cond = encoder.encode(chunk).embeddings
+        latents = sample_euler(generator.denoiser, cond, uncond, (len(chunk), channels, side, side), seed + start, steps, cfg)
+        out.append(generator.autoencoder.decode(latents))
+        if progress is not None:
+            progress(min(start + batch, len(names)), len(names))
+    return torch.cat(out)
+
+
+def lpips_features(lpips: LPIPS, images: torch.Tensor) -> np.ndarray:
+    """``[N, 1152]``: each AlexNet layer's unit-normalised activations averaged over space."""
+    return torch.cat([layer.mean(dim=(2, 3)) for layer in lpips.features(images)], dim=1).double().numpy()
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to the rows of ``a`` and ``b``."""
+    from scipy import linalg
+
+    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    root = root.real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
+
+
+def responsiveness_report(pipeline, judge: CategoryJudge, lpips: LPIPS, held_out: list[EmojiImage], seed: int = 0,
+                          steps: int = 20, cfg: float = 5.0, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Judge accuracy on generated vs real held-out emoji, and the Fréchet distances; plus the images."""
+    real = image_tensor(held_out, 64)
+    labels = torch.tensor([image.category_index for image in held_out])
+    generated = generate_for_names(pipeline, [image.name for image in held_out], seed, steps, cfg, progress=progress)
+    real_accuracy, generated_accuracy = accuracy(judge, real, labels), accuracy(judge, generated, labels)
+    order = np.random.default_rng(seed).permutation(len(held_out))
+    half_a, half_b = order[: len(order) // 2], order[len(order) // 2 :]
+    real_features, generated_features = lpips_features(lpips, real), lpips_features(lpips, generated)
+    return {
+        "held_out_images": len(held_out),
+        "judge_accuracy_real": real_accuracy,
+        "judge_accuracy_generated": generated_accuracy,
+        "ratio": generated_accuracy / real_accuracy if real_accuracy else float("nan"),
+        "chance": 1 / len(torch.unique(labels)),
+        "frechet_generated_vs_real": frechet_distance(generated_features[half_a], real_features[half_b]),
+        "frechet_real_halves": frechet_distance(real_features[half_a], real_features[half_b]),
+        "images": generated,
+        "real": real,
+    }
