@@ -41,6 +41,7 @@ from .render import SceneTemplates, negative_prompt, render_history, render_targ
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
+MAX_ITEMS = 50  # history items the LLM reads at most (the most recent); the paper uses 3 to 5
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class Preference:
     preference_text: str  # the preference keywords joined for the text encoder
     soft_prompt_text: str  # what the soft-prompt adapter reads before its image tokens
     negative_prompt: str
-    truncated_items: int = 0  # history items dropped to fit the LLM context
+    truncated_items: int = 0  # oldest history items dropped (past max_items, or not fitting the LLM context)
     fallback_items: int = 0  # items (history or target) whose keywords came from their metadata
     fallback_preference: bool = False  # the preference keywords came from the history's metadata
     fallback_notes: tuple[str, ...] = ()  # what fell back, for people ("item '135' ('2001: A Space Odyssey')")
@@ -78,6 +79,9 @@ class KeywordExtractor:
     ``scene_templates`` overrides how histories are rendered (one for all scenes).
     ``cache_dir`` defaults to :func:`pmg_core.assets.default_cache_dir`; entries go
     to ``cache_dir/keywords``. ``use_cache=False`` keeps nothing on disk.
+    ``max_items`` (default :data:`MAX_ITEMS`): the LLM reads at most this many history
+    items, the most recent; older ones are dropped before any LLM work (counted in
+    :attr:`Preference.truncated_items`), so a 10,000-item history costs what a 50-item one does.
     ``metadata_fallback`` (default on): an answer that does not parse twice falls
     back to keywords from metadata instead of raising :class:`KeywordParseError`.
     """
@@ -95,6 +99,7 @@ class KeywordExtractor:
         batch_size: int = 8,
         use_cache: bool = True,
         metadata_fallback: bool = True,
+        max_items: int = MAX_ITEMS,
     ):
         from .assets import default_cache_dir
 
@@ -108,6 +113,12 @@ class KeywordExtractor:
         self._scene_templates = scene_templates
         self.use_cache = use_cache
         self.metadata_fallback = metadata_fallback
+        if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
+            raise InvalidSettingError(
+                f"max_items must be a positive whole number (history items the LLM reads), not {max_items!r}; "
+                f"the default is {MAX_ITEMS}."
+            )
+        self.max_items = max_items
         self.cache = JsonCache(Path(cache_dir or default_cache_dir()) / "keywords")
         self.generate_calls = 0  # LLM batches run (0 on a fully cached run)
 
@@ -174,7 +185,20 @@ class KeywordExtractor:
 
     # -- phase 1: item keywords -------------------------------------------------------
     def _bound(self, history: UserHistory) -> tuple[UserHistory, int]:
-        """The history without the oldest items that cannot fit the context even without keywords."""
+        """The history cut to its ``max_items`` most recent items, then to those that can fit the
+        context even without keywords (item keywords only make the text longer)."""
+        capped = 0
+        if len(history.items) > self.max_items:
+            units = history.items
+            newest = set(sorted(range(len(units)), key=lambda i: (_timestamp(units[i]), i))[-self.max_items:])
+            capped = len(units) - self.max_items
+            log.warning("User %r: the LLM reads the %d most recent of %d history items (max_items); the %d "
+                        "oldest are dropped.", history.user_id, self.max_items, len(units), capped)
+            history = dataclasses.replace(history, items=tuple(u for i, u in enumerate(units) if i in newest))
+        history, dropped = self._bound_to_context(history)
+        return history, capped + dropped
+
+    def _bound_to_context(self, history: UserHistory) -> tuple[UserHistory, int]:
         templates = self.render_templates_for(history.scene)
         if not templates.uses_item_keywords or not history.items or all(item.keywords for item in history.items):
             return history, 0  # _prepare fits these exactly; no per-item LLM work to save

@@ -252,21 +252,27 @@ def test_unparseable_answers_fall_back_to_metadata_reported_and_cached(tiny_llm,
     assert llm.calls == [] and again == preference
 
 
-def test_a_huge_history_is_cut_before_any_item_is_described(tiny_llm, tmp_path):
-    """10,000 movie items cost the LLM no more item prompts than fit the context."""
+@pytest.mark.parametrize("max_items", [50, 10_000])
+def test_a_huge_history_is_cut_before_any_item_is_described(tiny_llm, tmp_path, max_items):
+    """10,000 movie items cost the LLM no more item prompts than max_items, nor than fit the context."""
     llm = scripted(tiny_llm, greedy=" noir\n2. heist", sampled="")
     items = tuple(movie(i, f"Film {i}") for i in range(10_000))
-    extractor = KeywordExtractor(llm, cache_dir=tmp_path)
+    extractor = KeywordExtractor(llm, cache_dir=tmp_path, max_items=max_items)
     start = time.monotonic()
     preference = extractor.extract(UserHistory("big", items, scene="movie", target=movie(99_999, "Target Film")))
     elapsed = time.monotonic() - start
     described = sum(n for n, sampled, _ in llm.calls[:-1])  # the last call asks for the preference
     budget = tiny_llm.context_length - extractor.max_new_tokens
-    assert described <= budget // 3 + 1  # an item takes more than 3 tokens even without keywords
-    assert preference.truncated_items == 10_000 - preference.history_text.count("(Drama, Crime)")
-    assert preference.truncated_items > 9_000
+    assert described <= min(max_items, budget // 3) + 1  # an item takes > 3 tokens even without keywords; + target
+    kept = preference.history_text.count("(Drama, Crime)")
+    assert 0 < kept <= max_items and preference.truncated_items == 10_000 - kept
     assert "Film 9999(" in preference.history_text and "Film 0(" not in preference.history_text
     assert elapsed < 60
+
+
+def test_max_items_must_be_positive(tiny_llm, tmp_path):
+    with pytest.raises(InvalidSettingError, match="max_items must be a positive whole number.*default is 50"):
+        KeywordExtractor(tiny_llm, cache_dir=tmp_path, max_items=0)
 
 
 def test_a_successful_retry_is_used_and_cached(tiny_llm, tmp_path):
