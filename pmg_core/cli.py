@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .errors import ImageValueError, InvalidSettingError, PMGError
-from .progress import stderr_bar, tqdm_progress
+from .progress import scaled_progress, stderr_bar
 
 log = logging.getLogger("pmg")
 
@@ -204,8 +204,9 @@ def _preferences(args, histories, llm) -> list:
         seed=args.seed,
         use_cache=not args.no_cache,
     )
+    # The LLM work is batched across users, so the bar shows its share done, in users.
     with stderr_bar("keywords", "user", total=len(histories)) as bar:
-        return extractor.extract_many(histories, progress=tqdm_progress(bar))
+        return extractor.extract_many(histories, progress=scaled_progress(bar))
 
 
 def _adapter(args, llm, text_dim: int):

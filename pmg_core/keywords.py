@@ -139,6 +139,8 @@ class KeywordExtractor:
         # LLM work: item keywords only make the text longer, so nothing that could fit is lost.
         bounded = [self._bound(history) for history in histories]
         histories = [history for history, _ in bounded]
+        # The preference phase's share of the scale is known now: progress then only rises.
+        preference_stage = tracker.reserve(len(histories), self.batch_size, self.max_new_tokens)
         item_keywords, item_fallbacks = self._item_keywords_for(histories, tracker)
         prepared = [self._prepare(history, item_keywords) for history in histories]
         requests = [request for _, request, _ in prepared]
@@ -146,7 +148,7 @@ class KeywordExtractor:
             requests,
             [self._preference_key(text, prompt_set_for(h)) for h, (text, _, _) in zip(histories, prepared)],
             self.n_preference,
-            tracker,
+            preference_stage,
             [f"the preference of user {h.user_id!r}" for h in histories],
             [lambda h=h: history_fallback_keywords(h, item_keywords, self.n_preference) for h in histories],
         )
@@ -507,12 +509,18 @@ class _StageProgress:
         self.done = 0
         self.total = 0
 
-    def stage(self, prompts: int, batch_size: int, steps: int) -> Progress | None:
+    def reserve(self, prompts: int, batch_size: int, steps: int) -> "_ReservedStage":
+        """Count a later stage of at most ``prompts`` prompts in the total now (see :class:`_ReservedStage`)."""
+        size = math.ceil(prompts / batch_size) * steps
+        self.total += size
+        return _ReservedStage(self, size)
+
+    def stage(self, prompts: int, batch_size: int, steps: int, reserved: int = 0) -> Progress | None:
         if self.progress is None:
             return None
         offset = self.done
         size = math.ceil(prompts / batch_size) * steps
-        self.total += size
+        self.total += size - reserved  # a reserved stage is counted already (cache hits make it smaller)
         self.done += size
 
         def report(done: int, total: int) -> None:
@@ -523,3 +531,13 @@ class _StageProgress:
     def finish(self) -> None:
         if self.progress is not None:
             self.progress(max(self.total, 1), max(self.total, 1))
+
+
+class _ReservedStage:
+    """A stage of a :class:`_StageProgress` whose size was added to the total ahead of time."""
+
+    def __init__(self, tracker: _StageProgress, size: int):
+        self.tracker, self.size = tracker, size
+
+    def stage(self, prompts: int, batch_size: int, steps: int) -> Progress | None:
+        return self.tracker.stage(prompts, batch_size, steps, reserved=self.size)
