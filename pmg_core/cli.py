@@ -263,7 +263,7 @@ def _run_generate(args) -> dict:
     alphas = parse_alphas(args.alphas)
     histories = _users(args)
     if len(histories) != 1:
-        raise InvalidSettingError("generate takes one --user at a time")
+        raise InvalidSettingError("generate takes one --user at a time; pass a single user id and run generate once per user")
     if args.checkpoint is None:
         from .tiny_models.diffusion import tiny_sd_pipeline
 
@@ -320,7 +320,7 @@ def _run_score(args) -> dict:
     target_path = args.target_image
     if args.history:
         if not args.user:
-            raise InvalidSettingError("--history needs --user")
+            raise InvalidSettingError("--history needs --user; add --user <id> (one of the file's user ids)")
         (history,) = _users(argparse.Namespace(**{**vars(args), "max_items": None, "split": "file"}))
         history_paths += history.images
         if target_path is None and history.target is not None:

@@ -243,7 +243,8 @@ class ComfyClient:
         error = execution_error(entry)
         if error is not None and raise_on_error:
             raise server_error(
-                f"Prompt {prompt_id} failed in node {error['node_id']} ({error['node_type']}): {error['message']}",
+                f"Prompt {prompt_id} failed in node {error['node_id']} ({error['node_type']}): {error['message']} "
+                "(fix that node's input; the server log has the traceback)",
                 node_errors=[error],
             )
         return entry
