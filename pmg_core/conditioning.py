@@ -169,8 +169,8 @@ def validate_alphas(alphas) -> tuple[float, ...]:
             raise InvalidSettingError(f"Alpha {value!r} is not a finite number; use values in [0, 1].")
         if not 0.0 <= value <= 1.0:
             raise InvalidSettingError(
-                f"Alpha {value} is outside [0, 1]; 0 ignores the user's preference, 1 ignores the target, "
-                f"0.5 balances both."
+                f"Alpha {value} is outside [0, 1]; use values from 0 to 1: 0 ignores the user's preference, "
+                f"1 ignores the target, 0.5 balances both."
             )
     return tuple(float(v) for v in values)
 
