@@ -67,7 +67,7 @@ class ComfyTextEncoder:
             raise TypeError("ComfyTextEncoder.encode takes a list of texts, not a single string.")
         encoded = [self._encode_one(text) for text in texts]
         if not encoded:
-            raise EmbeddingValueError("ComfyTextEncoder.encode needs at least one text.")
+            raise EmbeddingValueError("ComfyTextEncoder.encode needs at least one text; pass a list of one or more prompts.")
         self._width = int(encoded[0][0].shape[-1])
         longest = max(cond.shape[1] for cond, _ in encoded)
         embeddings = torch.cat([tile_to_length(cond.float(), longest) for cond, _ in encoded], dim=0)

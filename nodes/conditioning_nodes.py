@@ -12,7 +12,13 @@ import torch
 from comfy_api.latest import io
 from safetensors.torch import load_file, save_file
 
-from ..pmg_core.conditioning import ConditionWeights, build_conditions, negative_conditions, parse_alphas
+from ..pmg_core.conditioning import (
+    MAX_ALPHAS,
+    ConditionWeights,
+    build_conditions,
+    negative_conditions,
+    parse_alphas,
+)
 from ..pmg_core.errors import EmbeddingValueError, InvalidSettingError
 from ..pmg_core.render import negative_prompt
 from ..pmg_core.safe_paths import sha256_file
@@ -178,6 +184,21 @@ def _text(override: str | None, fallback: str | None) -> str | None:
     return override if override is not None and override.strip() else fallback
 
 
+def _no_target_message(pref) -> str:
+    """Why PMG Conditioning has no target prompt, and the two ways to give one."""
+    if pref is None:
+        return (
+            "PMG Conditioning has no target prompt: connect a preference from PMG Preference Extractor "
+            "or type a target_text."
+        )
+    return (
+        f"User {pref.user_id!r} has no target item, so PMG Conditioning has nothing to generate for. "
+        "Give one: add a \"target\" to that user in the history file (JSONL: \"target\": {\"item_id\": ..., "
+        "\"title\": ...}; CSV: a row with role=target; see docs/HISTORY_FORMATS.md), or type the target "
+        "prompt into PMG Conditioning's target_text input."
+    )
+
+
 def comfy_conditioning(embeddings: torch.Tensor, pooled: torch.Tensor | None) -> list:
     """ComfyUI's CONDITIONING: one entry whose tensor is the whole batch ``[A, T, D]``.
 
@@ -228,8 +249,9 @@ class PMGConditioning(io.ComfyNode):
                 io.String.Input(
                     "alphas", default="0.33, 0.5, 0.67",
                     tooltip=(
-                        "Balance values in [0, 1], comma-separated; one image per value. The target part is "
-                        "scaled by 2(1-a), the preference parts by 2a; 0.5 is the plain concatenation."
+                        f"Balance values in [0, 1], comma-separated, at most {MAX_ALPHAS}; one image per value. "
+                        "The target part is scaled by 2(1-a), the preference parts by 2a; 0.5 is the plain "
+                        "concatenation."
                     ),
                 ),
                 io.String.Input(
@@ -273,10 +295,7 @@ class PMGConditioning(io.ComfyNode):
         pref = _bundle(preference).preference if preference is not None else None
         target = _text(target_text, pref.target_text if pref else None)
         if not target:
-            raise InvalidSettingError(
-                "PMG Conditioning has no target prompt: connect a preference from PMG Preference Extractor "
-                "or type a target_text."
-            )
+            raise InvalidSettingError(_no_target_message(pref))
         preference_words = _text(preference_text, pref.preference_text if pref else None)
         negative_text = pref.negative_prompt if pref else negative_prompt("generic")
 

@@ -9,6 +9,7 @@ from comfy_api.latest import io
 
 from ..pmg_core.errors import MissingFileError, PMGError
 from ..pmg_core.history import SCENES, UserHistory
+from ..pmg_core.keywords import MAX_ITEMS
 from ..pmg_core.loaders import FORMATS as LOADER_FORMATS
 from ..pmg_core.loaders import list_users, load_user
 from ..pmg_core.metrics.images import as_batch, load_image, to_comfy
@@ -96,7 +97,10 @@ class PMGUserHistoryLoader(io.ComfyNode):
                     default=0,
                     min=0,
                     max=10000,
-                    tooltip="Keep at most this many history items (the most recent); 0 keeps them all.",
+                    tooltip=(
+                        "Keep at most this many history items (the most recent); 0 keeps them all. PMG Preference "
+                        f"Extractor's LLM reads at most the {MAX_ITEMS} most recent either way."
+                    ),
                 ),
                 io.Combo.Input(
                     "scene",

@@ -7,7 +7,7 @@ import logging
 from comfy_api.latest import io
 
 from ..pmg_core.errors import PMGError
-from ..pmg_core.keywords import KeywordExtractor
+from ..pmg_core.keywords import MAX_ITEMS, KeywordExtractor
 from ..pmg_core.llm import load_llm
 from . import comfy_paths
 from .comfy_runtime import (
@@ -91,7 +91,16 @@ def keywords_ui(bundle: PreferenceBundle, stats: dict[str, int]) -> dict:
         f"prompt: {preference.target_text}"
     )
     if preference.truncated_items:
-        text += f"\n({preference.truncated_items} oldest items dropped to fit the LLM context)"
+        text += (
+            f"\n({preference.truncated_items} oldest history items dropped before any LLM work: the LLM reads "
+            f"at most {MAX_ITEMS} items, and only as many as fit its context)"
+        )
+    if preference.fallback_notes:
+        text += (
+            "\n(the LLM gave no usable keywords, twice, for "
+            f"{'; '.join(preference.fallback_notes)}: keywords taken from their metadata — genres, title "
+            "words; a larger LLM or a higher max_new_tokens may do better)"
+        )
     text += (
         "\n(from the cache: no LLM run)" if stats.get("generate_calls") == 0
         else f"\n(LLM batches run: {stats.get('generate_calls')})"
@@ -104,6 +113,9 @@ def keywords_ui(bundle: PreferenceBundle, stats: dict[str, int]) -> dict:
         "target_text": preference.target_text,
         "preference_text": preference.preference_text,
         "truncated_items": preference.truncated_items,
+        "fallback_items": preference.fallback_items,
+        "fallback_preference": preference.fallback_preference,
+        "fallback_notes": list(preference.fallback_notes),
         "llm_batches": stats.get("generate_calls"),
     }
     return {"text": [text], "pmg_keywords": [record]}

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .errors import ImageValueError, InvalidSettingError, PMGError
-from .progress import stderr_bar, tqdm_progress
+from .progress import scaled_progress, stderr_bar
 
 log = logging.getLogger("pmg")
 
@@ -208,8 +208,9 @@ def _preferences(args, histories, llm) -> list:
         seed=args.seed,
         use_cache=not args.no_cache,
     )
+    # The LLM work is batched across users, so the bar shows its share done, in users.
     with stderr_bar("keywords", "user", total=len(histories)) as bar:
-        return extractor.extract_many(histories, progress=tqdm_progress(bar))
+        return extractor.extract_many(histories, progress=scaled_progress(bar))
 
 
 def _adapter(args, llm, text_dim: int):
@@ -266,7 +267,7 @@ def _run_generate(args) -> dict:
     alphas = parse_alphas(args.alphas)
     histories = _users(args)
     if len(histories) != 1:
-        raise InvalidSettingError("generate takes one --user at a time")
+        raise InvalidSettingError("generate takes one --user at a time; pass a single user id and run generate once per user")
     if args.checkpoint is None:
         from .tiny_models.diffusion import tiny_sd_pipeline
 
@@ -323,7 +324,7 @@ def _run_score(args) -> dict:
     target_path = args.target_image
     if args.history:
         if not args.user:
-            raise InvalidSettingError("--history needs --user")
+            raise InvalidSettingError("--history needs --user; add --user <id> (one of the file's user ids)")
         (history,) = _users(argparse.Namespace(**{**vars(args), "max_items": None, "split": "file"}))
         history_paths += history.images
         if target_path is None and history.target is not None:

@@ -40,6 +40,7 @@ __all__ = [
     "build_conditions",
     "negative_conditions",
     "tile_to_length",
+    "MAX_ALPHAS",
     "parse_alphas",
     "validate_alphas",
     "check_finite",
@@ -142,8 +143,20 @@ def check_finite(tensor: Tensor, what: str, fix: str) -> None:
         raise EmbeddingValueError(f"{what} holds {bad} NaN/inf value(s); {fix}")
 
 
+MAX_ALPHAS = 16  # one image per alpha: a sweep longer than this is a typo, not a plan
+
+
+def _check_count(count: int) -> None:
+    if count > MAX_ALPHAS:
+        raise InvalidSettingError(
+            f"{count} alpha values given; at most {MAX_ALPHAS} are allowed (each one is a whole image). "
+            f"Give {MAX_ALPHAS} or fewer values in [0, 1], e.g. '0.3, 0.5, 0.7', and queue several prompts "
+            "for a longer sweep."
+        )
+
+
 def validate_alphas(alphas) -> tuple[float, ...]:
-    """Check an alpha sweep (non-empty, every value a finite number in [0, 1]) and return it as a tuple."""
+    """Check an alpha sweep (1 to :data:`MAX_ALPHAS` values, each a finite number in [0, 1]); return it as a tuple."""
     if isinstance(alphas, (int, float)):
         alphas = [alphas]
     values = tuple(alphas)
@@ -151,13 +164,14 @@ def validate_alphas(alphas) -> tuple[float, ...]:
         raise InvalidSettingError(
             "No alpha given; pass at least one balance value in [0, 1], e.g. '0.5' or '0.3, 0.5, 0.7'."
         )
+    _check_count(len(values))
     for value in values:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise InvalidSettingError(f"Alpha {value!r} is not a finite number; use values in [0, 1].")
         if not 0.0 <= value <= 1.0:
             raise InvalidSettingError(
-                f"Alpha {value} is outside [0, 1]; 0 ignores the user's preference, 1 ignores the target, "
-                f"0.5 balances both."
+                f"Alpha {value} is outside [0, 1]; use values from 0 to 1: 0 ignores the user's preference, "
+                f"1 ignores the target, 0.5 balances both."
             )
     return tuple(float(v) for v in values)
 
@@ -169,12 +183,14 @@ def parse_alphas(text: str) -> list[float]:
     """Parse an alpha sweep typed by a user: ``"0.3, 0.5,0.7"`` -> ``[0.3, 0.5, 0.7]``.
 
     Values are separated by commas, semicolons or whitespace. Anything that is
-    not a plain decimal number, or a value outside [0, 1], raises
+    not a plain decimal number, a value outside [0, 1], or more than
+    :data:`MAX_ALPHAS` values, raises
     :class:`InvalidSettingError` naming the offending piece.
     """
     if not isinstance(text, str):
         raise InvalidSettingError(f"Alphas must be given as text like '0.3, 0.5, 0.7', got {type(text).__name__}.")
     pieces = [piece for piece in re.split(r"[,;\s]+", text.strip()) if piece]
+    _check_count(len(pieces))
     values = []
     for piece in pieces:
         if not _NUMBER.fullmatch(piece):

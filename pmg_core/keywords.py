@@ -11,9 +11,12 @@
 
 Work for many users runs as one batched :meth:`LocalLLM.generate` call per
 phase. A history too long for the LLM's context loses its oldest items (logged,
-and counted in :attr:`Preference.truncated_items`). An unparseable answer is
-retried once with seeded sampling, then :class:`KeywordParseError` is raised;
-answers that did parse are cached before that, so no work is lost.
+and counted in :attr:`Preference.truncated_items`) *before* any LLM work, so a
+history of 10,000 items costs what one that fits costs. An unparseable answer is
+retried once with seeded sampling; if that fails too, the keywords come from the
+item's (or the history's) own metadata — genres and title words — logged, and
+reported in :attr:`Preference.fallback_items` / :attr:`Preference.fallback_preference`
+(``metadata_fallback=False`` raises :class:`KeywordParseError` instead).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +41,7 @@ from .render import SceneTemplates, negative_prompt, render_history, render_targ
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
+MAX_ITEMS = 50  # history items the LLM reads at most (the most recent); the paper uses 3 to 5
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,10 @@ class Preference:
     preference_text: str  # the preference keywords joined for the text encoder
     soft_prompt_text: str  # what the soft-prompt adapter reads before its image tokens
     negative_prompt: str
-    truncated_items: int = 0  # history items dropped to fit the LLM context
+    truncated_items: int = 0  # oldest history items dropped (past max_items, or not fitting the LLM context)
+    fallback_items: int = 0  # items (history or target) whose keywords came from their metadata
+    fallback_preference: bool = False  # the preference keywords came from the history's metadata
+    fallback_notes: tuple[str, ...] = ()  # what fell back, for people ("item '135' ('2001: A Space Odyssey')")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -70,6 +79,11 @@ class KeywordExtractor:
     ``scene_templates`` overrides how histories are rendered (one for all scenes).
     ``cache_dir`` defaults to :func:`pmg_core.assets.default_cache_dir`; entries go
     to ``cache_dir/keywords``. ``use_cache=False`` keeps nothing on disk.
+    ``max_items`` (default :data:`MAX_ITEMS`): the LLM reads at most this many history
+    items, the most recent; older ones are dropped before any LLM work (counted in
+    :attr:`Preference.truncated_items`), so a 10,000-item history costs what a 50-item one does.
+    ``metadata_fallback`` (default on): an answer that does not parse twice falls
+    back to keywords from metadata instead of raising :class:`KeywordParseError`.
     """
 
     def __init__(
@@ -84,6 +98,8 @@ class KeywordExtractor:
         scene_templates: SceneTemplates | None = None,
         batch_size: int = 8,
         use_cache: bool = True,
+        metadata_fallback: bool = True,
+        max_items: int = MAX_ITEMS,
     ):
         from .assets import default_cache_dir
 
@@ -96,6 +112,13 @@ class KeywordExtractor:
         self._templates = templates
         self._scene_templates = scene_templates
         self.use_cache = use_cache
+        self.metadata_fallback = metadata_fallback
+        if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
+            raise InvalidSettingError(
+                f"max_items must be a positive whole number (history items the LLM reads), not {max_items!r}; "
+                f"the default is {MAX_ITEMS}."
+            )
+        self.max_items = max_items
         self.cache = JsonCache(Path(cache_dir or default_cache_dir()) / "keywords")
         self.generate_calls = 0  # LLM batches run (0 on a fully cached run)
 
@@ -112,26 +135,34 @@ class KeywordExtractor:
         if not histories:
             return []
         tracker = _StageProgress(progress)
-        item_keywords = self._item_keywords_for(histories, tracker)
+        # Cut each history to what can fit the context even without item keywords, before any
+        # LLM work: item keywords only make the text longer, so nothing that could fit is lost.
+        bounded = [self._bound(history) for history in histories]
+        histories = [history for history, _ in bounded]
+        # The preference phase's share of the scale is known now: progress then only rises.
+        preference_stage = tracker.reserve(len(histories), self.batch_size, self.max_new_tokens)
+        item_keywords, item_fallbacks = self._item_keywords_for(histories, tracker)
         prepared = [self._prepare(history, item_keywords) for history in histories]
         requests = [request for _, request, _ in prepared]
-        preference_sets = self._cached_keywords(
+        preference_sets, preference_fallbacks = self._cached_keywords(
             requests,
             [self._preference_key(text, prompt_set_for(h)) for h, (text, _, _) in zip(histories, prepared)],
             self.n_preference,
-            tracker,
+            preference_stage,
             [f"the preference of user {h.user_id!r}" for h in histories],
+            [lambda h=h: history_fallback_keywords(h, item_keywords, self.n_preference) for h in histories],
         )
         tracker.finish()
         results = []
-        for history, (text, _, dropped), keywords in zip(histories, prepared, preference_sets):
-            results.append(self._preference(history, text, dropped, tuple(keywords), item_keywords))
+        for index, (history, (text, _, dropped), keywords) in enumerate(zip(histories, prepared, preference_sets)):
+            preference = self._preference(history, text, bounded[index][1] + dropped, tuple(keywords), item_keywords)
+            results.append(self._with_fallbacks(preference, history, item_fallbacks, index in preference_fallbacks))
         return results
 
     def item_keywords(self, items: list[Item], scene: str, progress: Progress | None = None) -> list[tuple[str, ...]]:
         """``n_target`` keywords per item from the scene's target prompt (items' own keywords win)."""
         tracker = _StageProgress(progress)
-        keywords = self._describe(
+        keywords, _ = self._describe(
             [(item, scene) for item in items if not item.keywords], tracker
         )
         tracker.finish()
@@ -155,7 +186,51 @@ class KeywordExtractor:
         return scene_templates(scene, self._scene_templates)
 
     # -- phase 1: item keywords -------------------------------------------------------
-    def _item_keywords_for(self, histories: list[UserHistory], tracker: "_StageProgress") -> dict[tuple, tuple[str, ...]]:
+    def _bound(self, history: UserHistory) -> tuple[UserHistory, int]:
+        """The history cut to its ``max_items`` most recent items, then to those that can fit the
+        context even without keywords (item keywords only make the text longer)."""
+        capped = 0
+        if len(history.items) > self.max_items:
+            units = history.items
+            newest = set(sorted(range(len(units)), key=lambda i: (_timestamp(units[i]), i))[-self.max_items:])
+            capped = len(units) - self.max_items
+            log.warning("User %r: the LLM reads the %d most recent of %d history items (max_items); the %d "
+                        "oldest are dropped.", history.user_id, self.max_items, len(units), capped)
+            history = dataclasses.replace(history, items=tuple(u for i, u in enumerate(units) if i in newest))
+        history, dropped = self._bound_to_context(history)
+        return history, capped + dropped
+
+    def _bound_to_context(self, history: UserHistory) -> tuple[UserHistory, int]:
+        templates = self.render_templates_for(history.scene)
+        if not templates.uses_item_keywords or not history.items or all(item.keywords for item in history.items):
+            return history, 0  # _prepare fits these exactly; no per-item LLM work to save
+        bare = dataclasses.replace(history, items=tuple(item.with_keywords(()) for item in history.items))
+        kept = self._fit_context(bare, prompt_set_for(history), templates, keep=True)[3]
+        if len(kept) == len(history.items):
+            return history, 0
+        kept_ids = {id(item) for item in kept}
+        items = tuple(item for item, plain in zip(history.items, bare.items) if id(plain) in kept_ids)
+        log.info("User %r: %d of %d history items can fit the LLM's context; the %d oldest are dropped before "
+                 "any LLM work.", history.user_id, len(items), len(history.items), len(history.items) - len(items))
+        return dataclasses.replace(history, items=items), len(history.items) - len(items)
+
+    def _with_fallbacks(self, preference: Preference, history: UserHistory, item_fallbacks: set[tuple],
+                        preference_fallback: bool) -> Preference:
+        prompt_set = prompt_set_for(history)
+        shown = self.render_templates_for(history.scene).uses_item_keywords
+        items = [item for item in history.items if shown and not item.keywords]
+        if history.target is not None and not history.target.keywords:
+            items.append(history.target)
+        fallen = [item for item in items if _item_identity(item, prompt_set) in item_fallbacks]
+        notes = [f"item {item.item_id!r} ({item.title!r})" for item in fallen]
+        if preference_fallback:
+            notes.append("the preference keywords")
+        if not notes:
+            return preference
+        return dataclasses.replace(preference, fallback_items=len(fallen), fallback_preference=preference_fallback,
+                                   fallback_notes=tuple(notes))
+
+    def _item_keywords_for(self, histories: list[UserHistory], tracker: "_StageProgress") -> tuple[dict, set]:
         wanted: list[tuple[Item, str]] = []
         for history in histories:
             prompt_set = prompt_set_for(history)
@@ -165,7 +240,8 @@ class KeywordExtractor:
                 wanted.append((history.target, prompt_set))
         return self._describe(wanted, tracker)
 
-    def _describe(self, wanted: list[tuple[Item, str]], tracker: "_StageProgress") -> dict[tuple, tuple[str, ...]]:
+    def _describe(self, wanted: list[tuple[Item, str]], tracker: "_StageProgress") -> tuple[dict, set]:
+        """Keywords per item identity, and the identities whose keywords came from metadata."""
         unique: dict[tuple, tuple[Item, str]] = {}
         for item, prompt_set in wanted:
             unique.setdefault(_item_identity(item, prompt_set), (item, prompt_set))
@@ -175,14 +251,16 @@ class KeywordExtractor:
             self._check_fits(request, f"item {item.item_id!r} ({item.title!r})")
         cache_keys = [self._item_key(item, ps) for item, ps in unique.values()]
         labels = [f"item {item.item_id!r} ({item.title!r})" for item, _ in unique.values()]
-        found = self._cached_keywords(requests, cache_keys, self.n_target, tracker, labels)
+        fallbacks = [lambda item=item: item_fallback_keywords(item, self.n_target) for item, _ in unique.values()]
+        found, fell_back = self._cached_keywords(requests, cache_keys, self.n_target, tracker, labels, fallbacks)
         # Small models often answer with the title itself; it is already in every text that
         # shows item keywords, so it is dropped (an item may end up with no extra keywords).
         titles = [normalize_keyword(item.title).casefold() for item, _ in unique.values()]
-        return {
+        keywords = {
             key: tuple(word for word in words if word.casefold() != title)
             for key, words, title in zip(keys, found, titles)
         }
+        return keywords, {keys[i] for i in fell_back}
 
     def _check_fits(self, request: ChatRequest, label: str) -> None:
         length = self.llm.count_tokens(request.for_llm(self.llm))
@@ -210,8 +288,10 @@ class KeywordExtractor:
             history = dataclasses.replace(history, items=items)
         return self._fit_context(history, prompt_set, templates)
 
-    def _fit_context(self, history: UserHistory, prompt_set: str, templates: SceneTemplates):
+    def _fit_context(self, history: UserHistory, prompt_set: str, templates: SceneTemplates, keep: bool = False):
         """Drop the oldest items (or turns) until prompt + answer fit the LLM's context.
+
+        Returns ``(text, request, dropped)``, plus the kept units with ``keep=True``.
 
         "Oldest" is by timestamp where items have one (undated items count as older
         than dated ones), else by position: a history sorted by rating
@@ -229,13 +309,19 @@ class KeywordExtractor:
             trimmed = dataclasses.replace(history, **({"conversation": rest} if use_turns else {"items": rest}))
             text = render_history(trimmed, templates)
             request = preference_prompt(prompt_set, text, self.n_preference, prompts)
-            return text, request, self.llm.count_tokens(request.for_llm(self.llm))
+            return text, request, self.llm.count_tokens(request.for_llm(self.llm)), rest
 
-        text, request, length = build(0)
+        def result(text, request, dropped, rest):
+            return (text, request, dropped, rest) if keep else (text, request, dropped)
+
+        # Every unit takes at least one token, so more than `budget` units never fit: a
+        # 10,000-item history is not rendered and counted whole at every search step.
+        at_least = max(len(units) - max(budget, 1), 0)
+        text, request, length, rest = build(at_least)
         if length <= budget:
-            return text, request, 0
+            return result(text, request, at_least, rest)
         # Binary search for the fewest dropped units that fit (the length shrinks as units go).
-        low, high = 1, len(units) - 1
+        low, high = at_least + 1, len(units) - 1
         best = None
         while low <= high:
             middle = (low + high) // 2
@@ -250,12 +336,12 @@ class KeywordExtractor:
                 f"({self.llm.context_length} tokens, {self.max_new_tokens} kept for the answer); lower "
                 "max_new_tokens, shorten the item texts, or use an LLM with a longer context."
             )
-        dropped, (text, request, length) = best
+        dropped, (text, request, length, rest) = best
         log.warning(
             "User %r: dropped the %d oldest of %d history entries so the prompt (%d tokens) fits the "
             "LLM's context of %d tokens.", history.user_id, dropped, len(units), length, self.llm.context_length,
         )
-        return text, request, dropped
+        return result(text, request, dropped, rest)
 
     def _preference_key(self, history_text: str, prompt_set: str) -> tuple:
         return ("preference", history_text, self.llm.identity, self.prompts_for(prompt_set).digest(), prompt_set,
@@ -284,13 +370,19 @@ class KeywordExtractor:
 
     # -- LLM calls with cache and retry ------------------------------------------------
     def _cached_keywords(self, requests: list[ChatRequest], keys: list[tuple], n: int,
-                         tracker: "_StageProgress", labels: list[str]) -> list[list[str]]:
+                         tracker: "_StageProgress", labels: list[str],
+                         fallbacks: list[Callable[[], list[str]]]) -> tuple[list[list[str]], set[int]]:
+        """Keywords per request (cache, LLM, one sampled retry, then metadata) and which fell back."""
         results: list[list[str] | None] = [None] * len(requests)
+        fell_back: set[int] = set()
         for index, key in enumerate(keys):
             if self.use_cache:
                 cached = self.cache.get(*key)
                 if isinstance(cached, list) and cached:
                     results[index] = [str(word) for word in cached]
+                elif self.metadata_fallback and isinstance(cached, dict) and isinstance(cached.get("fallback"), list):
+                    results[index] = [str(word) for word in cached["fallback"]]
+                    fell_back.add(index)
         missing = [i for i, result in enumerate(results) if result is None]
         if missing:
             answers = self._generate([requests[i] for i in missing], do_sample=False, tracker=tracker)
@@ -306,14 +398,25 @@ class KeywordExtractor:
                 retried = self._generate([requests[i] for i, _ in failures], do_sample=True, tracker=None)
                 for (i, first), answer in zip(failures, retried):
                     parsed = self._parse(requests[i], answer, n)
-                    if parsed is None:
+                    if parsed is not None:
+                        results[i] = self._store(keys[i], parsed)
+                        continue
+                    if not self.metadata_fallback:
                         raise KeywordParseError(
                             f"The LLM gave no usable keywords for {labels[i]}, twice. First answer: "
                             f"{_excerpt(first)!r}; retry: {_excerpt(answer)!r}. Try a larger model, raise "
                             "max_new_tokens, or adjust the prompt templates."
                         )
-                    results[i] = self._store(keys[i], parsed)
-        return [result or [] for result in results]
+                    results[i] = fallbacks[i]()
+                    fell_back.add(i)
+                    log.warning(
+                        "The LLM gave no usable keywords for %s, twice (first answer %r); using keywords from its "
+                        "metadata instead: %s. A larger model or a higher max_new_tokens may do better.",
+                        labels[i], _excerpt(first), ", ".join(results[i]) or "(none)",
+                    )
+                    if self.use_cache:
+                        self.cache.set({"fallback": results[i]}, *keys[i])
+        return [result or [] for result in results], fell_back
 
     def _store(self, key: tuple, keywords: list[str]) -> list[str]:
         if self.use_cache:
@@ -341,6 +444,49 @@ class KeywordExtractor:
             return None
 
 
+# Words that carry no preference of their own; kept out of keywords built from metadata.
+_STOPWORDS = frozenset(
+    "a an and are as at be but by for from has have he her his i in into is it its me my no not of on or our "
+    "she so than that the their them then there they this to too us was we were what when which who will with "
+    "you your released".split()
+)
+_WORD = re.compile(r"[^\W\d_][\w'&-]*")
+
+
+def _content_words(text: str) -> list[str]:
+    """The words of ``text`` worth a keyword: no stop words, no numbers, at least three letters."""
+    return [word for word in _WORD.findall(text) if len(word) >= 3 and word.casefold() not in _STOPWORDS]
+
+
+def _unique(words, limit: int) -> list[str]:
+    seen: set[str] = set()
+    kept = []
+    for word in words:
+        word = normalize_keyword(word)
+        if word and word.casefold() not in seen:
+            seen.add(word.casefold())
+            kept.append(word)
+    return kept[:limit]
+
+
+def item_fallback_keywords(item: Item, n: int) -> list[str]:
+    """Keywords from an item's own metadata: its categories, then the content words of its title."""
+    return _unique([*item.categories, *_content_words(item.title)], n)
+
+
+def history_fallback_keywords(history: UserHistory, item_keywords: Mapping[tuple, tuple[str, ...]], n: int) -> list[str]:
+    """Preference keywords from a history's metadata: its most frequent categories, item keywords and
+    title words (the conversation's words for a chat), most frequent first."""
+    prompt_set = prompt_set_for(history)
+    counts: Counter[str] = Counter()
+    for item in history.items:
+        words = item.keywords or item_keywords.get(_item_identity(item, prompt_set), ())
+        counts.update(word.casefold() for word in {*item.categories, *words, *_content_words(item.title)})
+    for turn in history.conversation:
+        counts.update(word.casefold() for word in _content_words(turn.text))
+    return _unique([word for word, _ in counts.most_common()], n)
+
+
 def _timestamp(unit) -> float:
     value = getattr(unit, "timestamp", None)
     return float("-inf") if value is None else float(value)
@@ -363,12 +509,18 @@ class _StageProgress:
         self.done = 0
         self.total = 0
 
-    def stage(self, prompts: int, batch_size: int, steps: int) -> Progress | None:
+    def reserve(self, prompts: int, batch_size: int, steps: int) -> "_ReservedStage":
+        """Count a later stage of at most ``prompts`` prompts in the total now (see :class:`_ReservedStage`)."""
+        size = math.ceil(prompts / batch_size) * steps
+        self.total += size
+        return _ReservedStage(self, size)
+
+    def stage(self, prompts: int, batch_size: int, steps: int, reserved: int = 0) -> Progress | None:
         if self.progress is None:
             return None
         offset = self.done
         size = math.ceil(prompts / batch_size) * steps
-        self.total += size
+        self.total += size - reserved  # a reserved stage is counted already (cache hits make it smaller)
         self.done += size
 
         def report(done: int, total: int) -> None:
@@ -379,3 +531,13 @@ class _StageProgress:
     def finish(self) -> None:
         if self.progress is not None:
             self.progress(max(self.total, 1), max(self.total, 1))
+
+
+class _ReservedStage:
+    """A stage of a :class:`_StageProgress` whose size was added to the total ahead of time."""
+
+    def __init__(self, tracker: _StageProgress, size: int):
+        self.tracker, self.size = tracker, size
+
+    def stage(self, prompts: int, batch_size: int, steps: int) -> Progress | None:
+        return self.tracker.stage(prompts, batch_size, steps, reserved=self.size)

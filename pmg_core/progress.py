@@ -34,3 +34,19 @@ def tqdm_progress(bar) -> Callable[[int, int], None]:
         bar.refresh()
 
     return update
+
+
+def scaled_progress(bar) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` callback that shows ``done / total`` on ``bar``'s own fixed total.
+
+    For work reported in internal units (LLM decoding steps over batched phases) on a
+    bar counted in what a person asked for (users): the bar keeps its total, only rises,
+    and ends full.
+    """
+
+    def update(done: int, total: int) -> None:
+        if bar.total:
+            bar.n = max(bar.n, min(bar.total, bar.total * done // max(total, 1)))
+            bar.refresh()
+
+    return update

@@ -267,7 +267,7 @@ def infer_unet_config(state: dict[str, torch.Tensor], num_attention_heads: int |
         conv_in = unet["input_blocks.0.0.weight"]
         conv_out = unet["out.2.weight"]
     except KeyError as exc:
-        raise ModelLoadError(f"The UNet lacks {exc.args[0]!r}; not an LDM-layout SD UNet.") from exc
+        raise ModelLoadError(f"The UNet lacks {exc.args[0]!r}; not an LDM-layout SD UNet. Use a standard SD1.x single-file checkpoint (e.g. v1-5-pruned-emaonly.safetensors) or a diffusers folder.") from exc
     model_channels = conv_in.shape[0]
 
     input_ids = sorted({int(k.split(".")[1]) for k in unet if k.startswith("input_blocks.")})
@@ -292,7 +292,7 @@ def infer_unet_config(state: dict[str, torch.Tensor], num_attention_heads: int |
 
     attention_keys = [k for k in unet if k.endswith("attn2.to_k.weight")]
     if not attention_keys:
-        raise ModelLoadError("The UNet has no cross-attention layers; it cannot be text-conditioned.")
+        raise ModelLoadError("The UNet has no cross-attention layers; it cannot be text-conditioned. Use a standard SD1.x single-file checkpoint (e.g. v1-5-pruned-emaonly.safetensors) or a diffusers folder.")
     context_dim = int(unet[attention_keys[0]].shape[1])
     proj_in = next(unet[k] for k in unet if k.endswith(".proj_in.weight"))
     use_linear = proj_in.ndim == 2
@@ -323,7 +323,7 @@ def infer_unet_config(state: dict[str, torch.Tensor], num_attention_heads: int |
         "transformer_layers_per_block": depth,
     }
     if model_channels != block_out_channels[0]:
-        raise ModelLoadError("The UNet's first level changes width inside the level; not an SD1.x layout.")
+        raise ModelLoadError("The UNet's first level changes width inside the level; not an SD1.x layout. Use a standard SD1.x single-file checkpoint (e.g. v1-5-pruned-emaonly.safetensors) or a diffusers folder.")
     return config
 
 
@@ -350,7 +350,7 @@ def _build_clip(state: dict[str, torch.Tensor]):
         positions = clip["embeddings.position_embedding.weight"]
         fc1 = clip["encoder.layers.0.mlp.fc1.weight"]
     except KeyError as exc:
-        raise ModelLoadError(f"The CLIP text encoder lacks {exc.args[0]!r}; not a CLIP-L layout.") from exc
+        raise ModelLoadError(f"The CLIP text encoder lacks {exc.args[0]!r}; not a CLIP-L layout. Use a standard SD1.x single-file checkpoint (e.g. v1-5-pruned-emaonly.safetensors) or a diffusers folder.") from exc
     hidden = int(token_embedding.shape[1])
     layers = len({int(k.split(".")[2]) for k in clip if k.startswith("encoder.layers.")})
     config = CLIPTextConfig(
@@ -434,7 +434,7 @@ def _build_kl_vae(vae: dict[str, torch.Tensor]):
         "scaling_factor": SD1_LATENT_SCALE,
     }
     if ch != block_out[0]:
-        raise ModelLoadError("The VAE's first level changes width inside the level; not an SD1.x VAE layout.")
+        raise ModelLoadError("The VAE's first level changes width inside the level; not an SD1.x VAE layout. Use a standard SD1.x single-file checkpoint (e.g. v1-5-pruned-emaonly.safetensors) or a diffusers folder.")
     model = AutoencoderKL(**config)
     # diffusers' converter looks for the 'first_stage_model.' prefix itself.
     converted = convert_ldm_vae_checkpoint({VAE_PREFIX + k: v for k, v in vae.items()}, config)

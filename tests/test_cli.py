@@ -9,6 +9,7 @@ command's mechanics, not image quality.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -145,3 +146,16 @@ def test_score_candidates_of_different_sizes_is_a_one_line_error(capsys, tmp_pat
     assert out == ""
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and "large.png" in lines[0] and "64x96" in lines[0]
+
+
+def test_keywords_progress_bar_counts_the_users_asked_for(capsys, cache_dir, tiny_llm_folder):
+    """One bar from 0/8 to 8/8 user for 8 MovieLens users: never the LLM's internal step count."""
+    users = ",".join(str(u) for u in range(1, 9))
+    code, out, err = run_cli(capsys, "keywords", "--history", "builtin:movielens", "--user", users,
+                             "--llm", str(tiny_llm_folder), "--cache-dir", str(cache_dir), "--max-new-tokens", "6")
+    assert code == 0 and len(json.loads(out)) == 8
+    counts = re.findall(r"keywords:.*?\| *(\d+)/(\d+) \[", err)
+    assert counts, err
+    assert {total for _, total in counts} == {"8"}, err
+    done = [int(d) for d, _ in counts]
+    assert done == sorted(done) and done[-1] == 8

@@ -190,3 +190,15 @@ def test_gradients_flow_to_soft_embeddings(tiny_text_encoder):
     cond.embeddings.sum().backward()
     # d(sum)/d(soft) = sum over alphas of w_i * 2a = 0.5 + 1.5
     torch.testing.assert_close(s.grad, torch.full_like(s, 2.0))
+
+
+def test_alpha_sweeps_are_bounded_with_the_fix_named(tiny_text_encoder):
+    """1,000 alphas (a typo or a pasted range) is one clear error, not 1,000 images."""
+    from pmg_core.conditioning import MAX_ALPHAS
+
+    assert MAX_ALPHAS == 16
+    assert len(parse_alphas(", ".join(["0.5"] * MAX_ALPHAS))) == MAX_ALPHAS
+    with pytest.raises(InvalidSettingError, match=r"1000 alpha values given; at most 16 .*Give 16 or fewer"):
+        parse_alphas(", ".join(["0.5"] * 1000))
+    with pytest.raises(InvalidSettingError, match=r"17 alpha values given"):
+        build_conditions(tiny_text_encoder, TARGET, PREFERENCE, soft(), None, [0.5] * 17)

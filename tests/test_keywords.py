@@ -224,8 +224,55 @@ def scripted(tiny_llm, greedy: str, sampled: str) -> ScriptedLLM:
 def test_unparseable_answer_is_retried_with_sampling_then_raises(tiny_llm, tmp_path):
     llm = scripted(tiny_llm, greedy=" Keyword 1. 2. Keyword 2.", sampled=" ... ")
     with pytest.raises(KeywordParseError, match=r"twice.*Keyword 1.*larger model"):
-        KeywordExtractor(llm, cache_dir=tmp_path, seed=7).extract(movie_user("u", [1], target=None))
+        KeywordExtractor(llm, cache_dir=tmp_path, seed=7, metadata_fallback=False).extract(
+            movie_user("u", [1], target=None))
     assert llm.calls == [(1, False, 7), (1, True, 7)]
+
+
+def test_unparseable_answers_fall_back_to_metadata_reported_and_cached(tiny_llm, tmp_path, caplog):
+    """The title repeated as a list (SmolLM2 on '2001: A Space Odyssey') never fails the user."""
+    echo = " 2001: A Space Odyssey 2. 2001: A Space Odyssey 3. 2001: A Space Odyssey"
+    llm = scripted(tiny_llm, greedy=echo, sampled=echo)
+    space = Item("135", "2001: A Space Odyssey", ("Drama", "Mystery", "Sci-Fi"), description="Released in 1968.")
+    history = UserHistory("500", (space, movie(1)), scene="movie", target=Item("170", "Cinema Paradiso", ("Comedy",)))
+    with caplog.at_level(logging.WARNING, logger="pmg_core.keywords"):
+        preference = KeywordExtractor(llm, cache_dir=tmp_path).extract(history)
+    assert "'135'" in caplog.text and "metadata" in caplog.text
+    assert preference.history_text.startswith("1. 2001: A Space Odyssey(Drama, Mystery, Sci-Fi): Drama, Mystery, Sci-Fi, Space, Odyssey. ")
+    assert preference.target_keywords == ("Comedy", "Cinema", "Paradiso")
+    assert "Cinema Paradiso" in preference.target_text
+    assert (preference.fallback_items, preference.fallback_preference) == (3, True)
+    assert preference.preference_keywords[0] == "drama"  # the genre both items share comes first
+    assert 1 < len(preference.preference_keywords) <= 8 and "space" in preference.preference_keywords
+    assert preference.fallback_notes[0] == "item '135' ('2001: A Space Odyssey')"
+    assert preference.fallback_notes[-1] == "the preference keywords"
+    # a second run reads the fallbacks from the cache: no LLM call, still reported
+    llm.calls.clear()
+    again = KeywordExtractor(llm, cache_dir=tmp_path).extract(history)
+    assert llm.calls == [] and again == preference
+
+
+@pytest.mark.parametrize("max_items", [50, 10_000])
+def test_a_huge_history_is_cut_before_any_item_is_described(tiny_llm, tmp_path, max_items):
+    """10,000 movie items cost the LLM no more item prompts than max_items, nor than fit the context."""
+    llm = scripted(tiny_llm, greedy=" noir\n2. heist", sampled="")
+    items = tuple(movie(i, f"Film {i}") for i in range(10_000))
+    extractor = KeywordExtractor(llm, cache_dir=tmp_path, max_items=max_items)
+    start = time.monotonic()
+    preference = extractor.extract(UserHistory("big", items, scene="movie", target=movie(99_999, "Target Film")))
+    elapsed = time.monotonic() - start
+    described = sum(n for n, sampled, _ in llm.calls[:-1])  # the last call asks for the preference
+    budget = tiny_llm.context_length - extractor.max_new_tokens
+    assert described <= min(max_items, budget // 3) + 1  # an item takes > 3 tokens even without keywords; + target
+    kept = preference.history_text.count("(Drama, Crime)")
+    assert 0 < kept <= max_items and preference.truncated_items == 10_000 - kept
+    assert "Film 9999(" in preference.history_text and "Film 0(" not in preference.history_text
+    assert elapsed < 60
+
+
+def test_max_items_must_be_positive(tiny_llm, tmp_path):
+    with pytest.raises(InvalidSettingError, match="max_items must be a positive whole number.*default is 50"):
+        KeywordExtractor(tiny_llm, cache_dir=tmp_path, max_items=0)
 
 
 def test_a_successful_retry_is_used_and_cached(tiny_llm, tmp_path):

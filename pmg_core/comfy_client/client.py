@@ -180,7 +180,10 @@ class ComfyClient:
 
         A graph that fails validation raises :class:`ComfyServerError` whose message lists
         each node id, class and error, and whose ``node_errors`` holds them as dicts.
+        A node without an ``"inputs"`` object is refused here, before it is sent: ComfyUI
+        0.3.75 accepts such a graph and its queue then hangs (README, Known issues).
         """
+        check_graph_shape(api_graph)
         body: dict[str, Any] = {"prompt": api_graph, "client_id": self.client_id}
         if extra_data:
             body["extra_data"] = extra_data
@@ -240,7 +243,8 @@ class ComfyClient:
         error = execution_error(entry)
         if error is not None and raise_on_error:
             raise server_error(
-                f"Prompt {prompt_id} failed in node {error['node_id']} ({error['node_type']}): {error['message']}",
+                f"Prompt {prompt_id} failed in node {error['node_id']} ({error['node_type']}): {error['message']} "
+                "(fix that node's input; the server log has the traceback)",
                 node_errors=[error],
             )
         return entry
@@ -373,6 +377,36 @@ def _root_cause(exc: BaseException) -> str:
 
 
 # --- reading answers --------------------------------------------------------------------
+
+
+def check_graph_shape(api_graph: dict) -> None:
+    """Refuse an API graph ComfyUI cannot run safely: not a mapping, or a node without an ``inputs`` object.
+
+    Raises :class:`ComfyServerError` shaped like ComfyUI's own 400 refusal (``status_code``
+    400, one ``node_errors`` entry per bad node), so callers handle both alike.
+    """
+    if not isinstance(api_graph, dict) or not api_graph:
+        raise server_error(
+            "The prompt is not an API-format graph ({\"<node id>\": {\"class_type\": ..., \"inputs\": {...}}}); "
+            "export it with ComfyUI's 'Export (API)' or convert it with pmg_core.comfy_client.workflow_format.ui_to_api.",
+            status_code=400,
+        )
+    errors = []
+    for node_id, node in api_graph.items():
+        node_type = node.get("class_type", "?") if isinstance(node, dict) else "?"
+        if not isinstance(node, dict) or not isinstance(node.get("inputs"), dict):
+            errors.append({
+                "node_id": str(node_id), "node_type": node_type,
+                "message": (
+                    "has no \"inputs\" object; give it one (\"inputs\": {} for a node without inputs) "
+                    "or remove the node: ComfyUI would accept the graph and then hang its queue"
+                ),
+            })
+    if errors:
+        raise server_error(
+            f"Refused the prompt before queueing it: {describe_node_errors(errors)}.",
+            node_errors=errors, status_code=400,
+        )
 
 
 def parse_node_errors(node_errors: dict, api_graph: dict | None = None) -> list[dict]:

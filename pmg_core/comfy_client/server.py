@@ -24,6 +24,7 @@ from pathlib import Path
 import requests
 
 from ..errors import ComfyServerError, ModelLoadError
+from .lifetime import die_with_owner
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ class EmbeddedComfyUI:
                 self.command(), cwd=self.comfy_dir, env=env, stdin=subprocess.DEVNULL,
                 stdout=log_file, stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C meant for the parent does not hit it first
+                preexec_fn=die_with_owner(),  # SIGKILL when this process ends, however it ends (Linux)
             )
         log.info("ComfyUI starting (pid %d) at %s, log %s", self.process.pid, self.url, self.log_path)
         try:

@@ -297,7 +297,8 @@ def api_to_ui(graph: Mapping, object_info: Mapping, template: Mapping | None = N
             source_id, slot = str(value[0]), int(value[1])
             if source_id not in ui_nodes:
                 raise WorkflowFormatError(
-                    f"Node {node_id} input {socket['name']!r} links to node {source_id}, which is not in the graph."
+                    f"Node {node_id} input {socket['name']!r} links to node {source_id}, which is not in the graph; "
+                    "reconnect the input in the editor or remove the link, then export again."
                 )
             link_id = len(links) + 1
             kind = ui_nodes[source_id]["outputs"][slot]["type"]

@@ -64,7 +64,7 @@ def read_csv(path: Path, text: str, image_root: Path | None = None) -> list[User
         elif role == "history":
             user["items"].append(item)
         else:
-            raise HistoryFormatError(f"{where}: role {row['role']!r} is neither 'history' nor 'target' (empty means history).")
+            raise HistoryFormatError(f"{where}: role {row['role']!r} is neither 'history' nor 'target'; write one of those, or leave it empty for history.")
         scene = row.get("scene", "").strip()
         if scene:
             parse_scene(scene, where)

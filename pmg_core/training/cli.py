@@ -145,7 +145,7 @@ def _histories(args) -> list:
 
     if args.stickers is not None:
         if args.stickers < 2:
-            raise InvalidSettingError(f"--stickers {args.stickers}: training needs at least 2 users.")
+            raise InvalidSettingError(f"--stickers {args.stickers}: training needs at least 2 users; pass --stickers 2 or more.")
         return build_sticker_histories(n_users=args.stickers, seed=args.data_seed)
     if args.history == BUILTIN_STICKERS:
         return build_sticker_histories(seed=args.data_seed)

@@ -63,7 +63,7 @@ class NoiseSchedule:
     def __post_init__(self) -> None:
         self.alphas_cumprod = torch.as_tensor(self.alphas_cumprod, dtype=torch.float64).flatten()
         if self.alphas_cumprod.numel() < 2:
-            raise InvalidSettingError("A noise schedule needs at least 2 timesteps.")
+            raise InvalidSettingError("A noise schedule needs at least 2 timesteps; pass num_train_timesteps >= 2 (Stable Diffusion uses 1000).")
         if not bool(((self.alphas_cumprod > 0) & (self.alphas_cumprod <= 1)).all()):
             raise InvalidSettingError("alphas_cumprod must lie in (0, 1]; the schedule is malformed.")
         if self.prediction_type not in ("epsilon", "v_prediction"):
