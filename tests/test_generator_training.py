@@ -1,0 +1,125 @@
+"""The sticker generator's data and training loop: fixed split, captions, deterministic resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pmg_core.errors import InvalidSettingError, TrainingError
+from pmg_core.generator import dataset
+from pmg_core.generator.training import StageConfig, StageRun
+from pmg_core.training.loss_log import read_loss_csv
+
+
+def test_split_is_fixed_by_base_emoji_and_holds_out_about_a_tenth():
+    trained, held_out = dataset.split()
+    assert 0.07 < len(held_out) / (len(trained) + len(held_out)) < 0.14
+    held_bases = {image.base for image in held_out}
+    assert held_bases.isdisjoint({image.base for image in trained})  # skin tones never leak across
+    assert all(dataset.is_held_out(base) for base in held_bases)
+    assert {image.category for image in held_out} <= set(dataset.CATEGORIES)
+
+
+def test_skin_tone_variants_are_named_by_their_tone():
+    images = dataset.emoji_images()
+    toned = [image for image in images if image.unified != image.base]
+    assert toned and all("skin tone" in image.name for image in toned)
+    assert len({image.png for image in images}) == len(images)
+
+
+def test_captions_carry_the_name_the_sticker_prompt_and_the_theme():
+    image = next(i for i in dataset.emoji_images() if i.name == "cat face")
+    captions = dataset.captions(image)
+    assert captions[0] == "cat face"
+    assert captions[1].startswith(dataset.STICKER_PREFIX) and captions[1].endswith("cat face")
+    assert captions[2] == "cat face, animal mammal" and captions[3] == "animal mammal, animals & nature"
+    texts, index = dataset.caption_table([image, image])
+    assert index.shape == (2, 4) and torch.equal(index[0], index[1]) and len(texts) == len(set(captions))
+
+
+def test_images_are_on_white_at_the_asked_size():
+    image = dataset.emoji_images()[0]
+    pixels = dataset.image_tensor([image], 64)
+    assert pixels.shape == (1, 3, 64, 64)
+    assert torch.allclose(pixels[0, :, 0, 0], torch.ones(3))  # a transparent corner becomes white
+    with pytest.raises(InvalidSettingError, match="multiple of 8"):
+        dataset.image_tensor([image], 60)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _toy_run(folder, steps=6):
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    data = torch.randn(32, 3)
+    config = StageConfig(steps=steps, batch_size=4, learning_rate=0.05, warmup_steps=2)
+    return StageRun("toy", folder, model, config, {"data": "toy"}), data
+
+
+def _loss(data, stop_after=None, calls=None):
+    def loss(model, rng):
+        if stop_after is not None and calls is not None:
+            calls.append(1)
+            if len(calls) > stop_after:
+                raise _Interrupt()
+        rows = torch.randint(0, data.shape[0], (4,), generator=rng)
+        return (model(data[rows]) - data[rows].sum(1, keepdim=True)).pow(2).mean()
+
+    return loss
+
+
+def test_an_interrupted_run_resumes_into_the_same_loss_curve_and_weights(tmp_path):
+    straight, data = _toy_run(tmp_path / "straight")
+    straight.restore()
+    straight.run(_loss(data), deadline=None, checkpoint_seconds=1e9)
+
+    first, data = _toy_run(tmp_path / "resumed")
+    first.restore()
+    with pytest.raises(_Interrupt):
+        first.run(_loss(data, stop_after=3, calls=[]), deadline=None, checkpoint_seconds=1e9)
+    assert first.step == 3  # the checkpoint written on the way out
+    second, data = _toy_run(tmp_path / "resumed")
+    second.restore()
+    assert second.step == 3
+    second.run(_loss(data), deadline=None, checkpoint_seconds=1e9)
+
+    rows_a = read_loss_csv(tmp_path / "straight" / "loss.csv")
+    rows_b = read_loss_csv(tmp_path / "resumed" / "loss.csv")
+    assert [r["step"] for r in rows_b] == list(range(1, 7))
+    assert [r["loss"] for r in rows_a] == pytest.approx([r["loss"] for r in rows_b], rel=1e-6)
+    for a, b in zip(straight.ema.parameters(), second.ema.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert (tmp_path / "resumed" / "loss.png").is_file()
+
+
+def test_a_checkpoint_of_another_run_is_refused(tmp_path):
+    run, data = _toy_run(tmp_path)
+    run.restore()
+    run.run(_loss(data), deadline=None, checkpoint_seconds=1e9)
+    other, _ = _toy_run(tmp_path, steps=9)
+    with pytest.raises(TrainingError, match="steps"):
+        other.restore()
+
+
+def test_a_deadline_in_the_past_stops_before_any_step(tmp_path):
+    run, data = _toy_run(tmp_path)
+    run.restore()
+    run.run(_loss(data), deadline=0.0, checkpoint_seconds=1e9)
+    assert run.step == 0 and not run.done
+
+
+def test_stage_settings_are_checked():
+    with pytest.raises(InvalidSettingError, match="steps"):
+        StageConfig(steps=0, batch_size=1, learning_rate=0.1).validate("toy")
+    with pytest.raises(InvalidSettingError, match="learning rate"):
+        StageConfig(steps=1, batch_size=1, learning_rate=3.0).validate("toy")
+
+
+def test_learning_rate_warms_up_then_decays_to_a_tenth():
+    config = StageConfig(steps=100, batch_size=1, learning_rate=1.0, warmup_steps=10)
+    assert config.lr_at(0) == pytest.approx(0.1)
+    assert config.lr_at(9) == pytest.approx(1.0)
+    assert config.lr_at(99) == pytest.approx(0.1, abs=1e-3)
