@@ -121,3 +121,27 @@ def _is_junk(keyword: str) -> bool:
     if _EXAMPLE_ECHO.match(keyword):  # the prompt's format example parroted back
         return True
     return not any(c.isalpha() for c in keyword)
+
+
+def is_echo(keyword: str, instruction_words: frozenset[str]) -> bool:
+    """Whether every word of ``keyword`` is a word of the prompt itself (a plural counts as its singular)."""
+    words = re.findall(r"[^\W\d_]+", keyword.casefold())
+    return bool(words) and all(w in instruction_words or w.rstrip("s") in instruction_words for w in words)
+
+
+
+def is_cut(keyword: str, keywords) -> bool:
+    """Whether ``keyword`` is the start of another keyword of the list, cut off ("Tranqu" beside "Tranquility")."""
+    folded = keyword.casefold()
+    for other in (k.casefold() for k in keywords):
+        # A cut ends inside a word of the other keyword: "Kissing face" beside "Kissing face with ..." is no cut.
+        if len(other) > len(folded) and other.startswith(folded) and other[len(folded)].isalpha():
+            return True
+    return False
+
+
+def drop_echoes(keywords, instruction_words: frozenset[str]) -> tuple[list[str], list[str]]:
+    """(kept, dropped): drop echoes of the prompt's own words and words cut off mid-way."""
+    keywords = list(keywords)
+    bad = [k for k in keywords if is_echo(k, instruction_words) or is_cut(k, keywords)]
+    return [k for k in keywords if k not in bad], bad

@@ -33,9 +33,9 @@ from pathlib import Path
 from .cache import JsonCache
 from .errors import EmptyHistoryError, InvalidSettingError, KeywordParseError
 from .history import Item, UserHistory
-from .keyword_parser import normalize_keyword, parse_keywords
+from .keyword_parser import drop_echoes, normalize_keyword, parse_keywords
 from .llm import LocalLLM
-from .prompts import ChatRequest, PromptTemplates, preference_prompt, prompt_templates, soft_prompt_text, target_prompt
+from .prompts import DEFAULT_PROMPTS, ChatRequest, PromptTemplates, preference_prompt, prompt_templates, soft_prompt_text, target_prompt
 from .render import SceneTemplates, negative_prompt, render_history, render_target_text, scene_templates
 
 log = logging.getLogger(__name__)
@@ -155,8 +155,14 @@ class KeywordExtractor:
         tracker.finish()
         results = []
         for index, (history, (text, _, dropped), keywords) in enumerate(zip(histories, prepared, preference_sets)):
+            fell_back = index in preference_fallbacks
+            keywords, echoes = drop_echoes(keywords, self._echo_words(prompt_set_for(history)))
+            if echoes:
+                log.info("User %r: dropped keywords that repeat the prompt: %s", history.user_id, echoes)
+            if not keywords:  # nothing but echoes: the history's own metadata speaks instead
+                keywords, fell_back = history_fallback_keywords(history, item_keywords, self.n_preference), True
             preference = self._preference(history, text, bounded[index][1] + dropped, tuple(keywords), item_keywords)
-            results.append(self._with_fallbacks(preference, history, item_fallbacks, index in preference_fallbacks))
+            results.append(self._with_fallbacks(preference, history, item_fallbacks, fell_back))
         return results
 
     def item_keywords(self, items: list[Item], scene: str, progress: Progress | None = None) -> list[tuple[str, ...]]:
@@ -343,6 +349,10 @@ class KeywordExtractor:
         )
         return result(text, request, dropped, rest)
 
+    def _echo_words(self, prompt_set: str) -> frozenset[str]:
+        """The words of this prompt set and of PMG's built-in prompts: keywords made only of them are echoes."""
+        return self.prompts_for(prompt_set).instruction_words() | _BUILTIN_PROMPT_WORDS
+
     def _preference_key(self, history_text: str, prompt_set: str) -> tuple:
         return ("preference", history_text, self.llm.identity, self.prompts_for(prompt_set).digest(), prompt_set,
                 self.n_preference, self.seed, self.max_new_tokens)
@@ -353,7 +363,9 @@ class KeywordExtractor:
         target_keywords: tuple[str, ...] = ()
         target_text = ""
         if target is not None:
-            target_keywords = target.keywords or item_keywords[_item_identity(target, prompt_set)]
+            target_keywords = target.keywords or tuple(
+                drop_echoes(item_keywords[_item_identity(target, prompt_set)], self._echo_words(prompt_set))[0]
+            )
             target_text = render_target_text(target, target_keywords, history.scene)
         return Preference(
             user_id=history.user_id,
@@ -443,6 +455,8 @@ class KeywordExtractor:
         except KeywordParseError:
             return None
 
+
+_BUILTIN_PROMPT_WORDS = frozenset().union(*(templates.instruction_words() for templates in DEFAULT_PROMPTS.values()))
 
 # Words that carry no preference of their own; kept out of keywords built from metadata.
 _STOPWORDS = frozenset(

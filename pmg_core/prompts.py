@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -78,6 +79,17 @@ class PromptTemplates:
     target_instruction: str
     soft_prompt: str
     assistant_prefix: str = "The keywords are:"
+
+    def instruction_words(self) -> frozenset[str]:
+        """Every word the prompts themselves say (placeholders left out), lower case.
+
+        A keyword made only of these words is the model repeating the request
+        ("mood", "color", "facial expression"), not something it learnt about the user.
+        """
+        texts = (self.preference_system, self.preference_instruction, self.preference_data,
+                 self.target_system, self.target_instruction, self.assistant_prefix)
+        words = re.findall(r"[^\W\d_]+", " ".join(re.sub(r"\{\w+\}", " ", text) for text in texts).casefold())
+        return frozenset(words)
 
     def digest(self) -> str:
         """A short hash of every text: part of the keyword cache keys."""

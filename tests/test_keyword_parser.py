@@ -105,3 +105,13 @@ def test_numbered_lists_round_trip(words, separator, marker, preamble):
 @given(st.lists(_word, min_size=1, max_size=12, unique_by=str.casefold), st.sampled_from([", ", "; ", ",", "\n"]))
 def test_separated_lists_round_trip(words, separator):
     assert parse_keywords(separator.join(words)) == words
+
+
+def test_echo_and_cut_detection():
+    from pmg_core.keyword_parser import drop_echoes, is_cut, is_echo
+
+    words = frozenset({"mood", "color", "character", "facial", "expression"})
+    assert is_echo("Mood", words) and is_echo("colors", words) and is_echo("facial expression", words)
+    assert not is_echo("cat face", words) and not is_echo("", words)
+    assert is_cut("Tranqu", ["Tranquility", "Tranqu"]) and not is_cut("Kissing face", ["Kissing face with smiling eyes"])
+    assert drop_echoes(["mood", "cat", "Hor", "Horror"], words) == (["cat", "Horror"], ["mood", "Hor"])

@@ -378,3 +378,22 @@ def test_real_user_gets_keywords_and_the_second_run_is_free(smollm2, tmp_path):
     second_extractor = KeywordExtractor(smollm2, **settings)
     assert second_extractor.extract(history) == first
     assert second_extractor.generate_calls == 0
+
+
+def test_echoes_of_the_prompt_and_cut_words_never_reach_the_preference(tiny_llm, tmp_path):
+    """SmolLM2 answers the sticker prompt with its own words ('mood, color, character') and cut words ('Tranqu')."""
+    llm = scripted(tiny_llm, greedy=" mood\n2. Colors\n3. cat face\n4. Tranquility\n5. Tranqu\n6. Kissing face", sampled="")
+    history = UserHistory("s", (Item("1f431", "cat face", ("Animals & Nature", "animal-mammal")),), scene="sticker",
+                          target=Item("1f42f", "tiger face", ("Animals & Nature", "animal-mammal"), keywords=("happy",)))
+    preference = KeywordExtractor(llm, cache_dir=tmp_path).extract(history)
+    assert preference.preference_keywords == ("cat face", "Tranquility", "Kissing face")
+    assert not preference.fallback_preference
+
+
+def test_only_echoes_fall_back_to_the_history_metadata(tiny_llm, tmp_path):
+    llm = scripted(tiny_llm, greedy=" mood\n2. color\n3. expression\n4. emotion", sampled="")
+    history = UserHistory("s", (Item("1f431", "cat face", ("Animals & Nature", "animal-mammal")),), scene="sticker",
+                          target=Item("1f42f", "tiger face", ("Animals & Nature",), keywords=("happy",)))
+    preference = KeywordExtractor(llm, cache_dir=tmp_path).extract(history)
+    assert preference.fallback_preference and preference.preference_keywords
+    assert not {"mood", "color", "expression", "emotion"} & {k.casefold() for k in preference.preference_keywords}
