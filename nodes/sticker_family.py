@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import torch
+from typing import ClassVar
 
 import comfy.latent_formats
 import comfy.model_base
@@ -32,6 +31,7 @@ import comfy.sd
 import comfy.sd1_clip
 import comfy.supported_models_base
 import comfy.text_encoders.bert
+import torch
 
 from ..pmg_core.assets import minilm_dir
 from ..pmg_core.errors import ModelLoadError
@@ -46,10 +46,10 @@ class StickerLatentFormat(comfy.latent_formats.LatentFormat):
 
 
 class StickerModelConfig(comfy.supported_models_base.BASE):
-    unet_extra_config: dict = {}  # the default would inject num_heads / num_head_channels
+    unet_extra_config: ClassVar[dict] = {}  # the default would inject num_heads / num_head_channels
     latent_format = StickerLatentFormat
     memory_usage_factor = 1.0
-    supported_inference_dtypes = [torch.float32]
+    supported_inference_dtypes: ClassVar[list] = [torch.float32]
 
 
 class MiniLMClipModel(comfy.sd1_clip.SDClipModel):

@@ -32,19 +32,19 @@ from .errors import AdapterMismatchError, EmbeddingValueError, InvalidSettingErr
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "EncodedText",
-    "TextEncoder",
-    "DiffusersTextEncoder",
-    "ConditionWeights",
-    "PMGConditions",
-    "build_conditions",
-    "negative_conditions",
-    "tile_to_length",
     "MAX_ALPHAS",
-    "parse_alphas",
-    "validate_alphas",
-    "check_finite",
     "WEIGHTINGS",
+    "ConditionWeights",
+    "DiffusersTextEncoder",
+    "EncodedText",
+    "PMGConditions",
+    "TextEncoder",
+    "build_conditions",
+    "check_finite",
+    "negative_conditions",
+    "parse_alphas",
+    "tile_to_length",
+    "validate_alphas",
 ]
 
 

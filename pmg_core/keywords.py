@@ -35,8 +35,22 @@ from .errors import EmptyHistoryError, InvalidSettingError, KeywordParseError
 from .history import Item, UserHistory
 from .keyword_parser import drop_echoes, normalize_keyword, parse_keywords
 from .llm import LocalLLM
-from .prompts import DEFAULT_PROMPTS, ChatRequest, PromptTemplates, preference_prompt, prompt_templates, soft_prompt_text, target_prompt
-from .render import SceneTemplates, negative_prompt, render_history, render_target_text, scene_templates
+from .prompts import (
+    DEFAULT_PROMPTS,
+    ChatRequest,
+    PromptTemplates,
+    preference_prompt,
+    prompt_templates,
+    soft_prompt_text,
+    target_prompt,
+)
+from .render import (
+    SceneTemplates,
+    negative_prompt,
+    render_history,
+    render_target_text,
+    scene_templates,
+)
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +250,7 @@ class KeywordExtractor:
         return dataclasses.replace(preference, fallback_items=len(fallen), fallback_preference=preference_fallback,
                                    fallback_notes=tuple(notes))
 
-    def _item_keywords_for(self, histories: list[UserHistory], tracker: "_StageProgress") -> tuple[dict, set]:
+    def _item_keywords_for(self, histories: list[UserHistory], tracker: _StageProgress) -> tuple[dict, set]:
         wanted: list[tuple[Item, str]] = []
         for history in histories:
             prompt_set = prompt_set_for(history)
@@ -246,7 +260,7 @@ class KeywordExtractor:
                 wanted.append((history.target, prompt_set))
         return self._describe(wanted, tracker)
 
-    def _describe(self, wanted: list[tuple[Item, str]], tracker: "_StageProgress") -> tuple[dict, set]:
+    def _describe(self, wanted: list[tuple[Item, str]], tracker: _StageProgress) -> tuple[dict, set]:
         """Keywords per item identity, and the identities whose keywords came from metadata."""
         unique: dict[tuple, tuple[Item, str]] = {}
         for item, prompt_set in wanted:
@@ -382,7 +396,7 @@ class KeywordExtractor:
 
     # -- LLM calls with cache and retry ------------------------------------------------
     def _cached_keywords(self, requests: list[ChatRequest], keys: list[tuple], n: int,
-                         tracker: "_StageProgress", labels: list[str],
+                         tracker: _StageProgress, labels: list[str],
                          fallbacks: list[Callable[[], list[str]]]) -> tuple[list[list[str]], set[int]]:
         """Keywords per request (cache, LLM, one sampled retry, then metadata) and which fell back."""
         results: list[list[str] | None] = [None] * len(requests)
@@ -435,7 +449,7 @@ class KeywordExtractor:
             self.cache.set(keywords, *key)
         return keywords
 
-    def _generate(self, requests: list[ChatRequest], do_sample: bool, tracker: "_StageProgress | None") -> list[str]:
+    def _generate(self, requests: list[ChatRequest], do_sample: bool, tracker: _StageProgress | None) -> list[str]:
         prompts = [request.for_llm(self.llm) for request in requests]
         self.generate_calls += 1
         return self.llm.generate(
@@ -460,9 +474,7 @@ _BUILTIN_PROMPT_WORDS = frozenset().union(*(templates.instruction_words() for te
 
 # Words that carry no preference of their own; kept out of keywords built from metadata.
 _STOPWORDS = frozenset(
-    "a an and are as at be but by for from has have he her his i in into is it its me my no not of on or our "
-    "she so than that the their them then there they this to too us was we were what when which who will with "
-    "you your released".split()
+    ["a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "from", "has", "have", "he", "her", "his", "i", "in", "into", "is", "it", "its", "me", "my", "no", "not", "of", "on", "or", "our", "she", "so", "than", "that", "the", "their", "them", "then", "there", "they", "this", "to", "too", "us", "was", "we", "were", "what", "when", "which", "who", "will", "with", "you", "your", "released"]
 )
 _WORD = re.compile(r"[^\W\d_][\w'&-]*")
 
@@ -523,7 +535,7 @@ class _StageProgress:
         self.done = 0
         self.total = 0
 
-    def reserve(self, prompts: int, batch_size: int, steps: int) -> "_ReservedStage":
+    def reserve(self, prompts: int, batch_size: int, steps: int) -> _ReservedStage:
         """Count a later stage of at most ``prompts`` prompts in the total now (see :class:`_ReservedStage`)."""
         size = math.ceil(prompts / batch_size) * steps
         self.total += size

@@ -49,7 +49,7 @@ class ChatRequest:
     turns: tuple[str, ...]
     assistant_prefix: str = "The keywords are:"
 
-    def for_llm(self, llm: "LocalLLM") -> str:
+    def for_llm(self, llm: LocalLLM) -> str:
         """The prompt in ``llm``'s chat format (its template, or the plain layout)."""
         return llm.chat_prompt("\n".join(self.turns), system=self.system or None, assistant_prefix=self.assistant_prefix)
 

@@ -84,7 +84,11 @@ def test_markdown_table_has_a_row_per_method_with_intervals():
 @pytest.fixture(scope="module")
 def evaluation(tmp_path_factory):
     from pmg_core.evaluation.judge import CategoryJudge
-    from pmg_core.evaluation.sticker_eval import EvalSettings, StickerEvaluation, StickerPipeline
+    from pmg_core.evaluation.sticker_eval import (
+        EvalSettings,
+        StickerEvaluation,
+        StickerPipeline,
+    )
     from pmg_core.generator.autoencoder import TinyAutoencoder
     from pmg_core.generator.denoiser import UNET_CONFIG, StickerDenoiser
     from pmg_core.generator.text_encoder import MiniLMTextEncoder

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from fixtures_nodes import pack_submodule
 
 
@@ -58,8 +57,10 @@ def _comfy_encode(clip, text: str) -> torch.Tensor:
 PROMPTS = [
     "cat face",
     "",
-    "a cute emoji, sticker, white background, grinning cat with smiling eyes, happy, big smile, tears of joy, "
-    "jumping with raised arms, wearing sunglasses, blushing cheeks, hand on chin",
+    (
+        "a cute emoji, sticker, white background, grinning cat with smiling eyes, happy, big smile, tears of joy, "
+        "jumping with raised arms, wearing sunglasses, blushing cheeks, hand on chin"
+    ),
 ]
 
 

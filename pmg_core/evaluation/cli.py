@@ -95,7 +95,12 @@ def _evaluate(args, methods: list[str]) -> dict:
     from .cases import build_cases
     from .judge import load_judge
     from .report import image_strip, markdown_table, sample_grid, tradeoff_curve
-    from .sticker_eval import EvalSettings, StickerEvaluation, StickerPipeline, summarise
+    from .sticker_eval import (
+        EvalSettings,
+        StickerEvaluation,
+        StickerPipeline,
+        summarise,
+    )
 
     settings = EvalSettings(
         steps=args.steps, cfg=args.cfg, images_per_user=args.images_per_user, alpha=args.alpha,

@@ -111,7 +111,7 @@ def load_judge(path: Path) -> CategoryJudge:
         raise ModelLoadError(f"No sticker judge at {path}; train one with: pmg eval --train-judge")
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
-        state = {key: handle.get_tensor(key) for key in handle.keys()}
+        state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - safe_open is not a dict
     if metadata.get("format") != FORMAT or json.loads(metadata.get("categories", "[]")) != list(CATEGORIES):
         raise ModelLoadError(f"{path} is not a PMG sticker judge for these categories; retrain it with: pmg eval --train-judge")
     judge = CategoryJudge()

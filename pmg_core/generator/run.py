@@ -21,7 +21,13 @@ from ..training.checkpoint import find_checkpoint
 from .autoencoder import TinyAutoencoder
 from .dataset import caption_table, image_tensor, split
 from .text_encoder import CHUNK, MiniLMTextEncoder
-from .training import StageConfig, StageRun, autoencoder_loss, denoiser_loss, new_denoiser
+from .training import (
+    StageConfig,
+    StageRun,
+    autoencoder_loss,
+    denoiser_loss,
+    new_denoiser,
+)
 from .weights import FILE_NAME, save_generator
 
 logger = logging.getLogger(__name__)

@@ -83,7 +83,7 @@ def read_generator_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - safe_open is not a dict
     except (OSError, SafetensorError) as error:
         raise ModelLoadError(f"{path} cannot be read as safetensors ({error}); replace the file with a complete copy.") from error
     if metadata.get("format") != FORMAT or int(metadata.get("version", "0")) > VERSION:

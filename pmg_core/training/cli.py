@@ -69,7 +69,11 @@ def run_train(args: argparse.Namespace) -> dict:
     from ..sd_checkpoint import load_generator
     from ..soft_prompt import SoftPromptAdapter
     from .checkpoint import find_checkpoint
-    from .components import DiffusersLatentEncoder, DiffusersNoisePredictor, NoiseSchedule
+    from .components import (
+        DiffusersLatentEncoder,
+        DiffusersNoisePredictor,
+        NoiseSchedule,
+    )
     from .data import build_examples, split_users
     from .trainer import SoftPromptTrainer, TrainConfig
 

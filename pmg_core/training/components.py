@@ -20,11 +20,11 @@ from torch import Tensor
 from ..errors import InvalidSettingError, TrainingError
 
 __all__ = [
-    "NoisePredictor",
-    "LatentEncoder",
-    "NoiseSchedule",
-    "DiffusersNoisePredictor",
     "DiffusersLatentEncoder",
+    "DiffusersNoisePredictor",
+    "LatentEncoder",
+    "NoisePredictor",
+    "NoiseSchedule",
     "frozen_parameters",
 ]
 
@@ -77,7 +77,7 @@ class NoiseSchedule:
         return int(self.alphas_cumprod.numel())
 
     @classmethod
-    def from_scheduler(cls, scheduler) -> "NoiseSchedule":
+    def from_scheduler(cls, scheduler) -> NoiseSchedule:
         """From any diffusers scheduler that exposes ``alphas_cumprod`` (DDPM, DDIM, PNDM...)."""
         alphas = getattr(scheduler, "alphas_cumprod", None)
         if alphas is None:
@@ -89,7 +89,7 @@ class NoiseSchedule:
         return cls(torch.as_tensor(alphas), prediction)
 
     @classmethod
-    def from_config(cls, config: dict) -> "NoiseSchedule":
+    def from_config(cls, config: dict) -> NoiseSchedule:
         """From a diffusers scheduler config dict (``scheduler_config.json``)."""
         from diffusers import DDPMScheduler
 

@@ -32,7 +32,7 @@ from ..soft_prompt import SoftPromptAdapter
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["evaluate_adapter", "VARIANTS", "METRICS"]
+__all__ = ["METRICS", "VARIANTS", "evaluate_adapter"]
 
 VARIANTS = ("trained", "untrained", "keywords")
 METRICS = ("lpips_history", "ssim_history", "lpips_target", "ssim_target")

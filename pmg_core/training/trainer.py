@@ -36,15 +36,26 @@ import torch.nn.functional as F
 from ..conditioning import TextEncoder
 from ..errors import AdapterMismatchError, InvalidSettingError, TrainingError
 from ..soft_prompt import SoftPromptAdapter, save_adapter
-from .checkpoint import TrainingState, find_checkpoint, load_state, remove_checkpoints, save_state
+from .checkpoint import (
+    TrainingState,
+    find_checkpoint,
+    load_state,
+    remove_checkpoints,
+    save_state,
+)
 from .components import LatentEncoder, NoisePredictor, NoiseSchedule, frozen_parameters
+from .examples import (
+    TrainingExample,
+    check_examples,
+    examples_fingerprint,
+    load_training_image,
+)
 from .loss_log import LossLog, read_loss_csv
-from .examples import TrainingExample, check_examples, examples_fingerprint, load_training_image
 from .plot import loss_curve_image, save_loss_curve
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "SoftPromptTrainer", "TrainResult", "read_loss_csv", "LOSS_CSV", "LOSS_CURVE", "ADAPTER_FILE"]
+__all__ = ["ADAPTER_FILE", "LOSS_CSV", "LOSS_CURVE", "SoftPromptTrainer", "TrainConfig", "TrainResult", "read_loss_csv"]
 
 LOSS_CSV = "loss.csv"
 LOSS_CURVE = "loss_curve.png"
