@@ -37,6 +37,11 @@ def register(subparsers) -> None:
     p.add_argument("--methods", default=",".join(m for m in METHOD_CHOICES if "trained)" not in m or "un" in m),
                    help="comma-separated, from: " + "; ".join(METHOD_CHOICES))
     p.add_argument("--adapter", type=Path, help="a soft-prompt adapter trained for this generator (for 'keywords + soft (trained)')")
+    p.add_argument("--train-adapter", type=Path, metavar="DIR",
+                   help="train a soft-prompt adapter on the train split's users into DIR and stop (then pass DIR/adapter.safetensors)")
+    p.add_argument("--adapter-users", type=int, default=48)
+    p.add_argument("--adapter-steps", type=int, default=150)
+    p.add_argument("--adapter-lr", type=float, default=1e-3)
     p.add_argument("--images-per-user", type=int, default=4)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=5.0)
@@ -58,6 +63,8 @@ def run_eval(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     if args.train_judge:
         return _train_judge(args)
+    if args.train_adapter:
+        return _train_adapter(args)
     if args.generator is None or args.out is None:
         raise InvalidSettingError("pmg eval needs --generator FILE and --out FOLDER (or --train-judge).")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -83,6 +90,30 @@ def _train_judge(args) -> dict:
     held_out_accuracy = accuracy(judge, image_tensor(held_out, 64), labels)
     save_judge(judge, args.judge, {"steps": args.judge_steps, "seed": 0, "images": len(trained), "held_out_accuracy": held_out_accuracy})
     return {"judge": str(args.judge), "held_out_accuracy": held_out_accuracy}
+
+
+def _train_adapter(args) -> dict:
+    from ..cli import load_cli_llm
+    from ..errors import InvalidSettingError
+    from ..generator.adapter_training import train_sticker_adapter
+    from ..generator.text_encoder import WIDTH
+    from ..generator.weights import load_generator
+    from ..loaders.stickers import build_sticker_histories
+    from ..progress import stderr_bar, tqdm_progress
+    from ..soft_prompt import SoftPromptAdapter
+    from ..training.trainer import TrainConfig
+
+    if args.generator is None:
+        raise InvalidSettingError("pmg eval --train-adapter needs --generator FILE (the generator the adapter writes for).")
+    llm = load_cli_llm(args)
+    config = TrainConfig(learning_rate=args.adapter_lr, batch_size=4, grad_accum=1, resolution=64,
+                         max_steps=args.adapter_steps, checkpoint_every=25, mixed_precision="no")
+    histories = build_sticker_histories(n_users=args.adapter_users, seed=SPLIT_SEEDS["train"])
+    with stderr_bar("adapter", "step", args.adapter_steps) as bar:
+        result = train_sticker_adapter(load_generator(args.generator), llm, SoftPromptAdapter.untrained(llm, text_dim=WIDTH),
+                                       histories, args.train_adapter, config, progress=tqdm_progress(bar))
+    return {"adapter": str(result.adapter_path), "steps": result.steps, "first_loss_mean": result.first_loss_mean,
+            "final_loss_mean": result.final_loss_mean, "seconds_per_step": result.seconds_per_step}
 
 
 def _evaluate(args, methods: list[str]) -> dict:
