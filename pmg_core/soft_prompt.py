@@ -26,7 +26,6 @@ import dataclasses
 import inspect
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .atomic import atomic_path
 from .conditioning import check_finite
 from .errors import AdapterMismatchError, InvalidSettingError, ModelLoadError
 
@@ -307,13 +307,8 @@ def save_adapter(adapter: SoftPromptAdapter, path, extra_metadata: dict[str, str
     for key, value in (extra_metadata or {}).items():
         header[_EXTRA_PREFIX + str(key)] = str(value)
     tensors = {name: value.detach().to("cpu", torch.float32).contiguous() for name, value in adapter.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as temporary:
         save_file(tensors, str(temporary), metadata=header)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def load_adapter(path, llm=None, text_dim: int | None = None) -> SoftPromptAdapter:
