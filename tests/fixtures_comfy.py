@@ -18,7 +18,7 @@ import pytest
 
 from pmg_core.assets import default_cache_dir
 from pmg_core.comfy_client.client import ComfyClient
-from pmg_core.comfy_client.server import EmbeddedComfyUI, ensure_tiny_checkpoint, install_default_models
+from pmg_tools.server import EmbeddedComfyUI, ensure_tiny_checkpoint, install_default_models
 
 
 @dataclass

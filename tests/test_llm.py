@@ -33,7 +33,7 @@ def test_identity_is_stable_and_content_based(tiny_llm_folder, tiny_llm, tmp_pat
     """Mechanics: reloading gives the same identity; other weights give another one."""
     assert load_llm(tiny_llm_folder).identity == tiny_llm.identity
     assert tiny_llm.identity.startswith("tiny-llama-")
-    from pmg_core.tiny_models.llm import save_tiny_llama
+    from pmg_tools.tiny_models.llm import save_tiny_llama
 
     other = load_llm(save_tiny_llama(tmp_path / "tiny-llama", seed=1))
     assert other.identity != tiny_llm.identity
@@ -97,7 +97,7 @@ def test_chat_prompt_uses_the_template_or_the_plain_layout(tiny_llm):
 def test_prompt_longer_than_the_context_is_refused(tmp_path):
     """Mechanics: generation never runs past the model's context (transformers would only warn)."""
     from pmg_core.errors import InvalidSettingError
-    from pmg_core.tiny_models.llm import tiny_llama
+    from pmg_tools.tiny_models.llm import tiny_llama
 
     small = tiny_llama(seed=0, context_length=64)
     assert small.generate(["short prompt"], max_new_tokens=8)

@@ -89,7 +89,8 @@ def test_no_way_to_measure_is_a_clear_error(scorer, pmg_pack):
 
 def test_a_clip_folder_in_models_pmg_measures_texts(scorer, pmg_pack, comfy_base):
     """With a (tiny random) CLIP folder both sides are CLIP text similarities; no target image needed."""
-    tiny_clip = __import__("comfyui_pmg.pmg_core.tiny_models.clip", fromlist=["x"])
+    from pmg_tools.tiny_models import clip as tiny_clip
+
     tiny_clip.save_tiny_clip(comfy_base.models / "pmg" / "pmg-tiny-clip")
     options = [s for s in scorer.GET_SCHEMA().inputs if s.id == "clip_model"][0].options
     assert options == ["none", "pmg-tiny-clip"]

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 import transformers
 
-from ..atomic import atomic_path
-from ..assets import default_cache_dir, smollm2_gguf
-from ..errors import ModelLoadError
-from ..llm import LocalLLM, gguf_fingerprint
+from pmg_core.atomic import atomic_path
+from pmg_core.assets import default_cache_dir, smollm2_gguf
+from pmg_core.errors import ModelLoadError
+from pmg_core.llm import LocalLLM, gguf_fingerprint
 
 log = logging.getLogger(__name__)
 

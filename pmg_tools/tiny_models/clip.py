@@ -23,8 +23,8 @@ def save_tiny_clip(folder: Path | str, seed: int = 0) -> Path:
     import torch
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-    from ..assets import clip_tokenizer_dir
-    from ..atomic import atomic_path
+    from pmg_core.assets import clip_tokenizer_dir
+    from pmg_core.atomic import atomic_path
 
     folder = Path(folder)
     if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
