@@ -187,13 +187,6 @@ class LocalLLM:
         self.model.to(device)
         return self
 
-    def offload(self) -> "LocalLLM":
-        """Move the weights to the CPU and release cached accelerator memory."""
-        self.model.to("cpu")
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        return self
-
 
 class _ProgressStep(transformers.StoppingCriteria):
     """Reports each decoding step; never stops generation itself (an exception does)."""

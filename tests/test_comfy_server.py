@@ -157,7 +157,7 @@ def test_start_failure_reports_the_log(tmp_path):
 def test_an_interrupted_start_kills_the_server(tmp_path, monkeypatch):
     """Mechanics: Ctrl-C while waiting for the server to answer kills it (it runs in its own session,
     so the Ctrl-C never reaches it, and a context manager's __exit__ does not run when __enter__ raises)."""
-    from pmg_core.comfy_client import server as server_module
+    from pmg_tools import server as server_module
 
     comfy_dir = tmp_path / "fake_comfy"
     comfy_dir.mkdir()

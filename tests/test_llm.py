@@ -112,12 +112,12 @@ def test_generate_rejects_a_bare_string(tiny_llm):
     assert tiny_llm.generate([]) == []
 
 
-def test_offload_and_to_keep_the_model_usable(tiny_llm_folder):
+def test_to_keeps_the_model_usable(tiny_llm_folder):
     """Mechanics: the ComfyUI node moves the model around; it stays on the CPU here and still answers."""
     llm = load_llm(tiny_llm_folder, device="cpu")
     before = llm.generate(["Hi"], max_new_tokens=3)
-    assert llm.offload() is llm and llm.device == torch.device("cpu")
-    assert llm.to("cpu").generate(["Hi"], max_new_tokens=3) == before
+    assert llm.to("cpu") is llm and llm.device == torch.device("cpu")
+    assert llm.generate(["Hi"], max_new_tokens=3) == before
 
 
 # -- bad inputs -----------------------------------------------------------------------

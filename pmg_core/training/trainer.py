@@ -523,12 +523,10 @@ class _LossLog:
             writer.writerow(_CSV_FIELDS)
             for row in rows:
                 writer.writerow([_format(row[name]) for name in _CSV_FIELDS])
-        self.last_step = int(rows[-1]["step"]) if rows else 0
 
     def append(self, record: dict) -> None:
         with open(self.path, "a", newline="", encoding="utf-8") as handle:
             csv.writer(handle).writerow([_format(record[name]) for name in _CSV_FIELDS])
-        self.last_step = int(record["step"])
 
 
 def _format(value) -> str:
