@@ -135,13 +135,13 @@ def _preferences(args, histories, llm) -> list:
         return extractor.extract_many(histories, progress=tqdm_progress(bar))
 
 
-def _adapter(args, llm, text_dim: int):
-    from .soft_prompt import SoftPromptAdapter, load_adapter
+def _adapter_source(args):
+    from .soft_prompt import AdapterSource
 
     if args.adapter == "none":
         log.warning("using an UNTRAINED soft-prompt adapter (train one with `pmg train`)")
-        return SoftPromptAdapter.untrained(llm, text_dim=text_dim, seed=args.seed)
-    return load_adapter(Path(args.adapter), llm=llm, text_dim=text_dim)
+        return AdapterSource(seed=args.seed)
+    return AdapterSource(Path(args.adapter))
 
 
 # --- subcommands -----------------------------------------------------------------
@@ -160,31 +160,27 @@ def _preference_dict(preference) -> dict:
 
 
 def _run_embed(args) -> dict:
-    import torch
-    from safetensors.torch import save_file
+    from .soft_prompt import encode_cached, save_soft_embeddings
 
     histories = _users(args)
     llm = load_cli_llm(args)
     preferences = _preferences(args, histories, llm)
-    adapter = _adapter(args, llm, args.text_dim)
-    with torch.no_grad():
-        embeddings = adapter.encode(llm, [p.soft_prompt_text for p in preferences])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result = encode_cached(llm, [p.soft_prompt_text for p in preferences], _adapter_source(args), args.text_dim,
+                           cache_dir=args.cache_dir, use_cache=not args.no_cache)
     metadata = {
+        **result.metadata,
         "users": ",".join(p.user_id for p in preferences),
-        "llm_identity": llm.identity,
         "adapter": str(args.adapter),
-        "text_dim": str(embeddings.shape[-1]),
+        "text_dim": str(result.embeddings.shape[-1]),
     }
-    save_file({"soft_embeddings": embeddings.contiguous()}, str(args.out), metadata=metadata)
-    return {"path": str(args.out), "shape": list(embeddings.shape), **metadata}
+    save_soft_embeddings(args.out, result.embeddings, metadata)
+    return {"path": str(args.out), "shape": list(result.embeddings.shape), "cached": list(result.cached), **metadata}
 
 
 def _run_generate(args) -> dict:
-    import torch
-
     from .conditioning import ConditionWeights, build_conditions, parse_alphas
     from .generation import PMGGenerator
+    from .soft_prompt import encode_cached
 
     alphas = parse_alphas(args.alphas)
     histories = _users(args)
@@ -208,9 +204,8 @@ def _run_generate(args) -> dict:
 
     llm = load_cli_llm(args)
     (preference,) = _preferences(args, histories, llm)
-    adapter = _adapter(args, llm, encoder.width)
-    with torch.no_grad():
-        soft = adapter.encode(llm, [preference.soft_prompt_text])
+    soft = encode_cached(llm, [preference.soft_prompt_text], _adapter_source(args), encoder.width,
+                         cache_dir=args.cache_dir, use_cache=not args.no_cache).embeddings
     conditions = build_conditions(
         encoder, preference.target_text, preference.preference_text, soft, ConditionWeights(), alphas
     )
