@@ -15,7 +15,7 @@ from ..pmg_core.soft_prompt import AdapterSource, encode_cached
 from . import comfy_paths
 from .comfy_runtime import llm_on_compute_device
 from .comfy_text_encoder import ComfyTextEncoder
-from .types import PMGPreference, PMGSoftPrompt, PreferenceBundle, SoftPrompt
+from .types import PMGAlphas, PMGPreference, PMGSoftPrompt, PreferenceBundle, SoftPrompt
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +195,10 @@ class PMGConditioning(io.ComfyNode):
                     display_name="batch_size",
                     tooltip="A, the number of alphas: wire it into Empty Latent Image's batch_size.",
                 ),
+                PMGAlphas.Output(
+                    display_name="alphas",
+                    tooltip="The alpha of each condition row, in order: wire it into PMG Scorer's alphas.",
+                ),
             ],
         )
 
@@ -234,6 +238,7 @@ class PMGConditioning(io.ComfyNode):
             comfy_conditioning(positive.embeddings, positive.pooled),
             comfy_conditioning(negative.embeddings, negative.pooled),
             len(positive.alphas),
+            tuple(positive.alphas),
         )
 
 

@@ -58,6 +58,7 @@ def register(sub) -> None:
     score.add_argument("--target-text")
     score.add_argument("--preference-text")
     score.add_argument("--alpha", type=float, default=2 / 3, help="trade-off: alpha*log d_pref + (1-alpha)*log d_target")
+    score.add_argument("--alphas", help="the alphas the images were generated with, comma-separated (for the report)")
     score.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex")
     score.add_argument("--clip", type=Path, help="local CLIP model folder for CLIP scores")
     score.set_defaults(run=_run_score)
@@ -230,8 +231,10 @@ def _run_generate(args) -> dict:
 def _run_score(args) -> dict:
     import torch
 
-    from .metrics import LPIPS, score_candidates
+    from .conditioning import parse_alphas
+    from .metrics import LPIPS
     from .metrics.images import load_image
+    from .scoring import choose_target, score_sweep
 
     candidates = [load_image(p) for p in args.images]
     size = tuple(candidates[0].shape[-2:])
@@ -241,34 +244,33 @@ def _run_score(args) -> dict:
                 f"candidate {path} is {image.shape[-2]}x{image.shape[-1]} pixels but {args.images[0]} is "
                 f"{size[0]}x{size[1]}; score candidates of one size (the images of one generate run)."
             )
-    candidates = torch.cat(candidates)
     history_paths = list(args.history_images)
-    target_path = args.target_image
+    history = None
     if args.history:
         if not args.user:
             raise InvalidSettingError("--history needs --user")
         (history,) = _users(argparse.Namespace(**{**vars(args), "max_items": None, "split": "file"}))
         history_paths += history.images
-        if target_path is None and history.target is not None:
-            target_path = history.target.image_path  # the target item's own image, when it has one
-    history_images = [load_image(p) for p in history_paths]
-    target_image = load_image(target_path) if target_path else None
+    target, target_source = choose_target(
+        load_image(args.target_image) if args.target_image else None, history, lambda path: (load_image(path), str(path))
+    )
     clip = None
     if args.clip:
         from .metrics import CLIPScorer
 
         clip = CLIPScorer.from_folder(args.clip)
-    report = score_candidates(
-        candidates,
-        history_images=history_images or None,
-        target_image=target_image,
+    _, result = score_sweep(
+        torch.cat(candidates),
+        alphas=parse_alphas(args.alphas) if args.alphas else None,
+        history_images=[load_image(p) for p in history_paths] or None,
+        target_image=target,
+        target_source=str(args.target_image) if args.target_image else target_source,
         target_text=args.target_text,
         preference_text=args.preference_text,
+        user_id=args.user,
         alpha=args.alpha,
         lpips=LPIPS(net=args.lpips_net),
         clip=clip,
     )
-    result = report.to_dict()
     result["images"] = [str(p) for p in args.images]
     return result
-

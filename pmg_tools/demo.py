@@ -108,8 +108,8 @@ def apply_settings(graph: dict, settings: DemoSettings) -> dict:
             inputs["seed"] = settings.seed
         elif kind == "EmptyLatentImage":
             inputs["width"] = inputs["height"] = settings.size
-    for node in graph.values():  # the alpha list, typed in the nodes or in the String node feeding them
-        if node["class_type"] in ("PMGConditioning", "PMGScorer") and "alphas" in node["inputs"]:
+    for node in graph.values():  # the alpha list, typed in PMG Conditioning or in the String node feeding it
+        if node["class_type"] == "PMGConditioning" and "alphas" in node["inputs"]:
             value = node["inputs"]["alphas"]
             if isinstance(value, list):
                 graph[str(value[0])]["inputs"]["value"] = settings.alphas

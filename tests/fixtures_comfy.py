@@ -112,7 +112,7 @@ def pmg_txt2img_graph(history_file: str = "pmg_stickers/history.jsonl", user_id:
             "seed": seed, "steps": steps, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}},
         "9": {"class_type": "PMGScorer", "inputs": {
-            "images": ["8", 0], "history_images": ["2", 2], "preference": ["4", 2], "alphas": alphas,
+            "images": ["8", 0], "history_images": ["2", 2], "preference": ["4", 2], "alphas": ["5", 3],
             "alpha": 0.67, "lpips_net": "alex", "filename_prefix": prefix}},
     }
     if target_image is not None:
