@@ -38,8 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pmg_core.comfy_client.client import ComfyClient  # noqa: E402
-from pmg_core.comfy_client.demo import DemoSettings, apply_settings, load_api_workflow  # noqa: E402
-from pmg_core.comfy_client.server import TINY_CHECKPOINT_NAME, EmbeddedComfyUI, install_default_models  # noqa: E402
+from pmg_tools.demo import DemoSettings, apply_settings, load_api_workflow  # noqa: E402
+from pmg_tools.server import TINY_CHECKPOINT_NAME, EmbeddedComfyUI, install_default_models  # noqa: E402
 
 log = logging.getLogger("bench_nodes")
 ALPHAS = "0.33, 0.5, 0.67"

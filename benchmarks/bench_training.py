@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device(args.device)
     if args.checkpoint is None:
-        from pmg_core.comfy_client.server import ensure_tiny_checkpoint
+        from pmg_tools.server import ensure_tiny_checkpoint
 
         args.checkpoint = ensure_tiny_checkpoint()
     began = time.perf_counter()

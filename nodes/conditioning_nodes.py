@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-from pathlib import Path
 
 import torch
 from comfy_api.latest import io
-from safetensors.torch import load_file, save_file
 
 from ..pmg_core.conditioning import (
     MAX_ALPHAS,
@@ -22,42 +17,13 @@ from ..pmg_core.conditioning import (
 from ..pmg_core.errors import EmbeddingValueError, InvalidSettingError
 from ..pmg_core.render import negative_prompt
 from ..pmg_core.safe_paths import sha256_file
-from ..pmg_core.soft_prompt import SoftPromptAdapter, load_adapter
+from ..pmg_core.soft_prompt import AdapterSource, encode_cached
 from . import comfy_paths
 from .comfy_runtime import llm_on_compute_device
 from .comfy_text_encoder import ComfyTextEncoder
-from .types import PMGPreference, PMGSoftPrompt, PreferenceBundle, SoftPrompt
+from .types import PMGAlphas, PMGPreference, PMGSoftPrompt, PreferenceBundle, SoftPrompt
 
 logger = logging.getLogger(__name__)
-
-_SOFT_CACHE_VERSION = "pmg-soft-prompt-v1"
-
-
-def soft_cache_key(adapter_id: str, llm_identity: str, text: str, width: int) -> str:
-    """The disk-cache key of one user's soft embeddings (hex SHA-256 of what determines them)."""
-    payload = json.dumps(
-        {"v": _SOFT_CACHE_VERSION, "adapter": adapter_id, "llm": llm_identity, "text": text, "width": width},
-        sort_keys=True,
-    )
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
-def _read_cached(path: Path) -> torch.Tensor | None:
-    if not path.is_file():
-        return None
-    try:
-        embeddings = load_file(str(path))["embeddings"]
-    except Exception as error:  # noqa: BLE001 - a damaged cache entry is recomputed, not fatal
-        logger.warning("PMG: ignoring unreadable soft-prompt cache entry %s (%s); recomputing.", path, error)
-        return None
-    return embeddings if torch.isfinite(embeddings).all() else None
-
-
-def _write_cached(path: Path, embeddings: torch.Tensor, metadata: dict[str, str]) -> None:
-    temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    save_file({"embeddings": embeddings.contiguous()}, str(temporary), metadata=metadata)
-    os.replace(temporary, path)  # atomic: a concurrent reader sees the old file or the new one
-
 
 def _bundle(preference) -> PreferenceBundle:
     if not isinstance(preference, PreferenceBundle):
@@ -142,42 +108,17 @@ class PMGSoftPromptEncoder(io.ComfyNode):
                 "whose LLM the soft-prompt adapter runs on."
             )
         width = ComfyTextEncoder(clip).width
-        text = bundle.preference.soft_prompt_text
-        if adapter == comfy_paths.UNTRAINED_ADAPTER:
-            adapter_path = None
-            adapter_id = f"untrained:seed={seed}:k={num_image_tokens}"
-        else:
-            adapter_path = comfy_paths.resolve_adapter(adapter)
-            adapter_id = f"sha256:{sha256_file(adapter_path)}"
-        key = soft_cache_key(adapter_id, llm.identity, text, width)
-        metadata = {
-            "user_id": bundle.preference.user_id,
-            "adapter": adapter,
-            "adapter_id": adapter_id,
-            "llm_identity": llm.identity,
-            "text_width": str(width),
-            "cache_key": key,
-        }
-        cache_file = comfy_paths.cache_dir("soft_prompts") / f"{key}.safetensors"
-        embeddings = _read_cached(cache_file)
-        if embeddings is not None:
-            logger.info("PMG: soft prompt of user %s read from the cache", bundle.preference.user_id)
-            return io.NodeOutput(SoftPrompt(embeddings, {**metadata, "cached": "true"}))
-
-        with llm_on_compute_device(llm, keep_loaded=bundle.keep_model_loaded) as device, torch.no_grad():
-            if adapter_path is None:
-                module = SoftPromptAdapter.untrained(llm, text_dim=width, num_image_tokens=num_image_tokens, seed=seed)
-            else:
-                module = load_adapter(adapter_path, llm=llm, text_dim=width)
-            module = module.to(device).eval()
-            embeddings = module.encode(llm, [text]).detach().float().cpu()
-        if embeddings.ndim != 3 or embeddings.shape[0] != 1 or embeddings.shape[-1] != width:
-            raise EmbeddingValueError(
-                f"The adapter produced embeddings of shape {tuple(embeddings.shape)}; expected [1, k, {width}]."
-            )
-        metadata["num_image_tokens"] = str(embeddings.shape[1])
-        _write_cached(cache_file, embeddings, metadata)
-        return io.NodeOutput(SoftPrompt(embeddings, {**metadata, "cached": "false"}))
+        adapter_path = None if adapter == comfy_paths.UNTRAINED_ADAPTER else comfy_paths.resolve_adapter(adapter)
+        result = encode_cached(
+            llm, [bundle.preference.soft_prompt_text], AdapterSource(adapter_path, num_image_tokens, seed), width,
+            cache_dir=comfy_paths.cache_root(),
+            placement=lambda: llm_on_compute_device(llm, keep_loaded=bundle.keep_model_loaded),
+        )
+        logger.info("PMG: soft prompt of user %s (%s)", bundle.preference.user_id,
+                    "from the cache" if result.cached[0] else "computed")
+        metadata = {**result.metadata, "user_id": bundle.preference.user_id, "adapter": adapter,
+                    "cache_key": result.cache_keys[0], "cached": str(result.cached[0]).lower()}
+        return io.NodeOutput(SoftPrompt(result.embeddings, metadata))
 
 
 def _text(override: str | None, fallback: str | None) -> str | None:
@@ -276,6 +217,10 @@ class PMGConditioning(io.ComfyNode):
                     display_name="batch_size",
                     tooltip="A, the number of alphas: wire it into Empty Latent Image's batch_size.",
                 ),
+                PMGAlphas.Output(
+                    display_name="alphas",
+                    tooltip="The alpha of each condition row, in order: wire it into PMG Scorer's alphas.",
+                ),
             ],
         )
 
@@ -312,6 +257,7 @@ class PMGConditioning(io.ComfyNode):
             comfy_conditioning(positive.embeddings, positive.pooled),
             comfy_conditioning(negative.embeddings, negative.pooled),
             len(positive.alphas),
+            tuple(positive.alphas),
         )
 
 

@@ -12,15 +12,14 @@ cancelled run continues where it stopped when queued again.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import shutil
 from pathlib import Path
 
 import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
+from ..pmg_core.atomic import copy_atomic
 from ..pmg_core.errors import InvalidSettingError
 from ..pmg_core.loaders import load_histories
 from ..pmg_core.metrics.images import pil_to_tensor, to_comfy
@@ -211,9 +210,7 @@ class PMGSoftPromptTrainer(io.ComfyNode):
                 result = trainer.train(examples, run_dir, progress=progress_callback(), resume=resume)
 
         destination = adapter_destination(stem)
-        temporary = destination.with_name(f".{destination.name}.tmp{os.getpid()}")
-        shutil.copyfile(result.adapter_path, temporary)
-        os.replace(temporary, destination)  # the encoder never sees a half-written adapter
+        copy_atomic(result.adapter_path, destination)  # the encoder never sees a half-written adapter
         logger.info(
             "PMG: trained %s for %d steps (loss %.4f -> %.4f) -> %s",
             stem, result.steps, result.first_loss_mean, result.final_loss_mean, destination,

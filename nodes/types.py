@@ -22,6 +22,8 @@ PMGLLM = io.Custom("PMG_LLM")
 PMGPreference = io.Custom("PMG_PREFERENCE")
 # A user's soft-prompt embeddings: a SoftPrompt (below).
 PMGSoftPrompt = io.Custom("PMG_SOFT_PROMPT")
+# The alpha of each condition row, in order (a tuple of floats): PMG Conditioning -> PMG Scorer.
+PMGAlphas = io.Custom("PMG_ALPHAS")
 
 
 @dataclass(frozen=True)

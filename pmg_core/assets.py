@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 
+from .atomic import atomic_path
 from .errors import ModelLoadError
 
 # distribution name, importable package name
@@ -111,16 +112,12 @@ def clip_tokenizer_dir(cache_dir: Path | None = None) -> Path:
     byte_chars = list(_bytes_to_unicode().values())
     vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}), encoding="utf-8")
-    (tmp / "merges.txt").write_text(
-        "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8"
-    )
-    try:
-        tmp.rename(out)
-    except OSError:  # another process finished first
-        pass
+    with atomic_path(out) as tmp:  # another process that finished first wins
+        tmp.mkdir()
+        (tmp / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}), encoding="utf-8")
+        (tmp / "merges.txt").write_text(
+            "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8"
+        )
     return out
 
 

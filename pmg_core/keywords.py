@@ -179,15 +179,6 @@ class KeywordExtractor:
             results.append(self._with_fallbacks(preference, history, item_fallbacks, fell_back))
         return results
 
-    def item_keywords(self, items: list[Item], scene: str, progress: Progress | None = None) -> list[tuple[str, ...]]:
-        """``n_target`` keywords per item from the scene's target prompt (items' own keywords win)."""
-        tracker = _StageProgress(progress)
-        keywords, _ = self._describe(
-            [(item, scene) for item in items if not item.keywords], tracker
-        )
-        tracker.finish()
-        return [item.keywords or keywords[_item_identity(item, scene)] for item in items]
-
     @property
     def stats(self) -> dict[str, int]:
         """LLM batches run and cache hits/misses so far (the ComfyUI node shows them)."""

@@ -19,8 +19,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from .atomic import atomic_path
 from .errors import InvalidSettingError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -188,13 +187,6 @@ class LocalLLM:
         self.model.to(device)
         return self
 
-    def offload(self) -> "LocalLLM":
-        """Move the weights to the CPU and release cached accelerator memory."""
-        self.model.to("cpu")
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        return self
-
 
 class _ProgressStep(transformers.StoppingCriteria):
     """Reports each decoding step; never stops generation itself (an exception does)."""
@@ -290,21 +282,13 @@ def _converted_gguf_folder(gguf: Path, cache_dir: Path | None) -> Path:
         return out
     log.info("Converting %s to a cached Hugging Face folder %s (once; this takes ~30 s)", gguf.name, out)
     started = time.perf_counter()
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}-{time.time_ns()}")
-    try:
+    with atomic_path(out) as tmp:  # a concurrent conversion that finished first is kept
         _convert_gguf(gguf, tmp)
         (tmp / _SOURCE_FILE).write_text(
             json.dumps({"gguf": gguf.name, "fingerprint": digest, "identity": f"{name}-{digest[:12]}",
                         "conversion": _CONVERSION_VERSION}),
             encoding="utf-8",
         )
-        try:
-            tmp.rename(out)
-        except OSError:
-            if not (out / _SOURCE_FILE).is_file():  # not a concurrent winner: a real failure
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("Converted %s in %.1f s", gguf.name, time.perf_counter() - started)
     return out
 

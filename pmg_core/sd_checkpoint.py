@@ -177,19 +177,8 @@ def components_from_state_dict(
     text_encoder, tokenizer = _build_clip(state)
     vae, scaling, shift = _build_vae(state)
     scheduler = DDPMScheduler.from_config(SD1_SCHEDULER_CONFIG)
-    components = GeneratorComponents(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=scheduler,
-        name=name,
-        content_hash=content_hash,
-        source=source or Path(name),
-        latent_scaling=scaling,
-        latent_shift=shift,
-    )
-    return components.freeze()
+    return _frozen_components(unet, vae, text_encoder, tokenizer, scheduler, name, content_hash, source or Path(name),
+                              scaling, shift)
 
 
 # --------------------------------------------------------------------------- layout checks
@@ -501,16 +490,14 @@ def _load_diffusers_folder(path: Path) -> GeneratorComponents:
     digest = hashlib.sha256()
     for weight_file in weights:
         digest.update(sha256_file(weight_file).encode())
-    components = GeneratorComponents(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=scheduler,
-        name=path.name,
-        content_hash=digest.hexdigest(),
-        source=path,
-        latent_scaling=scaling,
-        latent_shift=shift,
-    )
-    return components.freeze()
+    return _frozen_components(unet, vae, text_encoder, tokenizer, scheduler, path.name, digest.hexdigest(), path,
+                              scaling, shift)
+
+
+def _frozen_components(unet, vae, text_encoder, tokenizer, scheduler, name: str, content_hash: str, source: Path,
+                       latent_scaling: float, latent_shift: float) -> GeneratorComponents:
+    """The one place the components are assembled, whatever they were loaded from; frozen (eval, no grad)."""
+    return GeneratorComponents(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, name=name,
+        content_hash=content_hash, source=source, latent_scaling=latent_scaling, latent_shift=latent_shift,
+    ).freeze()

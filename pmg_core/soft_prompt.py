@@ -22,11 +22,13 @@ and ``device``, i.e. :class:`pmg_core.llm.LocalLLM`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import logging
 import math
-import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,12 +36,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .atomic import atomic_path
 from .conditioning import check_finite
-from .errors import AdapterMismatchError, InvalidSettingError, ModelLoadError
+from .errors import AdapterMismatchError, EmbeddingValueError, InvalidSettingError, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AdapterConfig", "SoftPromptAdapter", "save_adapter", "load_adapter", "FORMAT_NAME", "FORMAT_VERSION"]
+__all__ = [
+    "AdapterConfig", "AdapterSource", "SoftEmbeddings", "SoftPromptAdapter", "encode_cached", "load_adapter",
+    "load_soft_embeddings", "save_adapter", "save_soft_embeddings", "FORMAT_NAME", "FORMAT_VERSION",
+]
 
 FORMAT_NAME = "pmg-soft-prompt-adapter"
 FORMAT_VERSION = 1
@@ -307,13 +313,8 @@ def save_adapter(adapter: SoftPromptAdapter, path, extra_metadata: dict[str, str
     for key, value in (extra_metadata or {}).items():
         header[_EXTRA_PREFIX + str(key)] = str(value)
     tensors = {name: value.detach().to("cpu", torch.float32).contiguous() for name, value in adapter.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as temporary:
         save_file(tensors, str(temporary), metadata=header)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def load_adapter(path, llm=None, text_dim: int | None = None) -> SoftPromptAdapter:
@@ -369,3 +370,123 @@ def load_adapter(path, llm=None, text_dim: int | None = None) -> SoftPromptAdapt
             f"(768 SD1.x, 1024 SD2.x, 2048 SDXL)."
         )
     return adapter
+
+
+# --- soft embeddings on disk: the cache and `pmg embed` write one format ------------------
+
+SOFT_EMBEDDINGS_KEY = "soft_embeddings"
+_SOFT_CACHE_VERSION = "pmg-soft-prompt-v2"
+
+
+@dataclass(frozen=True)
+class AdapterSource:
+    """Which adapter makes the soft embeddings: a trained file, or (``path=None``) a seeded untrained one."""
+
+    path: Path | None = None
+    num_image_tokens: int = 4  # untrained only: a trained adapter fixes its own k
+    seed: int = 0  # untrained only
+
+    def identity(self) -> str:
+        """What determines the adapter's weights: the file's hash, or the untrained settings."""
+        from .safe_paths import sha256_file
+
+        if self.path is None:
+            return f"untrained:seed={self.seed}:k={self.num_image_tokens}"
+        return f"sha256:{sha256_file(self.path)}"
+
+    def build(self, llm, text_dim: int) -> SoftPromptAdapter:
+        if self.path is None:
+            return SoftPromptAdapter.untrained(llm, text_dim=text_dim, num_image_tokens=self.num_image_tokens, seed=self.seed)
+        return load_adapter(self.path, llm=llm, text_dim=text_dim)
+
+
+@dataclass(frozen=True)
+class SoftEmbeddings:
+    """Soft embeddings ``[B, k, D]`` (float32, CPU) of B texts, with their provenance."""
+
+    embeddings: Tensor
+    metadata: dict[str, str]  # llm_identity, adapter_id, text_width, num_image_tokens
+    cache_keys: tuple[str, ...]  # one per text
+    cached: tuple[bool, ...]  # per text: read from the cache rather than computed
+
+
+def save_soft_embeddings(path: Path | str, embeddings: Tensor, metadata: dict[str, str]) -> None:
+    """Write soft embeddings as safetensors (tensor ``soft_embeddings``, provenance in the header), atomically."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as temporary:
+        save_file({SOFT_EMBEDDINGS_KEY: embeddings.detach().float().cpu().contiguous()}, str(temporary),
+                  metadata={str(k): str(v) for k, v in metadata.items()})
+
+
+def load_soft_embeddings(path: Path | str) -> tuple[Tensor, dict[str, str]]:
+    """Read a file written by :func:`save_soft_embeddings`: the embeddings and the header."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.get_tensor(SOFT_EMBEDDINGS_KEY), dict(handle.metadata() or {})
+
+
+def soft_cache_key(adapter_id: str, llm_identity: str, text: str, text_dim: int) -> str:
+    """The cache key of one text's soft embeddings (:func:`pmg_core.cache.cache_key` of what determines them)."""
+    from .cache import cache_key
+
+    return cache_key(_SOFT_CACHE_VERSION, adapter_id, llm_identity, text, int(text_dim))
+
+
+def encode_cached(
+    llm,
+    texts: list[str],
+    source: AdapterSource,
+    text_dim: int,
+    cache_dir: Path | str | None = None,
+    placement: Callable[[], AbstractContextManager[torch.device]] | None = None,
+    use_cache: bool = True,
+) -> SoftEmbeddings:
+    """The soft embeddings of ``texts``, each read from ``cache_dir/soft_prompts/<key>.safetensors`` or computed.
+
+    The adapter is built (or loaded) only when a text misses the cache. ``placement``
+    is a context manager factory that puts the LLM where it computes and yields that
+    device (ComfyUI's nodes move it to the GPU and back); by default it computes where
+    it is. A damaged cache entry is logged and recomputed. ``cache_dir`` defaults to
+    :func:`pmg_core.assets.default_cache_dir`.
+    """
+    from .assets import default_cache_dir
+
+    folder = Path(cache_dir or default_cache_dir()) / "soft_prompts"
+    adapter_id = source.identity()
+    keys = tuple(soft_cache_key(adapter_id, llm.identity, text, text_dim) for text in texts)
+    found = {i: _read_cached(folder / f"{key}.safetensors") for i, key in enumerate(keys)} if use_cache else {}
+    missing = [i for i in range(len(texts)) if found.get(i) is None]
+    if missing:
+        with (placement or (lambda: contextlib.nullcontext(llm.device)))() as device, torch.no_grad():
+            adapter = source.build(llm, text_dim).to(device).eval()
+            computed = adapter.encode(llm, [texts[i] for i in missing]).detach().float().cpu()
+        if computed.ndim != 3 or computed.shape[-1] != text_dim:
+            raise EmbeddingValueError(
+                f"The adapter produced embeddings of shape {tuple(computed.shape)}; expected [B, k, {text_dim}]."
+            )
+        for row, i in enumerate(missing):
+            found[i] = computed[row : row + 1]
+    rows = [found[i] for i in range(len(texts))]
+    if len({tuple(row.shape) for row in rows}) > 1:
+        raise EmbeddingValueError(f"Cached soft embeddings of differing shapes {sorted({tuple(r.shape) for r in rows})}.")
+    embeddings = torch.cat(rows) if rows else torch.empty(0, source.num_image_tokens, text_dim)
+    metadata = {"llm_identity": llm.identity, "adapter_id": adapter_id, "text_width": str(int(text_dim)),
+                "num_image_tokens": str(embeddings.shape[1])}
+    if use_cache:
+        for i in missing:
+            save_soft_embeddings(folder / f"{keys[i]}.safetensors", found[i], {**metadata, "cache_key": keys[i]})
+    cached = tuple(i not in missing for i in range(len(texts)))
+    return SoftEmbeddings(embeddings, metadata, keys, cached)
+
+
+def _read_cached(path: Path) -> Tensor | None:
+    if not path.is_file():
+        return None
+    try:
+        embeddings, _ = load_soft_embeddings(path)
+    except Exception as error:  # noqa: BLE001 - a damaged cache entry is recomputed, not fatal
+        logger.warning("Ignoring the unreadable soft-prompt cache entry %s (%s); recomputing.", path, error)
+        return None
+    return embeddings if torch.isfinite(embeddings).all() else None

@@ -15,5 +15,5 @@ cd "$root"
 began=$(date +%s)
 bash scripts/bootstrap_env.sh
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" .venv/bin/python -m pmg_core.comfy_client.demo "$@"
+PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" .venv/bin/python -m pmg_tools.demo "$@"
 echo "[demo] total wall time including the environment check: $(( $(date +%s) - began )) s" >&2

@@ -55,7 +55,7 @@ def object_info_from(url: str | None) -> dict:
 
     if url:
         return ComfyClient(url).object_info()
-    from pmg_core.comfy_client.server import EmbeddedComfyUI
+    from pmg_tools.server import EmbeddedComfyUI
 
     with tempfile.TemporaryDirectory(prefix="pmg-sync-") as base:
         with EmbeddedComfyUI(base_dir=base) as server:

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pmg_core.assets import default_cache_dir
 from pmg_core.comfy_client.client import ComfyClient
-from pmg_core.comfy_client.server import EmbeddedComfyUI, ensure_tiny_checkpoint, install_default_models
+from pmg_tools.server import EmbeddedComfyUI, ensure_tiny_checkpoint, install_default_models
 
 
 @dataclass
@@ -45,7 +44,6 @@ def tiny_checkpoint() -> Path:
 def comfy_server(tmp_path_factory, tiny_checkpoint) -> ComfyServerHandle:
     base = tmp_path_factory.mktemp("comfy_base")
     install_default_models(base)
-    _share_llm_conversions(base)
     server = EmbeddedComfyUI(base_dir=base)
     server.start(timeout=120)  # raises with the log tail if it cannot start
     handle = ComfyServerHandle(url=server.url, base_dir=base, client=ComfyClient(server.url), server=server)
@@ -55,20 +53,12 @@ def comfy_server(tmp_path_factory, tiny_checkpoint) -> ComfyServerHandle:
         server.stop()
 
 
-def _share_llm_conversions(base: Path) -> None:
-    """Let the server reuse this machine's converted GGUF models (~30 s each to convert).
-
-    The pack converts a GGUF once into ``<user>/pmg_cache/llm/llm/``; pointing that at
-    the library's persistent cache (``default_cache_dir()/llm``, which the LLM tests fill)
-    saves the conversion in every test session. Only a speed-up: without it the pack
-    converts again.
-    """
-    shared = default_cache_dir() / "llm"
-    shared.mkdir(parents=True, exist_ok=True)
-    link = base / "user" / "pmg_cache" / "llm" / "llm"
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if not link.exists():
-        link.symlink_to(shared, target_is_directory=True)
+def workflow_models(workflow: dict) -> list[dict]:
+    """Every ``properties.models`` entry of a UI workflow's nodes, plus its top-level ``models``."""
+    found = list(workflow.get("models") or [])
+    for node in workflow.get("nodes", []):
+        found.extend((node.get("properties") or {}).get("models") or [])
+    return found
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -122,7 +112,7 @@ def pmg_txt2img_graph(history_file: str = "pmg_stickers/history.jsonl", user_id:
             "seed": seed, "steps": steps, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}},
         "9": {"class_type": "PMGScorer", "inputs": {
-            "images": ["8", 0], "history_images": ["2", 2], "preference": ["4", 2], "alphas": alphas,
+            "images": ["8", 0], "history_images": ["2", 2], "preference": ["4", 2], "alphas": ["5", 3],
             "alpha": 0.67, "lpips_net": "alex", "filename_prefix": prefix}},
     }
     if target_image is not None:

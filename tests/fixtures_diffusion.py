@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pmg_core.conditioning import DiffusersTextEncoder
-from pmg_core.tiny_models.diffusion import save_tiny_sd, tiny_sd_pipeline
+from pmg_tools.tiny_models.diffusion import save_tiny_sd, tiny_sd_pipeline
 
 
 @pytest.fixture(scope="session")

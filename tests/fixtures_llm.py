@@ -16,7 +16,7 @@ import pytest
 
 from pmg_core.assets import default_cache_dir, smollm2_gguf
 from pmg_core.llm import LocalLLM, load_llm
-from pmg_core.tiny_models.llm import save_tiny_llama
+from pmg_tools.tiny_models.llm import save_tiny_llama
 
 
 @pytest.fixture(scope="session")

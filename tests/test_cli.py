@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from pmg_core.cli import main
+from pmg_tools.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 

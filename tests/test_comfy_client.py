@@ -139,7 +139,7 @@ def test_wait_survives_a_socket_that_drops_mid_prompt(comfy_server, monkeypatch)
 
 
 def test_unreachable_server_gives_a_clear_error():
-    from pmg_core.comfy_client.server import free_port
+    from pmg_tools.server import free_port
 
     client = ComfyClient(f"http://127.0.0.1:{free_port()}", timeout=2)
     with pytest.raises(ComfyServerError, match="Cannot reach ComfyUI .*refused.*pmg serve"):

@@ -21,7 +21,7 @@ from safetensors import safe_open
 
 from fixtures_comfy import stock_txt2img_graph
 from pmg_core.comfy_client.client import output_files
-from pmg_core.comfy_client.server import EmbeddedComfyUI, free_port, install_default_models
+from pmg_tools.server import EmbeddedComfyUI, free_port, install_default_models
 
 pytestmark = pytest.mark.comfy_server
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def test_default_models_are_visible_to_comfyui(comfy_server):
 def test_default_models_include_the_scorers_tiny_clip(tmp_path, tiny_checkpoint):
     """Mechanics: ``install_default_models`` alone gives PMG Scorer a CLIP folder (MovieLens has no posters)."""
     from pmg_core.metrics import CLIPScorer
-    from pmg_core.tiny_models.clip import TINY_CLIP_NAME
+    from pmg_tools.tiny_models.clip import TINY_CLIP_NAME
 
     installed = install_default_models(tmp_path, examples=False)
     assert installed["clip"] == tmp_path / "models" / "pmg" / TINY_CLIP_NAME
@@ -124,7 +124,7 @@ def test_serve_prints_its_url_and_stops_on_sigterm(tmp_path):
     port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pmg_core.comfy_client.cli", "serve", "--port", str(port),
+        [sys.executable, "-m", "pmg_tools", "serve", "--port", str(port),
          "--base", str(tmp_path / "base"), "--no-default-models"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -157,7 +157,7 @@ def test_start_failure_reports_the_log(tmp_path):
 def test_an_interrupted_start_kills_the_server(tmp_path, monkeypatch):
     """Mechanics: Ctrl-C while waiting for the server to answer kills it (it runs in its own session,
     so the Ctrl-C never reaches it, and a context manager's __exit__ does not run when __enter__ raises)."""
-    from pmg_core.comfy_client import server as server_module
+    from pmg_tools import server as server_module
 
     comfy_dir = tmp_path / "fake_comfy"
     comfy_dir.mkdir()

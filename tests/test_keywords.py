@@ -148,7 +148,7 @@ def test_progress_is_reported_and_can_interrupt(tiny_llm, tmp_path):
 
 def test_long_history_loses_its_oldest_items(tmp_path, caplog):
     """Mechanics: a history longer than the context drops its oldest items, logged and counted."""
-    from pmg_core.tiny_models.llm import tiny_llama
+    from pmg_tools.tiny_models.llm import tiny_llama
 
     small = tiny_llama(seed=0, context_length=320)
     items = tuple(movie(i, f"A rather long movie title number {i}").with_keywords(["noir"]) for i in range(1, 41))
@@ -171,7 +171,7 @@ def test_long_history_loses_its_oldest_items(tmp_path, caplog):
 
 def test_truncation_drops_by_timestamp_when_items_have_one(tiny_llm, tmp_path):
     """Mechanics: in a rating-sorted history the items with the oldest timestamps go first."""
-    from pmg_core.tiny_models.llm import tiny_llama
+    from pmg_tools.tiny_models.llm import tiny_llama
 
     small = tiny_llama(seed=0, context_length=320)
     items = tuple(
@@ -189,7 +189,7 @@ def test_truncation_drops_by_timestamp_when_items_have_one(tiny_llm, tmp_path):
 
 
 def test_a_context_too_small_for_one_item_is_an_error(tmp_path):
-    from pmg_core.tiny_models.llm import tiny_llama
+    from pmg_tools.tiny_models.llm import tiny_llama
 
     small = tiny_llama(seed=0, context_length=120)
     extractor = KeywordExtractor(small, cache_dir=tmp_path, max_new_tokens=60)

@@ -33,7 +33,7 @@ def test_identity_is_stable_and_content_based(tiny_llm_folder, tiny_llm, tmp_pat
     """Mechanics: reloading gives the same identity; other weights give another one."""
     assert load_llm(tiny_llm_folder).identity == tiny_llm.identity
     assert tiny_llm.identity.startswith("tiny-llama-")
-    from pmg_core.tiny_models.llm import save_tiny_llama
+    from pmg_tools.tiny_models.llm import save_tiny_llama
 
     other = load_llm(save_tiny_llama(tmp_path / "tiny-llama", seed=1))
     assert other.identity != tiny_llm.identity
@@ -97,7 +97,7 @@ def test_chat_prompt_uses_the_template_or_the_plain_layout(tiny_llm):
 def test_prompt_longer_than_the_context_is_refused(tmp_path):
     """Mechanics: generation never runs past the model's context (transformers would only warn)."""
     from pmg_core.errors import InvalidSettingError
-    from pmg_core.tiny_models.llm import tiny_llama
+    from pmg_tools.tiny_models.llm import tiny_llama
 
     small = tiny_llama(seed=0, context_length=64)
     assert small.generate(["short prompt"], max_new_tokens=8)
@@ -112,12 +112,12 @@ def test_generate_rejects_a_bare_string(tiny_llm):
     assert tiny_llm.generate([]) == []
 
 
-def test_offload_and_to_keep_the_model_usable(tiny_llm_folder):
+def test_to_keeps_the_model_usable(tiny_llm_folder):
     """Mechanics: the ComfyUI node moves the model around; it stays on the CPU here and still answers."""
     llm = load_llm(tiny_llm_folder, device="cpu")
     before = llm.generate(["Hi"], max_new_tokens=3)
-    assert llm.offload() is llm and llm.device == torch.device("cpu")
-    assert llm.to("cpu").generate(["Hi"], max_new_tokens=3) == before
+    assert llm.to("cpu") is llm and llm.device == torch.device("cpu")
+    assert llm.generate(["Hi"], max_new_tokens=3) == before
 
 
 # -- bad inputs -----------------------------------------------------------------------

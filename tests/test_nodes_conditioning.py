@@ -28,8 +28,9 @@ def test_one_condition_row_per_alpha_as_a_native_batch(conditioning, pmg_pack, c
     """positive is [[cond [A, T, D], {pooled_output: [A, P]}]] and the negative has the same shape."""
     bundle = make_bundle(pmg_pack)
     soft = pmg_pack.module.nodes.types.SoftPrompt(torch.randn(1, 4, TINY_CLIP_WIDTH))
-    positive, negative, batch_size = _run(conditioning, comfy_clip, preference=bundle, soft_prompt=soft)
+    positive, negative, batch_size, alphas = _run(conditioning, comfy_clip, preference=bundle, soft_prompt=soft)
     assert batch_size == 3
+    assert alphas == (0.0, 0.5, 1.0)  # what PMG Scorer learns each candidate's alpha from
     (cond, extras), = positive
     assert cond.shape == (3, 77 + 4 + 77, TINY_CLIP_WIDTH)
     assert extras["pooled_output"].shape == (3, TINY_CLIP_WIDTH)
@@ -49,7 +50,7 @@ def test_the_sampler_gives_image_i_the_condition_of_alpha_i(conditioning, pmg_pa
     """ComfyUI matches a condition batch to the latent batch row by row (no mixing, no broadcast)."""
     import comfy.conds
 
-    positive, _, batch_size = _run(conditioning, comfy_clip, preference=make_bundle(pmg_pack))
+    positive, _, batch_size, _ = _run(conditioning, comfy_clip, preference=make_bundle(pmg_pack))
     cond = positive[0][0]
     processed = comfy.conds.CONDCrossAttn(cond).process_cond(batch_size=batch_size, device="cpu").cond
     assert torch.equal(processed, cond)
@@ -58,7 +59,7 @@ def test_the_sampler_gives_image_i_the_condition_of_alpha_i(conditioning, pmg_pa
 
 
 def test_text_overrides_and_no_preference(conditioning, pmg_pack, comfy_clip):
-    positive, negative, batch_size = _run(
+    positive, negative, batch_size, _ = _run(
         conditioning, comfy_clip, alphas="0.5", target_text="a red apple", preference_text=""
     )
     assert batch_size == 1

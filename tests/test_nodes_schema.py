@@ -68,7 +68,8 @@ def test_custom_socket_types_connect_the_pipeline(pmg_pack):
     assert info["PMGLLMLoader"]["output"] == ["PMG_LLM"]
     assert info["PMGPreferenceExtractor"]["output"][2] == "PMG_PREFERENCE"
     assert info["PMGSoftPromptEncoder"]["output"] == ["PMG_SOFT_PROMPT"]
-    assert info["PMGConditioning"]["output"] == ["CONDITIONING", "CONDITIONING", "INT"]
+    assert info["PMGConditioning"]["output"] == ["CONDITIONING", "CONDITIONING", "INT", "PMG_ALPHAS"]
+    assert info["PMGScorer"]["input"]["required"]["alphas"][0] == "PMG_ALPHAS"
     assert info["PMGScorer"]["output_node"] is True
 
 

@@ -30,7 +30,7 @@ def test_selects_by_the_tradeoff_and_saves_image_and_report(scorer, pmg_pack, co
     bundle = make_bundle(pmg_pack)
     output = scorer.execute(
         images=candidates, history_images=history, target_image=target, preference=bundle,
-        alphas="0.3, 0.5, 0.7", alpha=0.0, lpips_net="alex", filename_prefix="pmg/test_score",
+        alphas=(0.3, 0.5, 0.7), alpha=0.0, lpips_net="alex", filename_prefix="pmg/test_score",
     )
     selected, plot, scores_json = output.args
     assert torch.equal(selected, candidates[1:2])
@@ -59,16 +59,17 @@ def test_alpha_one_prefers_the_history_and_counters_advance(scorer, pmg_pack, co
     target = _images(1, seed=6)
     candidates = torch.cat([target, history])
     first = scorer.execute(images=candidates, history_images=history, target_image=target,
-                           alphas="0.2, 0.8", alpha=1.0, lpips_net="alex", filename_prefix="pmg/advance")
+                           alphas=(0.2, 0.8), alpha=1.0, lpips_net="alex", filename_prefix="pmg/advance")
     second = scorer.execute(images=candidates, history_images=history, target_image=target,
-                            alphas="0.2, 0.8", alpha=1.0, lpips_net="alex", filename_prefix="pmg/advance")
+                            alphas=(0.2, 0.8), alpha=1.0, lpips_net="alex", filename_prefix="pmg/advance")
     assert json.loads(first.args[2])["selected"] == 1
     assert first.ui["images"][0]["filename"] != second.ui["images"][0]["filename"]
     assert json.loads(first.args[2])["user_id"] is None  # no preference connected
 
 
-def test_more_candidates_than_alphas_cycle_like_the_sampler(pmg_pack):
-    scoring = __import__("comfyui_pmg.nodes.scoring_nodes", fromlist=["x"])
+def test_more_candidates_than_alphas_cycle_like_the_sampler():
+    from pmg_core import scoring
+
     assert scoring.candidate_alphas([0.3, 0.7], 5) == [0.3, 0.7, 0.3, 0.7, 0.3]
     assert scoring.candidate_alphas([0.3, 0.5, 0.7], 2) == [0.3, 0.5]
 
@@ -76,26 +77,27 @@ def test_more_candidates_than_alphas_cycle_like_the_sampler(pmg_pack):
 def test_no_way_to_measure_is_a_clear_error(scorer, pmg_pack):
     history_nodes = __import__("comfyui_pmg.nodes.history_nodes", fromlist=["x"])
     with pytest.raises(pmg_pack.errors.InvalidSettingError, match="target_image"):
-        scorer.execute(images=_images(2, 7), history_images=_images(1, 8), alphas="0.5", alpha=0.5,
+        scorer.execute(images=_images(2, 7), history_images=_images(1, 8), alphas=(0.5,), alpha=0.5,
                        lpips_net="alex", filename_prefix="pmg/err")
     with pytest.raises(pmg_pack.errors.InvalidSettingError, match="no images"):
         scorer.execute(images=_images(2, 7), history_images=history_nodes.placeholder_image(),
-                       target_image=_images(1, 9), alphas="0.5", alpha=0.5, lpips_net="alex",
+                       target_image=_images(1, 9), alphas=(0.5,), alpha=0.5, lpips_net="alex",
                        filename_prefix="pmg/err")
     with pytest.raises(pmg_pack.errors.ImageValueError):
         scorer.execute(images=torch.rand(2, 4, 64, 64), history_images=_images(1, 8), target_image=_images(1, 9),
-                       alphas="0.5", alpha=0.5, lpips_net="alex", filename_prefix="pmg/err")
+                       alphas=(0.5,), alpha=0.5, lpips_net="alex", filename_prefix="pmg/err")
 
 
 def test_a_clip_folder_in_models_pmg_measures_texts(scorer, pmg_pack, comfy_base):
     """With a (tiny random) CLIP folder both sides are CLIP text similarities; no target image needed."""
-    tiny_clip = __import__("comfyui_pmg.pmg_core.tiny_models.clip", fromlist=["x"])
+    from pmg_tools.tiny_models import clip as tiny_clip
+
     tiny_clip.save_tiny_clip(comfy_base.models / "pmg" / "pmg-tiny-clip")
     options = [s for s in scorer.GET_SCHEMA().inputs if s.id == "clip_model"][0].options
     assert options == ["none", "pmg-tiny-clip"]
     history_nodes = __import__("comfyui_pmg.nodes.history_nodes", fromlist=["x"])
     output = scorer.execute(images=_images(3, 10), history_images=history_nodes.placeholder_image(),
-                            preference=make_bundle(pmg_pack), alphas="0.3, 0.5, 0.7", alpha=0.67,
+                            preference=make_bundle(pmg_pack), alphas=(0.3, 0.5, 0.7), alpha=0.67,
                             lpips_net="alex", filename_prefix="pmg/clip", clip_model="pmg-tiny-clip")
     record = json.loads(output.args[2])
     assert record["measure"]["d_pref"].startswith("CLIP") and record["measure"]["d_target"].startswith("CLIP")
@@ -128,7 +130,7 @@ def test_the_history_target_image_is_used_when_no_target_image_is_wired(scorer, 
     with caplog.at_level(logging.INFO):
         output = scorer.execute(images=candidates, history_images=_images(1, seed=12),
                                 preference=_sticker_bundle(pmg_pack, comfy_base, target_path),
-                                alphas="0.3, 0.5, 0.7", alpha=0.0, lpips_net="alex", filename_prefix="pmg/hist_target")
+                                alphas=(0.3, 0.5, 0.7), alpha=0.0, lpips_net="alex", filename_prefix="pmg/hist_target")
     record = json.loads(output.args[2])
     assert all(c["lpips_target"] is not None and c["ssim_target"] is not None for c in record["candidates"])
     assert record["candidates"][1]["lpips_target"] == pytest.approx(0.0, abs=1e-6)
@@ -144,4 +146,4 @@ def test_a_history_target_image_outside_the_input_folder_is_refused(scorer, pmg_
     with pytest.raises(pmg_pack.errors.UnsafePathError, match="outside the allowed folder"):
         scorer.execute(images=_images(2, seed=17), history_images=_images(1, seed=12),
                        preference=_sticker_bundle(pmg_pack, comfy_base, outside),
-                       alphas="0.5", alpha=0.5, lpips_net="alex", filename_prefix="pmg/outside")
+                       alphas=(0.5,), alpha=0.5, lpips_net="alex", filename_prefix="pmg/outside")

@@ -6,11 +6,18 @@ import sys
 import pytest
 
 import pmg_core
+import pmg_core.training
 
 
-@pytest.mark.parametrize("name", pmg_core.__all__)
-def test_every_exported_name_resolves(name):
-    assert getattr(pmg_core, name) is not None
+@pytest.mark.parametrize(
+    "package, name",
+    [(pmg_core, name) for name in pmg_core.__all__] + [(pmg_core.training, name) for name in pmg_core.training.__all__],
+)
+def test_every_exported_name_is_the_object_its_module_defines(package, name):
+    """Each export is the class or function of that name defined inside the package, not a stray re-export."""
+    exported = getattr(package, name)
+    assert exported.__name__ == name
+    assert exported.__module__.startswith(package.__name__ + "."), exported.__module__
 
 
 def test_unknown_names_raise_attribute_error():

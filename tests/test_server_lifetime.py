@@ -42,7 +42,7 @@ FAKE_MAIN = textwrap.dedent('''
 OWNER = textwrap.dedent('''
     import sys, time
     from pathlib import Path
-    from pmg_core.comfy_client.server import EmbeddedComfyUI
+    from pmg_tools.server import EmbeddedComfyUI
     comfy_dir, base, pid_file = map(Path, sys.argv[1:4])
     server = EmbeddedComfyUI(comfy_dir=comfy_dir, base_dir=base, pack_dir=None)
     server.start(timeout=30)

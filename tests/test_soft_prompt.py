@@ -291,3 +291,55 @@ def test_building_and_loading_leave_the_global_rng_alone(tmp_path, llm, adapter)
     SoftPromptAdapter.untrained(llm, TEXT_DIM, seed=5)
     load_adapter(path)
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+# --- encode_cached: the one soft-embedding cache (the node and `pmg embed` use it) -----------
+
+
+def test_encode_cached_computes_once_then_reads_the_cache(tmp_path, llm, monkeypatch):
+    from pmg_core.cache import cache_key
+    from pmg_core.soft_prompt import AdapterSource, encode_cached, load_soft_embeddings
+
+    source = AdapterSource(num_image_tokens=3, seed=5)
+    first = encode_cached(llm, ["a", "b"], source, 24, cache_dir=tmp_path)
+    assert first.embeddings.shape == (2, 3, 24) and first.cached == (False, False)
+    expected = SoftPromptAdapter.untrained(llm, text_dim=24, num_image_tokens=3, seed=5).encode(llm, ["a", "b"])
+    assert torch.allclose(first.embeddings, expected.detach())
+    # One key function for every cache of the project, one file format for the cache and `pmg embed`.
+    assert first.cache_keys[0] == cache_key("pmg-soft-prompt-v2", source.identity(), llm.identity, "a", 24)
+    stored, header = load_soft_embeddings(tmp_path / "soft_prompts" / f"{first.cache_keys[0]}.safetensors")
+    assert torch.equal(stored, first.embeddings[:1]) and header["cache_key"] == first.cache_keys[0]
+
+    def no_adapter(*_args, **_kwargs):
+        raise AssertionError("a cache hit must not build the adapter")
+
+    monkeypatch.setattr(AdapterSource, "build", no_adapter)
+    again = encode_cached(llm, ["b", "a"], source, 24, cache_dir=tmp_path)
+    assert again.cached == (True, True)
+    assert torch.equal(again.embeddings, first.embeddings.flip(0))
+
+
+def test_encode_cached_keys_on_the_adapter_and_recomputes_damaged_entries(tmp_path, llm, caplog):
+    from pmg_core.soft_prompt import AdapterSource, encode_cached
+
+    seven = encode_cached(llm, ["a"], AdapterSource(seed=7), 24, cache_dir=tmp_path)
+    eight = encode_cached(llm, ["a"], AdapterSource(seed=8), 24, cache_dir=tmp_path)
+    assert seven.cache_keys != eight.cache_keys and not torch.allclose(seven.embeddings, eight.embeddings)
+    (tmp_path / "soft_prompts" / f"{seven.cache_keys[0]}.safetensors").write_bytes(b"damaged")
+    again = encode_cached(llm, ["a"], AdapterSource(seed=7), 24, cache_dir=tmp_path)
+    assert again.cached == (False,) and torch.allclose(again.embeddings, seven.embeddings)
+    assert "unreadable soft-prompt cache entry" in caplog.text
+    assert not [p for p in (tmp_path / "soft_prompts").iterdir() if p.name.startswith(".")]
+
+
+def test_encode_cached_with_a_trained_file_and_without_the_cache(tmp_path, llm, adapter):
+    from pmg_core.soft_prompt import AdapterSource, encode_cached
+
+    save_adapter(adapter, tmp_path / "a.safetensors")
+    result = encode_cached(llm, ["x"], AdapterSource(tmp_path / "a.safetensors"), adapter.config.text_dim,
+                           cache_dir=tmp_path / "cache", use_cache=False)
+    assert torch.allclose(result.embeddings, adapter.encode(llm, ["x"]).detach(), atol=1e-6)
+    assert result.metadata["adapter_id"].startswith("sha256:") and not (tmp_path / "cache").exists()
+    with pytest.raises(AdapterMismatchError):
+        encode_cached(llm, ["x"], AdapterSource(tmp_path / "a.safetensors"), adapter.config.text_dim + 8,
+                      cache_dir=tmp_path / "cache")

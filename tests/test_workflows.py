@@ -23,7 +23,8 @@ import requests
 from PIL import Image
 
 from pmg_core.comfy_client.batch import queue_users, read_results
-from pmg_core.comfy_client.workflow_format import api_differences, ui_to_api, workflow_models
+from fixtures_comfy import workflow_models
+from pmg_core.comfy_client.workflow_format import api_differences, ui_to_api
 from pmg_core.errors import ComfyServerError
 
 pytestmark = pytest.mark.comfy_server

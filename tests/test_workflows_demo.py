@@ -11,7 +11,7 @@ import json
 import pytest
 from PIL import Image
 
-from pmg_core.comfy_client.demo import (
+from pmg_tools.demo import (
     DemoOptions,
     DemoSettings,
     apply_settings,
@@ -68,7 +68,7 @@ def test_demo_refuses_a_checkpoint_the_server_does_not_have(comfy_server, tmp_pa
 
 def test_a_downloaded_image_stays_in_the_results_folder(tmp_path):
     """A file name the server reports ("../../x.png") must not write outside the user's image folder."""
-    from pmg_core.comfy_client.demo import _download
+    from pmg_tools.demo import _download
 
     class Server:
         def view(self, filename, subfolder="", type="output"):

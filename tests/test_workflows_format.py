@@ -6,13 +6,8 @@ import copy
 
 import pytest
 
-from pmg_core.comfy_client.workflow_format import (
-    api_differences,
-    api_to_ui,
-    node_inputs,
-    ui_to_api,
-    workflow_models,
-)
+from fixtures_comfy import workflow_models
+from pmg_core.comfy_client.workflow_format import api_differences, api_to_ui, node_inputs, ui_to_api
 from pmg_core.errors import WorkflowFormatError
 
 # Trimmed copies of ComfyUI 0.3.75's /object_info entries (same keys and option shapes).

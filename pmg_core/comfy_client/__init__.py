@@ -1,17 +1,9 @@
-"""Talk to a real ComfyUI over HTTP: run one (``server``), script it (``client``), batch users (``batch``).
+"""Talk to a real ComfyUI over HTTP: script it (``client``), batch users (``batch``), convert workflows.
 
-Nothing in this package imports ComfyUI; the server runs as a child process.
+Nothing in this package imports ComfyUI. Starting a server is checkout tooling
+(``pmg_tools.server``): point the client at any running ComfyUI with the pack installed.
 """
 
 from .client import ComfyClient, execution_error, output_files
-from .server import EmbeddedComfyUI, ensure_tiny_checkpoint, free_port, install_default_models
 
-__all__ = [
-    "ComfyClient",
-    "EmbeddedComfyUI",
-    "ensure_tiny_checkpoint",
-    "execution_error",
-    "free_port",
-    "install_default_models",
-    "output_files",
-]
+__all__ = ["ComfyClient", "execution_error", "output_files"]

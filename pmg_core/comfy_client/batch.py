@@ -260,6 +260,133 @@ def _first_ui_value(entry: dict, key: str) -> Any:
 
 # --- the queue -------------------------------------------------------------------------------
 
+_NO_NODE = {"node_id": None, "node_type": None}
+
+
+class BatchQueue:
+    """The users of one batch run and the transitions between their states.
+
+    A user is *waiting* (in ``todo``), *running* (its prompt id in ``running``, at most
+    ``concurrency`` of them) or *recorded* (its line appended to ``out_jsonl``, counted
+    in ``summary``). Each transition is one method: :meth:`submit_more` (waiting →
+    running, or recorded when ComfyUI refuses the prompt), :meth:`prompt_done`,
+    :meth:`expire` and :meth:`server_lost` (running → recorded), :meth:`cancel_running`
+    (running → taken out of ComfyUI's queue, left for the rerun). :meth:`run` drives
+    them from ComfyUI's ``/ws`` events.
+    """
+
+    def __init__(self, client: ComfyClient, make_graph: Callable[[str], dict], users: list[str], out_jsonl: Path,
+                 concurrency: int = 2, timeout: float = 3600.0, progress: Callable[[int, int], None] | None = None,
+                 on_event: EventCallback | None = None) -> None:
+        self.client, self.make_graph, self.out_jsonl = client, make_graph, Path(out_jsonl)
+        self.concurrency, self.timeout, self.progress, self.on_event = concurrency, timeout, progress, on_event
+        self.todo: deque[str] = deque(users)
+        self.total = len(users)
+        self.running: dict[str, tuple[str, float]] = {}  # prompt id -> (user, submitted at)
+        self.watched: set[str] = set()  # the prompt ids `ComfyClient.follow` waits for (it drops finished ones)
+        self.summary = BatchSummary()
+
+    @property
+    def finished(self) -> bool:
+        return not self.running and not self.todo
+
+    def record(self, user: str, prompt_id: str | None, entry: dict | None, error: dict | None, began: float) -> None:
+        """Append the user's line and count it."""
+        line = result_record(user, prompt_id, entry, error, time.monotonic() - began)
+        _append_line(self.out_jsonl, line)
+        if line["status"] == "success":
+            self.summary.done += 1
+        else:
+            self.summary.failed += 1
+            self.summary.failed_users.append(user)
+            log.warning("user %s failed: %s", user, describe_node_errors([line["error"]]))
+        if self.progress is not None:
+            self.progress(self.summary.done + self.summary.failed, self.total)
+
+    def submit_more(self) -> None:
+        """Queue waiting users until ``concurrency`` run; a refused prompt is recorded as that user's error.
+
+        A server that does not answer at all raises :class:`ComfyServerError` (the user is recorded first).
+        """
+        while self.todo and len(self.running) < self.concurrency:
+            user = self.todo.popleft()
+            began = time.monotonic()
+            try:
+                prompt_id = self.client.queue_prompt(self.make_graph(user))
+            except ComfyServerError as exc:
+                errors = getattr(exc, "node_errors", [])
+                if getattr(exc, "status_code", None) is None:
+                    self.record(user, None, None, {**_NO_NODE, "message": str(exc)}, began)
+                    raise
+                first = errors[0] if errors else _NO_NODE
+                self.record(user, None, None, {**first, "message": describe_node_errors(errors) if errors else str(exc)}, began)
+                continue
+            self.running[prompt_id] = (user, began)
+            self.watched.add(prompt_id)
+
+    def prompt_done(self, prompt_id: str, entry: dict) -> None:
+        """A prompt of this run finished (its /history entry says how)."""
+        user, began = self.running.pop(prompt_id)
+        self.record(user, prompt_id, entry, None, began)
+
+    def expire(self, now: float | None = None) -> None:
+        """Cancel and record the prompts that ran past ``timeout``."""
+        now = time.monotonic() if now is None else now
+        for prompt_id, (user, began) in list(self.running.items()):
+            if now - began > self.timeout:
+                del self.running[prompt_id]
+                self.watched.discard(prompt_id)
+                _abandon(self.client, {prompt_id: (user, began)})
+                self.record(user, prompt_id, None, {**_NO_NODE, "message": f"timed out after {self.timeout:.0f} s"}, began)
+
+    def server_lost(self, exc: ComfyServerError) -> ComfyServerError:
+        """The server stopped answering: the running users get a line saying so (one of them may have
+        brought it down); the waiting ones are left for the rerun. Returns the error to raise."""
+        for prompt_id, (user, began) in self.running.items():
+            self.record(user, prompt_id, None, {**_NO_NODE, "message": str(exc)}, began)
+        return ComfyServerError(f"{exc} {len(self.todo)} user(s) were not submitted; run the same command again to resume.")
+
+    def cancel_running(self) -> None:
+        """Interrupted (Ctrl-C, a progress callback that raised): leave nothing of this run in ComfyUI's queue."""
+        if self.running:
+            _abandon(self.client, self.running)
+
+    def handle(self, event: dict) -> None:
+        """One /ws event (or a tick): a finished prompt, progress for the caller, expiry, refill."""
+        data = event.get("data") or {}
+        prompt_id = data.get("prompt_id")
+        if event["type"] == "done" and prompt_id in self.running:
+            self.prompt_done(prompt_id, data["entry"])
+        elif prompt_id in self.running and self.on_event is not None:
+            self.on_event(self.running[prompt_id][0], event)
+        self.expire()
+        self.submit_more()
+
+    def run(self) -> BatchSummary:
+        """Run every waiting user; returns the summary (a lost server raises after recording)."""
+        if self.progress is not None:
+            self.progress(0, self.total)
+        # The socket opens before the first prompt is queued: a prompt served from ComfyUI's
+        # cache finishes within milliseconds, and its events would be gone otherwise.
+        events = self.client.connect()
+        try:
+            self.submit_more()
+            for event in self.client.follow(self.watched, timeout=float("inf"), ticks=True, events=events):
+                self.handle(event)
+                if self.finished:
+                    break
+        except ComfyServerError as exc:
+            if getattr(exc, "status_code", None) is not None:
+                raise
+            lost = self.server_lost(exc)  # the running users stay, so cancel_running below still tries
+            raise lost from exc
+        finally:
+            events.close()
+            self.cancel_running()
+        if self.summary.failed_users:
+            log.warning("failed users (rerun to retry them): %s", ", ".join(self.summary.failed_users))
+        return self.summary
+
 
 def queue_users(
     client: ComfyClient,
@@ -290,6 +417,20 @@ def queue_users(
     overrides = substitutions or {}
     check_graph(api_workflow, overrides)
     out_jsonl = Path(out_jsonl)
+    history_name, users = _history_and_users(client, history_file, server_history, users)
+
+    previous = read_results(out_jsonl)
+    todo = [u for u in users if previous.get(u, {}).get("status") != "success"]
+    if len(todo) < len(users):
+        log.info("%d user(s) already done in %s; skipping them", len(users) - len(todo), out_jsonl)
+    batch = BatchQueue(client, lambda user: user_graph(api_workflow, user, history_name, overrides), todo, out_jsonl,
+                       concurrency=concurrency, timeout=timeout, progress=progress, on_event=on_event)
+    batch.summary.skipped = len(users) - len(todo)
+    return batch.run()
+
+
+def _history_and_users(client, history_file, server_history, users) -> tuple[str | None, list[str]]:
+    """The history name the loader gets on the server (uploading a local file) and the users to run."""
     if history_file is not None and server_history is not None:
         raise InvalidSettingError("Give either a local history file or a server_history name, not both.")
     history_name = server_history
@@ -304,100 +445,7 @@ def queue_users(
         users = _server_file_users(client, server_history)
     if users is None:
         raise InvalidSettingError("No users given and no history file to list them from; pass users or a history file.")
-    users = list(dict.fromkeys(str(u) for u in users))  # keep order, drop repeats
-
-    previous = read_results(out_jsonl)
-    summary = BatchSummary()
-    todo = deque(u for u in users if previous.get(u, {}).get("status") != "success")
-    summary.skipped = len(users) - len(todo)
-    if summary.skipped:
-        log.info("%d user(s) already done in %s; skipping them", summary.skipped, out_jsonl)
-    total = len(todo)
-    if progress is not None:
-        progress(0, total)
-
-    running: dict[str, tuple[str, float]] = {}  # prompt id -> (user, submitted at)
-    watched: set[str] = set()
-
-    def finish(user: str, prompt_id: str | None, entry: dict | None, error: dict | None, began: float) -> None:
-        record = result_record(user, prompt_id, entry, error, time.monotonic() - began)
-        _append_line(out_jsonl, record)
-        if record["status"] == "success":
-            summary.done += 1
-        else:
-            summary.failed += 1
-            summary.failed_users.append(user)
-            log.warning("user %s failed: %s", user, describe_node_errors([record["error"]]))
-        if progress is not None:
-            progress(summary.done + summary.failed, total)
-
-    def submit_more() -> None:
-        while todo and len(running) < concurrency:
-            user = todo.popleft()
-            began = time.monotonic()
-            graph = user_graph(api_workflow, user, history_name, overrides)
-            try:
-                prompt_id = client.queue_prompt(graph)
-            except ComfyServerError as exc:
-                errors = getattr(exc, "node_errors", [])
-                if getattr(exc, "status_code", None) is None:  # no answer at all: the server is gone
-                    finish(user, None, None, {"node_id": None, "node_type": None, "message": str(exc)}, began)
-                    raise  # the running users are recorded below
-                first = errors[0] if errors else {"node_id": None, "node_type": None}
-                finish(user, None, None, {**first, "message": describe_node_errors(errors) if errors else str(exc)}, began)
-                continue
-            running[prompt_id] = (user, began)
-            watched.add(prompt_id)
-
-    # The socket opens before the first prompt is queued: a prompt served from ComfyUI's
-    # cache finishes within milliseconds, and its events would be gone otherwise.
-    events = client.connect()
-    try:
-        try:
-            submit_more()
-            for event in client.follow(watched, timeout=float("inf"), ticks=True, events=events):
-                data = event.get("data") or {}
-                prompt_id = data.get("prompt_id")
-                if event["type"] == "done" and prompt_id in running:
-                    user, began = running.pop(prompt_id)
-                    finish(user, prompt_id, data["entry"], None, began)
-                    submit_more()
-                elif prompt_id in running and on_event is not None:
-                    on_event(running[prompt_id][0], event)
-                _expire(client, running, watched, timeout, finish)
-                submit_more()
-                if not running and not todo:
-                    break
-        except ComfyServerError as exc:
-            if getattr(exc, "status_code", None) is not None:
-                raise
-            # No answer (server gone or stuck): the running users get a line saying so (one of them
-            # may have brought it down), the rest are left for the rerun. They stay in `running`,
-            # so the `finally` below still tries to cancel them.
-            for prompt_id, (user, began) in list(running.items()):
-                finish(user, prompt_id, None, {"node_id": None, "node_type": None, "message": str(exc)}, began)
-            raise ComfyServerError(
-                f"{exc} {len(todo)} user(s) were not submitted; run the same command again to resume."
-            ) from exc
-    finally:
-        events.close()
-        if running:  # interrupted (Ctrl-C, a progress callback that raised): leave nothing queued
-            _abandon(client, running)
-    if summary.failed_users:
-        log.warning("failed users (rerun to retry them): %s", ", ".join(summary.failed_users))
-    return summary
-
-
-def _expire(client: ComfyClient, running: dict, watched: set, timeout: float, finish) -> None:
-    """Record and cancel the prompts that ran past ``timeout``."""
-    now = time.monotonic()
-    for prompt_id, (user, began) in list(running.items()):
-        if now - began > timeout:
-            running.pop(prompt_id)
-            watched.discard(prompt_id)
-            _abandon(client, {prompt_id: (user, began)})
-            finish(user, prompt_id, None,
-                   {"node_id": None, "node_type": None, "message": f"timed out after {timeout:.0f} s"}, began)
+    return history_name, list(dict.fromkeys(str(u) for u in users))  # keep order, drop repeats
 
 
 def _abandon(client: ComfyClient, running: dict) -> None:

@@ -1,7 +1,8 @@
-"""``pmg serve`` (run the embedded ComfyUI) and ``pmg queue`` (one prompt per user).
+"""``pmg queue``: one prompt per user on a ComfyUI server, through the batch client.
 
-``pmg_core.cli`` calls :func:`register`; ``python -m pmg_core.comfy_client.cli serve|queue ...``
-is the same as ``pmg serve|queue ...``.
+``pmg_core.cli`` calls :func:`register`; ``python -m pmg_core.comfy_client.cli queue ...``
+is the same as ``pmg queue ...``. (``pmg serve``, which starts a ComfyUI, is checkout
+tooling: ``pmg_tools.server``.)
 """
 
 from __future__ import annotations
@@ -9,32 +10,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-import threading
 from functools import partial
 from pathlib import Path
 
+from ..cli_common import build_parser, run
 from ..errors import PMGError
 from ..progress import stderr_bar, tqdm_progress
-from .server import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
-    """Add ``serve`` and ``queue`` to an ``argparse`` sub-parser set."""
-    serve = subparsers.add_parser("serve", help="run a local ComfyUI with this pack and the offline default models")
-    serve.add_argument("--port", type=int, default=8188, help="port on 127.0.0.1 (default 8188; 0 = any free port)")
-    serve.add_argument("--base", type=Path, default=REPO_ROOT / "comfy_base",
-                       help="folder for models, custom_nodes, input, output, user (default: comfy_base/ in the repo)")
-    serve.add_argument("--comfy-dir", type=Path, default=None, help="ComfyUI source folder (default .cache/comfyui)")
-    serve.add_argument("--no-default-models", action="store_true",
-                       help="do not install the tiny checkpoint, the default LLM, the scorer's tiny CLIP "
-                            "and the example histories")
-    serve.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for start-up")
-    serve.set_defaults(run=run_serve)
-
+    """Add ``queue`` to an ``argparse`` sub-parser set."""
     queue = subparsers.add_parser("queue", help="queue an API workflow once per user on a ComfyUI server")
     queue.add_argument("workflow", type=Path, help="API-format workflow JSON (File > Export (API) in ComfyUI)")
     source = queue.add_mutually_exclusive_group(required=True)
@@ -51,35 +39,6 @@ def register(subparsers) -> None:
                        help="override a node input in every prompt (VALUE is JSON if it parses, else a string)")
     queue.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for one user")
     queue.set_defaults(run=run_queue)
-
-
-def run_serve(args: argparse.Namespace) -> int:
-    """pmg serve: prepare the base folder, start ComfyUI, print its URL, run until killed."""
-    from .server import EmbeddedComfyUI, free_port, install_default_models
-
-    server = EmbeddedComfyUI(comfy_dir=args.comfy_dir, base_dir=args.base, port=args.port or free_port())
-    server.prepare()
-    if not args.no_default_models:
-        install_default_models(server.base_dir, comfy_dir=args.comfy_dir)
-    stop = threading.Event()
-
-    def on_signal(signum, _frame) -> None:
-        log.info("signal %d: stopping ComfyUI", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        server.start(timeout=args.timeout)
-        print(server.url, flush=True)
-        while not stop.is_set():
-            if not server.is_running():
-                log.error("ComfyUI exited on its own; the end of its log:\n%s", server.log_tail())
-                return 1
-            stop.wait(1.0)
-    finally:
-        server.stop()
-    return 0
 
 
 def run_queue(args: argparse.Namespace) -> int:
@@ -113,10 +72,8 @@ def _show_event(bar, user: str, event: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pmg_core.comfy_client.cli serve|queue ...``: runs ``pmg`` with these arguments."""
-    from ..cli import main as pmg_main
-
-    return pmg_main(argv)
+    """``python -m pmg_core.comfy_client.cli queue ...``: ``pmg queue ...``."""
+    return run(build_parser([register]), argv)
 
 
 if __name__ == "__main__":

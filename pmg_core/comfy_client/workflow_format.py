@@ -419,10 +419,3 @@ def api_differences(expected: Mapping, actual: Mapping, keep_meta: bool = True) 
                     problems.append(f"node {node_id} {key}: {a[node_id].get(key)!r} != {b[node_id].get(key)!r}")
     return problems
 
-
-def workflow_models(workflow: Mapping) -> list[dict]:
-    """Every ``properties.models`` entry of a UI workflow's nodes, plus its top-level ``models``."""
-    found = list(workflow.get("models") or [])
-    for node in workflow.get("nodes", []):
-        found.extend((node.get("properties") or {}).get("models") or [])
-    return found

@@ -164,7 +164,9 @@ def _evaluate(args, methods: list[str]) -> dict:
     shown = [m for m in methods if m in results]
     rows = [(case.history.user_id, [*case.history_images[:3], case.target_image[0], *(results[m].samples[i] for m in shown)])
             for i, case in enumerate(cases[:8])]
-    sample_grid(rows, ["history", "history", "history", "target", *shown]).save(out / "samples.png")
+    short = {"target only": "none", "keywords": "keywords", "keywords + soft (untrained)": "+soft (0)",
+             "keywords + soft (trained)": "+soft", "PMG sweep + z": "sweep + z"}
+    sample_grid(rows, ["history", "history", "history", "target", *(short[m] for m in shown)]).save(out / "samples.png")
     if args.responsiveness:
         from ..generator.dataset import split
         from .responsiveness import responsiveness_report

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import write_bytes_atomic
 from ..errors import ModelLoadError
 from ..generator.dataset import CATEGORIES, EmojiImage, image_tensor
-from ..loaders.atomic import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -139,7 +139,7 @@ def _cached(path: Path, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[
     """Tensors saved beside the run: computed once, read back on every resume."""
     from safetensors.torch import load_file, save
 
-    from ..loaders.atomic import write_bytes_atomic
+    from ..atomic import write_bytes_atomic
 
     if path.is_file():
         return load_file(str(path))

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import write_bytes_atomic
 from ..errors import ModelLoadError
-from ..loaders.atomic import write_bytes_atomic
 from .autoencoder import TinyAutoencoder
 from .denoiser import UNET_CONFIG, StickerDenoiser
 from .text_encoder import CHUNK

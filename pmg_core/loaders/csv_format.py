@@ -17,7 +17,7 @@ from typing import Iterable
 
 from ..errors import HistoryFormatError
 from ..history import Item, UserHistory
-from .atomic import write_text_atomic
+from ..atomic import write_text_atomic
 from .jsonl import relative_path
 from .records import ImagePolicy, RecordParser, Where, parse_id, parse_number, parse_scene, parse_timestamp, parse_title
 

@@ -8,7 +8,7 @@ from typing import Iterable
 
 from ..errors import HistoryFormatError
 from ..history import UserHistory
-from .atomic import write_text_atomic
+from ..atomic import write_text_atomic
 from .records import RECORD_EXAMPLE, ImagePolicy, RecordParser, Where
 from .textfile import parse_json, read_text
 

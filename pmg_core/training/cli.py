@@ -16,8 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..cli import BUILTIN_STICKERS, add_llm_source_args, load_cli_llm
-from ..cli import main as pmg_main
+from ..cli_common import BUILTIN_STICKERS, add_llm_source_args, build_parser, load_cli_llm, run
 from ..errors import InvalidSettingError, TrainingError
 from ..progress import stderr_bar, tqdm_progress
 
@@ -193,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "train":
         argv = ["train", *argv]
-    return pmg_main(argv)
+    return run(build_parser([register]), argv)
 
 
 if __name__ == "__main__":

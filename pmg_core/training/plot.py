@@ -7,6 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..atomic import atomic_path
 from ..charts import INK, PlotArea, canvas, font, padded_range
 
 _SERIES = {"loss": (40, 90, 200), "target_loss": (40, 160, 80), "negative_loss": (210, 80, 40)}
@@ -66,7 +67,6 @@ def loss_curve_image(
 def save_loss_curve(image: Image.Image, path: Path) -> Path:
     """Save the loss-curve PNG atomically; returns its path."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    image.save(temporary, format="PNG")
-    temporary.replace(path)
+    with atomic_path(path) as temporary:
+        image.save(temporary, format="PNG")
     return path

@@ -15,7 +15,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from ..assets import clip_tokenizer_dir
+from pmg_core.assets import clip_tokenizer_dir
 
 TEXT_WIDTH = 32  # the tiny text encoder's hidden size = the UNet's cross-attention width
 CLIP_VOCAB_SIZE = 49408

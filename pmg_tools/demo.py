@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from ..errors import ComfyServerError, InvalidSettingError
+from pmg_core.errors import ComfyServerError, InvalidSettingError
 from .server import REPO_ROOT, TINY_CHECKPOINT_NAME
 
 log = logging.getLogger(__name__)
@@ -108,8 +108,8 @@ def apply_settings(graph: dict, settings: DemoSettings) -> dict:
             inputs["seed"] = settings.seed
         elif kind == "EmptyLatentImage":
             inputs["width"] = inputs["height"] = settings.size
-    for node in graph.values():  # the alpha list, typed in the nodes or in the String node feeding them
-        if node["class_type"] in ("PMGConditioning", "PMGScorer") and "alphas" in node["inputs"]:
+    for node in graph.values():  # the alpha list, typed in PMG Conditioning or in the String node feeding it
+        if node["class_type"] == "PMGConditioning" and "alphas" in node["inputs"]:
             value = node["inputs"]["alphas"]
             if isinstance(value, list):
                 graph[str(value[0])]["inputs"]["value"] = settings.alphas
@@ -184,8 +184,8 @@ class DemoOptions:
 
 def run_demo(options: DemoOptions, progress: Callable[[int, int], None] | None = None) -> DemoResult:
     """Run the example workflows for a few users and write the results folder (see the module doc)."""
-    from .batch import queue_users
-    from .client import ComfyClient
+    from pmg_core.comfy_client.batch import queue_users
+    from pmg_core.comfy_client.client import ComfyClient
 
     began = time.monotonic()
     settings = options.settings.resolved()
@@ -206,7 +206,7 @@ def run_demo(options: DemoOptions, progress: Callable[[int, int], None] | None =
             raise InvalidSettingError(
                 f"PMG Scorer needs a CLIP folder in models/pmg to score the movie posters (MovieLens has no "
                 f"images); the server has {scorer_clip_choices(object_info)}. Copy a Hugging Face CLIP folder "
-                "there (or, for mechanics only, run: python -c \"from pmg_core.tiny_models.clip import "
+                "there (or, for mechanics only, run: python -c \"from pmg_tools.tiny_models.clip import "
                 "save_tiny_clip; save_tiny_clip('<ComfyUI>/models/pmg/pmg-tiny-clip')\") and pass --clip NAME."
             )
         jobs = _jobs(options, histories)
@@ -259,7 +259,7 @@ def _upload_examples(client, folder: Path) -> dict[str, Path]:
 
 
 def _jobs(options: DemoOptions, histories: dict[str, Path]) -> list[DemoJob]:
-    from ..loaders import list_users
+    from pmg_core.loaders import list_users
 
     n_movie, n_sticker = split_users(options.users)
     movie_users = options.movie_users if options.movie_users is not None else list_users(histories["movie"])[:n_movie]
@@ -279,8 +279,8 @@ def _jobs(options: DemoOptions, histories: dict[str, Path]) -> list[DemoJob]:
 
 def _write_results(client, jobs: list[DemoJob], scores_path: Path, out_dir: Path, settings: DemoSettings,
                    elapsed: float, options: DemoOptions) -> DemoResult:
-    from ..loaders import load_histories
-    from .batch import read_results
+    from pmg_core.loaders import load_histories
+    from pmg_core.comfy_client.batch import read_results
     from .contact_sheet import SheetRow, save_contact_sheet
 
     records = read_results(scores_path)
@@ -441,8 +441,8 @@ def _ids(text: str | None) -> list[str] | None:
 
 def _run_cli(args: argparse.Namespace) -> int:
     """Run ``pmg demo``: prints the JSON summary; exit status 1 when a user failed."""
-    from ..cli import print_json
-    from ..progress import stderr_bar, tqdm_progress
+    from pmg_core.cli_common import print_json
+    from pmg_core.progress import stderr_bar, tqdm_progress
 
     options = DemoOptions(
         users=args.users, movie_users=_ids(args.movie_users), sticker_users=_ids(args.sticker_users),
@@ -458,10 +458,10 @@ def _run_cli(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pmg_core.comfy_client.demo ...``: ``pmg demo ...`` (same options)."""
-    from ..cli import main as pmg_main
+    """``python -m pmg_tools.demo ...``: ``./pmg demo ...`` (same options)."""
+    from pmg_core.cli_common import build_parser, run
 
-    return pmg_main(["demo", *(sys.argv[1:] if argv is None else argv)])
+    return run(build_parser([register]), ["demo", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

