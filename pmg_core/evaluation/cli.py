@@ -24,7 +24,7 @@ METHOD_CHOICES = ("target only", "keywords", "keywords + soft (untrained)", "key
 
 def register(subparsers) -> None:
     """Add the ``eval`` subcommand."""
-    from ..cli import add_llm_source_args
+    from ..cli_common import add_llm_source_args
 
     p = subparsers.add_parser("eval", help="measure PMG on the sticker generator (table, plots, JSON)")
     p.add_argument("--generator", type=Path, help="sticker generator .safetensors (pmg train-generator)")
@@ -93,7 +93,7 @@ def _train_judge(args) -> dict:
 
 
 def _train_adapter(args) -> dict:
-    from ..cli import load_cli_llm
+    from ..cli_common import load_cli_llm
     from ..errors import InvalidSettingError
     from ..generator.adapter_training import train_sticker_adapter
     from ..generator.text_encoder import WIDTH
@@ -117,7 +117,7 @@ def _train_adapter(args) -> dict:
 
 
 def _evaluate(args, methods: list[str]) -> dict:
-    from ..cli import load_cli_llm
+    from ..cli_common import load_cli_llm
     from ..generator.text_encoder import MiniLMTextEncoder
     from ..generator.weights import load_generator
     from ..loaders.stickers import build_sticker_histories
