@@ -130,9 +130,9 @@ def test_the_installed_library_is_the_wheel_not_the_checkout(installed, tmp_path
 def test_help_lists_every_subcommand_and_each_has_its_own(installed, tmp_path):
     done = _pmg(installed, "--help", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    commands = ("keywords", "embed", "generate", "score", "queue", "train", "serve", "demo")
+    commands = ("keywords", "embed", "generate", "score", "queue", "train", "train-generator", "eval", "serve", "demo")
     assert all(command in done.stdout for command in commands)
-    for command in ("keywords", "embed", "generate", "score", "queue", "train"):
+    for command in ("keywords", "embed", "generate", "score", "queue", "train", "train-generator", "eval"):
         assert _pmg(installed, command, "--help", cwd=tmp_path).returncode == 0, command
 
 
