@@ -99,14 +99,18 @@ def load_api_workflow(name: str, folder: Path = WORKFLOW_DIR) -> dict:
 def apply_settings(graph: dict, settings: DemoSettings) -> dict:
     """Set checkpoint, steps, size, α list and seed in a graph, finding nodes by class (not id)."""
     graph = json.loads(json.dumps(graph))
+    # Checkpoint, steps and size belong to Stable Diffusion graphs; the sticker generator's graph keeps its own
+    # (it samples 64x64 stickers in 20 steps, what it was trained and measured at).
+    uses_checkpoint = any(node["class_type"] == "CheckpointLoaderSimple" for node in graph.values())
     for node in graph.values():
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "CheckpointLoaderSimple":
             inputs["ckpt_name"] = settings.checkpoint
         elif kind == "KSampler":
-            inputs["steps"] = settings.steps
             inputs["seed"] = settings.seed
-        elif kind == "EmptyLatentImage":
+            if uses_checkpoint:
+                inputs["steps"] = settings.steps
+        elif kind == "EmptyLatentImage" and uses_checkpoint:
             inputs["width"] = inputs["height"] = settings.size
     for node in graph.values():  # the alpha list, typed in PMG Conditioning or in the String node feeding it
         if node["class_type"] == "PMGConditioning" and "alphas" in node["inputs"]:
@@ -214,7 +218,9 @@ def run_demo(options: DemoOptions, progress: Callable[[int, int], None] | None =
         total = sum(len(job.users) for job in jobs)
         finished = 0
         for job in jobs:
-            graph = set_clip_model(apply_settings(load_api_workflow(job.name), settings), options.clip_model)
+            graph = apply_settings(load_api_workflow(job.name), settings)
+            if job.scene != "sticker":  # sticker users have history and target images: LPIPS scores them, no CLIP
+                graph = set_clip_model(graph, options.clip_model)
             log.info("queueing %s for %d user(s): %s", job.name, len(job.users), ", ".join(job.users))
             offset = finished
 
@@ -309,7 +315,8 @@ def _write_results(client, jobs: list[DemoJob], scores_path: Path, out_dir: Path
     title = (f"PMG demo: {len(rows)} users, checkpoint {settings.checkpoint}, {settings.steps} steps, "
              f"{settings.size}x{settings.size}.")
     if settings.is_tiny:
-        title += " The checkpoint has RANDOM weights: the images are noise; this sheet shows the wiring, not quality."
+        title += (" Sticker rows: the sticker generator trained by this project (real weights). Movie rows: the"
+                  " checkpoint has RANDOM weights, its images are noise (wiring only).")
     save_contact_sheet(rows, out_dir / "contact_sheet.png", title=title)
     (out_dir / "summary.md").write_text(_summary(jobs, records, settings, options, result), encoding="utf-8")
     return result
@@ -365,7 +372,11 @@ def _summary(jobs: list[DemoJob], records: dict, settings: DemoSettings, options
     lines = ["# PMG demo results", ""]
     if settings.is_tiny:
         lines += [
-            f"**The checkpoint `{settings.checkpoint}` has RANDOM weights: the images are noise.** It is the offline",
+            "**Sticker users** run on `pmg-sticker-generator.safetensors`, the 64×64 sticker generator this project",
+            "trained on the Twemoji images (real weights; see models/README.md and docs/EVALUATION.md): their",
+            "candidates are real stickers, scored by LPIPS to the user's history and the target sticker.",
+            "",
+            f"**Movie users: the checkpoint `{settings.checkpoint}` has RANDOM weights: the images are noise.** It is the offline",
             "default (no machine of this project can download Stable Diffusion); this run tests the wiring —",
             "history → LLM keywords → soft prompt → PMG conditioning → stock KSampler → scoring — not image quality.",
             *([f"The scorer's CLIP (`{options.clip_model}`) has random weights too, so the scores and the selected",
