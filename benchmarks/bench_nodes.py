@@ -10,6 +10,11 @@ times, from ``POST /prompt`` to the prompt's end:
 * **PMG cold**: ``workflows/api/pmg_movie_poster.json`` for a MovieLens user never seen
   before (LLM keywords and soft prompt computed);
 * **PMG warm**: the same users again (keywords and soft prompt read from the disk caches).
+* **PMG warm, 1.7B LLM** (``--large-llm``): the same, with PMG LLM Loader given a folder shaped like
+  SmolLM2-1.7B (``LlamaConfig`` with 2048 hidden, 24 layers: 1.71B parameters, 3.4 GB of *zero* bf16
+  weights, SmolLM2's tokenizer). Its keyword and soft-prompt caches are filled in this process first
+  (scripted keywords, random embeddings, under the exact keys the nodes compute), because a warm
+  prompt never reads the weights: the condition shows the warm path does not depend on LLM size.
 
 Before every timed prompt ``/free`` clears ComfyUI's in-memory node cache and unloads the
 models, so every condition executes all of its nodes and reloads the checkpoint (and PMG
@@ -60,14 +65,70 @@ def plain_graph(checkpoint: str, steps: int, size: int, batch: int, seed: int, p
     }
 
 
-def pmg_graph(settings: DemoSettings, user: str, seed: int, prefix: str) -> dict:
+def pmg_graph(settings: DemoSettings, user: str, seed: int, prefix: str, llm: str | None = None) -> dict:
     graph = apply_settings(load_api_workflow("pmg_movie_poster"), DemoSettings(**{**settings.__dict__, "seed": seed}))
     for node in graph.values():
         if node["class_type"] == "PMGUserHistoryLoader":
             node["inputs"]["user_id"] = user
+        if node["class_type"] == "PMGLLMLoader" and llm is not None:
+            node["inputs"]["model"] = llm
         if "filename_prefix" in node["inputs"]:
             node["inputs"]["filename_prefix"] = f"bench/{prefix}_{node['inputs']['filename_prefix'].rsplit('/', 1)[-1]}"
     return graph
+
+
+LARGE_LLM = "pmg-zero-1.7b"
+_KEYWORDS = "space opera\n2. salvage crews\n3. lonely lighthouses\n4. night trains\n5. mystery\n6. red giants\n7. robots\n8. the sea\n9. birds\n10. colonies"
+
+
+def build_large_llm(base: Path) -> Path:
+    """``models/LLM/pmg-zero-1.7b``: SmolLM2-1.7B's shape, zero bf16 weights, SmolLM2's tokenizer."""
+    import torch
+    import transformers
+    from safetensors.torch import save_file
+
+    from pmg_core.assets import smollm2_gguf
+    from pmg_core.llm import open_llm
+
+    folder = base / "models" / "LLM" / LARGE_LLM
+    folder.mkdir(parents=True, exist_ok=True)
+    config = transformers.LlamaConfig(
+        vocab_size=49152, hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
+        num_key_value_heads=32, max_position_embeddings=8192, tie_word_embeddings=True, rms_norm_eps=1e-5,
+        bos_token_id=1, eos_token_id=2,
+    )
+    with torch.device("meta"):
+        shapes = {name: tuple(t.shape) for name, t in transformers.LlamaForCausalLM(config).state_dict().items()}
+    shapes.pop("lm_head.weight", None)  # tied to the embeddings
+    save_file({name: torch.zeros(shape, dtype=torch.bfloat16) for name, shape in shapes.items()},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(folder)
+    open_llm(smollm2_gguf()).tokenizer.save_pretrained(folder)
+    log.info("built %s: %.2fB parameters", folder, sum(int(__import__("math").prod(s)) for s in shapes.values()) / 1e9)
+    return folder
+
+
+def fill_caches(base: Path, llm_folder: Path, users: list[str]) -> None:
+    """Keyword and soft-prompt cache entries of ``users`` for the LLM in ``llm_folder``, as the nodes key them."""
+    import torch
+
+    from pmg_core.keywords import KeywordExtractor
+    from pmg_core.llm import open_llm
+    from pmg_core.loaders import load_user
+    from pmg_core.soft_prompt import AdapterSource, save_soft_embeddings, soft_cache_key
+
+    llm = open_llm(llm_folder)
+    llm.generate = lambda prompts, **_: [_KEYWORDS] * len(prompts)  # scripted: the weights stay unread
+    cache = base / "user" / "pmg_cache"
+    extractor = KeywordExtractor(llm, cache_dir=cache)  # the workflow's settings are the defaults
+    adapter = AdapterSource(None, 4, 0).identity()
+    for user in users:
+        history = load_user(base / "input" / "pmg" / "movielens.jsonl", user, scene="movie")
+        preference = extractor.extract(history)
+        key = soft_cache_key(adapter, llm.identity, preference.soft_prompt_text, 768)
+        save_soft_embeddings(cache / "soft_prompts" / f"{key}.safetensors", torch.randn(1, 4, 768) * 0.02,
+                             {"llm_identity": llm.identity, "cache_key": key})
+    assert not llm.loaded
 
 
 class PeakRSS:
@@ -117,7 +178,7 @@ class Condition:
                 "peak_rss_mib": round(self.peak_mib, 1)}
 
 
-def timed(client: ComfyClient, pid: int, graph: dict, condition: Condition) -> None:
+def timed(client: ComfyClient, pid: int, graph: dict, condition: Condition, warm: bool = False) -> None:
     """Clear ComfyUI's node cache and models, then run ``graph`` and record its wall time and peak RSS."""
     client.free(unload_models=True, free_memory=True)
     time.sleep(1.5)  # the worker applies /free between prompts; let it finish before timing
@@ -127,14 +188,23 @@ def timed(client: ComfyClient, pid: int, graph: dict, condition: Condition) -> N
         elapsed = time.monotonic() - began
     if entry["status"]["status_str"] != "success":
         raise RuntimeError(f"{condition.name}: the prompt failed: {entry['status']}")
+    if warm:  # a warm prompt that ran the LLM would not measure the warm path
+        reports = [out[key][0] for out in entry["outputs"].values() for key in ("pmg_keywords", "pmg_soft_prompt")
+                   if key in out]
+        llm_work = [r for r in reports if r.get("llm_batches") or r.get("cached") is False
+                    or (r.get("llm") or {}).get("weight_loads")]
+        if len(reports) != 2 or llm_work:
+            raise RuntimeError(f"{condition.name}: the warm prompt was not served from the caches: {reports}")
     condition.seconds.append(elapsed)
     condition.peak_rss.append(memory.peak)
     log.info("%s: %.2f s, peak RSS %.0f MiB", condition.name, elapsed, memory.peak / 2**20)
 
 
-def benchmark(repeats: int, settings: DemoSettings, base: Path, users: list[str]) -> dict:
+def benchmark(repeats: int, settings: DemoSettings, base: Path, users: list[str], large_llm: bool = False) -> dict:
     settings = settings.resolved()
     install_default_models(base)  # also the scorer's tiny CLIP
+    if large_llm:
+        fill_caches(base, build_large_llm(base), users[1 : 1 + repeats])
     with EmbeddedComfyUI(base_dir=base) as server:
         client = ComfyClient(server.url)
         pid = server.pid
@@ -148,19 +218,27 @@ def benchmark(repeats: int, settings: DemoSettings, base: Path, users: list[str]
         for i in range(repeats):
             timed(client, pid, plain_graph(settings.checkpoint, settings.steps, settings.size, batch, i, f"bench/plain{i}"), plain)
             timed(client, pid, pmg_graph(settings, cold_users[i], i, f"cold{i}"), cold)
+        large = Condition("PMG warm, 1.7B LLM")
         for i in range(repeats):
-            timed(client, pid, pmg_graph(settings, cold_users[i], 100 + i, f"warm{i}"), warm)
+            timed(client, pid, plain_graph(settings.checkpoint, settings.steps, settings.size, batch, 50 + i, f"bench/plainw{i}"), plain)
+            timed(client, pid, pmg_graph(settings, cold_users[i], 100 + i, f"warm{i}"), warm, warm=True)
+            if large_llm:
+                timed(client, pid, pmg_graph(settings, cold_users[i], 200 + i, f"large{i}", LARGE_LLM), large, warm=True)
         stats = client.system_stats()
+    extra = [large] if large_llm else []
+    ratios_large = ({"time_warm_1.7b_over_plain": round(large.median_s / plain.median_s, 2),
+                     "peak_rss_warm_1.7b_over_plain": round(large.peak_mib / plain.peak_mib, 2)} if large_llm else {})
     return {
         "settings": {"checkpoint": settings.checkpoint, "steps": settings.steps, "size": settings.size,
                      "images": batch, "repeats": repeats},
         "device": stats.get("devices", [{}])[0].get("name"),
-        "conditions": {c.name: c.to_dict() for c in (plain, cold, warm, first)},
+        "conditions": {c.name: c.to_dict() for c in (plain, cold, warm, *extra, first)},
         "ratios": {
             "time_cold_over_plain": round(cold.median_s / plain.median_s, 2),
             "time_warm_over_plain": round(warm.median_s / plain.median_s, 2),
             "peak_rss_cold_over_plain": round(cold.peak_mib / plain.peak_mib, 2),
             "peak_rss_warm_over_plain": round(warm.peak_mib / plain.peak_mib, 2),
+            **ratios_large,
         },
     }
 
@@ -174,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", default="1,2,3,4,5,6,7,8,9", help="MovieLens users, never seen by this server")
     parser.add_argument("--base", type=Path, help="server folder (default: a fresh temporary one, so caches start empty)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--large-llm", action="store_true",
+                        help="also time the warm path with a 1.7B-shaped LLM folder (3.4 GB written to --base)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     users = [u.strip() for u in args.users.split(",") if u.strip()]
@@ -181,13 +261,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--users needs at least {args.repeats + 1} ids (one for the first run, then one per repeat)")
     settings = DemoSettings(checkpoint=args.checkpoint, steps=args.steps, size=args.size, alphas=ALPHAS)
     with tempfile.TemporaryDirectory(prefix="pmg-bench-") as temporary:
-        result = benchmark(args.repeats, settings, args.base or Path(temporary), users)
+        result = benchmark(args.repeats, settings, args.base or Path(temporary), users, args.large_llm)
     conditions = result["conditions"]
-    print(f"{'condition':28} {'median s':>9} {'peak RSS MiB':>13}")
+    out = sys.stdout
+    out.write(f"{'condition':28} {'median s':>9} {'peak RSS MiB':>13}\n")
     for name, values in conditions.items():
-        print(f"{name:28} {values['median_s']:9.2f} {values['peak_rss_mib']:13.0f}")
+        out.write(f"{name:28} {values['median_s']:9.2f} {values['peak_rss_mib']:13.0f}\n")
     for name, value in result["ratios"].items():
-        print(f"{name:28} {value:9.2f}")
+        out.write(f"{name:30} {value:9.2f}\n")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0

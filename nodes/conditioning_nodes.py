@@ -19,7 +19,7 @@ from ..pmg_core.render import negative_prompt
 from ..pmg_core.safe_paths import sha256_file
 from ..pmg_core.soft_prompt import AdapterSource, encode_cached
 from . import comfy_paths
-from .comfy_runtime import llm_on_compute_device
+from .comfy_runtime import llm_activity, llm_on_compute_device
 from .comfy_text_encoder import ComfyTextEncoder
 from .types import PMGAlphas, PMGPreference, PMGSoftPrompt, PreferenceBundle, SoftPrompt
 
@@ -118,7 +118,9 @@ class PMGSoftPromptEncoder(io.ComfyNode):
                     "from the cache" if result.cached[0] else "computed")
         metadata = {**result.metadata, "user_id": bundle.preference.user_id, "adapter": adapter,
                     "cache_key": result.cache_keys[0], "cached": str(result.cached[0]).lower()}
-        return io.NodeOutput(SoftPrompt(result.embeddings, metadata))
+        ui = {"pmg_soft_prompt": [{"user_id": bundle.preference.user_id, "cached": bool(result.cached[0]),
+                                   "llm": llm_activity(llm)}]}
+        return io.NodeOutput(SoftPrompt(result.embeddings, metadata), ui=ui)
 
 
 def _text(override: str | None, fallback: str | None) -> str | None:

@@ -8,10 +8,11 @@ from comfy_api.latest import io
 
 from ..pmg_core.errors import PMGError
 from ..pmg_core.keywords import MAX_ITEMS, KeywordExtractor
-from ..pmg_core.llm import load_llm
+from ..pmg_core.llm import open_llm
 from . import comfy_paths
 from .comfy_runtime import (
     DEVICE_CHOICES,
+    llm_activity,
     llm_on_compute_device,
     progress_callback,
     remember_compute_device,
@@ -74,14 +75,15 @@ class PMGLLMLoader(io.ComfyNode):
     def execute(cls, model: str, device: str) -> io.NodeOutput:
         path = comfy_paths.resolve_llm(model)
         target = resolve_device(device)
-        # Loaded on the CPU; nodes move it to `target` only while they compute.
-        llm = load_llm(path, cache_dir=comfy_paths.model_cache_dir(), device="cpu")
+        # A handle: tokenizer, config and identity (what cache keys need). The weights are read on
+        # the first cache miss, and ComfyUI's model management loads them onto `target` then.
+        llm = open_llm(path, cache_dir=comfy_paths.model_cache_dir())
         remember_compute_device(llm, target)
-        logger.info("PMG: loaded LLM %s (computes on %s)", llm.identity, target)
+        logger.info("PMG: opened LLM %s (weights load on first use; computes on %s)", llm.identity, target)
         return io.NodeOutput(llm)
 
 
-def keywords_ui(bundle: PreferenceBundle, stats: dict[str, int]) -> dict:
+def keywords_ui(bundle: PreferenceBundle, stats: dict[str, int], activity: dict | None = None) -> dict:
     """The node's UI output: readable text, plus ``pmg_keywords`` for clients reading ``/history``."""
     preference = bundle.preference
     text = (
@@ -117,6 +119,7 @@ def keywords_ui(bundle: PreferenceBundle, stats: dict[str, int]) -> dict:
         "fallback_preference": preference.fallback_preference,
         "fallback_notes": list(preference.fallback_notes),
         "llm_batches": stats.get("generate_calls"),
+        **({"llm": activity} if activity is not None else {}),
     }
     return {"text": [text], "pmg_keywords": [record]}
 
@@ -194,9 +197,10 @@ class PMGPreferenceExtractor(io.ComfyNode):
             n_target=n_target,
             seed=seed,
             max_new_tokens=max_new_tokens,
+            # Only a cache miss loads the LLM (weights, then onto its device through ComfyUI).
+            placement=lambda: llm_on_compute_device(llm, keep_model_loaded),
         )
-        with llm_on_compute_device(llm, keep_model_loaded):
-            preference = extractor.extract(history, progress=progress_callback())
+        preference = extractor.extract(history, progress=progress_callback())
         bundle = PreferenceBundle(
             preference=preference, history=history, llm=llm, keep_model_loaded=keep_model_loaded
         )
@@ -204,7 +208,7 @@ class PMGPreferenceExtractor(io.ComfyNode):
             ", ".join(preference.preference_keywords),
             ", ".join(preference.target_keywords),
             bundle,
-            ui=keywords_ui(bundle, extractor.stats),
+            ui=keywords_ui(bundle, extractor.stats, llm_activity(llm)),
         )
 
 

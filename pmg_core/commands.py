@@ -26,6 +26,12 @@ def register(sub) -> None:
     keywords = sub.add_parser("keywords", help="preference and target keywords for users (JSON)")
     _add_history_args(keywords)
     _add_llm_args(keywords)
+    keywords.add_argument("--batch-size", type=int, default=16,
+                          help="users per LLM batch (default 16); users already cached are skipped, so a "
+                               "stopped run resumes. Pass the server's <ComfyUI user dir>/pmg_cache as "
+                               "--cache-dir to warm the cache PMG's nodes read")
+    keywords.add_argument("--model-cache-dir", type=Path, default=None,
+                          help="where a .gguf LLM is converted (default: --cache-dir, else ~/.cache/pmg)")
     keywords.set_defaults(run=_run_keywords)
 
     embed = sub.add_parser("embed", help="soft preference embeddings for a user (safetensors)")
@@ -76,7 +82,8 @@ def _add_history_args(p: argparse.ArgumentParser) -> None:
         help=f"history file, or {BUILTIN_MOVIELENS} (MovieLens-100K from recbole) or {BUILTIN_STICKERS} (Twemoji users)",
     )
     p.add_argument("--format", default="auto", help="auto, jsonl, csv, chat, movielens, sticker")
-    p.add_argument("--user", required=True, help="user id, or several separated by commas")
+    p.add_argument("--user", "--users", dest="user", required=True,
+                   help="user id, or several separated by commas, or 'all' (every user of the file)")
     p.add_argument("--max-items", type=int, default=None, help="keep at most this many history items")
     p.add_argument(
         "--split",
@@ -104,6 +111,8 @@ def _users(args) -> list:
     from .loaders.stickers import build_sticker_histories
 
     ids = [u.strip() for u in args.user.split(",") if u.strip()]
+    if ids == ["all"]:
+        ids = _all_users(args)
     if not ids:
         raise InvalidSettingError("--user is empty; give a user id such as --user 1")
     if args.history == BUILTIN_STICKERS:
@@ -123,6 +132,19 @@ def _users(args) -> list:
     is_movielens = fmt == "movielens" or args.history == BUILTIN_MOVIELENS
     split = SplitRule() if args.split == "reference" or (args.split is None and is_movielens) else None
     return [load_user(path, u, fmt=fmt, max_items=args.max_items, split=split) for u in ids]
+
+
+def _all_users(args) -> list[str]:
+    from .loaders import list_users
+    from .loaders.stickers import build_sticker_histories
+
+    if args.history == BUILTIN_STICKERS:
+        return [h.user_id for h in build_sticker_histories(seed=0)]
+    if args.history == BUILTIN_MOVIELENS:
+        from .assets import movielens_dir
+
+        return list_users(movielens_dir(), fmt="movielens")
+    return list_users(Path(args.history), fmt=args.format)
 
 
 def _preferences(args, histories, llm) -> list:
@@ -155,9 +177,22 @@ def _adapter_source(args):
 
 
 def _run_keywords(args) -> list[dict]:
+    from .assets import smollm2_gguf
+    from .llm import open_llm
+    from .prefetch import prefetch_keywords
+
     histories = _users(args)
-    llm = load_cli_llm(args)
-    return [_preference_dict(p) for p in _preferences(args, histories, llm)]
+    # A handle: when every user is cached already, the weights are never read.
+    llm = open_llm(args.llm or smollm2_gguf(), cache_dir=args.model_cache_dir or args.cache_dir)
+    preferences: list = []
+    with stderr_bar("keywords", "user", total=len(histories)) as bar:
+        summary = prefetch_keywords(
+            llm, histories, cache_dir=args.cache_dir, batch_size=args.batch_size, progress=tqdm_progress(bar),
+            preferences=preferences, n_preference=args.n_preference, n_target=args.n_target,
+            max_new_tokens=args.max_new_tokens, seed=args.seed, use_cache=not args.no_cache,
+        )
+    log.info("pmg keywords: %s", summary.to_dict())
+    return [_preference_dict(p) for p in preferences]
 
 
 def _preference_dict(preference) -> dict:

@@ -21,12 +21,14 @@ reported in :attr:`Preference.fallback_items` / :attr:`Preference.fallback_prefe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,6 +116,7 @@ class KeywordExtractor:
         use_cache: bool = True,
         metadata_fallback: bool = True,
         max_items: int = MAX_ITEMS,
+        placement: Callable[[], AbstractContextManager] | None = None,
     ):
         from .assets import default_cache_dir
 
@@ -135,6 +138,10 @@ class KeywordExtractor:
         self.max_items = max_items
         self.cache = JsonCache(Path(cache_dir or default_cache_dir()) / "keywords")
         self.generate_calls = 0  # LLM batches run (0 on a fully cached run)
+        # Entered before the first LLM batch of an extract_many call, left at its end: a
+        # fully cached call never enters it (ComfyUI's nodes load the LLM onto its device there).
+        self.placement = placement
+        self._placed: contextlib.ExitStack | None = None
 
     # -- public API ---------------------------------------------------------------
     def extract(self, history: UserHistory, target: Item | None = None, progress: Progress | None = None) -> Preference:
@@ -148,6 +155,13 @@ class KeywordExtractor:
         histories = list(histories)
         if not histories:
             return []
+        with contextlib.ExitStack() as self._placed:
+            try:
+                return self._extract_many(histories, progress)
+            finally:
+                self._placed = None
+
+    def _extract_many(self, histories: list[UserHistory], progress: Progress | None) -> list[Preference]:
         tracker = _StageProgress(progress)
         # Cut each history to what can fit the context even without item keywords, before any
         # LLM work: item keywords only make the text longer, so nothing that could fit is lost.
@@ -442,6 +456,9 @@ class KeywordExtractor:
 
     def _generate(self, requests: list[ChatRequest], do_sample: bool, tracker: _StageProgress | None) -> list[str]:
         prompts = [request.for_llm(self.llm) for request in requests]
+        if self.placement is not None and self._placed is not None:
+            self._placed.enter_context(self.placement())
+            self._placed = None  # entered once per extract_many; the stack still leaves it at the end
         self.generate_calls += 1
         return self.llm.generate(
             prompts,

@@ -19,9 +19,10 @@ import copy
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,20 +40,76 @@ _MIB = 1024 * 1024
 _SOURCE_FILE = "pmg_source.json"
 # Bump when the conversion itself changes so old cached folders are not reused.
 _CONVERSION_VERSION = "1"
+# One weight load at a time per process (two nodes asking at once share one load).
+_LOAD_LOCK = threading.RLock()
 
 
-@dataclass
+class _LazyWeights:
+    """The ``model`` field of :class:`LocalLLM`: set like an attribute, read through the lazy loader.
+
+    A dataclass field whose class attribute is a descriptor: ``__init__`` assigns through
+    ``__set__``; reading an LLM opened with :func:`open_llm` loads its weights on first use.
+    """
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            raise AttributeError("model")  # no class-level default: the field stays required
+        model = obj.__dict__.get("_model")
+        if model is None:
+            model = obj._load_weights()
+        return model
+
+    def __set__(self, obj, value) -> None:
+        obj.__dict__["_model"] = value
+
+
+@dataclass(eq=False)
 class LocalLLM:
-    """A frozen causal LM with its tokenizer (left padding) and a stable identity."""
+    """A frozen causal LM with its tokenizer (left padding) and a stable identity.
 
-    model: transformers.PreTrainedModel
-    tokenizer: transformers.PreTrainedTokenizerBase
-    identity: str
-    source: Path
+    Built by :func:`load_llm` (weights loaded) or :func:`open_llm` (a *handle*: tokenizer,
+    config and identity are read, the weights only on the first access to :attr:`model`,
+    e.g. the first :meth:`generate`). Everything cache keys need (``identity``, the shape
+    properties, ``count_tokens``, ``chat_prompt``, ``context_length``) works without weights.
+    ``weight_loads`` counts how often this handle read its weights from disk.
+    """
+
+    model: transformers.PreTrainedModel = _LazyWeights()  # type: ignore[assignment]  # None: load lazily
+    tokenizer: transformers.PreTrainedTokenizerBase = None  # type: ignore[assignment]
+    identity: str = ""
+    source: Path = None  # type: ignore[assignment]
+    lazy_config: transformers.PretrainedConfig | None = field(default=None, repr=False)
+    weights_loader: Callable[[], transformers.PreTrainedModel] | None = field(default=None, repr=False)
+    weight_loads: int = 0
+
+    def __repr__(self) -> str:  # never loads weights
+        return f"LocalLLM(identity={self.identity!r}, source={str(self.source)!r}, loaded={self.loaded})"
+
+    # -- lazy weights ----------------------------------------------------------------
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights are in memory (an :func:`open_llm` handle starts without them)."""
+        return self.__dict__.get("_model") is not None
+
+    def _load_weights(self) -> transformers.PreTrainedModel:
+        with _LOAD_LOCK:
+            model = self.__dict__.get("_model")
+            if model is not None:
+                return model
+            if self.weights_loader is None:
+                raise ModelLoadError(f"The LLM {self.identity!r} has no weights and no way to load them.")
+            started = time.perf_counter()
+            model = self.weights_loader()
+            self.__dict__["_model"] = model
+            self.weight_loads += 1
+            log.info("Loaded the weights of LLM %s in %.2f s", self.identity, time.perf_counter() - started)
+            return model
 
     # -- shape of the model, read from its config ---------------------------------
     @property
     def config(self) -> transformers.PretrainedConfig:
+        if not self.loaded and self.lazy_config is not None:
+            return self.lazy_config
         return self.model.config
 
     @property
@@ -86,6 +143,9 @@ class LocalLLM:
 
     @property
     def device(self) -> torch.device:
+        """Where the weights are; the CPU for a handle whose weights are not loaded yet."""
+        if not self.loaded:
+            return torch.device("cpu")
         return next(self.model.parameters()).device
 
     # -- prompts ---------------------------------------------------------------
@@ -208,7 +268,22 @@ def load_llm(path: Path | str, cache_dir: Path | None = None, device: str = "cpu
 
     Raises :class:`ModelLoadError` naming the problem and the fix for a missing
     path, a folder without ``config.json``, unreadable files and architectures
-    that are not causal language models.
+    that are not causal language models. :func:`open_llm` is the same without
+    reading the weights yet.
+    """
+    llm = open_llm(path, cache_dir=cache_dir)
+    llm.model  # noqa: B018 - reads the weights now
+    if device != "cpu":
+        llm.to(device)
+    return llm
+
+
+def open_llm(path: Path | str, cache_dir: Path | None = None) -> LocalLLM:
+    """A :class:`LocalLLM` handle: tokenizer, config and identity read, weights loaded on first use.
+
+    Checks what :func:`load_llm` checks (config, architecture, safetensors present),
+    so a bad model fails here, not at the first cache miss. A ``.gguf`` file is
+    converted first if its cached folder does not exist yet (once per file).
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -221,14 +296,41 @@ def load_llm(path: Path | str, cache_dir: Path | None = None, device: str = "cpu
         folder = _converted_gguf_folder(path, cache_dir)
     else:
         folder = path
-    llm = _load_folder(folder)
+    llm = _open_folder(folder)
     llm.source = path
-    if device != "cpu":
-        llm.to(device)
     return llm
 
 
-def _load_folder(folder: Path) -> LocalLLM:
+# What opening a folder reads (tokenizer, config, identity), per folder and the size and mtime of
+# its files: a returning user's prompt re-opens the LLM in ~1 ms instead of re-reading the tokenizer.
+_OPENED: dict[tuple, tuple] = {}
+_OPENED_LIMIT = 8
+
+
+def _folder_signature(folder: Path) -> tuple:
+    stats = []
+    for file in sorted(folder.iterdir()):
+        if file.is_file():
+            info = file.stat()
+            stats.append((file.name, info.st_size, info.st_mtime_ns))
+    return (str(folder.resolve()), tuple(stats))
+
+
+def _open_folder(folder: Path) -> LocalLLM:
+    signature = _folder_signature(folder) if folder.is_dir() else None
+    opened = _OPENED.get(signature) if signature is not None else None
+    if opened is None:
+        opened = _read_folder(folder)
+        if signature is not None:
+            if len(_OPENED) >= _OPENED_LIMIT:
+                _OPENED.pop(next(iter(_OPENED)))
+            _OPENED[signature] = opened
+    tokenizer, config, identity = opened
+    return LocalLLM(model=None, tokenizer=tokenizer, identity=identity, source=folder, lazy_config=config,
+                    weights_loader=lambda: _load_weights(folder))
+
+
+def _read_folder(folder: Path) -> tuple:
     if not (folder / "config.json").is_file():
         ggufs = sorted(folder.glob("*.gguf"))
         hint = f" It holds {ggufs[0].name}: pass that file instead." if ggufs else ""
@@ -254,21 +356,31 @@ def _load_folder(folder: Path) -> LocalLLM:
             "model with save_pretrained(safe_serialization=True) or give its .gguf file."
         )
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            folder, local_files_only=True, dtype=torch.float32, use_safetensors=True
-        )
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception as exc:
         raise ModelLoadError(
-            f"Could not load the model in {folder} ({_short(exc)}); check that its weights "
-            "(*.safetensors) and tokenizer files are complete, or re-save it with save_pretrained()."
+            f"Could not load the tokenizer in {folder} ({_short(exc)}); check that its tokenizer files are "
+            "complete, or re-save the model with save_pretrained()."
         ) from exc
-    model.eval()
-    model.requires_grad_(False)
     tokenizer.padding_side = "left"  # generation continues at the right edge of every row
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return LocalLLM(model=model, tokenizer=tokenizer, identity=_folder_identity(folder), source=folder)
+    return tokenizer, config, _folder_identity(folder)
+
+
+def _load_weights(folder: Path) -> transformers.PreTrainedModel:
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            folder, local_files_only=True, dtype=torch.float32, use_safetensors=True
+        )
+    except Exception as exc:
+        raise ModelLoadError(
+            f"Could not load the model in {folder} ({_short(exc)}); check that its weights "
+            "(*.safetensors) are complete, or re-save it with save_pretrained()."
+        ) from exc
+    model.eval()
+    model.requires_grad_(False)
+    return model
 
 
 def _converted_gguf_folder(gguf: Path, cache_dir: Path | None) -> Path:

@@ -1,7 +1,11 @@
 """Where the LLM lives between node runs, the device choice, and the progress callback.
 
-This machine has no GPU, so a stand-in LLM records where it is asked to go; the
-moves and ComfyUI memory calls are what a GPU run would make.
+The LLM runs under ComfyUI's model management (a ``ModelPatcher`` loaded by
+``load_models_gpu``). This machine has no GPU, so these tests check the
+bookkeeping on the CPU: what is registered in ``current_loaded_models``, when it is
+unloaded, what ``unload_all_models`` (``POST /free``) releases, and that a handle
+whose weights were never needed loads nothing. The GPU side (weights really moving
+to CUDA, eviction by a diffusion model) is the same code path with another device.
 """
 
 from __future__ import annotations
@@ -12,84 +16,80 @@ import torch
 from fixtures_nodes import pack_submodule
 
 
-class RecordingLLM:
-    """Has what the runtime touches: ``model``, ``device`` and ``to``; records every move."""
-
-    def __init__(self):
-        self.model = torch.nn.Linear(4, 4)
-        self.device = torch.device("cpu")
-        self.moves: list[str] = []
-
-    def to(self, device):
-        self.device = torch.device(device)
-        self.moves.append(str(self.device))
-        return self
+@pytest.fixture()
+def runtime(pack_module):
+    module = pack_submodule("nodes.comfy_runtime")
+    yield module
+    module.mm.unload_all_models()
 
 
 @pytest.fixture()
-def runtime(pack_module, monkeypatch):
-    module = pack_submodule("nodes.comfy_runtime")
-    calls = []
-    monkeypatch.setattr(module.mm, "free_memory", lambda size, device: calls.append(("free_memory", size, str(device))))
-    monkeypatch.setattr(module.mm, "soft_empty_cache", lambda *a, **k: calls.append(("soft_empty_cache",)))
-    module.calls = calls
-    return module
+def handle(pack_module, tiny_llm_folder):
+    """A fresh lazy handle on the tiny Llama: weights not loaded yet."""
+    llm = pack_submodule("pmg_core.llm").open_llm(tiny_llm_folder)
+    assert not llm.loaded
+    return llm
 
 
-def test_gpu_llm_is_loaded_for_the_block_and_offloaded_after(runtime):
-    llm = RecordingLLM()
-    runtime.remember_compute_device(llm, torch.device("cuda", 0))
-    with runtime.llm_on_compute_device(llm, keep_loaded=False) as device:
-        assert device == torch.device("cuda", 0) and llm.device == device
-    assert llm.moves == ["cuda:0", "cpu"]
-    assert runtime.calls[0][0] == "free_memory" and runtime.calls[0][1] >= 4 * 4 * 4 + 4 * 4
-    assert runtime.calls[-1] == ("soft_empty_cache",)
+def _registered_models(runtime) -> list:
+    return [entry.model for entry in runtime.mm.current_loaded_models]
 
 
-def test_keep_model_loaded_leaves_it_on_the_gpu_and_the_next_use_does_not_move_it(runtime):
-    llm = RecordingLLM()
-    runtime.remember_compute_device(llm, torch.device("cuda", 0))
-    with runtime.llm_on_compute_device(llm, keep_loaded=True):
+def test_a_block_loads_the_weights_registers_them_and_unloads_after(runtime, handle):
+    runtime.remember_compute_device(handle, runtime.resolve_device("cpu"))
+    with runtime.llm_on_compute_device(handle, keep_loaded=False) as device:
+        assert device == torch.device("cpu")
+        assert handle.loaded and handle.weight_loads == 1
+        patcher = runtime.runtime_state(handle).patcher
+        assert patcher.model.llm is handle.model
+        assert patcher in _registered_models(runtime)
+        assert patcher.model_size() == sum(p.numel() * p.element_size() for p in handle.model.parameters())
+    assert patcher not in _registered_models(runtime)
+    assert runtime.runtime_state(handle).device_loads == 1
+
+
+def test_keep_model_loaded_leaves_it_registered_and_the_next_use_does_not_load_it_again(runtime, handle):
+    with runtime.llm_on_compute_device(handle, keep_loaded=True):
         pass
-    with runtime.llm_on_compute_device(llm, keep_loaded=True):
+    with runtime.llm_on_compute_device(handle, keep_loaded=True):
         pass
-    assert llm.moves == ["cuda:0"]
-    assert [c[0] for c in runtime.calls] == ["free_memory"]
+    assert runtime.is_registered(handle)
+    assert runtime.runtime_state(handle).device_loads == 1 and handle.weight_loads == 1
+    runtime.mm.unload_all_models()  # what POST /free {"unload_models": true} runs
+    assert not runtime.is_registered(handle)
+    assert handle.device.type == "cpu"
+    with runtime.llm_on_compute_device(handle, keep_loaded=False):
+        assert runtime.is_registered(handle)
+    assert runtime.runtime_state(handle).device_loads == 2 and handle.weight_loads == 1
 
 
-def test_the_llm_is_offloaded_even_when_the_block_fails(runtime):
-    llm = RecordingLLM()
-    runtime.remember_compute_device(llm, torch.device("cuda", 0))
+def test_the_llm_is_unloaded_even_when_the_block_fails(runtime, handle):
     with pytest.raises(RuntimeError):
-        with runtime.llm_on_compute_device(llm, keep_loaded=False):
+        with runtime.llm_on_compute_device(handle, keep_loaded=False):
             raise RuntimeError("interrupted")
-    assert llm.moves == ["cuda:0", "cpu"]
+    assert not runtime.is_registered(handle)
 
 
-def test_a_move_that_fails_part_way_is_undone(runtime):
-    """Out of GPU memory half-way through llm.to(gpu): what did move goes back to the CPU."""
+def test_a_load_that_fails_part_way_is_undone(runtime, handle, monkeypatch):
+    """Out of memory inside load_models_gpu after registering: the LLM is unloaded again."""
+    real = runtime.mm.load_models_gpu
 
-    class HalfMovedLLM(RecordingLLM):
-        def to(self, device):
-            super().to(device)
-            if self.device.type == "cuda":
-                raise torch.OutOfMemoryError("CUDA out of memory")
-            return self
+    def failing(models, **kwargs):
+        real(models, **kwargs)
+        raise torch.OutOfMemoryError("CUDA out of memory")
 
-    llm = HalfMovedLLM()
-    runtime.remember_compute_device(llm, torch.device("cuda", 0))
+    monkeypatch.setattr(runtime.mm, "load_models_gpu", failing)
     with pytest.raises(torch.OutOfMemoryError):
-        with runtime.llm_on_compute_device(llm, keep_loaded=False):
+        with runtime.llm_on_compute_device(handle, keep_loaded=True):
             pass
-    assert llm.moves == ["cuda:0", "cpu"] and llm.device.type == "cpu"
+    assert not runtime.is_registered(handle)
 
 
-def test_cpu_choice_never_moves_or_frees(runtime):
-    llm = RecordingLLM()
-    runtime.remember_compute_device(llm, runtime.resolve_device("cpu"))
-    with runtime.llm_on_compute_device(llm, keep_loaded=False):
-        pass
-    assert llm.moves == [] and runtime.calls == []
+def test_a_handle_nobody_computes_with_loads_nothing(runtime, handle):
+    runtime.remember_compute_device(handle, runtime.resolve_device("auto"))
+    assert handle.identity and handle.hidden_size and handle.count_tokens("a red apple") > 0
+    assert not handle.loaded and handle.weight_loads == 0
+    assert runtime.runtime_state(handle).patcher is None and not runtime.is_registered(handle)
 
 
 def test_device_choices_follow_comfyui(runtime, caplog):

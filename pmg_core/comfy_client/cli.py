@@ -38,6 +38,13 @@ def register(subparsers) -> None:
     queue.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
                        help="override a node input in every prompt (VALUE is JSON if it parses, else a string)")
     queue.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for one user")
+    queue.add_argument("--prefetch", metavar="SERVER_CACHE_DIR", type=Path,
+                       help="first extract every user's keywords in LLM batches into this folder, the server's "
+                            "<ComfyUI user dir>/pmg_cache (needs --history and the server's files on this machine)")
+    queue.add_argument("--llm", type=Path,
+                       help="with --prefetch: the workflow's LLM file or folder (default: SmolLM2-135M-Instruct)")
+    queue.add_argument("--batch-size", type=int, default=16, help="with --prefetch: users per LLM batch")
+    queue.add_argument("--model-cache-dir", type=Path, help="with --prefetch: where a .gguf LLM is converted")
     queue.set_defaults(run=run_queue)
 
 
@@ -51,6 +58,8 @@ def run_queue(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise PMGError(f"Cannot read the workflow {args.workflow}: {exc}. Pass an API-format JSON file.") from exc
     users = None if args.users.strip().lower() == "all" else [u.strip() for u in args.users.split(",") if u.strip()]
+    if args.prefetch is not None:
+        _prefetch(args, workflow, users)
     with stderr_bar("pmg queue", "user") as bar:
         summary = queue_users(
             ComfyClient(args.url), workflow, args.history, users, args.out,
@@ -60,6 +69,23 @@ def run_queue(args: argparse.Namespace) -> int:
         )
     print(json.dumps(summary.to_dict()))  # one line: scripts read the last line of stdout
     return 1 if summary.failed else 0
+
+
+def _prefetch(args: argparse.Namespace, workflow: dict, users: list[str] | None) -> None:
+    """``--prefetch``: warm the server's keyword cache in LLM batches before queueing."""
+    from ..assets import smollm2_gguf
+    from ..llm import open_llm
+    from ..prefetch import prefetch_for_workflow
+    from .batch import parse_overrides
+
+    if args.history is None:
+        raise PMGError("--prefetch reads the users' histories locally: pass --history FILE, not --server-history.")
+    llm = open_llm(args.llm or smollm2_gguf(), cache_dir=args.model_cache_dir)
+    with stderr_bar("pmg keywords", "user") as bar:
+        summary = prefetch_for_workflow(workflow, args.history, users, args.prefetch, llm,
+                                        batch_size=args.batch_size, overrides=parse_overrides(args.overrides),
+                                        progress=tqdm_progress(bar))
+    log.info("Keyword prefetch: %s", summary.to_dict())
 
 
 def _show_event(bar, user: str, event: dict) -> None:
