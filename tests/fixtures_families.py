@@ -24,10 +24,10 @@ from types import SimpleNamespace
 
 import pytest
 
-TINY_L = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=3, num_attention_heads=4, projection_dim=32)
-TINY_H = dict(hidden_size=48, intermediate_size=53, num_hidden_layers=3, num_attention_heads=4, projection_dim=48)
-TINY_G = dict(hidden_size=48, intermediate_size=53, num_hidden_layers=3, num_attention_heads=4, projection_dim=48)
-TINY_T5 = dict(d_model=64, d_ff=96, d_kv=16, num_heads=4, num_layers=2, num_decoder_layers=2)
+TINY_L = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 3, "num_attention_heads": 4, "projection_dim": 32}
+TINY_H = {"hidden_size": 48, "intermediate_size": 53, "num_hidden_layers": 3, "num_attention_heads": 4, "projection_dim": 48}
+TINY_G = {"hidden_size": 48, "intermediate_size": 53, "num_hidden_layers": 3, "num_attention_heads": 4, "projection_dim": 48}
+TINY_T5 = {"d_model": 64, "d_ff": 96, "d_kv": 16, "num_heads": 4, "num_layers": 2, "num_decoder_layers": 2}
 
 # family -> (token width D, pooled width P, tokens of a short prompt)
 FAMILY_SHAPES = {

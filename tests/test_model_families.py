@@ -16,7 +16,6 @@ import shutil
 
 import pytest
 import torch
-
 from fixtures_families import FAMILIES, FAMILY_SHAPES
 from fixtures_nodes import make_bundle, pack_submodule
 
