@@ -1,8 +1,10 @@
 """The library's ``TextEncoder`` protocol over ComfyUI's ``CLIP`` object.
 
-ComfyUI's CLIP wraps SD1.x (CLIP-L), SD2.x (OpenCLIP-H) and SDXL (CLIP-L + CLIP-G)
-behind one ``tokenize`` / ``encode_from_tokens`` pair, so this adapter works for
-all three: the width is read from an encoded empty prompt, never assumed.
+ComfyUI's CLIP wraps SD1.x (CLIP-L), SD2.x (OpenCLIP-H), SDXL (CLIP-L + CLIP-G),
+SD3 (CLIP-L + CLIP-G padded to 4096, + T5-XXL) and Flux (T5-XXL tokens, CLIP-L
+pooled) behind one ``tokenize`` / ``encode_from_tokens`` pair, so this adapter
+works for all of them: the width is read from an encoded empty prompt, never
+assumed (tests/test_model_families.py runs each family's real classes, shrunk).
 """
 
 from __future__ import annotations
@@ -21,6 +23,38 @@ def escape_prompt_weights(text: str) -> str:
     and the diffusers encoder of the library reads brackets literally too.
     """
     return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+
+
+def _check_extras(extras: dict, shape: tuple) -> None:
+    """Refuse what a PMG condition cannot carry, in one message naming it and the way out.
+
+    PMG's condition concatenates target | soft | preference tokens and keeps only the
+    target's ``pooled_output``. An ``attention_mask`` of all ones (no padding masked,
+    e.g. SD3's T5 mask of a full window, an LLM encoder's unpadded prompt) means the
+    same as no mask and is dropped. A mask that hides padding cannot be dropped:
+    families that read it (Chroma, HunyuanDiT, Lumina 2 / Z-Image...) would then
+    attend to padding they were not trained to see.
+    """
+    mask = extras.pop("attention_mask", None)
+    if mask is not None and not bool((mask != 0).all()):
+        masked = int((mask == 0).sum())
+        raise EmbeddingValueError(
+            f"This text encoder returns an attention mask that hides {masked} padding token(s) of a "
+            f"{shape[1] if len(shape) > 1 else '?'}-token prompt; PMG Conditioning concatenates target, soft and "
+            "preference tokens and cannot carry per-token masks. Load the text encoder without attention masks "
+            "(e.g. SD3's T5 without t5_attention_mask), or use a family PMG supports: SD1.x, SD2.x, SDXL, SD3, Flux."
+        )
+    unknown = sorted(key for key in extras if key not in _DROPPABLE)
+    if unknown:
+        raise EmbeddingValueError(
+            f"This text encoder adds {', '.join(unknown)} to its condition, which PMG Conditioning cannot carry "
+            "(its condition holds the concatenated tokens and the target's pooled_output only). Use a family "
+            "PMG supports: SD1.x, SD2.x, SDXL, SD3, Flux."
+        )
+
+
+# Extra keys of ComfyUI's encode_from_tokens(return_dict=True) that carry nothing per prompt.
+_DROPPABLE = frozenset({"hooks"})
 
 
 class ComfyTextEncoder:
@@ -51,11 +85,14 @@ class ComfyTextEncoder:
 
     def _encode_one(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         prompt = escape_prompt_weights(text) if self.escape_weights else text
-        cond, pooled = self.clip.encode_from_tokens(self.clip.tokenize(prompt), return_pooled=True)
+        # return_dict: what CLIPTextEncode puts in the condition (pooled_output and any extra keys).
+        out = self.clip.encode_from_tokens(self.clip.tokenize(prompt), return_pooled=True, return_dict=True)
+        cond, pooled = out.pop("cond"), out.pop("pooled_output", None)
+        _check_extras(out, tuple(cond.shape))
         if cond.ndim != 3 or cond.shape[0] != 1:
             raise EmbeddingValueError(
                 f"ComfyUI's CLIP returned a condition of shape {tuple(cond.shape)} for one prompt; "
-                "expected [1, T, D]. This CLIP model is not supported by PMG (use an SD1.x, SD2.x or SDXL checkpoint)."
+                "expected [1, T, D]. This CLIP model is not supported by PMG (use an SD1.x, SD2.x, SDXL, SD3 or Flux text encoder)."
             )
         if pooled is not None:
             pooled = pooled.reshape(1, -1)

@@ -60,7 +60,7 @@ class PMGSoftPromptEncoder(io.ComfyNode):
                 ),
                 io.Clip.Input(
                     "clip",
-                    tooltip="The checkpoint's CLIP: its text width (768 SD1.x, 1024 SD2.x, 2048 SDXL) sizes the embeddings.",
+                    tooltip="The checkpoint's CLIP: its text width (768 SD1.x, 1024 SD2.x, 2048 SDXL, 4096 SD3/Flux) sizes the embeddings.",
                 ),
                 io.Int.Input(
                     "num_image_tokens", default=4, min=1, max=64,
@@ -168,7 +168,7 @@ class PMGConditioning(io.ComfyNode):
                 "preference). Set the empty latent's batch size to the batch_size output to get one image per alpha."
             ),
             inputs=[
-                io.Clip.Input("clip", tooltip="The checkpoint's CLIP text encoder (SD1.x, SD2.x or SDXL)."),
+                io.Clip.Input("clip", tooltip="The checkpoint's CLIP text encoder (SD1.x, SD2.x, SDXL, SD3 or Flux)."),
                 PMGPreference.Input(
                     "preference", optional=True,
                     tooltip="The user's preference from PMG Preference Extractor (target, preference and negative texts).",

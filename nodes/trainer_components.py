@@ -102,6 +102,14 @@ class ComfyNoisePredictor:
     def __init__(self, model):
         self.sampling = model.model.model_sampling
         self.prediction_type = _prediction_type(self.sampling)
+        if getattr(model.model, "adm_channels", 0):
+            # SDXL's UNet also takes y (pooled text + image-size embeddings); the trainer's
+            # condition is the token sequence only, so apply_model would fail deep inside.
+            raise TrainingError(
+                f"This model ({type(model.model).__name__}) needs the ADM vector y ({model.model.adm_channels} wide: "
+                "the pooled text and the image size, as in SDXL) beside the token condition; soft-prompt training "
+                "builds the token condition only. Train with an SD1.x or SD2.x checkpoint."
+            )
         # A clone: the wrappers below belong to this patcher only, the user's MODEL is unchanged.
         self.patcher = model.clone()
         wrapped = 0

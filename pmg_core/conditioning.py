@@ -59,7 +59,7 @@ class EncodedText(NamedTuple):
 class TextEncoder(Protocol):
     """What PMG needs from a diffusion model's text encoder."""
 
-    width: int  # D: 768 SD1.x, 1024 SD2.x, 2048 SDXL
+    width: int  # D: 768 SD1.x, 1024 SD2.x, 2048 SDXL, 4096 SD3 / Flux (T5-XXL)
 
     def encode(self, texts: list[str]) -> EncodedText: ...
 
@@ -217,7 +217,7 @@ def _soft_as_batch(soft: Tensor, width: int) -> Tensor:
         raise AdapterMismatchError(
             f"The soft embeddings are {soft.shape[-1]}-wide but this checkpoint's text encoder is "
             f"{width}-wide; use a soft-prompt adapter trained for this checkpoint family "
-            f"(768 SD1.x, 1024 SD2.x, 2048 SDXL)."
+            f"(768 SD1.x, 1024 SD2.x, 2048 SDXL, 4096 SD3 and Flux)."
         )
     check_finite(soft, "The soft embeddings", "re-run the adapter or retrain it; the adapter file may be corrupted.")
     return soft
