@@ -9,7 +9,8 @@ the three objects itself, the way model packs add a family:
   ``ModelPatcher``;
 * CLIP: all-MiniLM-L6-v2 in ComfyUI's BERT wrapper (``SDClipModel`` with
   ``comfy.text_encoders.bert.BertModel``), 32-token chunks padded to full length
-  (the denoiser was trained on padded chunks and never sees a mask), in float32;
+  (the encoder masks the padding inside, as the library's encoder does; the denoiser
+  was trained on padded chunks and never sees a mask, so none is returned), in float32;
 * VAE: ``comfy.sd.VAE`` over the TAESD-layout autoencoder state.
 
 So CLIPTextEncode, KSampler, VAEDecode, VAEEncode, the conditioning nodes and
@@ -65,7 +66,7 @@ class MiniLMClipModel(comfy.sd1_clip.SDClipModel):
             special_tokens={"start": START, "end": END, "pad": PAD},
             model_class=comfy.text_encoders.bert.BertModel,
             enable_attention_masks=True,
-            return_attention_masks=True,
+            return_attention_masks=False,
             model_options={**model_options, "model_name": "minilm"},
         )
 

@@ -16,7 +16,7 @@ from .cli_common import (
     load_cli_llm,
 )
 from .errors import ImageValueError, InvalidSettingError
-from .progress import scaled_progress, stderr_bar
+from .progress import scaled_progress, stderr_bar, tqdm_progress
 
 log = logging.getLogger("pmg")
 
