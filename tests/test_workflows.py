@@ -125,13 +125,16 @@ def test_ui_workflow_has_what_the_front_end_needs(name, pmg_server):
         assert nodes[target]["inputs"][target_slot]["link"] == link_id
         assert nodes[source]["outputs"][slot]["type"] == kind
     notes = [n for n in ui["nodes"] if n["type"] in ("Note", "MarkdownNote")]
-    assert notes and any("checkpoint" in n["widgets_values"][0].lower() for n in notes)
+    # The note says which model the graph runs on: an SD checkpoint, or the pack's sticker generator.
+    on_checkpoint = any(n["type"] == "CheckpointLoaderSimple" for n in ui["nodes"])
+    model_word = "checkpoint" if on_checkpoint else "pmg-sticker-generator.safetensors"
+    assert notes and any(model_word in n["widgets_values"][0].lower() for n in notes)
 
     # The front end checks the listed models that a widget selects against /experiment/models/<folder>
     # and opens a "Missing Models" dialog for the others. (That listing skips .gguf files, so the
     # LLM is documented in the note instead of being listed: it would always look missing.)
     models = workflow_models(ui)
-    assert [m["name"] for m in models] == ["pmg-tiny-sd15.safetensors"]
+    assert [m["name"] for m in models] == (["pmg-tiny-sd15.safetensors"] if on_checkpoint else [])
     for model in models:
         assert urlparse(model["url"]).scheme == "https"  # the front end's schema requires a URL
         owner = next(n for n in ui["nodes"] if model in (n["properties"].get("models") or []))
@@ -160,10 +163,11 @@ def test_sync_script_regenerates_each_format_from_the_other_byte_for_byte(pmg_se
 
     # An edited API copy makes the check fail and name the difference.
     api = json.loads((folder / "api" / "pmg_sticker.json").read_text())
-    api[SAMPLER]["inputs"]["steps"] = 9
+    committed_steps = api[SAMPLER]["inputs"]["steps"]
+    api[SAMPLER]["inputs"]["steps"] = committed_steps + 1
     (folder / "api" / "pmg_sticker.json").write_text(json.dumps(api))
     checked = subprocess.run([*sync, "pmg_sticker"], capture_output=True, text=True, timeout=120)
-    assert checked.returncode == 1 and "input steps: 9 != 4" in checked.stderr
+    assert checked.returncode == 1 and f"input steps: {committed_steps + 1} != {committed_steps}" in checked.stderr
 
 
 def test_pack_serves_the_ui_workflows_as_templates(pmg_server):

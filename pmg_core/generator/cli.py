@@ -26,6 +26,9 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (set it on a shared machine)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--export", action="store_true", help="only write the weights file from the checkpoints (no training)")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="warm start from a generator file: keep its autoencoder, train its denoiser further")
+    p.add_argument("--learning-rate", type=float, default=None, help="the denoiser's peak learning rate")
     p.set_defaults(run=run_train_generator, interrupt_hint="the last checkpoint is kept; run the same command to continue")
 
 
@@ -42,6 +45,8 @@ def run_train_generator(args: argparse.Namespace) -> dict:
         config.autoencoder = replace(config.autoencoder, steps=args.autoencoder_steps)
     if args.denoiser_steps:
         config.denoiser = replace(config.denoiser, steps=args.denoiser_steps)
+    if args.learning_rate:
+        config.denoiser = replace(config.denoiser, learning_rate=args.learning_rate)
     bars: dict = {}
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -54,6 +59,6 @@ def run_train_generator(args: argparse.Namespace) -> dict:
     with ExitStack() as stack:
         path = train_generator(
             args.out, config, minutes=args.minutes, checkpoint_minutes=args.checkpoint_minutes, device=args.device, progress=progress,
-            export_only=args.export,
+            export_only=args.export, init_from=args.init_from,
         )
     return {"weights": str(path), "out": str(args.out)}

@@ -8,6 +8,7 @@ the weights file is rewritten from the EMA weights whenever the run stops.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import TrainingError
-from ..training.checkpoint import find_checkpoint
+from ..training.checkpoint import find_checkpoint, load_state
 from .autoencoder import TinyAutoencoder
 from .dataset import caption_table, image_tensor, split
 from .text_encoder import CHUNK, MiniLMTextEncoder
@@ -56,48 +57,57 @@ def train_generator(
     device: str = "cpu",
     progress: Progress | None = None,
     export_only: bool = False,
+    init_from: Path | None = None,
 ) -> Path:
     """Train (or continue training) into ``out_dir``; returns the weights file once the denoiser has steps.
 
     ``export_only`` writes the weights file from the checkpoints as they are and
     trains nothing (safe while another process trains into the same folder:
-    it reads the checkpoints and never writes them).
+    it reads the checkpoints and never writes them). ``init_from`` (a generator
+    file) warm-starts: its autoencoder is kept as it is, with its latent
+    normalisation, and its denoiser is trained further (a run's checkpoints can be
+    lost with a machine; the shipped weights cannot).
     """
     config = config or GeneratorRunConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     deadline = None if minutes is None else time.monotonic() + 60 * minutes
     seconds = 60 * checkpoint_minutes
+    if export_only and find_checkpoint(out_dir / "denoiser") is None:  # a denoiser checkpoint implies a trained autoencoder
+        raise TrainingError(f"{out_dir} has no trained denoiser yet; nothing to export. Train first: pmg train-generator --out {out_dir}")
     trained, _held_out = split()
     fingerprint = {"image_size": config.image_size, "latent_channels": config.latent_channels, "images": len(trained)}
-
-    autoencoder_run = StageRun(
-        "autoencoder", out_dir / "autoencoder", TinyAutoencoder(config.latent_channels).to(device), config.autoencoder, fingerprint
-    )
-    autoencoder_run.restore()
-    if export_only and not (autoencoder_run.done and find_checkpoint(out_dir / "denoiser")):
-        raise TrainingError(f"{out_dir} has no trained denoiser yet; nothing to export. Train first: pmg train-generator --out {out_dir}")
-    if not autoencoder_run.done:
-        images = image_tensor(trained, config.image_size)
-        loss = autoencoder_loss(images, config.autoencoder.batch_size)
-        autoencoder_run.run(loss, deadline, seconds, _stage_progress(progress, "autoencoder"))
+    warm = _WarmStart.read(init_from, device) if init_from is not None else None
+    _check_same_start(out_dir, warm)
+    if warm is not None:
+        fingerprint["init_from"] = warm.digest
+        autoencoder, autoencoder_steps = warm.autoencoder, warm.autoencoder_steps
+    else:
+        autoencoder_run = StageRun(
+            "autoencoder", out_dir / "autoencoder", TinyAutoencoder(config.latent_channels).to(device), config.autoencoder, fingerprint
+        )
+        autoencoder_run.restore()
         if not autoencoder_run.done:
-            logger.info("Time is up in the autoencoder stage (step %d); run again to continue", autoencoder_run.step)
-            return out_dir / FILE_NAME
-    # The live weights, not the EMA: over a 1,000-step run an EMA of decay 0.999 still carries the
-    # blurry early autoencoder (measured: L1 0.135 for the EMA vs 0.092 live at step ~400).
-    autoencoder = autoencoder_run.model.eval()
+            images = image_tensor(trained, config.image_size)
+            loss = autoencoder_loss(images, config.autoencoder.batch_size)
+            autoencoder_run.run(loss, deadline, seconds, _stage_progress(progress, "autoencoder"))
+            if not autoencoder_run.done:
+                logger.info("Time is up in the autoencoder stage (step %d); run again to continue", autoencoder_run.step)
+                return out_dir / FILE_NAME
+        # The live weights, not the EMA: over a 1,000-step run an EMA of decay 0.999 still carries the
+        # blurry early autoencoder (measured: L1 0.135 for the EMA vs 0.092 live at step ~400).
+        autoencoder, autoencoder_steps = autoencoder_run.model.eval(), autoencoder_run.step
 
     latents = _cached(out_dir / "latents.safetensors", lambda: _encode_latents(autoencoder, trained, config.image_size))
-    autoencoder.normalise(latents["raw"])
+    if warm is None:  # a warm start keeps the normalisation its denoiser was trained with
+        autoencoder.normalise(latents["raw"])
     normalised = latents["raw"] / autoencoder.vae_scale + autoencoder.vae_shift
     states = _cached(out_dir / "captions.safetensors", lambda: _encode_captions(trained))
     texts_index = caption_table(trained)[1]
 
     denoiser_fingerprint = {**fingerprint, "condition_dropout": config.condition_dropout}
-    denoiser_run = StageRun(
-        "denoiser", out_dir / "denoiser", new_denoiser(config.denoiser.seed).to(device), config.denoiser, denoiser_fingerprint
-    )
+    start = warm.denoiser if warm is not None else new_denoiser(config.denoiser.seed)
+    denoiser_run = StageRun("denoiser", out_dir / "denoiser", start.to(device), config.denoiser, denoiser_fingerprint)
     denoiser_run.restore()
     if not denoiser_run.done and not export_only:
         loss = denoiser_loss(
@@ -106,14 +116,60 @@ def train_generator(
         denoiser_run.run(loss, deadline, seconds, _stage_progress(progress, "denoiser"))
     training = {
         "image_size": config.image_size,
-        "autoencoder_steps": autoencoder_run.step,
-        "denoiser_steps": denoiser_run.step,
+        "autoencoder_steps": autoencoder_steps,
+        "denoiser_steps": denoiser_run.step + (warm.denoiser_steps if warm is not None else 0),
         "config": asdict(config),
         "images": len(trained),
     }
+    if warm is not None:
+        training["warm_start"] = {"file": warm.name, "sha256": warm.digest, "denoiser_steps": warm.denoiser_steps,
+                                  "training": warm.training}
     path = save_generator(out_dir / FILE_NAME, autoencoder.cpu(), denoiser_run.ema.cpu(), training)
     logger.info("Wrote %s (denoiser step %d of %d)", path, denoiser_run.step, config.denoiser.steps)
     return path
+
+
+@dataclass
+class _WarmStart:
+    """What a warm start takes from a generator file: both networks and how they were trained."""
+
+    name: str
+    digest: str
+    autoencoder: TinyAutoencoder
+    denoiser: torch.nn.Module
+    training: dict
+
+    @property
+    def autoencoder_steps(self) -> int:
+        return int(self.training.get("autoencoder_steps", 0))
+
+    @property
+    def denoiser_steps(self) -> int:
+        return int(self.training.get("denoiser_steps", 0))
+
+    @classmethod
+    def read(cls, path: Path, device: str) -> _WarmStart:
+        from ..safe_paths import sha256_file
+        from .weights import load_generator
+
+        generator = load_generator(Path(path), device)
+        denoiser = generator.denoiser.train().requires_grad_(True)
+        training = json.loads(generator.metadata.get("training", "{}"))
+        return cls(Path(path).name, sha256_file(Path(path))[:16], generator.autoencoder, denoiser, training)
+
+
+def _check_same_start(out_dir: Path, warm: _WarmStart | None) -> None:
+    """Refuse to continue a run with another starting point (before any stage trains)."""
+    checkpoint = find_checkpoint(out_dir / "denoiser")
+    if checkpoint is None:
+        return
+    recorded = load_state(checkpoint).fingerprint.get("init_from")
+    if recorded != (warm.digest if warm is not None else None):
+        started = f"warm-started from a file of sha256 {recorded}" if recorded else "started from scratch"
+        raise TrainingError(
+            f"The run in {out_dir} was {started}, which differs from this call's init_from; continue it with the "
+            "same --init-from file (or none), or train into another --out folder."
+        )
 
 
 @torch.no_grad()
