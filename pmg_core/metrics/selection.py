@@ -166,15 +166,20 @@ def score_candidates(
         if progress is not None:
             progress(steps.index(step) + 1, len(steps))
 
-    if history is not None or target is not None:
+    references = [part for part in (history, target) if part is not None]
+    if references:
         lpips = lpips if lpips is not None else LPIPS("alex")
+        # History and target in one pass: every image goes through the network once.
+        both = torch.cat(references)
+        distances, similarities = lpips.pairwise(candidates, both), ssim_pairwise(candidates, both)
+        split = history.shape[0] if history is not None else 0
     if history is not None:
-        values["lpips_history"] = lpips.pairwise(candidates, history).mean(dim=1).tolist()
-        values["ssim_history"] = ssim_pairwise(candidates, history).mean(dim=1).tolist()
+        values["lpips_history"] = distances[:, :split].mean(dim=1).tolist()
+        values["ssim_history"] = similarities[:, :split].mean(dim=1).tolist()
         advance("history")
     if target is not None:
-        values["lpips_target"] = lpips.pairwise(candidates, target)[:, 0].tolist()
-        values["ssim_target"] = ssim_pairwise(candidates, target)[:, 0].tolist()
+        values["lpips_target"] = distances[:, split].tolist()
+        values["ssim_target"] = similarities[:, split].tolist()
         advance("target")
     if use_clip:
         texts = [text for text in (target_text, preference_text) if text]
