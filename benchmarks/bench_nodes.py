@@ -164,6 +164,14 @@ class Condition:
     name: str
     seconds: list[float] = field(default_factory=list)
     peak_rss: list[int] = field(default_factory=list)
+    node_seconds: dict[str, list[float]] = field(default_factory=dict)  # class_type -> one total per run
+
+    def add_node_times(self, times: dict[str, float]) -> None:
+        for node, seconds in times.items():
+            self.node_seconds.setdefault(node, []).append(seconds)
+
+    def node_medians(self) -> dict[str, float]:
+        return {node: round(statistics.median(values), 3) for node, values in self.node_seconds.items()}
 
     @property
     def median_s(self) -> float:
@@ -175,17 +183,45 @@ class Condition:
 
     def to_dict(self) -> dict:
         return {"runs_s": [round(s, 3) for s in self.seconds], "median_s": round(self.median_s, 3),
-                "peak_rss_mib": round(self.peak_mib, 1)}
+                "peak_rss_mib": round(self.peak_mib, 1), "node_median_s": self.node_medians()}
+
+
+class NodeClock:
+    """Per-node wall time from the ``/ws`` events: a node runs from its ``executing`` event to the next event.
+
+    Times are summed by class type (PMG Conditioning, KSampler, ...); ComfyUI's cached nodes send no
+    ``executing`` event and count nothing.
+    """
+
+    def __init__(self, graph: dict):
+        self.graph = graph
+        self.marks: list[tuple[float, str | None]] = []
+
+    def on_event(self, event: dict) -> None:
+        if event["type"] in ("executing", "execution_cached", "execution_success", "executed"):
+            node = (event.get("data") or {}).get("node") if event["type"] == "executing" else None
+            self.marks.append((time.monotonic(), node))
+
+    def totals(self, ended: float) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        following = [mark[0] for mark in self.marks[1:]] + [ended]
+        for (began, node), until in zip(self.marks, following):
+            if node is not None and node in self.graph:
+                kind = self.graph[node]["class_type"]
+                totals[kind] = totals.get(kind, 0.0) + until - began
+        return totals
 
 
 def timed(client: ComfyClient, pid: int, graph: dict, condition: Condition, warm: bool = False) -> None:
     """Clear ComfyUI's node cache and models, then run ``graph`` and record its wall time and peak RSS."""
     client.free(unload_models=True, free_memory=True)
     time.sleep(1.5)  # the worker applies /free between prompts; let it finish before timing
-    with PeakRSS(pid) as memory:
+    clock = NodeClock(graph)
+    with PeakRSS(pid) as memory, client.connect() as events:
         began = time.monotonic()
-        entry = client.wait(client.queue_prompt(graph), timeout=900)
-        elapsed = time.monotonic() - began
+        entry = client.wait(client.queue_prompt(graph), timeout=900, on_progress=clock.on_event, events=events)
+        ended = time.monotonic()
+        elapsed = ended - began
     if entry["status"]["status_str"] != "success":
         raise RuntimeError(f"{condition.name}: the prompt failed: {entry['status']}")
     if warm:  # a warm prompt that ran the LLM would not measure the warm path
@@ -197,6 +233,7 @@ def timed(client: ComfyClient, pid: int, graph: dict, condition: Condition, warm
             raise RuntimeError(f"{condition.name}: the warm prompt was not served from the caches: {reports}")
     condition.seconds.append(elapsed)
     condition.peak_rss.append(memory.peak)
+    condition.add_node_times(clock.totals(ended))
     log.info("%s: %.2f s, peak RSS %.0f MiB", condition.name, elapsed, memory.peak / 2**20)
 
 
@@ -269,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         out.write(f"{name:28} {values['median_s']:9.2f} {values['peak_rss_mib']:13.0f}\n")
     for name, value in result["ratios"].items():
         out.write(f"{name:30} {value:9.2f}\n")
+    out.write("\nmedian seconds per node (summed by class type)\n")
+    for name, values in conditions.items():
+        nodes = ", ".join(f"{node} {seconds:.2f}" for node, seconds in values["node_median_s"].items())
+        out.write(f"{name:28} {nodes}\n")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0

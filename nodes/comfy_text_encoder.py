@@ -9,6 +9,8 @@ assumed (tests/test_model_families.py runs each family's real classes, shrunk).
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from ..pmg_core.conditioning import EncodedText, tile_to_length
@@ -56,6 +58,9 @@ def _check_extras(extras: dict, shape: tuple) -> None:
 # Extra keys of ComfyUI's encode_from_tokens(return_dict=True) that carry nothing per prompt.
 _DROPPABLE = frozenset({"hooks"})
 
+# Token width of each loaded text-encoder module; weak keys, so an unloaded checkpoint's entry goes with it.
+_WIDTHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
 
 class ComfyTextEncoder:
     """A :class:`pmg_core.conditioning.TextEncoder` backed by a ComfyUI ``CLIP``.
@@ -80,8 +85,19 @@ class ComfyTextEncoder:
     def width(self) -> int:
         """D, the width of the text encoder's token embeddings (768, 1024, 2048...)."""
         if self._width is None:
-            self._width = int(self._encode_one("")[0].shape[-1])
+            model = getattr(self.clip, "cond_stage_model", None)
+            self._width = _WIDTHS.get(model) if model is not None else None
+            if self._width is None:
+                self._width = int(self._encode_one("")[0].shape[-1])
+        self._remember_width()
         return self._width
+
+    def _remember_width(self) -> None:
+        # A returning user's Soft Prompt Encoder needs only the width (its embeddings are cached):
+        # reading it from the loaded text encoder's last encoding saves a whole CLIP pass per prompt.
+        model = getattr(self.clip, "cond_stage_model", None)
+        if model is not None and self._width is not None:
+            _WIDTHS[model] = self._width
 
     def _encode_one(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         prompt = escape_prompt_weights(text) if self.escape_weights else text
@@ -106,6 +122,7 @@ class ComfyTextEncoder:
         if not encoded:
             raise EmbeddingValueError("ComfyTextEncoder.encode needs at least one text; pass a list of one or more prompts.")
         self._width = int(encoded[0][0].shape[-1])
+        self._remember_width()
         longest = max(cond.shape[1] for cond, _ in encoded)
         embeddings = torch.cat([tile_to_length(cond.float(), longest) for cond, _ in encoded], dim=0)
         pooled = None

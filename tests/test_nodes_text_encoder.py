@@ -57,3 +57,13 @@ def test_rejects_something_that_is_not_a_clip(text_encoder_module, pack_module):
         text_encoder_module.ComfyTextEncoder(object())
     with pytest.raises(TypeError):
         text_encoder_module.ComfyTextEncoder.encode(None, "a string")
+
+
+def test_the_width_of_a_loaded_text_encoder_is_read_once(text_encoder_module, comfy_clip, monkeypatch):
+    """A second encoder over the same loaded CLIP knows the width without encoding anything."""
+    text_encoder_module.ComfyTextEncoder(comfy_clip).encode(["a cat"])
+    calls = []
+    real = comfy_clip.encode_from_tokens
+    monkeypatch.setattr(comfy_clip, "encode_from_tokens", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert text_encoder_module.ComfyTextEncoder(comfy_clip).width == TINY_CLIP_WIDTH
+    assert calls == []
