@@ -36,3 +36,4 @@ if [ "$(readlink .venv 2>/dev/null)" != "$venv" ]; then
   ln -s "$venv" .venv
 fi
 bash scripts/fetch_comfyui.sh >&2
+bash scripts/bootstrap_browser.sh  # Chromium + playwright-core for tests/test_browser.py; never fails
