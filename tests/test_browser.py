@@ -150,7 +150,7 @@ def test_upload_button_stores_and_selects_a_good_file_and_shows_the_loaders_erro
     good, bad, input_dir = ui["_good"], ui["_bad"], ui["_input"]
     assert result["selected"] == {"value": good.name, "listed": True}
     assert (input_dir / good.name).read_bytes() == good.read_bytes()
-    assert any(not t["error"] and f"{good.name}: 2 user(s), chat" in t["text"] for t in result["good_toasts"])
+    assert any(not t["error"] and f"{good.name}: 2 user(s) (first: mei), chat" in t["text"] for t in result["good_toasts"])
     # The bad file: the loader's own message in an error toast, nothing stored, selection kept.
     with pytest.raises(PMGError) as loader:
         load_histories(bad, image_root=bad.parent)

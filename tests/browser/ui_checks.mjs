@@ -85,6 +85,36 @@ await page.goto(args.url);
 await page.waitForFunction(() => window.app?.graph && window.LiteGraph && window.app.extensionManager, null,
                            { timeout: 120000 });
 report.timings.page_ready = (Date.now() - t0) / 1000;
+// The stock "Introducing Nodes 2.0" banner shifts the layout; close it when it is there.
+await page.evaluate(() => {
+  const text = [...document.querySelectorAll('span')].find((s) => s.textContent.includes('Introducing Nodes 2.0'));
+  text?.parentElement?.parentElement?.querySelector('button.absolute')?.click();
+});
+
+if (shots) {
+  // Screenshots: text stays drawn when the whole graph is fitted on screen, and no minimap.
+  await page.evaluate(async () => {
+    await window.app.extensionManager.setting.set('LiteGraph.Canvas.LowQualityRenderingZoomThreshold', 0.2);
+    await window.app.extensionManager.setting.set('Comfy.Minimap.Visible', false);
+  });
+}
+
+// Frame the pipeline's nodes (not the long notes node) as large as the screen allows, so
+// the screenshot stays above the zoom where the canvas stops drawing text.
+async function fitView() {
+  await page.evaluate(() => {
+    const canvas = window.app.canvas;
+    const nodes = window.app.graph._nodes.filter((n) => n.type !== 'MarkdownNote');
+    const left = Math.min(...nodes.map((n) => n.pos[0])), top = Math.min(...nodes.map((n) => n.pos[1] - 30));
+    const right = Math.max(...nodes.map((n) => n.pos[0] + n.size[0])), bottom = Math.max(...nodes.map((n) => n.pos[1] + n.size[1]));
+    const [width, height] = [canvas.canvas.clientWidth - 80, canvas.canvas.clientHeight - 140];
+    const scale = Math.min(1, width / (right - left), height / (bottom - top));
+    canvas.ds.scale = scale;
+    canvas.ds.offset = [60 / scale - left, 100 / scale - top];
+    canvas.setDirty(true, true);
+  });
+  await page.waitForTimeout(800);
+}
 
 await step('templates', async () => {
   // The stock template browser opens by itself on a first visit; its Extensions group names the pack.
@@ -134,7 +164,10 @@ await step('open', async () => {
     }), workflow.nodes.map((n) => n.type));
     const api = readJson(path.join(args.repo, 'workflows', 'api', `${name}.json`));
     results[name] = { dialogs, unknown: state.unknown, nodes: state.nodes, api_equal: normalise(state.output) === normalise(api) };
-    if (name === 'pmg_movie_poster') await screenshot('movie_poster_workflow');
+    if (name === 'pmg_movie_poster' && shots) {
+      await fitView();
+      await screenshot('movie_poster_workflow');
+    }
     await closeDialogs();
   }
   return { workflows: results };
@@ -164,9 +197,10 @@ await step('run', async () => {
                              null, { timeout: 30000 });
   const shown = await page.evaluate(() => (window.app.graph.getNodeById(12).imgs || []).map((i) => ({
     src: i.src, width: i.naturalWidth, height: i.naturalHeight })));
-  await page.evaluate(() => { window.app.canvas.ds.scale = 0.75; window.app.canvas.ds.offset = [20, 40]; window.app.graph.setDirtyCanvas(true, true); });
-  await page.waitForTimeout(800);
-  await screenshot('sticker_run');
+  if (shots) {
+    await fitView();
+    await screenshot('sticker_run');
+  }
   return { seconds, seed, steps: RUN_STEPS, events, shown };
 });
 
@@ -226,6 +260,7 @@ await step('upload', async () => {
     const widget = window.app.graph.getNodeById(id).widgets.find((w) => w.name === 'history_file');
     return { value: widget.value, listed: widget.options.values.includes(widget.value) };
   }, loader);
+  await page.waitForTimeout(800);  // toasts fade in
   const goodToasts = await toastTexts();
   await screenshot('history_upload');
   await page.evaluate(() => window.app.extensionManager.toast.removeAll?.());
@@ -233,7 +268,7 @@ await step('upload', async () => {
   const bad = await clickButton('upload history file');
   await bad.setFiles(args['bad-history']);
   await page.waitForSelector('.p-toast-message-error', { timeout: 30000 });
-  await page.waitForTimeout(300);
+  await page.waitForTimeout(800);
   const badToasts = await toastTexts();
   const afterBad = await page.evaluate((id) => window.app.graph.getNodeById(id).widgets.find((w) => w.name === 'history_file').value, loader);
   await screenshot('history_upload_refused');

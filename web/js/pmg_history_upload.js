@@ -43,7 +43,7 @@ async function upload(node, files) {
     widget.callback?.(body.name);
   }
   node.setDirtyCanvas?.(true, true);
-  notify("success", "History file uploaded", `${body.name}: ${body.users} user(s), ${body.format}`);
+  notify("success", "History file uploaded", `${body.name}: ${body.users} user(s) (first: ${body.first_user}), ${body.format}`);
   return true;
 }
 

@@ -15,6 +15,7 @@ function addReport(node) {
   area.style.fontSize = "11px";
   const widget = node.addDOMWidget(WIDGET, "customtext", area, {
     serialize: false,  // a report, not an input: it never enters the workflow or the prompt
+    getMinHeight: () => 84,  // room for the user, preference, target and prompt lines
     getValue: () => area.value,
     setValue: (value) => { area.value = value; },
   });
@@ -39,6 +40,9 @@ app.registerExtension({
       const widget = this.widgets?.find((w) => w.name === WIDGET);
       if (widget && typeof text === "string") {
         widget.element.value = text;
+        // Grow the node (never shrink it) so the report is readable without resizing by hand.
+        const [width, height] = this.computeSize();
+        this.setSize([Math.max(this.size[0], width), Math.max(this.size[1], height)]);
         this.setDirtyCanvas?.(true, true);
       }
     };
