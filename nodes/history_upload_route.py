@@ -74,6 +74,11 @@ async def upload_history(request: web.Request) -> web.Response:
         except PMGError as error:
             logger.warning("PMG: history upload refused: %s", error)
             return web.json_response({"error": str(error)}, status=400)
+        except OSError as error:  # a full disk, a read-only input folder, a name taken meanwhile
+            logger.exception("PMG: history upload failed")
+            return web.json_response({"error": (
+                f"The server could not store the upload ({error}); nothing was kept. Check that ComfyUI's input "
+                "folder is writable and has free space, then upload again.")}, status=500)
     return web.json_response(result.as_json())
 
 

@@ -28,7 +28,7 @@ from typing import BinaryIO
 
 from .errors import HistoryFormatError, InvalidSettingError, PMGError, UnsafePathError
 from .loaders import detect_format, load_histories
-from .safe_paths import resolve_inside
+from .safe_paths import resolve_inside, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -159,14 +159,19 @@ def accept_history_file(source: BinaryIO, filename: str, input_dir: Path, subfol
         )
     folder = _destination_folder(input_dir, subfolder)
     target = unique_path(folder, name)
-    budget = [UploadLimits().max_bytes]
-    copy_bounded(source, target, budget, repr(name))
     relative = target.relative_to(input_dir.resolve()).as_posix()
-    duplicate = _identical_sibling(target, name)
     try:
+        copy_bounded(source, target, [UploadLimits().max_bytes], repr(name))
+    except FileExistsError:
+        raise  # another upload took the name meanwhile: its file is not ours to remove
+    except BaseException:
+        target.unlink(missing_ok=True)  # too large, a full disk...: no partial file stays
+        raise
+    try:
+        duplicate = _identical_sibling(target, name)
         # Checked where it lies, so relative image paths resolve as the loader node will see them.
         check = check_history_file(target, input_dir, relative)
-    except PMGError:
+    except BaseException:
         target.unlink(missing_ok=True)
         raise
     if duplicate is not None:
@@ -197,7 +202,7 @@ def _identical_sibling(target: Path, name: str) -> Path | None:
     original = target.with_name(name)
     if original == target or not original.is_file() or original.stat().st_size != target.stat().st_size:
         return None
-    return original if original.read_bytes() == target.read_bytes() else None
+    return original if sha256_file(original) == sha256_file(target) else None
 
 
 # ---------------------------------------------------------------- archives and folders

@@ -57,21 +57,24 @@ def everything(folder: Path) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def ui(comfy_server, tmp_path_factory) -> dict:
+def ui(request, tmp_path_factory) -> dict:
     """The driver's report (one Chromium run for the module), plus the files it uploaded."""
     missing = missing_tools()
-    if missing:
+    if missing:  # before the server starts: a machine without a browser fails fast, and says why
         pytest.fail("The browser tests cannot run; install: " + "; ".join(missing), pytrace=False)
+    comfy_server = request.getfixturevalue("comfy_server")
     work = tmp_path_factory.mktemp("browser")
     good = work / "browser_chats.json"
     shutil.copyfile(DATA / "chats.json", good)
     bad = work / "broken_history.jsonl"
     bad.write_text(BAD_HISTORY, encoding="utf-8")
+    folder = work / "browser_movies"  # a history file with the poster images it names
+    shutil.copytree(DATA, folder)
     report_path = work / "report.json"
     input_dir = comfy_server.base_dir / "input"
     before = everything(input_dir)
     command = ["node", str(BROWSER / "ui_checks.mjs"), "--url", comfy_server.url, "--repo", str(REPO),
-               "--out", str(report_path), "--good-history", str(good), "--bad-history", str(bad),
+               "--out", str(report_path), "--good-history", str(good), "--bad-history", str(bad), "--good-folder", str(folder),
                "--run-steps", str(RUN_STEPS), "--failure-shots", str(work)]
     if os.environ.get("PMG_SCREENSHOTS") == "1":
         (REPO / "docs" / "screenshots").mkdir(parents=True, exist_ok=True)
@@ -87,8 +90,10 @@ def ui(comfy_server, tmp_path_factory) -> dict:
     # Leave the session's input folder as other tests expect it.
     for name in sorted(report["_added"], key=len, reverse=True):
         path = input_dir / name
-        if path.is_file():
-            path.unlink()
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def part(ui: dict, name: str) -> dict:
@@ -158,6 +163,10 @@ def test_upload_button_stores_and_selects_a_good_file_and_shows_the_loaders_erro
     errors = [t["text"] for t in result["bad_toasts"] if t["error"]]
     assert errors and expected in errors[0], (expected, result["bad_toasts"])
     assert bad.name not in ui["_added"] and result["after_bad"] == good.name
+    # The folder button stores the folder with its images and selects its first history file.
+    assert result["folder"] == "browser_movies/chat.txt"
+    assert (input_dir / "browser_movies" / "posters" / "orbit_of_ashes.png").is_file()
+    assert "browser_movies/posters/make_posters.py" not in ui["_added"]  # only histories and images
     # A file dropped on the node takes the same way.
     assert result["dropped"] == result["drop_name"] and result["drop_name"] in ui["_added"]
 

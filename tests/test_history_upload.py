@@ -89,6 +89,15 @@ def test_a_good_file_gets_a_new_name_unless_it_is_the_same_content(tmp_path):
         accept_history_file(io.BytesIO(content), "chat.txt", input_dir, "a/b")
 
 
+def test_a_single_file_over_the_limit_leaves_nothing(tmp_path, monkeypatch):
+    import pmg_core.history_upload as upload
+
+    monkeypatch.setattr(upload, "UploadLimits", lambda: UploadLimits(max_bytes=100))
+    with pytest.raises(InvalidSettingError, match="more than the upload limit"):
+        accept_history_file(io.BytesIO(b"x" * 5000), "big.jsonl", tmp_path)
+    assert everything(tmp_path) == set()
+
+
 def test_zip_size_and_count_bounds(tmp_path):
     archive = tmp_path / "big.zip"
     archive.write_bytes(zip_bytes({"big/history.jsonl": b"x" * 5000, "big/images/a.png": b"y" * 5000}))

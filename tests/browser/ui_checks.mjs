@@ -2,7 +2,7 @@
 // running server with this pack, and write what it saw as JSON for tests/test_browser.py.
 //
 //   node tests/browser/ui_checks.mjs --url http://127.0.0.1:8188 --repo . --out report.json \
-//        --good-history FILE --bad-history FILE [--screenshots docs/screenshots]
+//        --good-history FILE --bad-history FILE [--good-folder DIR] [--screenshots docs/screenshots]
 //
 // One browser for every check, in this order (each records {ok, ..., error} and the next
 // one still runs): templates (the first-visit template browser lists the pack's cards with
@@ -274,6 +274,18 @@ await step('upload', async () => {
   await screenshot('history_upload_refused');
   await page.evaluate(() => window.app.extensionManager.toast.removeAll?.());
 
+  // The folder button: a whole folder (a history file beside the images it names).
+  let folder = null;
+  if (args['good-folder']) {
+    const picker = await clickButton('upload history folder');
+    await picker.setFiles(args['good-folder']);
+    const expected = `${path.basename(args['good-folder'])}/`;
+    await page.waitForFunction(([id, prefix]) => window.app.graph.getNodeById(id).widgets
+      .find((w) => w.name === 'history_file').value.startsWith(prefix), [loader, expected], { timeout: 30000 });
+    folder = await page.evaluate((id) => window.app.graph.getNodeById(id).widgets.find((w) => w.name === 'history_file').value, loader);
+    await page.evaluate(() => window.app.extensionManager.toast.removeAll?.());
+  }
+
   // Drag and drop: a history file dropped on the node goes the same way.
   const dropName = `dropped_${Date.now()}${path.extname(args['good-history'])}`;
   const goodText = fs.readFileSync(args['good-history'], 'utf8');
@@ -289,7 +301,7 @@ await step('upload', async () => {
     for (let i = 0; i < 100 && widget.value !== name; i++) await new Promise((r) => setTimeout(r, 200));
     return widget.value;
   }, [loader, dropName, goodText]);
-  return { before, selected, good_toasts: goodToasts, bad_toasts: badToasts, after_bad: afterBad, drop_name: dropName, dropped };
+  return { before, selected, good_toasts: goodToasts, bad_toasts: badToasts, after_bad: afterBad, folder, drop_name: dropName, dropped };
 });
 
 await browser.close();
