@@ -14,7 +14,7 @@ import logging
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import comfy_paths
+from . import comfy_paths, history_upload_route
 
 logger = logging.getLogger(__name__)
 
@@ -49,4 +49,6 @@ class PMGExtension(ComfyExtension):
         # ComfyUI 0.3.75 never calls on_load; this runs once at start-up, before any
         # schema is built, and the combo lists of the loaders read these folders.
         comfy_paths.register_model_folders()
+        # The loader's upload button posts here (web/js/pmg_history_upload.js).
+        history_upload_route.register()
         return collect_nodes()

@@ -75,10 +75,12 @@ class PMGUserHistoryLoader(io.ComfyNode):
                 io.Combo.Input(
                     "history_file",
                     options=comfy_paths.history_files(),
-                    upload=io.UploadType.model,
+                    # No upload= flag: the pack's own buttons (web/js/pmg_history_upload.js) upload
+                    # through a route that checks the file first; a stock upload would not.
                     tooltip=(
                         "A history file (.jsonl, .csv, .json, .txt, or a MovieLens/RecBole .inter) in ComfyUI's "
-                        "input folder or one subfolder of it (e.g. pmg/users.jsonl). Refresh (R) after adding files."
+                        "input folder or one subfolder of it (e.g. pmg/users.jsonl). Add one with the upload "
+                        "buttons below or by dropping it on the node; refresh (R) after copying files in by hand."
                     ),
                 ),
                 io.Combo.Input(

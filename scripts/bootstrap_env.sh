@@ -36,4 +36,5 @@ if [ "$(readlink .venv 2>/dev/null)" != "$venv" ]; then
   ln -s "$venv" .venv
 fi
 bash scripts/fetch_comfyui.sh >&2
-bash scripts/bootstrap_comfy_cli.sh
+bash scripts/bootstrap_comfy_cli.sh  # comfy-cli in its own environment, for `comfy node validate` in the tests
+bash scripts/bootstrap_browser.sh  # Chromium + playwright-core for tests/test_browser.py; never fails

@@ -1,7 +1,8 @@
 // Load each UI workflow in the real ComfyUI front end (headless Chromium) and compare the
 // front end's own API export (app.graphToPrompt) with the committed copy in workflows/api/.
 //
-// Optional developer check, not part of the test suite (it needs a browser):
+// Optional developer check against any server (tests/test_browser.py runs the same check, and more,
+// in the suite against its own server; tests/browser/ui_checks.mjs is its driver):
 //   apt-get install chromium && npm install --prefix /tmp/pw playwright-core@1
 //   .venv/bin/python -m pmg_core serve --port 8188 &        # or any ComfyUI with this pack
 //   NODE_PATH=/tmp/pw/node_modules node scripts/check_workflows_in_browser.mjs \

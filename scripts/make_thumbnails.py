@@ -1,19 +1,24 @@
-"""Template-browser thumbnails for the sticker workflows, drawn by the shipped sticker generator.
+"""Template-browser thumbnails: ``workflows/<name>.jpg``, the card image ComfyUI shows for a pack's workflow.
 
-ComfyUI's template browser shows ``workflows/<name>.jpg`` as a custom pack's card
-image. This draws them from a real run of ``models/pmg-sticker-generator.safetensors``
-(the same sampler as the workflows: euler, normal, 20 steps, cfg 5):
+* the sticker workflows: drawn from a real run of ``models/pmg-sticker-generator.safetensors``
+  (the same sampler as the workflows: euler, normal, 20 steps, cfg 5);
+* the movie-poster workflow: its offline checkpoint has random weights (its images are
+  noise), so its card is drawn, not generated: a real MovieLens user's liked movies and
+  target from the example history, and the path they take through the workflow.
 
-    .venv/bin/python scripts/make_thumbnails.py
+    .venv/bin/python scripts/make_thumbnails.py [--only pmg_movie_poster]
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
+import textwrap
 from pathlib import Path
 
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -31,11 +36,60 @@ CARDS = {
 }
 
 
+CARD_SIZE = (384, 256)
+MOVIE_USER = "1"
+
+
+def movie_card() -> Image.Image:
+    """The movie-poster card: MovieLens user 1's liked movies -> keywords -> one poster per alpha."""
+    from pmg_core.assets import movielens_dir
+    from pmg_core.loaders import SplitRule, load_user
+
+    history = load_user(movielens_dir(), MOVIE_USER, fmt="movielens", split=SplitRule.reference())
+    card = Image.new("RGB", CARD_SIZE, (24, 28, 48))
+    draw = ImageDraw.Draw(card)
+    for y in range(CARD_SIZE[1]):  # a dark vertical gradient, like a cinema wall
+        shade = int(24 + 30 * y / CARD_SIZE[1])
+        draw.line([(0, y), (CARD_SIZE[0], y)], fill=(shade, shade // 2 + 14, 48 + shade))
+    title, small, tiny = (ImageFont.load_default(size) for size in (22, 13, 11))
+    draw.text((14, 10), "PMG movie poster", font=title, fill=(250, 236, 200))
+    draw.text((14, 38), f"MovieLens user {history.user_id} liked:", font=small, fill=(200, 210, 235))
+    # Three "posters" of the liked movies, then the personalised candidates.
+    for i, item in enumerate(history.items[:3]):
+        x = 10 + i * 80
+        draw.rounded_rectangle([x, 60, x + 76, 160], radius=6, fill=(60 + 40 * i, 44, 70), outline=(230, 200, 120))
+        for j, line in enumerate(textwrap.wrap(item.title, 12)[:5]):
+            draw.text((x + 5, 66 + 14 * j), line, font=tiny, fill=(255, 245, 225))
+    # An arrow into the candidates (the built-in font has no arrow glyph).
+    draw.line([(252, 110), (270, 110)], fill=(250, 236, 200), width=3)
+    draw.polygon([(270, 103), (279, 110), (270, 117)], fill=(250, 236, 200))
+    draw.rounded_rectangle([284, 60, 374, 160], radius=6, fill=(20, 20, 30), outline=(250, 236, 200), width=2)
+    for j, line in enumerate(["one poster", "per alpha:", "your taste", "vs. the", "target"]):
+        draw.text((292, 68 + 17 * j), line, font=small, fill=(250, 236, 200))
+    target = history.target.title if history.target is not None else "the next movie"
+    draw.text((14, 172), f"target: {target}", font=small, fill=(200, 210, 235))
+    draw.text((14, 194), "history > LLM keywords > soft prompt > SD1.5", font=small, fill=(200, 210, 235))
+    draw.text((14, 212), "KSampler > PMG Scorer keeps the best", font=small, fill=(200, 210, 235))
+    draw.text((14, 234), "(bring a real SD1.5 checkpoint; the offline one is random)", font=tiny, fill=(150, 160, 190))
+    return card
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["pmg_movie_poster", *CARDS], help="draw just this card")
+    args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
+    if args.only in (None, "pmg_movie_poster"):
+        path = REPO / "workflows" / "pmg_movie_poster.jpg"
+        movie_card().save(path, quality=90)
+        log.info("wrote %s", path)
+    if args.only == "pmg_movie_poster":
+        return
     torch.set_num_threads(2)
     pipeline = StickerPipeline(load_generator(REPO / "models" / "pmg-sticker-generator.safetensors"), MiniLMTextEncoder())
     for name, prompts in CARDS.items():
+        if args.only not in (None, name):
+            continue
         images = torch.cat([pipeline.generate(pipeline.encoder.encode([p]).embeddings, 5, 1, 20, 5.0) for p in prompts])
         card = image_strip(images, per_row=3).resize((384, 256))
         path = REPO / "workflows" / f"{name}.jpg"

@@ -1,4 +1,4 @@
-"""The pack's entry point: importing it without ComfyUI does nothing and never fails; it exports only comfy_entrypoint."""
+"""The pack's entry point: importing it without ComfyUI does nothing and never fails; it exports only comfy_entrypoint and WEB_DIRECTORY."""
 
 from __future__ import annotations
 
@@ -36,8 +36,9 @@ def test_importing_the_pack_without_comfyui_does_nothing():
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["public"] == ["comfy_entrypoint"]
-    assert report["all"] == ["comfy_entrypoint"]
+    # WEB_DIRECTORY is a plain string ComfyUI reads to serve the browser extension.
+    assert report["public"] == ["WEB_DIRECTORY", "comfy_entrypoint"]
+    assert report["all"] == ["WEB_DIRECTORY", "comfy_entrypoint"]
     assert report["mappings"] is False
     assert "comfy_entrypoint" in report["loose_public"]
     # not even torch: the import is free until ComfyUI calls the entry point
