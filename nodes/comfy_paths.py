@@ -19,6 +19,7 @@ folder must not hide every node. The clear message comes at validation or execut
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -27,6 +28,8 @@ import folder_paths
 
 from ..pmg_core.assets import default_cache_dir
 from ..pmg_core.errors import MissingFileError, ModelLoadError, UnsafePathError
+from ..pmg_core.evaluation.judge import FORMAT as JUDGE_FORMAT
+from ..pmg_core.generator.weights import FORMAT as GENERATOR_FORMAT
 from ..pmg_core.safe_paths import resolve_inside
 
 logger = logging.getLogger(__name__)
@@ -40,6 +43,8 @@ LLM_EXTENSIONS = {".gguf", ".json", ".safetensors"}
 ADAPTER_EXTENSIONS = {".safetensors"}
 UNTRAINED_ADAPTER = "none (untrained)"
 CACHE_FOLDER_NAME = "pmg_cache"
+# The header formats of the pack's other model files, never offered as soft-prompt adapters.
+OTHER_PMG_FORMATS = frozenset({GENERATOR_FORMAT, JUDGE_FORMAT})
 
 
 def register_model_folders() -> None:
@@ -50,7 +55,7 @@ def register_model_folders() -> None:
     """
     for key, folders, extensions in (
         (LLM_FOLDER_KEY, [os.path.join(folder_paths.models_dir, "LLM")], LLM_EXTENSIONS),
-        (ADAPTER_FOLDER_KEY, [os.path.join(folder_paths.models_dir, "pmg")], ADAPTER_EXTENSIONS),
+        (ADAPTER_FOLDER_KEY, [os.path.join(folder_paths.models_dir, "pmg"), str(PACK_MODELS_DIR)], ADAPTER_EXTENSIONS),
         (GENERATOR_FOLDER_KEY, [os.path.join(folder_paths.models_dir, GENERATOR_FOLDER_KEY), str(PACK_MODELS_DIR)], {".safetensors"}),
     ):
         for folder in folders:
@@ -187,13 +192,28 @@ def resolve_llm(name: str) -> Path:
 
 
 def adapter_choices() -> list[str]:
-    """``none (untrained)`` followed by the ``.safetensors`` adapters under ``models/pmg``."""
+    """``none (untrained)`` followed by the ``.safetensors`` adapters under ``models/pmg`` and the pack's ``models/``."""
     files: list[str] = []
     try:
         files = [f for f in folder_paths.get_filename_list(ADAPTER_FOLDER_KEY) if f.lower().endswith(".safetensors")]
     except (KeyError, OSError) as error:
         logger.warning("PMG: cannot list soft-prompt adapters: %s", error)
+    # The pack's models/ folder also holds its generator and judge: list only what an adapter could be.
+    files = [f for f in files if _file_format(ADAPTER_FOLDER_KEY, f) not in OTHER_PMG_FORMATS]
     return [UNTRAINED_ADAPTER, *sorted(files)]
+
+
+def _file_format(key: str, name: str) -> str | None:
+    """The ``format`` a PMG ``.safetensors`` file declares in its header (None when it declares none)."""
+    path = folder_paths.get_full_path(key, name)
+    try:
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(size)) if 0 < size < 100_000_000 else {}
+    except (OSError, TypeError, ValueError):
+        return None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata.get("format") if isinstance(metadata, dict) else None
 
 
 def resolve_adapter(name: str) -> Path:
@@ -215,7 +235,8 @@ def resolve_adapter(name: str) -> Path:
 def generator_choices() -> list[str]:
     """The ``.safetensors`` files under ``models/pmg_generator`` and the pack's ``models/`` folder."""
     try:
-        return sorted(f for f in folder_paths.get_filename_list(GENERATOR_FOLDER_KEY) if f.lower().endswith(".safetensors"))
+        return sorted(f for f in folder_paths.get_filename_list(GENERATOR_FOLDER_KEY)
+                      if f.lower().endswith(".safetensors") and _file_format(GENERATOR_FOLDER_KEY, f) == GENERATOR_FORMAT)
     except (KeyError, OSError) as error:
         logger.warning("PMG: cannot list sticker generators: %s", error)
         return []

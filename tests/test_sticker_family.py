@@ -134,6 +134,16 @@ def test_loader_node_lists_and_loads_a_generator(pmg_pack, random_generator_file
     assert _comfy_encode(clip, "cat face").shape == (1, 32, 384)
 
 
+def test_the_packs_own_models_are_each_offered_where_they_belong(pmg_pack):
+    """models/ ships a generator, a soft-prompt adapter and a judge: each list offers only its kind."""
+    paths = pack_submodule("nodes.comfy_paths")
+    generators, adapters = paths.generator_choices(), paths.adapter_choices()
+    assert "pmg-sticker-generator.safetensors" in generators
+    assert "pmg-sticker-adapter.safetensors" not in generators and "pmg-sticker-judge.safetensors" not in generators
+    assert "pmg-sticker-adapter.safetensors" in adapters
+    assert "pmg-sticker-generator.safetensors" not in adapters and "pmg-sticker-judge.safetensors" not in adapters
+
+
 def test_loader_node_names_a_missing_generator(pmg_pack):
     message = pmg_pack.nodes["PMGStickerGeneratorLoader"].validate_inputs(generator="nope.safetensors")
     assert isinstance(message, str) and "nope.safetensors" in message and "pmg train-generator" in message
