@@ -15,9 +15,12 @@ times, from ``POST /prompt`` to the prompt's end:
   weights, SmolLM2's tokenizer). Its keyword and soft-prompt caches are filled in this process first
   (scripted keywords, random embeddings, under the exact keys the nodes compute), because a warm
   prompt never reads the weights: the condition shows the warm path does not depend on LLM size.
+* **plain / PMG warm, live server**: no ``/free`` between prompts, as a studio queue meets the
+  server: each prompt is another (returning) user for PMG, another prompt text for plain txt2img,
+  and ComfyUI re-runs only the nodes whose inputs changed.
 
-Before every timed prompt ``/free`` clears ComfyUI's in-memory node cache and unloads the
-models, so every condition executes all of its nodes and reloads the checkpoint (and PMG
+Before every other timed prompt ``/free`` clears ComfyUI's in-memory node cache and unloads the
+models, so those conditions execute all of their nodes and reload the checkpoint (and PMG
 its LLM); the very first PMG prompt also pays the LLM's first load in the server process
 (and its one-time GGUF conversion, if the model cache is empty), reported as "first".
 Peak memory is the server process's RSS, sampled every 20 ms by psutil while the prompt
@@ -50,11 +53,12 @@ log = logging.getLogger("bench_nodes")
 ALPHAS = "0.33, 0.5, 0.67"
 
 
-def plain_graph(checkpoint: str, steps: int, size: int, batch: int, seed: int, prefix: str) -> dict:
+def plain_graph(checkpoint: str, steps: int, size: int, batch: int, seed: int, prefix: str,
+                text: str = "a movie poster of Star Wars, science fiction, space") -> dict:
     """Stock txt2img with the PMG workflow's sampler settings."""
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a movie poster of Star Wars, science fiction, space", "clip": ["1", 1]}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["1", 1]}},
         "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry, low quality, text, watermark", "clip": ["1", 1]}},
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": batch}},
         "5": {"class_type": "KSampler", "inputs": {
@@ -212,10 +216,12 @@ class NodeClock:
         return totals
 
 
-def timed(client: ComfyClient, pid: int, graph: dict, condition: Condition, warm: bool = False) -> None:
-    """Clear ComfyUI's node cache and models, then run ``graph`` and record its wall time and peak RSS."""
-    client.free(unload_models=True, free_memory=True)
-    time.sleep(1.5)  # the worker applies /free between prompts; let it finish before timing
+def timed(client: ComfyClient, pid: int, graph: dict, condition: Condition, warm: bool = False, free: bool = True) -> None:
+    """Run ``graph`` and record its wall time, peak RSS and node times; first clear ComfyUI's node cache
+    and unload the models, unless ``free`` is False (a live server: what did not change stays cached)."""
+    if free:
+        client.free(unload_models=True, free_memory=True)
+        time.sleep(1.5)  # the worker applies /free between prompts; let it finish before timing
     clock = NodeClock(graph)
     with PeakRSS(pid) as memory, client.connect() as events:
         began = time.monotonic()
@@ -261,6 +267,15 @@ def benchmark(repeats: int, settings: DemoSettings, base: Path, users: list[str]
             timed(client, pid, pmg_graph(settings, cold_users[i], 100 + i, f"warm{i}"), warm, warm=True)
             if large_llm:
                 timed(client, pid, pmg_graph(settings, cold_users[i], 200 + i, f"large{i}", LARGE_LLM), large, warm=True)
+        # A live server, as a studio queue meets it: nothing freed between prompts, so ComfyUI keeps the
+        # checkpoint and every node output whose inputs did not change. Each prompt is another user:
+        # PMG gets a returning user, plain txt2img a prompt text of its own (the negative stays cached).
+        live_plain, live_warm = Condition("plain, live server"), Condition("PMG warm, live server")
+        for i in range(repeats):
+            text = f"a movie poster, user {cold_users[i]}, science fiction, space"
+            timed(client, pid, plain_graph(settings.checkpoint, settings.steps, settings.size, batch, 300 + i,
+                                           "bench/live_plain", text), live_plain, free=False)
+            timed(client, pid, pmg_graph(settings, cold_users[i], 300 + i, "live"), live_warm, warm=True, free=False)
         stats = client.system_stats()
     extra = [large] if large_llm else []
     ratios_large = ({"time_warm_1.7b_over_plain": round(large.median_s / plain.median_s, 2),
@@ -269,10 +284,11 @@ def benchmark(repeats: int, settings: DemoSettings, base: Path, users: list[str]
         "settings": {"checkpoint": settings.checkpoint, "steps": settings.steps, "size": settings.size,
                      "images": batch, "repeats": repeats},
         "device": stats.get("devices", [{}])[0].get("name"),
-        "conditions": {c.name: c.to_dict() for c in (plain, cold, warm, *extra, first)},
+        "conditions": {c.name: c.to_dict() for c in (plain, cold, warm, *extra, first, live_plain, live_warm)},
         "ratios": {
             "time_cold_over_plain": round(cold.median_s / plain.median_s, 2),
             "time_warm_over_plain": round(warm.median_s / plain.median_s, 2),
+            "time_warm_over_plain_live_server": round(live_warm.median_s / live_plain.median_s, 2),
             "peak_rss_cold_over_plain": round(cold.peak_mib / plain.peak_mib, 2),
             "peak_rss_warm_over_plain": round(warm.peak_mib / plain.peak_mib, 2),
             **ratios_large,

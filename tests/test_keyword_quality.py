@@ -31,7 +31,8 @@ PROMPT_WORDS = frozenset({"mood", "color", "character", "expression", "emotion",
         ("mood", "echo"),
         ("Character expressions", "echo"),  # plurals of prompt words
         ("Hor", "junk"),  # cut off: the start of "horror"
-        ("Movie Movie Movie", "junk"),
+        ("The Big Sleep Movie Movie Movie", "junk"),
+        ("Blade Blade Runner", "copy"),  # repeated words inside a title's words are still the title's
         ("Character names should be excluded from this list", "junk"),  # a sentence
         ("1984", "junk"),
     ],

@@ -3,12 +3,12 @@
 PMG's explicit preference is a handful of keywords. Whether they help depends on what
 they are, so each keyword of a user is put in one class, checked in this order:
 
-* **junk**: no letters, a sentence (more than six words), a word repeated inside the
-  keyword ("Movie Movie Movie"), or a word cut off mid-way (the start of a longer word of
-  the history or of the other keywords: "Hor" beside "Horror");
+* **junk**: no letters, a sentence (more than six words), or a word cut off mid-way (the
+  start of a longer word of the history or of the other keywords: "Hor" beside "Horror");
 * **echo**: every word is a word of PMG's own prompt ("mood, color, character");
 * **category**: the name of one of the history's genres or emoji categories;
-* **copy**: its words all come from one history item's title or name ("teddy" of "teddy bear");
+* **copy**: its words all come from one item's title or name ("teddy" of "teddy bear");
+* **junk** again: a word repeated inside a keyword that is no title ("Movie Movie Movie");
 * **abstraction**: anything else — a word the LLM brought itself.
 
 :func:`keyword_classes` is pure; :func:`quality_table` counts the shares per class.
@@ -42,8 +42,7 @@ def keyword_class(keyword: str, history: UserHistory, instruction_words: frozens
     items = [*history.items, *([history.target] if history.target is not None else [])]
     vocabulary = {w for item in items for w in _words(f"{item.title} {' '.join(item.categories)}")}
     vocabulary |= {w for other in others for w in _words(other) if other != keyword}
-    if (not words or len(keyword.split()) > MAX_WORDS or len(set(words)) < len(words)
-            or _is_cut_word(words[-1], vocabulary)):
+    if not words or len(keyword.split()) > MAX_WORDS or _is_cut_word(words[-1], vocabulary):
         return "junk"
     if is_echo(keyword, instruction_words):
         return "echo"
@@ -51,7 +50,9 @@ def keyword_class(keyword: str, history: UserHistory, instruction_words: frozens
     if " ".join(words) in categories:
         return "category"
     if any(set(words) <= set(_words(item.title)) for item in items):
-        return "copy"
+        return "copy"  # before the repeated-word rule: "Liar Liar" is a title
+    if len(set(words)) < len(words):
+        return "junk"
     return "abstraction"
 
 
