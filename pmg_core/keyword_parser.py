@@ -130,18 +130,29 @@ def is_echo(keyword: str, instruction_words: frozenset[str]) -> bool:
 
 
 
-def is_cut(keyword: str, keywords) -> bool:
-    """Whether ``keyword`` is the start of another keyword of the list, cut off ("Tranqu" beside "Tranquility")."""
+def is_cut(keyword: str, keywords, source_words: frozenset[str] = frozenset()) -> bool:
+    """Whether ``keyword`` was cut off mid-word: the start of another keyword of the list ("Tranqu" beside
+    "Tranquility"), or its last word the start of a longer word of what it describes ("Heath" for the
+    movie "Heathers"; ``source_words``: the items' titles and categories, casefolded)."""
     folded = keyword.casefold()
     for other in (k.casefold() for k in keywords):
         # A cut ends inside a word of the other keyword: "Kissing face" beside "Kissing face with ..." is no cut.
         if len(other) > len(folded) and other.startswith(folded) and other[len(folded)].isalpha():
             return True
-    return False
+    words = re.findall(r"[^\W\d_]+", folded)
+    # Two letters short at least: a plural or a possessive ("Star" of "Stars") is no cut.
+    return bool(words) and words[-1] not in source_words and any(
+        len(word) >= len(words[-1]) + 2 and word.startswith(words[-1]) for word in source_words
+    )
 
 
-def drop_echoes(keywords, instruction_words: frozenset[str]) -> tuple[list[str], list[str]]:
-    """(kept, dropped): drop echoes of the prompt's own words and words cut off mid-way."""
+def source_words(texts) -> frozenset[str]:
+    """The casefolded words of ``texts`` (titles, categories), for :func:`is_cut`."""
+    return frozenset(word for text in texts for word in re.findall(r"[^\W\d_]+", text.casefold()))
+
+
+def drop_echoes(keywords, instruction_words: frozenset[str], sources: frozenset[str] = frozenset()) -> tuple[list[str], list[str]]:
+    """(kept, dropped): drop echoes of the prompt's own words and words cut off mid-way (see :func:`is_cut`)."""
     keywords = list(keywords)
-    bad = [k for k in keywords if is_echo(k, instruction_words) or is_cut(k, keywords)]
+    bad = [k for k in keywords if is_echo(k, instruction_words) or is_cut(k, keywords, sources)]
     return [k for k in keywords if k not in bad], bad

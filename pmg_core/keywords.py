@@ -35,7 +35,7 @@ from pathlib import Path
 from .cache import JsonCache
 from .errors import EmptyHistoryError, InvalidSettingError, KeywordParseError
 from .history import Item, UserHistory
-from .keyword_parser import drop_echoes, normalize_keyword, parse_keywords
+from .keyword_parser import drop_echoes, normalize_keyword, parse_keywords, source_words
 from .llm import LocalLLM
 from .prompts import (
     DEFAULT_PROMPTS,
@@ -184,7 +184,7 @@ class KeywordExtractor:
         results = []
         for index, (history, (text, _, dropped), keywords) in enumerate(zip(histories, prepared, preference_sets)):
             fell_back = index in preference_fallbacks
-            keywords, echoes = drop_echoes(keywords, self._echo_words(prompt_set_for(history)))
+            keywords, echoes = drop_echoes(keywords, self._echo_words(prompt_set_for(history)), _item_words(history.items))
             if echoes:
                 log.info("User %r: dropped keywords that repeat the prompt: %s", history.user_id, echoes)
             if not keywords:  # nothing but echoes: the history's own metadata speaks instead
@@ -383,7 +383,8 @@ class KeywordExtractor:
         target_text = ""
         if target is not None:
             target_keywords = target.keywords or tuple(
-                drop_echoes(item_keywords[_item_identity(target, prompt_set)], self._echo_words(prompt_set))[0]
+                drop_echoes(item_keywords[_item_identity(target, prompt_set)], self._echo_words(prompt_set),
+                            _item_words([target]))[0]
             )
             target_text = render_target_text(target, target_keywords, history.scene)
         return Preference(
@@ -524,6 +525,11 @@ def history_fallback_keywords(history: UserHistory, item_keywords: Mapping[tuple
 def _timestamp(unit) -> float:
     value = getattr(unit, "timestamp", None)
     return float("-inf") if value is None else float(value)
+
+
+def _item_words(items) -> frozenset[str]:
+    """The words of the items' titles and categories: what their keywords may have been cut from."""
+    return source_words(text for item in items for text in (item.title, *item.categories))
 
 
 def _item_identity(item: Item, prompt_set: str) -> tuple:

@@ -115,3 +115,12 @@ def test_echo_and_cut_detection():
     assert not is_echo("cat face", words) and not is_echo("", words)
     assert is_cut("Tranqu", ["Tranquility", "Tranqu"]) and not is_cut("Kissing face", ["Kissing face with smiling eyes"])
     assert drop_echoes(["mood", "cat", "Hor", "Horror"], words) == (["cat", "Horror"], ["mood", "Hor"])
+
+
+def test_a_keyword_cut_from_the_title_it_describes_is_dropped():
+    """"Heath" for the movie "Heathers" (seen from SmolLM2): cut mid-word; a plural's stem is no cut."""
+    from pmg_core.keyword_parser import drop_echoes, source_words
+
+    titles = source_words(["Heathers", "Comedy", "Stars"])
+    assert drop_echoes(["Heath", "Comedy", "Star", "high school"], frozenset(), titles) == (
+        ["Comedy", "Star", "high school"], ["Heath"])

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from ..history import UserHistory
-from ..keyword_parser import MAX_WORDS, is_echo
+from ..keyword_parser import MAX_WORDS, is_cut, is_echo, source_words
 
 CLASSES = ("abstraction", "copy", "category", "echo", "junk")
 _WORD = re.compile(r"[^\W\d_]+")
@@ -31,18 +31,13 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(text.casefold())
 
 
-def _is_cut_word(word: str, vocabulary: set[str]) -> bool:
-    """``word`` is not a word of ``vocabulary`` but the start of one, two or more letters short of it."""
-    return word not in vocabulary and any(len(other) >= len(word) + 2 and other.startswith(word) for other in vocabulary)
-
-
 def keyword_class(keyword: str, history: UserHistory, instruction_words: frozenset[str], others: Iterable[str] = ()) -> str:
     """The class of one keyword of ``history``'s user (see the module docstring)."""
     words = _words(keyword)
     items = [*history.items, *([history.target] if history.target is not None else [])]
-    vocabulary = {w for item in items for w in _words(f"{item.title} {' '.join(item.categories)}")}
-    vocabulary |= {w for other in others for w in _words(other) if other != keyword}
-    if not words or len(keyword.split()) > MAX_WORDS or _is_cut_word(words[-1], vocabulary):
+    others = [other for other in others if other != keyword]
+    sources = source_words([text for item in items for text in (item.title, *item.categories)] + others)
+    if not words or len(keyword.split()) > MAX_WORDS or is_cut(keyword, others, sources):
         return "junk"
     if is_echo(keyword, instruction_words):
         return "echo"
