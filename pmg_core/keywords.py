@@ -382,9 +382,11 @@ class KeywordExtractor:
         target_keywords: tuple[str, ...] = ()
         target_text = ""
         if target is not None:
+            # Nothing left after the filter (e.g. only a cut word): the target's own metadata speaks instead.
             target_keywords = target.keywords or tuple(
                 drop_echoes(item_keywords[_item_identity(target, prompt_set)], self._echo_words(prompt_set),
                             _item_words([target]))[0]
+                or item_fallback_keywords(target, self.n_target)
             )
             target_text = render_target_text(target, target_keywords, history.scene)
         return Preference(

@@ -397,3 +397,13 @@ def test_only_echoes_fall_back_to_the_history_metadata(tiny_llm, tmp_path):
     preference = KeywordExtractor(llm, cache_dir=tmp_path).extract(history)
     assert preference.fallback_preference and preference.preference_keywords
     assert not {"mood", "color", "expression", "emotion"} & {k.casefold() for k in preference.preference_keywords}
+
+
+def test_a_target_left_with_no_keywords_by_the_filter_gets_its_own_metadata(tiny_llm, tmp_path):
+    """SmolLM2 described the movie 'Heathers' as 'Heath' alone: that cut word never reaches the prompt,
+    the target's genre and title words do."""
+    llm = scripted(tiny_llm, greedy=" Heath", sampled="")
+    history = UserHistory("7", (movie(1, "The Piano"),), scene="movie", target=Item("9", "Heathers", ("Comedy",)))
+    preference = KeywordExtractor(llm, cache_dir=tmp_path, **FAST).extract(history)
+    assert preference.target_keywords == ("Comedy", "Heathers")
+    assert "Heath," not in preference.target_text
