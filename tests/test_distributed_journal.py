@@ -186,9 +186,9 @@ def test_a_killed_pmg_queue_resumes_and_the_server_runs_each_user_exactly_once(c
 
     second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "of the killed run" in second.stderr, "the resumed run took over the killed run's prompts"
     records = lines(out)
     assert sorted(r["user_id"] for r in records) == sorted(users), "exactly one line per user"
     assert all(r["status"] == "success" for r in records)
     executions = executions_by_user(comfy_server.url, "exactly_once")
     assert executions == {user: 1 for user in users}, "the server ran every user exactly once"
+    assert "of the killed run" in second.stderr, "the resumed run took over the killed run's prompts"
