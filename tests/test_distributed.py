@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import requests
 
 from fixtures_comfy import executions_by_user, start_comfy_server, stock_txt2img_graph
 from pmg_core.comfy_client.distributed import queue_users_on_servers
@@ -68,6 +69,17 @@ def test_an_actor_runs_on_the_node_of_its_server():
     assert node_for("http://127.0.0.1:8188", nodes, driver_node="n1") == "n1"  # only the driver's machine reaches it
     assert node_for("http://localhost:8188", nodes, driver_node="n1") == "n1"
     assert node_for("http://10.9.9.9:8188", nodes, driver_node="n1") is None  # not a node: anywhere
+
+
+def test_prefetch_into_one_servers_cache_is_refused_with_several_servers(tmp_path, capsys):
+    from pmg_core.comfy_client.cli import main
+
+    workflow = tmp_path / "workflow.json"
+    workflow.write_text(json.dumps(stock_txt2img_graph()), encoding="utf-8")
+    code = main(["queue", str(workflow), "--history", str(write_users(tmp_path / "u.jsonl", ["a"])), "--out",
+                 str(tmp_path / "r.jsonl"), "--url", "http://127.0.0.1:9", "--url", "http://127.0.0.1:10",
+                 "--prefetch", str(tmp_path / "cache")])
+    assert code == 1 and "pmg keywords --cache-dir" in capsys.readouterr().err
 
 
 # --- two servers ------------------------------------------------------------------------------
@@ -151,3 +163,24 @@ def test_a_killed_driver_resumes_without_running_anyone_twice(ray_cluster, comfy
     executions = executions_by_user(urls[0], "driver") + executions_by_user(urls[1], "driver")
     assert executions == Counter({u: 1 for u in users}), "no user ran twice"
     assert "of the killed run" in resumed.stderr, "the resumed run took over the killed run's prompts"
+
+
+def test_an_interrupted_run_leaves_nothing_queued_on_any_server(ray_cluster, comfy_server, comfy_server_b, tmp_path):
+    users = [f"stop{i}" for i in range(10)]
+    out = tmp_path / "results.jsonl"
+    urls = [comfy_server.url, comfy_server_b.url]
+
+    def interrupt_after_one(done: int, total: int) -> None:
+        if done == 1:
+            raise KeyboardInterrupt  # what Ctrl-C raises in the driver
+
+    with pytest.raises(KeyboardInterrupt):
+        queue_users_on_servers(urls, stock_txt2img_graph(seed=94, prefix="stop", steps=8), None, users, out,
+                               concurrency=2, substitutions=OVERRIDES, progress=interrupt_after_one)
+    ours = {e.prompt_id for e in PromptJournal.beside(out).entries()}
+    assert len(ours) > 1, "prompts were in flight at the interrupt"
+    for url in urls:
+        pending = {item[1] for item in requests.get(f"{url}/queue", timeout=30).json()["queue_pending"]}
+        assert not pending & ours, f"{url} still has prompts of the interrupted run queued"
+    assert len(lines(out)) == 1
+

@@ -105,15 +105,11 @@ class RayBatch:
         if not self.live:
             require_a_server(self.summary.lost_servers, len(self.todo) + len(self.in_flight))
 
-    def _get(self, ref: Any, url: str) -> dict:
-        return outcome_of(self.ray, ref)
-
     # --- results ----------------------------------------------------------------------------
 
-    def record(self, job: Job, entry: dict | None, error: dict | None, prompt_id: str | None = "") -> None:
-        """Append the user's one line (with the server that ran it) and count it."""
-        line = result_record(job.user, job.prompt_id if prompt_id == "" else prompt_id, entry, error,
-                             time.monotonic() - job.began)
+    def record(self, job: Job, entry: dict | None, error: dict | None, queued: bool = True) -> None:
+        """Append the user's one line (with the server, and the prompt id if ComfyUI queued it) and count it."""
+        line = result_record(job.user, job.prompt_id if queued else None, entry, error, time.monotonic() - job.began)
         line["server"] = job.server
         append_line(self.out_jsonl, line)
         self.summary.servers[job.server] = self.summary.servers.get(job.server, 0) + 1
@@ -145,7 +141,7 @@ class RayBatch:
                  for url in servers if url in self.live}
         found = {}
         for url, ref in asked.items():
-            outcome = self._get(ref, url)
+            outcome = outcome_of(self.ray, ref)
             if outcome["kind"] == "lost":
                 self.server_lost(url, outcome["message"])
             else:
@@ -193,11 +189,11 @@ class RayBatch:
     def collect(self, ref: Any) -> None:
         """One finished actor call: the user's line, or the user back in line if its server was lost."""
         job = self.in_flight.pop(ref)
-        outcome = self._get(ref, job.server)
+        outcome = outcome_of(self.ray, ref)
         if outcome["kind"] == "finished":
             self.record(job, outcome["entry"], None)
         elif outcome["kind"] == "refused":  # never ran: no prompt id in the line (as on one server)
-            self.record(job, None, outcome["error"], prompt_id=None)
+            self.record(job, None, outcome["error"], queued=False)
         elif outcome["kind"] == "failed":
             self.record(job, None, outcome["error"])
         else:
@@ -209,6 +205,8 @@ class RayBatch:
                     f"{job.server}: {outcome['message']}); it may be what brings them down: check the server logs "
                     "and run the same command again to retry it.")})
             else:
+                log.warning("user %s (prompt %s) was in flight on the lost server %s; it goes to another server",
+                            job.user, job.prompt_id, job.server)
                 self.todo.appendleft(job.user)
 
     def cancel_in_flight(self) -> None:
