@@ -106,25 +106,29 @@ def benchmark(n_users: int, steps: int, size: int, concurrency: int, repeats: in
         def server_cpu() -> float:
             return sum(sum(p.cpu_times()[:2]) for p in processes)
 
-        def ray_cpu() -> float:
-            """CPU of Ray's processes (GCS, raylet, the actors' workers): this process's other children."""
-            total = 0.0
+        def ray_cpu_by_pid() -> dict[int, float]:
+            """CPU of Ray's processes (GCS, raylet, the actors' workers: this process's other descendants),
+            each with its reaped children's, so a worker that ended still counts in its parent."""
+            found = {}
             for child in psutil.Process().children(recursive=True):
                 if child.pid not in {server.pid for server in servers}:
                     try:
-                        total += sum(child.cpu_times()[:2])
-                    except psutil.NoSuchProcess:  # a worker that ended meanwhile
+                        found[child.pid] = sum(child.cpu_times()[:4])  # user, system, children's user and system
+                    except psutil.NoSuchProcess:  # ended meanwhile: counted in its parent
                         pass
-            return total
+            return found
+
+        def ray_cpu_since(before: dict[int, float]) -> float:
+            return sum(cpu - before.get(pid, 0.0) for pid, cpu in ray_cpu_by_pid().items())
         for round_ in range(repeats):
             for number, (name, run) in enumerate(conditions.items()):
                 began, cpu_began, driver_began, ray_began = (time.perf_counter(), server_cpu(), time.process_time(),
-                                                             ray_cpu())
+                                                             ray_cpu_by_pid())
                 summary = run(f"r{round_}c{number}u")
                 seconds = time.perf_counter() - began
                 rows[name]["server_cpu_s"] += server_cpu() - cpu_began
                 rows[name]["driver_cpu_s"] += time.process_time() - driver_began
-                rows[name]["ray_cpu_s"] += ray_cpu() - ray_began
+                rows[name]["ray_cpu_s"] += ray_cpu_since(ray_began)
                 assert summary.done == n_users and summary.failed == 0, summary.to_dict()
                 per_server = getattr(summary, "servers", {urls[0]: summary.done})
                 rows[name]["seconds"].append(round(seconds, 2))
