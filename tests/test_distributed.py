@@ -82,6 +82,91 @@ def test_prefetch_into_one_servers_cache_is_refused_with_several_servers(tmp_pat
     assert code == 1 and "pmg keywords --cache-dir" in capsys.readouterr().err
 
 
+
+class _Ref:
+    """A finished call: the fake Ray below runs each call when it is made."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+class FakeRay:
+    """What the driver uses of Ray (wait, get, exceptions), synchronous: mechanics without a cluster."""
+
+    class exceptions:  # noqa: N801 - the name the driver reads
+        RayActorError = type("RayActorError", (Exception,), {})
+
+    def wait(self, refs, num_returns=1, timeout=None):
+        return refs[:num_returns], refs[num_returns:]
+
+    def get(self, refs, timeout=None):
+        return [r.value for r in refs] if isinstance(refs, list) else refs.value
+
+
+class FakeServer:
+    """An actor handle whose run_prompt finishes, or reports its server lost; it sees the journal at call time."""
+
+    class _Method:
+        def __init__(self, function):
+            self.function = function
+
+        def remote(self, *args):
+            return _Ref(self.function(*args))
+
+    def __init__(self, url, journal, lost=False):
+        self.url, self.journal, self.lost, self.ran = url, journal, lost, []
+        self.run_prompt = self._Method(self._run)
+        self.cancel = self._Method(lambda prompt_ids: None)
+
+    def _run(self, graph, prompt_id, client_id, timeout):
+        assert prompt_id in {e.prompt_id for e in self.journal.entries() if e.server == self.url}, "journal first"
+        if self.lost:
+            return {"kind": "lost", "message": f"Cannot reach ComfyUI at {self.url}"}
+        self.ran.append(graph["user"])
+        return {"kind": "finished", "entry": {"status": {"status_str": "success", "messages": []}, "outputs": {}}}
+
+
+def _driver(tmp_path, servers, users, **kwargs):
+    from pmg_core.comfy_client.distributed import RayBatch
+
+    return RayBatch(FakeRay(), {s.url: s for s in servers}, lambda user: {"user": user}, users,
+                    tmp_path / "out.jsonl", PromptJournal(tmp_path / "j.jsonl"), **kwargs)
+
+
+def test_a_lost_servers_users_finish_on_the_others_and_the_loss_is_reported(tmp_path):
+    journal = PromptJournal(tmp_path / "j.jsonl")
+    lost, good = FakeServer("http://a", journal, lost=True), FakeServer("http://b", journal)
+    summary = _driver(tmp_path, [lost, good], ["u1", "u2", "u3"], concurrency=1).run()
+    assert sorted(good.ran) == ["u1", "u2", "u3"] and summary.done == 3
+    assert list(summary.lost_servers) == ["http://a"] and summary.servers == {"http://a": 0, "http://b": 3}
+    assert sorted((r["user_id"], r["server"]) for r in lines(tmp_path / "out.jsonl")) == [
+        ("u1", "http://b"), ("u2", "http://b"), ("u3", "http://b")]
+
+
+def test_a_user_in_flight_on_two_lost_servers_gets_an_error_line(tmp_path):
+    journal = PromptJournal(tmp_path / "j.jsonl")
+    servers = [FakeServer("http://a", journal, lost=True), FakeServer("http://b", journal, lost=True),
+               FakeServer("http://c", journal)]
+    batch = _driver(tmp_path, servers, ["poison"], concurrency=1)
+    batch.live.pop("http://c")  # held back, so the second try lands on b (which is lost too)
+    batch.submit_more()
+    batch.collect(next(iter(batch.in_flight)))  # lost on a
+    batch.submit_more()
+    batch.collect(next(iter(batch.in_flight)))  # lost on b
+    (line,) = lines(tmp_path / "out.jsonl")
+    assert line["status"] == "error" and "2 servers were lost" in line["error"]["message"]
+    assert not batch.todo and set(batch.summary.lost_servers) == {"http://a", "http://b"}
+
+
+def test_with_every_server_lost_the_driver_stops_and_says_how_to_resume(tmp_path):
+    from pmg_core.errors import ComfyServerError
+
+    journal = PromptJournal(tmp_path / "j.jsonl")
+    with pytest.raises(ComfyServerError, match="run the same command again to resume"):
+        _driver(tmp_path, [FakeServer("http://a", journal, lost=True)], ["u1", "u2"], concurrency=1).run()
+    assert not (tmp_path / "out.jsonl").exists()  # nobody ran: the rerun queues them
+
+
 # --- two servers ------------------------------------------------------------------------------
 
 

@@ -44,7 +44,10 @@ def register(subparsers) -> None:
                        help="run through Ray: 'local' (the default with several --url: a small Ray started in "
                             "this process), 'auto' (the cluster this machine joined with `ray start`) or "
                             "ray://HEAD:10001")
-    queue.add_argument("--out", type=Path, required=True, help="results JSONL (appended; finished users are skipped)")
+    queue.add_argument("--out", type=Path, required=True,
+                       help="results JSONL (appended; finished users are skipped); each prompt id is journaled "
+                            "beforehand in <out name>.journal.jsonl beside it, so a killed run resumes without "
+                            "running a user twice")
     queue.add_argument("--concurrency", type=int, default=2,
                        help="prompts of this run in each server's ComfyUI queue at once")
     queue.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
