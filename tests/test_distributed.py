@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import requests
@@ -93,7 +92,7 @@ class _Ref:
 class FakeRay:
     """What the driver uses of Ray (wait, get, exceptions), synchronous: mechanics without a cluster."""
 
-    class exceptions:  # noqa: N801 - the name the driver reads
+    class exceptions:  # the name the driver reads
         RayActorError = type("RayActorError", (Exception,), {})
 
     def wait(self, refs, num_returns=1, timeout=None):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from fixtures_comfy import executions_by_user, stock_txt2img_graph
-from pmg_core.comfy_client.batch import BatchQueue, queue_users
+from pmg_core.comfy_client.batch import BatchQueue
 from pmg_core.comfy_client.journal import PromptJournal
 from pmg_core.comfy_client.recovery import FINISHED, UNKNOWN, WAITING, Whereabouts, choose, locate, unsettled
 from pmg_core.history import Item, UserHistory
@@ -82,7 +82,7 @@ def test_the_journal_sits_beside_the_results_and_survives_a_line_cut_by_a_kill(t
 
 def test_only_prompts_of_users_still_to_do_without_a_result_line_are_unsettled(tmp_path):
     journal = PromptJournal(tmp_path / "j.jsonl")
-    done, failed_then_retried, pending, other = (journal.new_prompt(u, "http://a", "c") for u in ("d", "f", "p", "x"))
+    done, failed_then_retried, pending, _other = (journal.new_prompt(u, "http://a", "c") for u in ("d", "f", "p", "x"))
     left = unsettled(journal.entries(), {done.prompt_id, failed_then_retried.prompt_id}, todo=["f", "p"])
     assert left == [pending]
 
@@ -123,7 +123,7 @@ def test_each_prompt_id_is_journaled_before_it_is_sent(tmp_path):
 def test_a_resumed_batch_takes_over_the_killed_runs_prompts(tmp_path):
     """finished → recorded from /history; queued or running → waited for; unknown → queued again."""
     journal = PromptJournal(tmp_path / "j.jsonl")
-    finished, running, never_sent = (journal.new_prompt(u, ScriptedServer.url, "run-1") for u in ("f", "r", "n"))
+    finished, running, _never_sent = (journal.new_prompt(u, ScriptedServer.url, "run-1") for u in ("f", "r", "n"))
     server = ScriptedServer(journal, queued=[running.prompt_id], history={finished.prompt_id: SUCCESS})
     out = tmp_path / "out.jsonl"
     batch = BatchQueue(server, lambda user: {"user": user}, ["f", "r", "n", "w"], out, concurrency=2, journal=journal)
