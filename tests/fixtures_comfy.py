@@ -11,10 +11,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 
 from pmg_core.comfy_client.client import ComfyClient
 from pmg_tools.server import EmbeddedComfyUI, ensure_tiny_checkpoint, install_default_models
@@ -53,6 +55,25 @@ def comfy_server(tmp_path_factory, tiny_checkpoint) -> ComfyServerHandle:
         server.stop()
 
 
+def start_comfy_server(base: Path) -> ComfyServerHandle:
+    """Another real ComfyUI (CPU, 127.0.0.1, a free port) with the default models in ``base``; stop it with
+    ``handle.server.stop()``. Each one holds ~1.5-2 GB of memory."""
+    install_default_models(base)
+    server = EmbeddedComfyUI(base_dir=base)
+    server.start(timeout=120)
+    return ComfyServerHandle(url=server.url, base_dir=base, client=ComfyClient(server.url), server=server)
+
+
+@pytest.fixture(scope="session")
+def comfy_server_b(tmp_path_factory, tiny_checkpoint) -> ComfyServerHandle:
+    """A second ComfyUI for the session, beside ``comfy_server`` (batches spread over several servers)."""
+    handle = start_comfy_server(tmp_path_factory.mktemp("comfy_base_b"))
+    try:
+        yield handle
+    finally:
+        handle.server.stop()
+
+
 def workflow_models(workflow: dict) -> list[dict]:
     """Every ``properties.models`` entry of a UI workflow's nodes, plus its top-level ``models``."""
     found = list(workflow.get("models") or [])
@@ -69,6 +90,9 @@ def pytest_runtest_makereport(item, call):
     handle = getattr(item, "funcargs", {}).get("comfy_server")
     if report.failed and isinstance(handle, ComfyServerHandle):
         report.sections.append(("ComfyUI server log (last 80 lines)", handle.log_tail(80)))
+    second = getattr(item, "funcargs", {}).get("comfy_server_b")
+    if report.failed and isinstance(second, ComfyServerHandle):
+        report.sections.append(("second ComfyUI server log (last 80 lines)", second.log_tail(80)))
 
 
 def stock_txt2img_graph(seed: int = 0, prefix: str = "pmg_test/stock", steps: int = 2, size: int = 64,
@@ -134,3 +158,16 @@ def pmg_no_llm_graph(target_image: str, history_file: str = "pmg_stickers/histor
     graph["5"]["inputs"].update(target_text="a cute sticker of a cat", preference_text="smiling, hearts, yellow")
     graph["9"]["inputs"].pop("preference")
     return graph
+
+
+def executions_by_user(url: str, stem: str) -> Counter:
+    """How many prompts the server at ``url`` ran per user (its ``/history`` entries), counting the
+    graphs whose SaveImage prefix is the batch's ``pmg/<user>/<stem>``."""
+    history = requests.get(f"{url}/history", timeout=30).json()
+    counts: Counter = Counter()
+    for entry in history.values():
+        for node in entry["prompt"][2].values():
+            prefix = (node.get("inputs") or {}).get("filename_prefix")
+            if isinstance(prefix, str) and prefix.startswith("pmg/") and prefix.endswith(f"/{stem}"):
+                counts[prefix.split("/")[1]] += 1
+    return counts

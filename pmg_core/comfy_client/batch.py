@@ -5,6 +5,9 @@ file, output prefix, ``--set`` overrides), at most ``concurrency`` prompts of th
 sit in ComfyUI's queue at once, and one JSONL line per user is appended to the results
 file the moment the user finishes. Users with a ``"status": "success"`` line are skipped
 on the next run, so a killed batch resumes where it stopped; failed users are retried.
+With a :class:`~.journal.PromptJournal` (``pmg queue`` always keeps one), each prompt id
+is recorded before it is queued, and a resumed batch takes over the prompts the killed
+one left on the server instead of running those users again (:mod:`.recovery`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from ..errors import ComfyServerError, InvalidSettingError, PMGError
 from ..loaders import list_users
 from ..safe_paths import sha256_file
 from .client import ComfyClient, describe_node_errors, execution_error, output_files
+from .journal import JournalEntry, PromptJournal, append_line, read_lines
+from .recovery import FINISHED, UNKNOWN, choose, locate, unsettled
 
 log = logging.getLogger(__name__)
 
@@ -213,18 +218,12 @@ def read_results(out_jsonl: Path) -> dict[str, dict]:
     return latest
 
 
-def _append_line(out_jsonl: Path, record: dict) -> None:
-    """Append one JSON line and flush it to disk, so a kill right after loses nothing."""
-    out_jsonl.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_jsonl, "a+b") as handle:
-        handle.seek(0, os.SEEK_END)
-        if handle.tell() > 0:
-            handle.seek(-1, os.SEEK_END)
-            if handle.read(1) != b"\n":  # a line cut short by a kill: do not glue onto it
-                handle.write(b"\n")
-        handle.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-        handle.flush()
-        os.fsync(handle.fileno())
+def recorded_prompt_ids(out_jsonl: Path) -> set[str]:
+    """Every prompt id a line of the results file names (any status)."""
+    return {str(r["prompt_id"]) for r in read_lines(Path(out_jsonl)) if r.get("prompt_id")}
+
+
+_append_line = append_line  # one fsynced JSON line (see journal.append_line)
 
 
 def result_record(user_id: str, prompt_id: str | None, entry: dict | None, error: dict | None, elapsed: float) -> dict:
@@ -273,17 +272,22 @@ class BatchQueue:
     :meth:`expire` and :meth:`server_lost` (running → recorded), :meth:`cancel_running`
     (running → taken out of ComfyUI's queue, left for the rerun). :meth:`run` drives
     them from ComfyUI's ``/ws`` events.
+
+    With a ``journal``, each prompt id is recorded (fsynced) before its prompt is queued,
+    and :meth:`adopt` takes over the prompts a killed run left on the server.
     """
 
     def __init__(self, client: ComfyClient, make_graph: Callable[[str], dict], users: list[str], out_jsonl: Path,
                  concurrency: int = 2, timeout: float = 3600.0, progress: Callable[[int, int], None] | None = None,
-                 on_event: EventCallback | None = None) -> None:
+                 on_event: EventCallback | None = None, journal: PromptJournal | None = None) -> None:
         self.client, self.make_graph, self.out_jsonl = client, make_graph, Path(out_jsonl)
         self.concurrency, self.timeout, self.progress, self.on_event = concurrency, timeout, progress, on_event
+        self.journal = journal
         self.todo: deque[str] = deque(users)
         self.total = len(users)
         self.running: dict[str, tuple[str, float]] = {}  # prompt id -> (user, submitted at)
         self.watched: set[str] = set()  # the prompt ids `ComfyClient.follow` waits for (it drops finished ones)
+        self.foreign: set[str] = set()  # adopted prompts of a killed run: their events go to its client id
         self.summary = BatchSummary()
 
     @property
@@ -312,7 +316,12 @@ class BatchQueue:
             user = self.todo.popleft()
             began = time.monotonic()
             try:
-                prompt_id = self.client.queue_prompt(self.make_graph(user))
+                graph = self.make_graph(user)
+                if self.journal is None:
+                    prompt_id = self.client.queue_prompt(graph)
+                else:  # recorded before it is sent: a kill between the two leaves no untraceable prompt
+                    entry = self.journal.new_prompt(user, self.client.url, self.client.client_id)
+                    prompt_id = self.client.queue_prompt(graph, prompt_id=entry.prompt_id)
             except ComfyServerError as exc:
                 errors = getattr(exc, "node_errors", [])
                 if getattr(exc, "status_code", None) is None:
@@ -327,7 +336,38 @@ class BatchQueue:
     def prompt_done(self, prompt_id: str, entry: dict) -> None:
         """A prompt of this run finished (its /history entry says how)."""
         user, began = self.running.pop(prompt_id)
+        self.foreign.discard(prompt_id)
         self.record(user, prompt_id, entry, None, began)
+
+    def adopt(self, entries: list[JournalEntry]) -> None:
+        """Take over the journaled prompts a killed run left on this server (see :mod:`.recovery`).
+
+        A finished one is recorded now, a queued or running one is waited for like a prompt
+        of this run; either way its user is not queued again. Users whose prompt the server
+        has no trace of stay waiting. A user's extra waiting prompts are cancelled.
+        """
+        if not entries:
+            return
+        found = locate(self.client, [e.prompt_id for e in entries])
+        chosen, extra = choose(entries, found)
+        if extra:
+            log.warning("cancelling %d duplicate prompt(s) of a killed run: %s", len(extra), [e.prompt_id for e in extra])
+            _abandon(self.client, {e.prompt_id: None for e in extra})
+        now = time.monotonic()
+        for user, entry in chosen.items():
+            if found[entry.prompt_id].state == FINISHED:
+                log.info("user %s: prompt %s of the killed run finished; recording it", user, entry.prompt_id)
+                self.record(user, entry.prompt_id, found[entry.prompt_id].entry, None, now)
+            else:
+                log.info("user %s: prompt %s of the killed run is still queued or running; waiting for it",
+                         user, entry.prompt_id)
+                self.running[entry.prompt_id] = (user, now)
+                self.watched.add(entry.prompt_id)
+                self.foreign.add(entry.prompt_id)
+        lost = {e.user_id for e in entries if found[e.prompt_id].state == UNKNOWN} - set(chosen)
+        if lost:
+            log.info("%d user(s) of the killed run left no trace on %s; queueing them again", len(lost), self.client.url)
+        self.todo = deque(u for u in self.todo if u not in chosen)
 
     def expire(self, now: float | None = None) -> None:
         """Cancel and record the prompts that ran past ``timeout``."""
@@ -371,7 +411,8 @@ class BatchQueue:
         events = self.client.connect()
         try:
             self.submit_more()
-            for event in self.client.follow(self.watched, timeout=float("inf"), ticks=True, events=events):
+            for event in self.client.follow(self.watched, timeout=float("inf"), ticks=True, events=events,
+                                            foreign=self.foreign):
                 self.handle(event)
                 if self.finished:
                     break
@@ -400,6 +441,7 @@ def queue_users(
     timeout: float = 3600.0,
     on_event: EventCallback | None = None,
     server_history: str | None = None,
+    journal: PromptJournal | Path | str | None = None,
 ) -> BatchSummary:
     """Queue ``api_workflow`` once per user and append one result line per user to ``out_jsonl``.
 
@@ -409,8 +451,11 @@ def queue_users(
     (``pmg_stickers/history.jsonl``). ``users=None`` means every user of that file. ``substitutions`` are
     ``{"NODE_ID.INPUT": value}`` overrides (see :func:`parse_overrides`). ``progress``
     gets (users finished, users to run); ``on_event`` gets (user id, websocket event).
-    ``timeout`` bounds each user's run. Returns a :class:`BatchSummary`; a lost server
-    raises :class:`ComfyServerError` after recording the users being submitted or running.
+    ``timeout`` bounds each user's run. ``journal`` (a :class:`~.journal.PromptJournal` or its
+    path; ``pmg queue`` uses :meth:`PromptJournal.beside` the results file) records each prompt
+    id before it is queued, so a resumed run never executes a user twice; without one, users
+    whose prompts were in flight at a kill run again. Returns a :class:`BatchSummary`; a lost
+    server raises :class:`ComfyServerError` after recording the users being submitted or running.
     """
     if concurrency < 1:
         raise InvalidSettingError(f"concurrency must be at least 1 (got {concurrency}).")
@@ -423,10 +468,26 @@ def queue_users(
     todo = [u for u in users if previous.get(u, {}).get("status") != "success"]
     if len(todo) < len(users):
         log.info("%d user(s) already done in %s; skipping them", len(users) - len(todo), out_jsonl)
+    if journal is not None and not isinstance(journal, PromptJournal):
+        journal = PromptJournal(journal)
     batch = BatchQueue(client, lambda user: user_graph(api_workflow, user, history_name, overrides), todo, out_jsonl,
-                       concurrency=concurrency, timeout=timeout, progress=progress, on_event=on_event)
+                       concurrency=concurrency, timeout=timeout, progress=progress, on_event=on_event, journal=journal)
     batch.summary.skipped = len(users) - len(todo)
+    if journal is not None:
+        left = unsettled(journal.entries(), recorded_prompt_ids(out_jsonl), todo)
+        batch.adopt(entries_on(left, client.url))
     return batch.run()
+
+
+def entries_on(entries: list[JournalEntry], server: str) -> list[JournalEntry]:
+    """The entries of ``server``; those of other servers are named in a warning (this run cannot ask them)."""
+    server = server.rstrip("/")
+    elsewhere = sorted({e.server for e in entries} - {server})
+    if elsewhere:
+        log.warning("the journal has unfinished prompts on %s, which this run does not use: if those servers still "
+                    "run them, their users run twice. Resume with the same --url list as the killed run.",
+                    ", ".join(elsewhere))
+    return [e for e in entries if e.server == server]
 
 
 def _history_and_users(client, history_file, server_history, users) -> tuple[str | None, list[str]]:

@@ -1,4 +1,9 @@
-"""``pmg queue``: one prompt per user on a ComfyUI server, through the batch client.
+"""``pmg queue``: one prompt per user on a ComfyUI server (or several, through Ray), through the batch client.
+
+One ``--url`` without ``--ray-address``: :func:`.batch.queue_users`, no Ray. Several
+``--url`` (or any ``--ray-address``): :func:`.distributed.queue_users_on_servers`, one Ray
+actor per server. Either way each prompt id is journaled beside ``--out``
+(``<out>.journal.jsonl``) before it is queued, so a killed run resumes without running a user twice.
 
 ``pmg_core.cli`` calls :func:`register`; ``python -m pmg_core.comfy_client.cli queue ...``
 is the same as ``pmg queue ...``. (``pmg serve``, which starts a ComfyUI, is checkout
@@ -32,9 +37,19 @@ def register(subparsers) -> None:
     source.add_argument("--server-history", metavar="NAME",
                         help="a history file already in the server's input folder, e.g. pmg_stickers/history.jsonl")
     queue.add_argument("--users", default="all", help="comma-separated user ids, or 'all' (default)")
-    queue.add_argument("--url", default="http://127.0.0.1:8188", help="the ComfyUI server")
-    queue.add_argument("--out", type=Path, required=True, help="results JSONL (appended; finished users are skipped)")
-    queue.add_argument("--concurrency", type=int, default=2, help="prompts of this run in ComfyUI's queue at once")
+    queue.add_argument("--url", dest="urls", action="append", default=None, metavar="URL",
+                       help="a ComfyUI server (default http://127.0.0.1:8188); repeat it to spread the users over "
+                            "several servers through Ray (pip install ray)")
+    queue.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                       help="run through Ray: 'local' (the default with several --url: a small Ray started in "
+                            "this process), 'auto' (the cluster this machine joined with `ray start`) or "
+                            "ray://HEAD:10001")
+    queue.add_argument("--out", type=Path, required=True,
+                       help="results JSONL (appended; finished users are skipped); each prompt id is journaled "
+                            "beforehand in <out name>.journal.jsonl beside it, so a killed run resumes without "
+                            "running a user twice")
+    queue.add_argument("--concurrency", type=int, default=2,
+                       help="prompts of this run in each server's ComfyUI queue at once")
     queue.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
                        help="override a node input in every prompt (VALUE is JSON if it parses, else a string)")
     queue.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for one user")
@@ -52,21 +67,36 @@ def run_queue(args: argparse.Namespace) -> int:
     """pmg queue: one prompt per user through the batch client; exit 1 if any user failed."""
     from .batch import parse_overrides, queue_users
     from .client import ComfyClient
+    from .journal import PromptJournal
 
     try:
         workflow = json.loads(args.workflow.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise PMGError(f"Cannot read the workflow {args.workflow}: {exc}. Pass an API-format JSON file.") from exc
     users = None if args.users.strip().lower() == "all" else [u.strip() for u in args.users.split(",") if u.strip()]
+    urls = args.urls or ["http://127.0.0.1:8188"]
+    distributed = len(urls) > 1 or args.ray_address is not None
     if args.prefetch is not None:
+        if distributed:
+            raise PMGError("--prefetch fills one server's keyword cache; with several servers run `pmg keywords "
+                           "--cache-dir` into each server's pmg_cache, or queue without --prefetch.")
         _prefetch(args, workflow, users)
     with stderr_bar("pmg queue", "user") as bar:
-        summary = queue_users(
-            ComfyClient(args.url), workflow, args.history, users, args.out,
-            concurrency=args.concurrency, substitutions=parse_overrides(args.overrides),
-            progress=tqdm_progress(bar), timeout=args.timeout, on_event=partial(_show_event, bar),
-            server_history=args.server_history,
-        )
+        if distributed:
+            from .distributed import queue_users_on_servers
+
+            summary = queue_users_on_servers(
+                urls, workflow, args.history, users, args.out, concurrency=args.concurrency,
+                substitutions=parse_overrides(args.overrides), progress=tqdm_progress(bar), timeout=args.timeout,
+                server_history=args.server_history, ray_address=args.ray_address,
+            )
+        else:
+            summary = queue_users(
+                ComfyClient(urls[0]), workflow, args.history, users, args.out,
+                concurrency=args.concurrency, substitutions=parse_overrides(args.overrides),
+                progress=tqdm_progress(bar), timeout=args.timeout, on_event=partial(_show_event, bar),
+                server_history=args.server_history, journal=PromptJournal.beside(args.out),
+            )
     print(json.dumps(summary.to_dict()))  # one line: scripts read the last line of stdout
     return 1 if summary.failed else 0
 

@@ -175,8 +175,11 @@ class ComfyClient:
 
     # --- prompts ----------------------------------------------------------------------
 
-    def queue_prompt(self, api_graph: dict, extra_data: dict | None = None) -> str:
+    def queue_prompt(self, api_graph: dict, extra_data: dict | None = None, prompt_id: str | None = None) -> str:
         """Queue an API-format graph; returns its prompt id.
+
+        ``prompt_id``: the id to queue it under (ComfyUI takes one from the client), so a
+        caller can record it before sending (see :mod:`.journal`); by default the server makes one.
 
         A graph that fails validation raises :class:`ComfyServerError` whose message lists
         each node id, class and error, and whose ``node_errors`` holds them as dicts.
@@ -185,6 +188,8 @@ class ComfyClient:
         """
         check_graph_shape(api_graph)
         body: dict[str, Any] = {"prompt": api_graph, "client_id": self.client_id}
+        if prompt_id is not None:
+            body["prompt_id"] = prompt_id
         if extra_data:
             body["extra_data"] = extra_data
         response = self._request("POST", "/prompt", json=body)
@@ -274,6 +279,7 @@ class ComfyClient:
         poll_interval: float = 0.5,
         ticks: bool = False,
         events: EventSocket | None = None,
+        foreign: set[str] | None = None,
     ) -> Iterator[dict]:
         """Yield the events of some prompts of this client until all of them are finished.
 
@@ -283,10 +289,14 @@ class ComfyClient:
         queue does it). With ``ticks``, quiet periods yield ``{"type": "tick"}`` (about every
         2 s) so the caller can check its own deadlines. ``events``: a socket from
         :meth:`connect` opened before the prompts were queued (the caller closes it);
-        without it one is opened here, and events sent before that are lost. Raises
-        :class:`ComfyServerError` after ``timeout`` seconds.
+        without it one is opened here, and events sent before that are lost. ``foreign``:
+        ids among ``prompt_ids`` queued under another client id (a killed run's): their
+        events go to that client's socket, so they are looked up on ``/history`` now, at
+        every queue change (ComfyUI's ``status`` event, sent to every socket) and in quiet
+        periods. Raises :class:`ComfyServerError` after ``timeout`` seconds.
         """
         pending = prompt_ids if isinstance(prompt_ids, set) else set(prompt_ids)
+        foreign = foreign if foreign is not None else set()
         deadline = time.monotonic() + timeout
         own = events is None
         if own:
@@ -296,6 +306,8 @@ class ComfyClient:
                 # Prompts may have finished before this socket was open: their events are gone.
                 # (A socket opened before queueing holds them all, down to the final one.)
                 yield from self._finished(pending)
+            elif foreign & pending:
+                yield from self._finished(pending, among=foreign)
             while pending:
                 if time.monotonic() > deadline:
                     raise server_error(
@@ -324,6 +336,8 @@ class ComfyClient:
                     continue  # binary preview frames
                 event = json.loads(message)
                 data = event.get("data") or {}
+                if event.get("type") == "status" and foreign & pending:
+                    yield from self._finished(pending, among=foreign)
                 if data.get("prompt_id") not in pending and event.get("type") != "status":
                     continue
                 if event.get("type") != "status":
@@ -354,8 +368,9 @@ class ComfyClient:
             return None
         return socket_
 
-    def _finished(self, pending: set[str], only: str | None = None) -> Iterator[dict]:
-        for prompt_id in [only] if only else sorted(pending):
+    def _finished(self, pending: set[str], only: str | None = None, among: set[str] | None = None) -> Iterator[dict]:
+        """``done`` events for the finished prompts of ``pending`` (only ``only``, or those also in ``among``)."""
+        for prompt_id in [only] if only else sorted(pending & among if among is not None else pending):
             entry = self.history(prompt_id)
             if only and entry is None:
                 # Should not happen (history is written first); retry briefly rather than lose it.

@@ -1,0 +1,118 @@
+"""One ComfyUI server as seen from a Ray actor: queue a prompt and follow it to the end, answer where prompts are.
+
+A plain class (no Ray import): :func:`.ray_runtime.start_actors` makes it an actor, one
+per server, threaded so that it follows several prompts at once. Each prompt gets its
+own :class:`ComfyClient` (the client id the driver journaled), so every call is
+independent. Calls do not raise for what a batch expects; they return an *outcome*:
+
+* ``{"kind": "finished", "entry": <history entry>}``: the prompt ran (successfully or not);
+* ``{"kind": "refused", "error": {...}}``: ComfyUI refused it (validation): it never ran;
+* ``{"kind": "failed", "error": {...}}``: it ran past the timeout (and was cancelled);
+* ``{"kind": "lost", "message": ...}``: the server does not answer (the driver moves its users).
+
+The driver alone writes the results file and the journal; this class writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from ..errors import ComfyServerError
+from .client import ComfyClient, EventSocket, describe_node_errors
+from .recovery import locate
+
+log = logging.getLogger(__name__)
+
+_NO_NODE = {"node_id": None, "node_type": None}
+
+
+class ComfyServerWorker:
+    """The Ray actor of the ComfyUI at ``url`` (``timeout``: seconds for one HTTP request)."""
+
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def _client(self, client_id: str | None = None) -> ComfyClient:
+        return ComfyClient(self.url, client_id=client_id, timeout=self.timeout)
+
+    def check(self) -> dict:
+        """``{"kind": "ok"}`` if the server answers ``/system_stats``, else a ``lost`` outcome."""
+        try:
+            self._client().system_stats()
+        except ComfyServerError as exc:
+            return {"kind": "lost", "message": str(exc)}
+        return {"kind": "ok"}
+
+    def upload_history(self, files: dict[str, bytes], name: str) -> dict:
+        """Upload a history file (``files[name]``) and its images (the other keys, relative paths).
+
+        Returns ``{"kind": "uploaded", "name": <the loader's history_file>}``; the name depends
+        on the bytes only (see :func:`.batch.upload_history`), so every server gets the same one.
+        """
+        from .batch import upload_history
+
+        with tempfile.TemporaryDirectory(prefix="pmg-upload-") as folder:
+            for relative, data in files.items():
+                path = Path(folder, relative)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+            try:
+                return {"kind": "uploaded", "name": upload_history(self._client(), Path(folder, name))}
+            except ComfyServerError as exc:
+                return {"kind": "lost", "message": str(exc)}
+
+    def server_file_users(self, name: str) -> list[str]:
+        """The users of a history file already in the server's input folder."""
+        from .batch import _server_file_users
+
+        return _server_file_users(self._client(), name)
+
+    def run_prompt(self, graph: dict, prompt_id: str, client_id: str, timeout: float) -> dict:
+        """Queue ``graph`` as ``prompt_id`` under ``client_id`` and wait until it finishes (an outcome)."""
+        client = self._client(client_id)
+        try:
+            with client.connect() as events:  # open before queueing: a cached prompt ends within milliseconds
+                client.queue_prompt(graph, prompt_id=prompt_id)
+                entry = client.wait(prompt_id, timeout=timeout, raise_on_error=False, events=events)
+        except ComfyServerError as exc:
+            return self._failure(exc, prompt_id)
+        return {"kind": "finished", "entry": entry}
+
+    def await_prompt(self, prompt_id: str, timeout: float) -> dict:
+        """Wait for a prompt queued by a killed run (its events go to that run's client id: poll /history)."""
+        client = self._client()
+        try:
+            entry = client.wait(prompt_id, timeout=timeout, raise_on_error=False, events=EventSocket(None))
+        except ComfyServerError as exc:
+            return self._failure(exc, prompt_id)
+        return {"kind": "finished", "entry": entry}
+
+    def locate(self, prompt_ids: list[str]) -> dict:
+        """``{"kind": "located", "found": {prompt id: Whereabouts}}`` (see :func:`.recovery.locate`), or ``lost``."""
+        try:
+            return {"kind": "located", "found": locate(self._client(), prompt_ids)}
+        except ComfyServerError as exc:
+            return {"kind": "lost", "message": str(exc)}
+
+    def cancel(self, prompt_ids: list[str]) -> None:
+        """Take prompts out of the server's queue and stop the running one, best effort."""
+        from .batch import _abandon
+
+        if prompt_ids:
+            _abandon(self._client(), {prompt_id: None for prompt_id in prompt_ids})
+
+    def _failure(self, exc: ComfyServerError, prompt_id: str) -> dict:
+        """A refusal, a timeout (the server still answers: the prompt is cancelled) or a lost server."""
+        if getattr(exc, "status_code", None) is not None:
+            errors = getattr(exc, "node_errors", [])
+            first = errors[0] if errors else _NO_NODE
+            message = describe_node_errors(errors) if errors else str(exc)
+            return {"kind": "refused", "error": {**first, "message": message}}
+        if self.check()["kind"] == "ok":  # it answers: the prompt, not the server, is the problem
+            self.cancel([prompt_id])
+            return {"kind": "failed", "error": {**_NO_NODE, "message": str(exc)}}
+        log.error("ComfyUI at %s is lost: %s", self.url, exc)
+        return {"kind": "lost", "message": str(exc)}
