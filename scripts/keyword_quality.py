@@ -47,9 +47,9 @@ def measure(histories, llm, cache_dir: Path) -> dict:
     real_filter = keywords_module.drop_echoes
     parsed: list[list[str]] = []
 
-    def recording_filter(found, instruction_words):
+    def recording_filter(found, *rules):
         parsed.append(list(found))
-        return real_filter(found, instruction_words)
+        return real_filter(found, *rules)
 
     keywords_module.drop_echoes = recording_filter
     users = []
