@@ -312,11 +312,13 @@ def _write_results(client, jobs: list[DemoJob], scores_path: Path, out_dir: Path
             })
     (out_dir / "keywords.jsonl").write_text(
         "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in keyword_lines), encoding="utf-8")
-    title = (f"PMG demo: {len(rows)} users, checkpoint {settings.checkpoint}, {settings.steps} steps, "
-             f"{settings.size}x{settings.size}.")
-    if settings.is_tiny:
-        title += (" Sticker rows: the sticker generator trained by this project (real weights). Movie rows: the"
-                  " checkpoint has RANDOM weights, its images are noise (wiring only).")
+    title = f"PMG demo: {len(rows)} users."
+    if any(row.scene != "sticker" for row in rows):
+        title += f" Movie rows: checkpoint {settings.checkpoint}, {settings.steps} steps, {settings.size}x{settings.size}."
+        if settings.is_tiny:
+            title += " Its weights are RANDOM: those images are noise (wiring only)."
+    if any(row.scene == "sticker" for row in rows):
+        title += " Sticker rows: the sticker generator trained by this project (real weights), 64x64, its workflow's steps."
     save_contact_sheet(rows, out_dir / "contact_sheet.png", title=title)
     (out_dir / "summary.md").write_text(_summary(jobs, records, settings, options, result), encoding="utf-8")
     return result
