@@ -20,7 +20,7 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,29 +201,29 @@ def _server_file_users(client: ComfyClient, name: str) -> list[str]:
 def read_results(out_jsonl: Path) -> dict[str, dict]:
     """The last line of each user in a results file (unreadable lines are skipped with a warning)."""
     latest: dict[str, dict] = {}
-    if not out_jsonl.exists():
-        return latest
-    for number, line in enumerate(out_jsonl.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
+    for record in read_lines(Path(out_jsonl)):
+        if "user_id" not in record:
+            log.warning("%s has a line that is not a result line: %r; ignoring it", out_jsonl, record)
             continue
-        try:
-            record = json.loads(line)
-            user = str(record["user_id"])
-        except (ValueError, KeyError, TypeError):
-            log.warning("%s:%d is not a result line (cut short by a kill?); ignoring it", out_jsonl, number)
-            continue
+        user = str(record["user_id"])
         # A success stays a success even if a later duplicate run failed.
         if latest.get(user, {}).get("status") != "success":
             latest[user] = record
     return latest
 
 
+def users_to_run(users: list[str], out_jsonl: Path) -> list[str]:
+    """``users`` less those the results file already has a success line for (logged)."""
+    previous = read_results(out_jsonl)
+    todo = [u for u in users if previous.get(u, {}).get("status") != "success"]
+    if len(todo) < len(users):
+        log.info("%d user(s) already done in %s; skipping them", len(users) - len(todo), out_jsonl)
+    return todo
+
+
 def recorded_prompt_ids(out_jsonl: Path) -> set[str]:
     """Every prompt id a line of the results file names (any status)."""
     return {str(r["prompt_id"]) for r in read_lines(Path(out_jsonl)) if r.get("prompt_id")}
-
-
-_append_line = append_line  # one fsynced JSON line (see journal.append_line)
 
 
 def result_record(user_id: str, prompt_id: str | None, entry: dict | None, error: dict | None, elapsed: float) -> dict:
@@ -297,7 +297,7 @@ class BatchQueue:
     def record(self, user: str, prompt_id: str | None, entry: dict | None, error: dict | None, began: float) -> None:
         """Append the user's line and count it."""
         line = result_record(user, prompt_id, entry, error, time.monotonic() - began)
-        _append_line(self.out_jsonl, line)
+        append_line(self.out_jsonl, line)
         if line["status"] == "success":
             self.summary.done += 1
         else:
@@ -464,10 +464,7 @@ def queue_users(
     out_jsonl = Path(out_jsonl)
     history_name, users = _history_and_users(client, history_file, server_history, users)
 
-    previous = read_results(out_jsonl)
-    todo = [u for u in users if previous.get(u, {}).get("status") != "success"]
-    if len(todo) < len(users):
-        log.info("%d user(s) already done in %s; skipping them", len(users) - len(todo), out_jsonl)
+    todo = users_to_run(users, out_jsonl)
     if journal is not None and not isinstance(journal, PromptJournal):
         journal = PromptJournal(journal)
     batch = BatchQueue(client, lambda user: user_graph(api_workflow, user, history_name, overrides), todo, out_jsonl,
@@ -475,19 +472,19 @@ def queue_users(
     batch.summary.skipped = len(users) - len(todo)
     if journal is not None:
         left = unsettled(journal.entries(), recorded_prompt_ids(out_jsonl), todo)
-        batch.adopt(entries_on(left, client.url))
+        batch.adopt(entries_on(left, [client.url]))
     return batch.run()
 
 
-def entries_on(entries: list[JournalEntry], server: str) -> list[JournalEntry]:
-    """The entries of ``server``; those of other servers are named in a warning (this run cannot ask them)."""
-    server = server.rstrip("/")
-    elsewhere = sorted({e.server for e in entries} - {server})
+def entries_on(entries: list[JournalEntry], servers: Iterable[str]) -> list[JournalEntry]:
+    """The entries of ``servers``; those of other servers are named in a warning (this run cannot ask them)."""
+    servers = {server.rstrip("/") for server in servers}
+    elsewhere = sorted({e.server for e in entries} - servers)
     if elsewhere:
-        log.warning("the journal has unfinished prompts on %s, which this run does not use: if those servers still "
-                    "run them, their users run twice. Resume with the same --url list as the killed run.",
-                    ", ".join(elsewhere))
-    return [e for e in entries if e.server == server]
+        log.warning("the journal has unfinished prompts on %s, which this run does not use (or has lost): if those "
+                    "servers still run them, their users run twice. Resume with the same --url list as the killed "
+                    "run.", ", ".join(elsewhere))
+    return [e for e in entries if e.server in servers]
 
 
 def _history_and_users(client, history_file, server_history, users) -> tuple[str | None, list[str]]:

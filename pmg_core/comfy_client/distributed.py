@@ -30,13 +30,15 @@ from typing import Any
 from ..errors import ComfyServerError, InvalidSettingError
 from ..loaders import list_users
 from .batch import (
+    _NO_NODE,
     BatchSummary,
     _relative_images,
     check_graph,
-    read_results,
+    entries_on,
     recorded_prompt_ids,
     result_record,
     user_graph,
+    users_to_run,
 )
 from .journal import JournalEntry, PromptJournal, append_line
 from .ray_runtime import ray_session, start_actors
@@ -44,8 +46,6 @@ from .recovery import FINISHED, WAITING, choose, unsettled
 from .server_worker import ComfyServerWorker
 
 log = logging.getLogger(__name__)
-
-_NO_NODE = {"node_id": None, "node_type": None}
 
 
 @dataclass
@@ -131,14 +131,9 @@ class RayBatch:
         running one is waited for (it holds one of that server's slots), and only users whose
         prompts no server knows are queued again.
         """
+        entries = entries_on(entries, self.live)
         servers = sorted({e.server for e in entries})
-        elsewhere = [url for url in servers if url not in self.live]
-        if elsewhere:
-            log.warning("the journal has unfinished prompts on %s, which this run does not use (or lost): if those "
-                        "servers still run them, their users run twice. Resume with the same --url list as the "
-                        "killed run.", ", ".join(elsewhere))
-        asked = {url: self.live[url].locate.remote([e.prompt_id for e in entries if e.server == url])
-                 for url in servers if url in self.live}
+        asked = {url: self.live[url].locate.remote([e.prompt_id for e in entries if e.server == url]) for url in servers}
         found = {}
         for url, ref in asked.items():
             outcome = outcome_of(self.ray, ref)
@@ -326,10 +321,7 @@ def queue_users_on_servers(
             if not live:
                 require_a_server(lost, len(users) if users is not None else 0)
             history_name, users = _history_and_users(ray, live, lost, history_file, server_history, users)
-            previous = read_results(out_jsonl)
-            todo = [u for u in users if previous.get(u, {}).get("status") != "success"]
-            if len(todo) < len(users):
-                log.info("%d user(s) already done in %s; skipping them", len(users) - len(todo), out_jsonl)
+            todo = users_to_run(users, out_jsonl)
             batch = RayBatch(ray, live, lambda user: user_graph(api_workflow, user, history_name, overrides), todo,
                              out_jsonl, journal, concurrency=concurrency, timeout=timeout, progress=progress,
                              max_server_losses=max_server_losses, lost_servers=lost)

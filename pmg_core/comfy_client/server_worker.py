@@ -20,12 +20,11 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ComfyServerError
+from .batch import _NO_NODE
 from .client import ComfyClient, EventSocket, describe_node_errors
 from .recovery import locate
 
 log = logging.getLogger(__name__)
-
-_NO_NODE = {"node_id": None, "node_type": None}
 
 
 class ComfyServerWorker:
