@@ -262,6 +262,13 @@ def _first_ui_value(entry: dict, key: str) -> Any:
 _NO_NODE = {"node_id": None, "node_type": None}
 
 
+def refusal_error(exc: ComfyServerError) -> dict:
+    """A result line's error for a prompt ComfyUI refused (validation): its first node, every node's message."""
+    errors = getattr(exc, "node_errors", [])
+    first = errors[0] if errors else _NO_NODE
+    return {**first, "message": describe_node_errors(errors) if errors else str(exc)}
+
+
 class BatchQueue:
     """The users of one batch run and the transitions between their states.
 
@@ -323,12 +330,10 @@ class BatchQueue:
                     entry = self.journal.new_prompt(user, self.client.url, self.client.client_id)
                     prompt_id = self.client.queue_prompt(graph, prompt_id=entry.prompt_id)
             except ComfyServerError as exc:
-                errors = getattr(exc, "node_errors", [])
                 if getattr(exc, "status_code", None) is None:
                     self.record(user, None, None, {**_NO_NODE, "message": str(exc)}, began)
                     raise
-                first = errors[0] if errors else _NO_NODE
-                self.record(user, None, None, {**first, "message": describe_node_errors(errors) if errors else str(exc)}, began)
+                self.record(user, None, None, refusal_error(exc), began)
                 continue
             self.running[prompt_id] = (user, began)
             self.watched.add(prompt_id)

@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ComfyServerError
-from .batch import _NO_NODE
-from .client import ComfyClient, EventSocket, describe_node_errors
+from .batch import _NO_NODE, _abandon, _server_file_users, refusal_error, upload_history
+from .client import ComfyClient, EventSocket
 from .recovery import locate
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,6 @@ class ComfyServerWorker:
         Returns ``{"kind": "uploaded", "name": <the loader's history_file>}``; the name depends
         on the bytes only (see :func:`.batch.upload_history`), so every server gets the same one.
         """
-        from .batch import upload_history
-
         with tempfile.TemporaryDirectory(prefix="pmg-upload-") as folder:
             for relative, data in files.items():
                 path = Path(folder, relative)
@@ -65,8 +63,6 @@ class ComfyServerWorker:
 
     def server_file_users(self, name: str) -> list[str]:
         """The users of a history file already in the server's input folder."""
-        from .batch import _server_file_users
-
         return _server_file_users(self._client(), name)
 
     def run_prompt(self, graph: dict, prompt_id: str, client_id: str, timeout: float) -> dict:
@@ -98,18 +94,13 @@ class ComfyServerWorker:
 
     def cancel(self, prompt_ids: list[str]) -> None:
         """Take prompts out of the server's queue and stop the running one, best effort."""
-        from .batch import _abandon
-
         if prompt_ids:
             _abandon(self._client(), {prompt_id: None for prompt_id in prompt_ids})
 
     def _failure(self, exc: ComfyServerError, prompt_id: str) -> dict:
         """A refusal, a timeout (the server still answers: the prompt is cancelled) or a lost server."""
         if getattr(exc, "status_code", None) is not None:
-            errors = getattr(exc, "node_errors", [])
-            first = errors[0] if errors else _NO_NODE
-            message = describe_node_errors(errors) if errors else str(exc)
-            return {"kind": "refused", "error": {**first, "message": message}}
+            return {"kind": "refused", "error": refusal_error(exc)}
         if self.check()["kind"] == "ok":  # it answers: the prompt, not the server, is the problem
             self.cancel([prompt_id])
             return {"kind": "failed", "error": {**_NO_NODE, "message": str(exc)}}
