@@ -30,6 +30,7 @@ from ..pmg_core.assets import default_cache_dir
 from ..pmg_core.errors import MissingFileError, ModelLoadError, UnsafePathError
 from ..pmg_core.evaluation.judge import FORMAT as JUDGE_FORMAT
 from ..pmg_core.generator.weights import FORMAT as GENERATOR_FORMAT
+from ..pmg_core.history_upload import HISTORY_SUFFIXES
 from ..pmg_core.safe_paths import resolve_inside
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ LLM_FOLDER_KEY = "LLM"
 ADAPTER_FOLDER_KEY = "pmg"
 GENERATOR_FOLDER_KEY = "pmg_generator"
 PACK_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
-HISTORY_EXTENSIONS = (".jsonl", ".csv", ".json", ".txt", ".inter")
+HISTORY_EXTENSIONS = HISTORY_SUFFIXES  # what the loaders read; uploads accept the same
 LLM_EXTENSIONS = {".gguf", ".json", ".safetensors"}
 ADAPTER_EXTENSIONS = {".safetensors"}
 UNTRAINED_ADAPTER = "none (untrained)"
