@@ -26,6 +26,7 @@ _MARKDOWN = re.compile(r"\*\*|__|`+|^#+\s*", re.MULTILINE)
 _PREAMBLE = re.compile(r"^[^,;\n]{0,80}?\b(?:keywords?|interests?|here|are|is)\b[^,;\n]{0,40}?:\s*", re.IGNORECASE)
 _EXPLANATION = re.compile(r"\s[-–—]\s|:\s|\.\s|\(")
 _NOT_ALLOWED = re.compile(r"[^\w\s'&-]|_")
+_LETTERS = re.compile(r"[^\W\d_]+")
 _EXAMPLE_ECHO = re.compile(r"^(?:keyword|key word)s?\s*\d*$", re.IGNORECASE)
 
 
@@ -123,9 +124,14 @@ def _is_junk(keyword: str) -> bool:
     return not any(c.isalpha() for c in keyword)
 
 
+def folded_words(text: str) -> list[str]:
+    """The casefolded words (runs of letters) of ``text``."""
+    return _LETTERS.findall(text.casefold())
+
+
 def is_echo(keyword: str, instruction_words: frozenset[str]) -> bool:
     """Whether every word of ``keyword`` is a word of the prompt itself (a plural counts as its singular)."""
-    words = re.findall(r"[^\W\d_]+", keyword.casefold())
+    words = folded_words(keyword)
     return bool(words) and all(w in instruction_words or w.rstrip("s") in instruction_words for w in words)
 
 
@@ -139,7 +145,7 @@ def is_cut(keyword: str, keywords, source_words: frozenset[str] = frozenset()) -
         # A cut ends inside a word of the other keyword: "Kissing face" beside "Kissing face with ..." is no cut.
         if len(other) > len(folded) and other.startswith(folded) and other[len(folded)].isalpha():
             return True
-    words = re.findall(r"[^\W\d_]+", folded)
+    words = folded_words(folded)
     # Two letters short at least: a plural or a possessive ("Star" of "Stars") is no cut.
     return bool(words) and words[-1] not in source_words and any(
         len(word) >= len(words[-1]) + 2 and word.startswith(words[-1]) for word in source_words
@@ -148,7 +154,7 @@ def is_cut(keyword: str, keywords, source_words: frozenset[str] = frozenset()) -
 
 def source_words(texts) -> frozenset[str]:
     """The casefolded words of ``texts`` (titles, categories), for :func:`is_cut`."""
-    return frozenset(word for text in texts for word in re.findall(r"[^\W\d_]+", text.casefold()))
+    return frozenset(word for text in texts for word in folded_words(text))
 
 
 def drop_echoes(keywords, instruction_words: frozenset[str], sources: frozenset[str] = frozenset()) -> tuple[list[str], list[str]]:

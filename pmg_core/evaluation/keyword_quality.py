@@ -16,24 +16,18 @@ they are, so each keyword of a user is put in one class, checked in this order:
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable
 
 from ..history import UserHistory
-from ..keyword_parser import MAX_WORDS, is_cut, is_echo, source_words
+from ..keyword_parser import MAX_WORDS, folded_words, is_cut, is_echo, source_words
 
 CLASSES = ("abstraction", "copy", "category", "echo", "junk")
-_WORD = re.compile(r"[^\W\d_]+")
-
-
-def _words(text: str) -> list[str]:
-    return _WORD.findall(text.casefold())
 
 
 def keyword_class(keyword: str, history: UserHistory, instruction_words: frozenset[str], others: Iterable[str] = ()) -> str:
     """The class of one keyword of ``history``'s user (see the module docstring)."""
-    words = _words(keyword)
+    words = folded_words(keyword)
     items = [*history.items, *([history.target] if history.target is not None else [])]
     others = [other for other in others if other != keyword]
     sources = source_words([text for item in items for text in (item.title, *item.categories)] + others)
@@ -41,10 +35,10 @@ def keyword_class(keyword: str, history: UserHistory, instruction_words: frozens
         return "junk"
     if is_echo(keyword, instruction_words):
         return "echo"
-    categories = {" ".join(_words(category)) for item in items for category in item.categories}
+    categories = {" ".join(folded_words(category)) for item in items for category in item.categories}
     if " ".join(words) in categories:
         return "category"
-    if any(set(words) <= set(_words(item.title)) for item in items):
+    if any(set(words) <= set(folded_words(item.title)) for item in items):
         return "copy"  # before the repeated-word rule: "Liar Liar" is a title
     if len(set(words)) < len(words):
         return "junk"
