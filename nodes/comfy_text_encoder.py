@@ -89,7 +89,7 @@ class ComfyTextEncoder:
             self._width = _WIDTHS.get(model) if model is not None else None
             if self._width is None:
                 self._width = int(self._encode_one("")[0].shape[-1])
-        self._remember_width()
+                self._remember_width()
         return self._width
 
     def _remember_width(self) -> None:
