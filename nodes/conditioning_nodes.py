@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 
+import comfy.model_management as mm
 import torch
 from comfy_api.latest import io
 
 from ..pmg_core.conditioning import (
     MAX_ALPHAS,
+    MAX_TEXT_WINDOWS,
+    MAX_TEXT_WINDOWS_LIMIT,
+    WINDOW_TOKENS,
     ConditionWeights,
     build_conditions,
     negative_conditions,
@@ -205,6 +209,13 @@ class PMGConditioning(io.ComfyNode):
                     "preference_text", optional=True, default="", multiline=True,
                     tooltip="Overrides the preference keywords text (empty keeps the preference's).",
                 ),
+                io.Int.Input(
+                    "max_text_windows", optional=True, default=MAX_TEXT_WINDOWS, min=1, max=MAX_TEXT_WINDOWS_LIMIT,
+                    tooltip=(
+                        f"The longest a text part (target, preference) may be, in encoder windows of {WINDOW_TOKENS} "
+                        "tokens; a longer text is refused with its length, so one prompt cannot stall the sampler."
+                    ),
+                ),
             ],
             outputs=[
                 io.Conditioning.Output(
@@ -238,6 +249,7 @@ class PMGConditioning(io.ComfyNode):
         soft_prompt: SoftPrompt | None = None,
         target_text: str = "",
         preference_text: str = "",
+        max_text_windows: int = MAX_TEXT_WINDOWS,
     ) -> io.NodeOutput:
         pref = _bundle(preference).preference if preference is not None else None
         target = _text(target_text, pref.target_text if pref else None)
@@ -249,8 +261,13 @@ class PMGConditioning(io.ComfyNode):
         encoder = ComfyTextEncoder(clip)
         soft = soft_prompt.embeddings if soft_prompt is not None else None
         weights = ConditionWeights(target=w_target, soft=w_soft, preference=w_preference)
-        positive = build_conditions(encoder, target, preference_words, soft, weights, parse_alphas(alphas))
-        negative = negative_conditions(encoder, negative_text, positive)
+        # Cancel is honoured between encodes: ComfyUI itself checks only between nodes and sampler steps.
+        interrupt = mm.throw_exception_if_processing_interrupted
+        positive = build_conditions(
+            encoder, target, preference_words, soft, weights, parse_alphas(alphas),
+            max_windows=max_text_windows, check_interrupt=interrupt,
+        )
+        negative = negative_conditions(encoder, negative_text, positive, max_text_windows, interrupt)
         logger.info(
             "PMG: condition of %d alpha(s) %s, parts %s",
             len(positive.alphas), positive.alphas, positive.segments,

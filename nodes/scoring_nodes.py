@@ -93,7 +93,10 @@ class PMGScorer(io.ComfyNode):
                 ),
                 PMGAlphas.Input(
                     "alphas",
-                    tooltip="The alphas the candidates were generated with: PMG Conditioning's alphas output.",
+                    tooltip=(
+                        "The alphas the candidates were generated with: PMG Conditioning's alphas output, or (from an "
+                        "API script) the same values as text, e.g. '0.33, 0.5, 0.67'."
+                    ),
                 ),
                 io.Float.Input(
                     "alpha", default=0.67, min=0.0, max=1.0, step=0.01,
@@ -127,7 +130,7 @@ class PMGScorer(io.ComfyNode):
         cls,
         images: torch.Tensor,
         history_images: torch.Tensor,
-        alphas: tuple[float, ...],
+        alphas: tuple[float, ...] | str,
         alpha: float,
         lpips_net: str,
         filename_prefix: str,

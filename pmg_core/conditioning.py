@@ -20,20 +20,24 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
+from .alphas import MAX_ALPHAS, parse_alphas, validate_alphas
 from .errors import AdapterMismatchError, EmbeddingValueError, InvalidSettingError
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "MAX_ALPHAS",
+    "MAX_TEXT_WINDOWS",
+    "MAX_TEXT_WINDOWS_LIMIT",
     "WEIGHTINGS",
+    "WINDOW_TOKENS",
     "ConditionWeights",
     "DiffusersTextEncoder",
     "EncodedText",
@@ -41,6 +45,7 @@ __all__ = [
     "TextEncoder",
     "build_conditions",
     "check_finite",
+    "check_text_length",
     "negative_conditions",
     "parse_alphas",
     "tile_to_length",
@@ -143,65 +148,6 @@ def check_finite(tensor: Tensor, what: str, fix: str) -> None:
         raise EmbeddingValueError(f"{what} holds {bad} NaN/inf value(s); {fix}")
 
 
-MAX_ALPHAS = 16  # one image per alpha: a sweep longer than this is a typo, not a plan
-
-
-def _check_count(count: int) -> None:
-    if count > MAX_ALPHAS:
-        raise InvalidSettingError(
-            f"{count} alpha values given; at most {MAX_ALPHAS} are allowed (each one is a whole image). "
-            f"Give {MAX_ALPHAS} or fewer values in [0, 1], e.g. '0.3, 0.5, 0.7', and queue several prompts "
-            "for a longer sweep."
-        )
-
-
-def validate_alphas(alphas) -> tuple[float, ...]:
-    """Check an alpha sweep (1 to :data:`MAX_ALPHAS` values, each a finite number in [0, 1]); return it as a tuple."""
-    if isinstance(alphas, (int, float)):
-        alphas = [alphas]
-    values = tuple(alphas)
-    if not values:
-        raise InvalidSettingError(
-            "No alpha given; pass at least one balance value in [0, 1], e.g. '0.5' or '0.3, 0.5, 0.7'."
-        )
-    _check_count(len(values))
-    for value in values:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise InvalidSettingError(f"Alpha {value!r} is not a finite number; use values in [0, 1].")
-        if not 0.0 <= value <= 1.0:
-            raise InvalidSettingError(
-                f"Alpha {value} is outside [0, 1]; use values from 0 to 1: 0 ignores the user's preference, "
-                f"1 ignores the target, 0.5 balances both."
-            )
-    return tuple(float(v) for v in values)
-
-
-_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
-
-
-def parse_alphas(text: str) -> list[float]:
-    """Parse an alpha sweep typed by a user: ``"0.3, 0.5,0.7"`` -> ``[0.3, 0.5, 0.7]``.
-
-    Values are separated by commas, semicolons or whitespace. Anything that is
-    not a plain decimal number, a value outside [0, 1], or more than
-    :data:`MAX_ALPHAS` values, raises
-    :class:`InvalidSettingError` naming the offending piece.
-    """
-    if not isinstance(text, str):
-        raise InvalidSettingError(f"Alphas must be given as text like '0.3, 0.5, 0.7', got {type(text).__name__}.")
-    pieces = [piece for piece in re.split(r"[,;\s]+", text.strip()) if piece]
-    _check_count(len(pieces))
-    values = []
-    for piece in pieces:
-        if not _NUMBER.fullmatch(piece):
-            raise InvalidSettingError(
-                f"Cannot read {piece!r} as an alpha in {text!r}; write decimal numbers in [0, 1] "
-                f"separated by commas, e.g. '0.3, 0.5, 0.7'."
-            )
-        values.append(float(piece))
-    return list(validate_alphas(values))
-
-
 def _soft_as_batch(soft: Tensor, width: int) -> Tensor:
     """Normalise soft embeddings to ``[1, k, D]`` and check them against the encoder width."""
     if not isinstance(soft, Tensor):
@@ -223,7 +169,60 @@ def _soft_as_batch(soft: Tensor, width: int) -> Tensor:
     return soft
 
 
-def _encode_one(encoder: TextEncoder, text: str, what: str) -> EncodedText:
+WINDOW_TOKENS = 77  # one CLIP window: ComfyUI encodes a longer prompt as 77-token windows side by side
+MAX_TEXT_WINDOWS = 8  # per text part: 616 tokens, far above any prompt, far below a stalled sampler
+MAX_TEXT_WINDOWS_LIMIT = 64  # the most a caller may raise the bound to
+# Checked before the tokenizer sees the text, so a megabyte is refused at once: no window of
+# real text needs this many characters (CLIP's word pieces average about 4 characters).
+_CHARS_PER_WINDOW = WINDOW_TOKENS * 16
+
+# Called before each text encoding; raises to stop the build (ComfyUI's interrupt check).
+CheckInterrupt = Callable[[], None]
+
+
+def _check_windows(max_windows: int) -> None:
+    if isinstance(max_windows, bool) or not isinstance(max_windows, int) or not 1 <= max_windows <= MAX_TEXT_WINDOWS_LIMIT:
+        raise InvalidSettingError(
+            f"max_text_windows is {max_windows!r}; use a whole number from 1 to {MAX_TEXT_WINDOWS_LIMIT} "
+            f"(windows of {WINDOW_TOKENS} tokens per text part; {MAX_TEXT_WINDOWS} is the default)."
+        )
+
+
+def _too_long(what: str, length: str, max_windows: int) -> InvalidSettingError:
+    return InvalidSettingError(
+        f"The {what} text is {length} long; each text part of PMG's condition may span at most {max_windows} "
+        f"encoder window(s) of {WINDOW_TOKENS} tokens ({max_windows * WINDOW_TOKENS} tokens, at most "
+        f"{max_windows * _CHARS_PER_WINDOW:,} characters), so that one prompt cannot stall the sampler. "
+        f"Shorten the {what} text ({_WHERE.get(what, 'the text given')}), or raise "
+        f"PMG Conditioning's max_text_windows (at most {MAX_TEXT_WINDOWS_LIMIT})."
+    )
+
+
+# Where each part's text comes from, for the fix in an error.
+_WHERE = {
+    "target": "PMG Conditioning's target_text, or the target item's title in the history file",
+    "preference": "PMG Conditioning's preference_text, or the extracted preference keywords",
+    "negative": "the preference's negative prompt",
+}
+
+
+def check_text_length(text: str, what: str, max_windows: int = MAX_TEXT_WINDOWS) -> None:
+    """Refuse, before any tokenizing, a text too long to fit ``max_windows`` encoder windows."""
+    _check_windows(max_windows)
+    if len(text) > max_windows * _CHARS_PER_WINDOW:
+        raise _too_long(what, f"{len(text):,} characters", max_windows)
+
+
+def _encode_one(
+    encoder: TextEncoder,
+    text: str,
+    what: str,
+    max_windows: int = MAX_TEXT_WINDOWS,
+    check_interrupt: CheckInterrupt | None = None,
+) -> EncodedText:
+    check_text_length(text, what, max_windows)
+    if check_interrupt is not None:
+        check_interrupt()
     encoded = encoder.encode([text])
     embeddings = encoded.embeddings
     if embeddings.ndim != 3 or embeddings.shape[0] != 1 or embeddings.shape[-1] != encoder.width:
@@ -231,6 +230,8 @@ def _encode_one(encoder: TextEncoder, text: str, what: str) -> EncodedText:
             f"The text encoder returned shape {tuple(embeddings.shape)} for the {what} text; "
             f"expected [1, T, {encoder.width}]. Check that the encoder wrapper reports the right width."
         )
+    if embeddings.shape[1] > max_windows * WINDOW_TOKENS:
+        raise _too_long(what, f"{embeddings.shape[1]} tokens", max_windows)
     check_finite(embeddings, f"The {what} text embedding", "check the text encoder weights and dtype (fp16 overflow?).")
     return encoded
 
@@ -243,6 +244,8 @@ def build_conditions(
     weights: ConditionWeights | None = None,
     alphas=(0.5,),
     weighting: str = "scale",
+    max_windows: int = MAX_TEXT_WINDOWS,
+    check_interrupt: CheckInterrupt | None = None,
 ) -> PMGConditions:
     """Build one PMG condition per alpha.
 
@@ -260,6 +263,11 @@ def build_conditions(
             empty prompt's states towards (or past) the part's, as ComfyUI's ``(text:1.2)``
             prompt weighting does; ``"repeat"`` repeats the part ``round(2 * w * balance)``
             times, as the reference code repeats its preference keywords.
+        max_windows: the most encoder windows of :data:`WINDOW_TOKENS` tokens each text part
+            (target, preference) may span; a longer text is an :class:`InvalidSettingError`
+            naming it, its length and the bound, so one prompt cannot stall the sampler.
+        check_interrupt: called before each text encoding; it raises to stop the build
+            (the node passes ComfyUI's interrupt check).
 
     Returns:
         :class:`PMGConditions` with ``embeddings [A, T_total, D]``, the target's
@@ -268,22 +276,28 @@ def build_conditions(
     weights = weights or ConditionWeights()
     weights.validate()
     alpha_values = validate_alphas(alphas)
+    _check_windows(max_windows)
+    # Both texts are measured before either is encoded: a refusal costs no encoder work.
+    check_text_length(target_text, "target", max_windows)
+    has_preference = preference_text is not None and bool(preference_text.strip())
+    if has_preference:
+        check_text_length(preference_text, "preference", max_windows)
 
-    target = _encode_one(encoder, target_text, "target")
+    target = _encode_one(encoder, target_text, "target", max_windows, check_interrupt)
     embeddings = target.embeddings
     parts: list[tuple[str, Tensor, float]] = [("target", embeddings, weights.target)]
     if soft_embeddings is not None:
         soft = _soft_as_batch(soft_embeddings, encoder.width).to(embeddings.device, embeddings.dtype)
         parts.append(("soft", soft, weights.soft))
-    if preference_text is not None and preference_text.strip():
-        preference = _encode_one(encoder, preference_text, "preference").embeddings
+    if has_preference:
+        preference = _encode_one(encoder, preference_text, "preference", max_windows, check_interrupt).embeddings
         parts.append(("preference", preference.to(embeddings.device, embeddings.dtype), weights.preference))
     else:
         logger.debug("No preference keywords: the condition holds no preference-text part.")
 
     if weighting not in WEIGHTINGS:
         raise InvalidSettingError(f"Unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}.")
-    empty = _encode_one(encoder, "", "empty").embeddings.to(embeddings.device, embeddings.dtype) if weighting == "interpolate" else None
+    empty = _encode_one(encoder, "", "empty", max_windows, check_interrupt).embeddings.to(embeddings.device, embeddings.dtype) if weighting == "interpolate" else None
     rows = []
     for alpha in alpha_values:
         weighted = []
@@ -344,16 +358,23 @@ def tile_to_length(embeddings: Tensor, length: int) -> Tensor:
     return torch.cat(pieces, dim=1)
 
 
-def negative_conditions(encoder: TextEncoder, text: str, like: PMGConditions) -> PMGConditions:
+def negative_conditions(
+    encoder: TextEncoder,
+    text: str,
+    like: PMGConditions,
+    max_windows: int = MAX_TEXT_WINDOWS,
+    check_interrupt: CheckInterrupt | None = None,
+) -> PMGConditions:
     """The classifier-free-guidance condition for ``text``, shaped like ``like``.
 
     diffusers requires ``negative_prompt_embeds`` of the same shape as
     ``prompt_embeds``; PMG's positive condition is longer than one CLIP window
     (77 + k + 77 tokens), so the negative encoding is stretched with
     :func:`tile_to_length` and repeated once per alpha. It is not alpha-scaled:
-    the negative prompt is the same for every image of a sweep.
+    the negative prompt is the same for every image of a sweep. Its text is bounded
+    like the condition's parts (``max_windows``), and ``check_interrupt`` runs before it is encoded.
     """
-    encoded = _encode_one(encoder, text or "", "negative")
+    encoded = _encode_one(encoder, text or "", "negative", max_windows, check_interrupt)
     count = len(like.alphas)
     embeddings = tile_to_length(encoded.embeddings, like.num_tokens)
     embeddings = embeddings.to(like.embeddings.device, like.embeddings.dtype).expand(count, -1, -1).clone()

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .alphas import validate_alphas
 from .errors import InvalidSettingError
 from .history import UserHistory
 from .metrics import CLIPScorer, LPIPS, ScoreReport, score_candidates
@@ -56,7 +57,7 @@ def choose_target(
 def score_sweep(
     candidates: torch.Tensor,
     *,
-    alphas: Sequence[float] | None = None,
+    alphas: Sequence[float] | str | None = None,
     history_images: torch.Tensor | Sequence[torch.Tensor] | None = None,
     target_image: torch.Tensor | None = None,
     target_source: str | None = None,
@@ -73,10 +74,12 @@ def score_sweep(
     Each side is measured by CLIP with its text when a CLIP is given, else by images
     (history images for the preference, the target image for the target); a side with
     neither is an error that names what to connect. ``alphas`` are the sweep's α in
-    condition order (PMG Conditioning's ``alphas`` output); the record gives each
+    condition order (PMG Conditioning's ``alphas`` output, or the same values as text
+    such as ``"0.33, 0.5, 0.67"``, what an API script sends); the record gives each
     candidate's and the selected one's.
     """
     _check_sides(history_images, target_image, target_text, preference_text, clip)
+    alphas = validate_alphas(alphas) if alphas is not None else None
     count = candidates.shape[0]
     sweep = candidate_alphas(alphas, count) if alphas else None
     if alphas and count != len(alphas):

@@ -197,7 +197,7 @@ def test_alpha_sweeps_are_bounded_with_the_fix_named(tiny_text_encoder):
     from pmg_core.conditioning import MAX_ALPHAS
 
     assert MAX_ALPHAS == 16
-    assert len(parse_alphas(", ".join(["0.5"] * MAX_ALPHAS))) == MAX_ALPHAS
+    assert len(parse_alphas(", ".join(str(i / 100) for i in range(MAX_ALPHAS)))) == MAX_ALPHAS
     with pytest.raises(InvalidSettingError, match=r"1000 alpha values given; at most 16 .*Give 16 or fewer"):
         parse_alphas(", ".join(["0.5"] * 1000))
     with pytest.raises(InvalidSettingError, match=r"17 alpha values given"):

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..errors import HistoryFormatError
 from ..history import ChatTurn, Item, UserHistory
 from .jsonl import read_jsonl
-from .records import ImagePolicy, RecordParser, Where, parse_scene
+from .records import ImagePolicy, RecordParser, Where, parse_scene, parse_title
 from .textfile import parse_json, read_text
 
 CHAT_SCENE = "sticker"
@@ -88,14 +88,15 @@ def _read_transcript(path: Path, text: str) -> UserHistory:
         user_id=user_id,
         items=(),
         scene=parse_scene(headers.get("scene", CHAT_SCENE), Where(path)),
-        target=_target(headers),
+        target=_target(headers, Where(path)),
         conversation=tuple(conversation),
     )
 
 
-def _target(headers: dict[str, str]) -> Item | None:
+def _target(headers: dict[str, str], where: Where) -> Item | None:
     title = headers.get("target")
     if not title:
         return None
+    parse_title(title, "the target header", where)
     keywords = tuple(k.strip() for k in headers.get("target_keywords", "").split(",") if k.strip())
     return Item(item_id="target", title=title, keywords=keywords)

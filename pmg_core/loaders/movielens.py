@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import HistoryFormatError
 from ..history import Item, UserHistory
-from .records import parse_number
+from .records import parse_number, parse_title
 from .textfile import read_text
 
 ATOMIC_SUFFIXES = (".inter", ".item", ".user", ".kg", ".link")
@@ -141,6 +141,7 @@ def _read_items(path: Path) -> dict[str, Item]:
         title = natural_title(row[title_field].strip())
         if not title:
             raise HistoryFormatError(f"{where}: item {row['item_id']!r} has an empty title; fill it in.")
+        parse_title(title, f"item {row['item_id']!r}'s title", where)
         # 'unknown' is MovieLens' placeholder for "no genre", not a genre.
         genres = tuple(g for g in row.get(genre_field, "").split() if g != "unknown") if genre_field else ()
         year = row.get(year_field, "").strip() if year_field else ""

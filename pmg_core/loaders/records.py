@@ -230,12 +230,23 @@ def parse_id(value: object, name: str, where: Where) -> str:
     return text
 
 
-def parse_title(value: object, name: str, where: Where) -> str:
-    """An item title: a non-empty string."""
+# A title is a name: the LLM reads it and the target prompt quotes it, so a runaway one
+# (a pasted document) would stall both; longer text belongs in the item's description.
+MAX_TITLE_CHARS = 500
+
+
+def parse_title(value: object, name: str, where: Where | str) -> str:
+    """An item title: a non-empty string of at most :data:`MAX_TITLE_CHARS` characters."""
     if not isinstance(value, str):
         raise HistoryFormatError(f"{where}: {name} must be a string, found {_kind(value)}.")
     if not value.strip():
         raise HistoryFormatError(f"{where}: {name} is empty; every item needs a title (the name the LLM reads).")
+    if len(value) > MAX_TITLE_CHARS:
+        raise HistoryFormatError(
+            f"{where}: {name} is {len(value):,} characters long; a title may hold at most {MAX_TITLE_CHARS} "
+            "(the LLM reads it and the target prompt quotes it). Shorten it, and move longer text to the "
+            "item's description."
+        )
     return value
 
 
