@@ -122,13 +122,22 @@ def target_image(comfy_server) -> str:
     ({"alphas": ", ".join(["0.5"] * 1000)}, r"1000 alpha values given; at most 16 .*Give 16 or fewer"),
     ({"alphas": "0.5, 1.5"}, r"Alpha 1\.5 is outside \[0, 1\]"),
     ({"user_id": "nobody"}, r"User 'nobody' is not in .*pick one of those"),
+    ({"alphas": "0.5,,0.7"}, r"'0\.5,,0\.7' hold an empty entry.*remove the extra comma"),
+    ({"alphas": "0.5, 0.7, 0.5"}, r"Alpha 0\.5 is given more than once.*give each alpha once"),
+    ({"scorer_alphas": "0.33, abc"}, r"PMGScorer.*Cannot read 'abc' as an alpha.*write decimal numbers"),
+    ({"target_text": "cat " * 262_144}, r"target text is 1,048,576 characters long.*at most 8 encoder window.*Shorten"),
+    ({"preference_text": " ".join(["cat"] * 700)}, r"preference text is 770 tokens long.*raise PMG Conditioning's max_text_windows"),
 ])
 def test_user_facing_errors_name_the_problem_and_the_fix(comfy_server, target_image, change, expected):
     graph = pmg_no_llm_graph(target_image, prefix=f"pmg_trust/err_{len(str(change))}")
     if "alphas" in change:
         graph["5"]["inputs"]["alphas"] = graph["9"]["inputs"]["alphas"] = change["alphas"]
-    else:
+    elif "scorer_alphas" in change:  # what an API script sends PMG Scorer: text, not a link
+        graph["9"]["inputs"]["alphas"] = change["scorer_alphas"]
+    elif "user_id" in change:
         graph["2"]["inputs"]["user_id"] = change["user_id"]
+    else:
+        graph["5"]["inputs"].update(change)
     began = time.monotonic()
     with pytest.raises(ComfyServerError) as info:
         comfy_server.client.run(graph, timeout=120)
@@ -136,6 +145,52 @@ def test_user_facing_errors_name_the_problem_and_the_fix(comfy_server, target_im
     message = str(info.value)
     assert re.search(expected, message), message
     assert FIX_HINT.search(message.split(":", 2)[-1]), f"no fix named in {message!r}"
+
+
+def test_scorer_alphas_given_as_text_are_read_like_conditioning_alphas(comfy_server, target_image):
+    """An API script sends '0.33, 0.67' to PMG Scorer: read as two alphas, not as nine characters."""
+    graph = pmg_no_llm_graph(target_image, prefix="pmg_trust/scorer_text_alphas")
+    graph["9"]["inputs"]["alphas"] = "0.33, 0.67"
+    entry = comfy_server.client.run(graph, timeout=300)
+    (record,) = entry["outputs"]["9"]["pmg_scores"]
+    assert record["candidate_alphas"] == [0.33, 0.67]
+    assert record["selected_alpha"] in (0.33, 0.67)
+
+
+def _words(count: int, salt: int) -> str:
+    return " ".join(f"w{salt}x{i % 97}" for i in range(count))
+
+
+def test_cancel_during_the_condition_build_stops_it_there(comfy_server, target_image):
+    """Cancel while PMG Conditioning encodes two long texts stops in that node, not after it.
+
+    ComfyUI itself checks for Cancel only between nodes and sampler steps; PMG Conditioning checks
+    before each encoding. The build of two 60-window texts lasts a few tenths of a second on the tiny
+    CLIP, so the interrupt is sent when the node starts and the case is retried (new texts, nothing
+    cached) if the build still won the race. Without the check every try ends in the next node.
+    """
+    stopped_at = []
+    for attempt in range(3):
+        graph = pmg_no_llm_graph(target_image, prefix=f"pmg_trust/cancel_{attempt}")
+        graph["5"]["inputs"].update(target_text=_words(1500, attempt), preference_text=_words(1500, attempt + 10),
+                                    max_text_windows=64)
+
+        def interrupt_when_conditioning_starts(event):
+            if event["type"] == "executing" and (event.get("data") or {}).get("node") == "5":
+                comfy_server.client.interrupt()
+
+        with comfy_server.client.connect() as events:
+            prompt_id = comfy_server.client.queue_prompt(graph)
+            entry = comfy_server.client.wait(prompt_id, timeout=300, on_progress=interrupt_when_conditioning_starts,
+                                             raise_on_error=False, events=events)
+        kinds = {kind: data for kind, data in entry["status"]["messages"]}
+        assert "execution_interrupted" in kinds, entry["status"]
+        stopped_at.append(kinds["execution_interrupted"]["node_id"])
+        if stopped_at[-1] == "5":
+            break
+    assert stopped_at[-1] == "5", f"interrupted in nodes {stopped_at}, never inside PMG Conditioning (node 5)"
+    assert "5" not in kinds["execution_interrupted"]["executed"]
+    assert not entry["outputs"].get("9")  # nothing was scored or saved
 
 
 def test_a_node_without_inputs_is_refused_before_queueing_naming_it(comfy_server):
