@@ -261,7 +261,7 @@ class PMGConditioning(io.ComfyNode):
         encoder = ComfyTextEncoder(clip)
         soft = soft_prompt.embeddings if soft_prompt is not None else None
         weights = ConditionWeights(target=w_target, soft=w_soft, preference=w_preference)
-        # Cancel is honoured between encodes: ComfyUI itself checks only between nodes and sampler steps.
+        # Cancel is honoured between encodes too (ComfyUI's CLIP layers check it within each encode).
         interrupt = mm.throw_exception_if_processing_interrupted
         positive = build_conditions(
             encoder, target, preference_words, soft, weights, parse_alphas(alphas),

@@ -64,7 +64,22 @@ class TrainingError(PMGError):
 
 
 class ComfyServerError(PMGError):
-    """A ComfyUI server refused or failed a request."""
+    """A ComfyUI server refused or failed a request.
+
+    ``status_code``: the HTTP status the server refused the request with; ``None`` when it
+    gave none (unreachable, timed out, or the prompt failed while running).
+    ``node_errors``: one ``{"node_id", "node_type", "message"}`` per node the server named.
+    """
+
+    def __init__(self, message: str, *, node_errors: list[dict] | None = None, status_code: int | None = None):
+        super().__init__(message)
+        self.node_errors: list[dict] = list(node_errors or [])
+        self.status_code: int | None = status_code
+
+    @property
+    def refused(self) -> bool:
+        """The server answered and refused the request: the request, not the server, is the problem."""
+        return self.status_code is not None
 
 
 class WorkflowFormatError(PMGError):

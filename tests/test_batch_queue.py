@@ -72,7 +72,7 @@ def test_read_results_tolerates_a_line_cut_by_a_kill(tmp_path):
 def test_users_running_when_the_server_is_lost_get_failure_lines(tmp_path):
     """Mechanics (a fake server that dies after accepting two prompts): the users whose prompts
     were running get an error line naming the lost server, the rest are left for the rerun."""
-    from pmg_core.comfy_client.client import ComfyClient, EventSocket, server_error
+    from pmg_core.comfy_client.client import ComfyClient, EventSocket
     from pmg_core.errors import ComfyServerError
 
     class LostServer(ComfyClient):
@@ -88,13 +88,13 @@ def test_users_running_when_the_server_is_lost_get_failure_lines(tmp_path):
             return self.queued[-1]
 
         def history(self, prompt_id):
-            raise server_error("Cannot reach ComfyUI at http://127.0.0.1:9 (GET /history): refused.")
+            raise ComfyServerError("Cannot reach ComfyUI at http://127.0.0.1:9 (GET /history): refused.")
 
         def delete_queued(self, prompt_ids):
-            raise server_error("Cannot reach ComfyUI.")
+            raise ComfyServerError("Cannot reach ComfyUI.")
 
         def interrupt(self, prompt_id=None):
-            raise server_error("Cannot reach ComfyUI.")
+            raise ComfyServerError("Cannot reach ComfyUI.")
 
     out = tmp_path / "results.jsonl"
     client = LostServer()
@@ -308,7 +308,7 @@ def test_pmg_workflow_batch_records_keywords_scores_and_the_selected_image(comfy
 def test_a_server_lost_at_submission_records_that_user_and_the_running_ones(tmp_path):
     """Mechanics (a fake server that accepts one prompt, then stops answering): the refused
     user and the running one get error lines; the message says how many were not submitted."""
-    from pmg_core.comfy_client.client import ComfyClient, EventSocket, server_error
+    from pmg_core.comfy_client.client import ComfyClient, EventSocket
     from pmg_core.errors import ComfyServerError
 
     class DyingServer(ComfyClient):
@@ -322,11 +322,11 @@ def test_a_server_lost_at_submission_records_that_user_and_the_running_ones(tmp_
         def queue_prompt(self, api_graph, extra_data=None):
             self.queued += 1
             if self.queued > 1:
-                raise server_error("Cannot reach ComfyUI at http://127.0.0.1:9 (POST /prompt): refused.")
+                raise ComfyServerError("Cannot reach ComfyUI at http://127.0.0.1:9 (POST /prompt): refused.")
             return "p0"
 
         def delete_queued(self, prompt_ids):
-            raise server_error("Cannot reach ComfyUI.")
+            raise ComfyServerError("Cannot reach ComfyUI.")
 
     out = tmp_path / "results.jsonl"
     with pytest.raises(ComfyServerError, match=r"1 user\(s\) were not submitted; run the same command again") as info:

@@ -25,10 +25,8 @@ class FakeClient:
         if self.unreachable:
             raise ComfyServerError("Connection refused")
         if user in self.refuse:
-            error = ComfyServerError("prompt refused")
-            error.status_code = 400
-            error.node_errors = [{"node_id": "3", "node_type": "KSampler", "message": "bad steps"}]
-            raise error
+            raise ComfyServerError("prompt refused", status_code=400,
+                                   node_errors=[{"node_id": "3", "node_type": "KSampler", "message": "bad steps"}])
         self.queued.append(user)
         return f"p{len(self.queued)}"
 

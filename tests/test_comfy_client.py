@@ -23,7 +23,7 @@ def test_out_of_range_value_is_a_node_error_and_the_server_keeps_serving(comfy_s
     with pytest.raises(ComfyServerError) as caught:
         client.queue_prompt(graph)
     error = caught.value
-    assert error.status_code == 400
+    assert error.status_code == 400 and error.refused
     assert error.node_errors[0]["node_id"] == "5" and error.node_errors[0]["node_type"] == "KSampler"
     assert "node 5 (KSampler)" in str(error) and "steps" in str(error)
     assert client.system_stats()["system"]["comfyui_version"]  # still serving
@@ -57,6 +57,7 @@ def test_execution_error_names_the_failing_node(comfy_server):
     with pytest.raises(ComfyServerError, match="node 1 \\(CheckpointLoaderSimple\\)") as caught:
         client.wait(prompt_id, timeout=60)
     assert caught.value.node_errors[0]["node_id"] == "1"
+    assert caught.value.status_code is None and not caught.value.refused  # it ran, and failed: nothing was refused
     entry = client.wait(prompt_id, timeout=10, raise_on_error=False)  # already finished: from /history
     assert entry["status"]["status_str"] == "error"
     assert execution_error(entry)["node_type"] == "CheckpointLoaderSimple"
@@ -142,8 +143,9 @@ def test_unreachable_server_gives_a_clear_error():
     from pmg_tools.server import free_port
 
     client = ComfyClient(f"http://127.0.0.1:{free_port()}", timeout=2)
-    with pytest.raises(ComfyServerError, match="Cannot reach ComfyUI .*refused.*pmg serve"):
+    with pytest.raises(ComfyServerError, match="Cannot reach ComfyUI .*refused.*pmg serve") as caught:
         client.system_stats()
+    assert caught.value.status_code is None and not caught.value.refused and caught.value.node_errors == []
 
 
 def test_interrupt_queue_and_free_are_accepted(comfy_server):

@@ -164,10 +164,10 @@ def _words(count: int, salt: int) -> str:
 def test_cancel_during_the_condition_build_stops_it_there(comfy_server, target_image):
     """Cancel while PMG Conditioning encodes two long texts stops in that node, not after it.
 
-    ComfyUI itself checks for Cancel only between nodes and sampler steps; PMG Conditioning checks
-    before each encoding. The build of two 60-window texts lasts a few tenths of a second on the tiny
-    CLIP, so the interrupt is sent when the node starts and the case is retried (new texts, nothing
-    cached) if the build still won the race. Without the check every try ends in the next node.
+    ComfyUI 0.3.75 checks for Cancel in every layer of its CLIP, and PMG Conditioning also checks
+    before each encoding (the tokenizing and the library code between encodes). The build of two
+    60-window texts lasts a few tenths of a second on the tiny CLIP, so the interrupt is sent when
+    the node starts and the case is retried (new texts, nothing cached) if the build won the race.
     """
     stopped_at = []
     for attempt in range(3):

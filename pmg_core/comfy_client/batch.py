@@ -264,7 +264,7 @@ _NO_NODE = {"node_id": None, "node_type": None}
 
 def refusal_error(exc: ComfyServerError) -> dict:
     """A result line's error for a prompt ComfyUI refused (validation): its first node, every node's message."""
-    errors = getattr(exc, "node_errors", [])
+    errors = exc.node_errors
     first = errors[0] if errors else _NO_NODE
     return {**first, "message": describe_node_errors(errors) if errors else str(exc)}
 
@@ -330,7 +330,7 @@ class BatchQueue:
                     entry = self.journal.new_prompt(user, self.client.url, self.client.client_id)
                     prompt_id = self.client.queue_prompt(graph, prompt_id=entry.prompt_id)
             except ComfyServerError as exc:
-                if getattr(exc, "status_code", None) is None:
+                if not exc.refused:
                     self.record(user, None, None, {**_NO_NODE, "message": str(exc)}, began)
                     raise
                 self.record(user, None, None, refusal_error(exc), began)
@@ -422,7 +422,7 @@ class BatchQueue:
                 if self.finished:
                     break
         except ComfyServerError as exc:
-            if getattr(exc, "status_code", None) is not None:
+            if exc.refused:
                 raise
             lost = self.server_lost(exc)  # the running users stay, so cancel_running below still tries
             raise lost from exc

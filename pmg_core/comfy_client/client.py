@@ -59,14 +59,6 @@ class EventSocket:
         self.close()
 
 
-def server_error(message: str, node_errors: list[dict] | None = None, status_code: int | None = None) -> ComfyServerError:
-    """A :class:`ComfyServerError` carrying machine-readable details as attributes."""
-    error = ComfyServerError(message)
-    error.node_errors = node_errors or []
-    error.status_code = status_code
-    return error
-
-
 class ComfyClient:
     """One client id talking to one ComfyUI server at ``url`` (e.g. ``http://127.0.0.1:8188``)."""
 
@@ -83,12 +75,12 @@ class ComfyClient:
         try:
             return self.session.request(method, f"{self.url}{path}", **kwargs)
         except requests.Timeout as exc:
-            raise server_error(
+            raise ComfyServerError(
                 f"ComfyUI at {self.url} did not answer {method} {path} within {kwargs['timeout']} s; "
                 "is it busy or stuck? Check its log, or raise the client timeout."
             ) from exc
         except requests.ConnectionError as exc:
-            raise server_error(
+            raise ComfyServerError(
                 f"Cannot reach ComfyUI at {self.url} ({method} {path}): {_root_cause(exc)}. "
                 "Start it with `pmg serve` or fix the --url."
             ) from exc
@@ -96,14 +88,14 @@ class ComfyClient:
     def _json(self, method: str, path: str, **kwargs) -> Any:
         response = self._request(method, path, **kwargs)
         if response.status_code != 200:
-            raise server_error(
+            raise ComfyServerError(
                 f"ComfyUI refused {method} {path} with HTTP {response.status_code}: {response.text[:500]}",
                 status_code=response.status_code,
             )
         try:
             return response.json()
         except ValueError as exc:
-            raise server_error(f"ComfyUI answered {method} {path} with non-JSON: {response.text[:200]!r}") from exc
+            raise ComfyServerError(f"ComfyUI answered {method} {path} with non-JSON: {response.text[:200]!r}") from exc
 
     def system_stats(self) -> dict:
         """Versions, devices and memory of the server."""
@@ -130,7 +122,7 @@ class ComfyClient:
         """The bytes of a file of the server's output, input or temp folder."""
         response = self._request("GET", "/view", params={"filename": filename, "subfolder": subfolder, "type": type})
         if response.status_code != 200:
-            raise server_error(
+            raise ComfyServerError(
                 f"ComfyUI has no {type} file {subfolder + '/' if subfolder else ''}{filename} "
                 f"(HTTP {response.status_code}); check the name against the prompt's outputs.",
                 status_code=response.status_code,
@@ -146,7 +138,7 @@ class ComfyClient:
         """
         path = Path(path)
         if not path.is_file():
-            raise server_error(f"Cannot upload {path}: no such file. Check the path.")
+            raise ComfyServerError(f"Cannot upload {path}: no such file. Check the path.")
         with open(path, "rb") as handle:
             response = self._request(
                 "POST", "/upload/image",
@@ -154,7 +146,7 @@ class ComfyClient:
                 data={"subfolder": subfolder, "type": type, "overwrite": "true" if overwrite else "false"},
             )
         if response.status_code != 200:
-            raise server_error(
+            raise ComfyServerError(
                 f"ComfyUI refused the upload of {path.name} into {type}/{subfolder} (HTTP {response.status_code}); "
                 "the subfolder must stay inside the input folder.",
                 status_code=response.status_code,
@@ -204,7 +196,7 @@ class ComfyClient:
                             answer["prompt_id"], describe_node_errors(partial))
             return str(answer["prompt_id"])
         if not isinstance(answer, dict):
-            raise server_error(
+            raise ComfyServerError(
                 f"ComfyUI refused the prompt with HTTP {response.status_code}: {response.text[:500]}",
                 status_code=response.status_code,
             )
@@ -213,7 +205,7 @@ class ComfyClient:
         if not errors and isinstance(top, dict):
             errors = [_error_from_top_level(top, api_graph)]
         summary = top.get("message", "invalid prompt") if isinstance(top, dict) else str(top)
-        raise server_error(
+        raise ComfyServerError(
             f"ComfyUI rejected the prompt ({summary}): {describe_node_errors(errors)}. "
             "Fix those node inputs (see GET /object_info/<class> for allowed values) and queue again.",
             node_errors=errors,
@@ -247,7 +239,7 @@ class ComfyClient:
         assert entry is not None
         error = execution_error(entry)
         if error is not None and raise_on_error:
-            raise server_error(
+            raise ComfyServerError(
                 f"Prompt {prompt_id} failed in node {error['node_id']} ({error['node_type']}): {error['message']} "
                 "(fix that node's input; the server log has the traceback)",
                 node_errors=[error],
@@ -310,7 +302,7 @@ class ComfyClient:
                 yield from self._finished(pending, among=foreign)
             while pending:
                 if time.monotonic() > deadline:
-                    raise server_error(
+                    raise ComfyServerError(
                         f"Timed out after {timeout:.0f} s waiting for prompt(s) {sorted(pending)}; they may still "
                         "run: see GET /queue, interrupt them, or wait longer."
                     )
@@ -401,7 +393,7 @@ def check_graph_shape(api_graph: dict) -> None:
     400, one ``node_errors`` entry per bad node), so callers handle both alike.
     """
     if not isinstance(api_graph, dict) or not api_graph:
-        raise server_error(
+        raise ComfyServerError(
             "The prompt is not an API-format graph ({\"<node id>\": {\"class_type\": ..., \"inputs\": {...}}}); "
             "export it with ComfyUI's 'Export (API)' or convert it with pmg_core.comfy_client.workflow_format.ui_to_api.",
             status_code=400,
@@ -418,7 +410,7 @@ def check_graph_shape(api_graph: dict) -> None:
                 ),
             })
     if errors:
-        raise server_error(
+        raise ComfyServerError(
             f"Refused the prompt before queueing it: {describe_node_errors(errors)}.",
             node_errors=errors, status_code=400,
         )

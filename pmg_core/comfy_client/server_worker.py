@@ -99,7 +99,7 @@ class ComfyServerWorker:
 
     def _failure(self, exc: ComfyServerError, prompt_id: str) -> dict:
         """A refusal, a timeout (the server still answers: the prompt is cancelled) or a lost server."""
-        if getattr(exc, "status_code", None) is not None:
+        if exc.refused:
             return {"kind": "refused", "error": refusal_error(exc)}
         if self.check()["kind"] == "ok":  # it answers: the prompt, not the server, is the problem
             self.cancel([prompt_id])
