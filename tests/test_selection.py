@@ -224,3 +224,12 @@ def test_tradeoff_plot_highlights_the_selected_candidate(lpips_alex):
     red = ((pixels[:, 0] > 200) & (pixels[:, 1] < 80) & (pixels[:, 2] < 80)).sum()
     blue = ((pixels[:, 2] > 180) & (pixels[:, 0] < 90)).sum()
     assert red > 50 and blue > 50  # the selected point (red) and the other three (blue)
+
+
+def test_the_measures_are_injected_and_a_missing_one_is_named():
+    """score_candidates builds no network: images without an LPIPS, captions without a text model, are refused."""
+    with pytest.raises(InvalidSettingError, match=r"no LPIPS network: pass lpips=LPIPS\('alex'\)"):
+        score_candidates(_smooth(21, 2), history_images=_smooth(22, 1), target_image=_smooth(23, 1))
+    with pytest.raises(InvalidSettingError, match=r"no text model was given: pass text_similarity=TextSimilarity\(\)"):
+        score_candidates(_smooth(21, 2), target_text="a poster", preference_text="rain",
+                         candidate_captions=["a poster", "rain"])

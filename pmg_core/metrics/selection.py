@@ -142,81 +142,126 @@ def score_candidates(
 
     Image metrics (LPIPS, SSIM) are computed whenever history / target images
     are given; history images may differ in size (they are resized to the
-    candidates'). An LPIPS AlexNet is built when images need one and ``lpips``
-    is None; a MiniLM model likewise when captions are compared and
-    ``text_similarity`` is None. See the module docstring for how d_p and d_t
-    are chosen. ``progress(done, total)`` is called after each metric.
+    candidates'). The measures are passed in, never built here: ``lpips`` is
+    needed when images are given, ``text_similarity`` when captions are compared,
+    ``clip`` measures a side by its text; a needed one missing is an error naming
+    it. See the module docstring for how d_p and d_t are chosen.
+    ``progress(done, total)`` is called after each metric.
     """
     candidates = check_images(candidates, "candidates")
-    count = candidates.shape[0]
     history = _history_batch(history_images, candidates)
     target = _target_batch(target_image, candidates)
-    captions = _captions(candidate_captions, count)
-    target_text = _text_or_none(target_text, "target_text")
-    preference_text = _text_or_none(preference_text, "preference_text")
+    captions = _captions(candidate_captions, candidates.shape[0])
+    texts = _Texts(_text_or_none(target_text, "target_text"), _text_or_none(preference_text, "preference_text"))
 
-    plan = _plan_sides(history, target, target_text, preference_text, clip, captions)
-    use_clip = clip is not None and bool(target_text or preference_text)
-    use_text = "text" in plan.values()
-    needed = {"history": history is not None, "target": target is not None, "clip": use_clip, "text": use_text}
-    steps = [name for name, wanted in needed.items() if wanted]
-    values: dict[str, list[float]] = {}
+    plan = _plan_sides(history, target, texts.target, texts.preference, clip, captions)
+    _check_measures(history, target, plan, lpips, text_similarity)
+    steps = _Steps(
+        [name for name, wanted in (
+            ("history", history is not None),
+            ("target", target is not None),
+            ("clip", clip is not None and texts.any),
+            ("text", "text" in plan.values()),
+        ) if wanted],
+        progress,
+    )
+    values = _image_values(candidates, history, target, lpips, steps)
+    if "clip" in steps.names:
+        values.update(_text_values(clip.image_text(candidates, texts.given), texts, "clip"))
+        steps.done("clip")
+    if "text" in steps.names:
+        values.update(_text_values(text_similarity.similarity(captions, texts.given), texts, "text"))
+        steps.done("text")
+    return _report(values, plan, alpha, lpips)
 
-    def advance(step: str) -> None:
-        if progress is not None:
-            progress(steps.index(step) + 1, len(steps))
 
+@dataclass(frozen=True)
+class _Texts:
+    """The two sides' texts (None where not given), in the column order the similarity models get them."""
+
+    target: str | None
+    preference: str | None
+
+    @property
+    def given(self) -> list[str]:
+        return [text for text in (self.target, self.preference) if text]
+
+    @property
+    def any(self) -> bool:
+        return bool(self.given)
+
+
+@dataclass
+class _Steps:
+    """The metrics to compute, reported to ``progress`` as each is done."""
+
+    names: list[str]
+    progress: Progress | None
+
+    def done(self, name: str) -> None:
+        if self.progress is not None:
+            self.progress(self.names.index(name) + 1, len(self.names))
+
+
+def _check_measures(history, target, plan: dict[str, str], lpips, text_similarity) -> None:
+    """The injected measures the inputs need: LPIPS for images, a text model for captions."""
+    if (history is not None or target is not None) and lpips is None:
+        raise InvalidSettingError(
+            "History or target images were given but no LPIPS network: pass lpips=LPIPS('alex') "
+            "(pmg_core.metrics.LPIPS), or leave the images out."
+        )
+    if "text" in plan.values() and text_similarity is None:
+        raise InvalidSettingError(
+            "Captions are compared with texts but no text model was given: pass "
+            "text_similarity=TextSimilarity() (pmg_core.metrics.TextSimilarity)."
+        )
+
+
+def _image_values(candidates, history, target, lpips, steps: _Steps) -> dict[str, list[float]]:
+    """LPIPS and SSIM of each candidate to the history (mean) and to the target, history and target in one pass."""
     references = [part for part in (history, target) if part is not None]
-    if references:
-        lpips = lpips if lpips is not None else LPIPS("alex")
-        # History and target in one pass: every image goes through the network once.
-        both = torch.cat(references)
-        distances, similarities = lpips.pairwise(candidates, both), ssim_pairwise(candidates, both)
-        split = history.shape[0] if history is not None else 0
+    if not references:
+        return {}
+    both = torch.cat(references)  # every image goes through the network once
+    distances, similarities = lpips.pairwise(candidates, both), ssim_pairwise(candidates, both)
+    split = history.shape[0] if history is not None else 0
+    values: dict[str, list[float]] = {}
     if history is not None:
         values["lpips_history"] = distances[:, :split].mean(dim=1).tolist()
         values["ssim_history"] = similarities[:, :split].mean(dim=1).tolist()
-        advance("history")
+        steps.done("history")
     if target is not None:
         values["lpips_target"] = distances[:, split].tolist()
         values["ssim_target"] = similarities[:, split].tolist()
-        advance("target")
-    if use_clip:
-        texts = [text for text in (target_text, preference_text) if text]
-        similarity = clip.image_text(candidates, texts)
-        if target_text:
-            values["clip_target"] = similarity[:, 0].tolist()
-        if preference_text:
-            values["clip_preference"] = similarity[:, -1].tolist()
-        advance("clip")
-    if use_text:
-        model = text_similarity if text_similarity is not None else TextSimilarity()
-        texts = [text for text in (target_text, preference_text) if text]
-        similarity = model.similarity(captions, texts)
-        if target_text:
-            values["text_target"] = similarity[:, 0].tolist()
-        if preference_text:
-            values["text_preference"] = similarity[:, -1].tolist()
-        advance("text")
+        steps.done("target")
+    return values
 
+
+def _text_values(similarity: torch.Tensor, texts: _Texts, kind: str) -> dict[str, list[float]]:
+    """The columns of a candidates x texts similarity as ``<kind>_target`` / ``<kind>_preference``."""
+    values = {}
+    if texts.target:
+        values[f"{kind}_target"] = similarity[:, 0].tolist()
+    if texts.preference:
+        values[f"{kind}_preference"] = similarity[:, -1].tolist()
+    return values
+
+
+def _report(values: dict[str, list[float]], plan: dict[str, str], alpha: float, lpips) -> ScoreReport:
+    """d_p and d_t by the plan, the trade-off pick, and every measurement per candidate."""
     d_pref = _side_values(plan["preference"], "preference", values)
     d_target = _side_values(plan["target"], "target", values)
     selected, z = select_by_tradeoff(d_pref, d_target, alpha)
     scores = [
-        CandidateScore(
-            index=i,
-            d_pref=d_pref[i],
-            d_target=d_target[i],
-            z=float(z[i]),
-            **{name: column[i] for name, column in values.items()},
-        )
-        for i in range(count)
+        CandidateScore(index=i, d_pref=d_pref[i], d_target=d_target[i], z=float(z[i]),
+                       **{name: column[i] for name, column in values.items()})
+        for i in range(len(d_pref))
     ]
     measure = {
         "d_pref": _MEASURE_TEXT[("preference", plan["preference"])],
         "d_target": _MEASURE_TEXT[("target", plan["target"])],
     }
-    logger.info("selected candidate %d of %d (alpha=%.3f; %s)", selected, count, alpha, measure)
+    logger.info("selected candidate %d of %d (alpha=%.3f; %s)", selected, len(scores), alpha, measure)
     return ScoreReport(scores, selected, float(alpha), measure, lpips.net if lpips is not None else None)
 
 

@@ -25,6 +25,7 @@ from ..conditioning import build_conditions
 from ..errors import TrainingError
 from ..history import Item, UserHistory
 from ..metrics.images import load_image
+from ..metrics.lpips import LPIPS
 from ..metrics.selection import score_candidates
 from ..prompts import soft_prompt_text
 from ..render import negative_prompt, render_history, render_target_text
@@ -71,6 +72,7 @@ def evaluate_adapter(
         llm, config.text_dim, num_image_tokens=config.num_image_tokens, num_prefix=config.num_prefix, seed=0
     )
     keywords_of = target_keywords or (lambda item: item.keywords)
+    lpips = lpips if lpips is not None else LPIPS("alex")  # built once for all users; score_candidates takes it
     encoder = generator.text_encoder
     rows = []
     for done, history in enumerate(users):
