@@ -231,64 +231,83 @@ def api_to_ui(graph: Mapping, object_info: Mapping, template: Mapping | None = N
     order = {node_id: i for i, node_id in enumerate(sorted(ids, key=lambda i: (depth[i], _id_key(i))))}
 
     ui_nodes: dict[str, dict] = {}
-    links: list[list] = []
     column_fill: dict[int, float] = {}
     for node_id in ids:
         entry = graph[node_id]
-        schema = _schema(object_info, entry["class_type"], node_id)
-        specs = node_inputs(schema)
-        given = entry.get("inputs") or {}
         old = template_nodes.get(node_id)
         old = old if old is not None and old.get("type") == entry["class_type"] else None
-        old_values = _safe_widget_values(old, schema) if old else {}
-
-        sockets, widgets_values = [], []
-        for spec in specs:
-            value = given.get(spec.name)
-            is_link = _is_link(value) if spec.is_widget else spec.name in given
-            if not spec.is_widget or is_link:
-                socket = {"name": spec.name, "type": spec.type, "link": None}
-                if spec.is_widget:
-                    socket["widget"] = {"name": spec.name}
-                if spec.is_widget or spec.name in given or spec in _required(schema, specs):
-                    sockets.append(socket)
-            if spec.is_widget:
-                if is_link or spec.name not in given:
-                    value = old_values.get(spec.name, spec.default)
-                widgets_values.append(value)
-                if spec.extra_values:
-                    widgets_values.extend(_extra_values(old, spec, schema))
-        outputs = [
-            {"name": name, "type": kind, "slot_index": slot, "links": []}
-            for slot, (kind, name) in enumerate(zip(schema.get("output", []), schema.get("output_name", [])))
-        ]
+        node = _ui_node(node_id, entry, _schema(object_info, entry["class_type"], node_id), old)
         col = depth[node_id]
-        height = 46 + 24 * max(len(sockets), len(outputs)) + 26 * len(widgets_values)
-        y = column_fill.get(col, 0.0)
-        column_fill[col] = y + height + 60
-        node = {
-            "id": _ui_id(node_id),
-            "type": entry["class_type"],
-            "pos": [col * 380, y],
-            "size": [320, height],
-            "flags": {},
-            "order": order[node_id],
-            "mode": MODE_ALWAYS,
-            "inputs": sockets,
-            "outputs": outputs,
-            "properties": {"Node name for S&R": entry["class_type"]},
-            "widgets_values": widgets_values,
-        }
-        title = (entry.get("_meta") or {}).get("title")
-        if title and title != schema.get("display_name", entry["class_type"]):
-            node["title"] = title
+        y = column_fill.get(col, 0.0)  # the next free place in the node's depth column
+        column_fill[col] = y + node["size"][1] + 60
+        node.update(pos=[col * 380, y], order=order[node_id])
         if old:
             for key in ("pos", "size", "flags", "properties", "color", "bgcolor"):
                 if key in old:
                     node[key] = copy.deepcopy(old[key])
         ui_nodes[node_id] = node
+    links = _link_ui_nodes(graph, ids, ui_nodes)
+    return _ui_workflow(list(ui_nodes.values()), links, template)
 
-    for node_id in ids:  # links, numbered in a stable order
+
+def _ui_node(node_id: str, entry: Mapping, schema: Mapping, old: Mapping | None) -> dict:
+    """One API node as a UI node (its position and order are set by the caller): sockets, widgets, outputs."""
+    sockets, widgets_values = _sockets_and_widgets(schema, entry.get("inputs") or {}, old)
+    outputs = [
+        {"name": name, "type": kind, "slot_index": slot, "links": []}
+        for slot, (kind, name) in enumerate(zip(schema.get("output", []), schema.get("output_name", [])))
+    ]
+    height = 46 + 24 * max(len(sockets), len(outputs)) + 26 * len(widgets_values)
+    node = {
+        "id": _ui_id(node_id),
+        "type": entry["class_type"],
+        "pos": None,
+        "size": [320, height],
+        "flags": {},
+        "order": None,
+        "mode": MODE_ALWAYS,
+        "inputs": sockets,
+        "outputs": outputs,
+        "properties": {"Node name for S&R": entry["class_type"]},
+        "widgets_values": widgets_values,
+    }
+    title = (entry.get("_meta") or {}).get("title")
+    if title and title != schema.get("display_name", entry["class_type"]):
+        node["title"] = title
+    return node
+
+
+def _sockets_and_widgets(schema: Mapping, given: Mapping, old: Mapping | None) -> tuple[list[dict], list]:
+    """A node's input sockets (links and widgets converted to inputs) and its ``widgets_values``.
+
+    A widget given a link becomes a socket and keeps the template's value (else the default) in
+    ``widgets_values``, where the editor still expects one.
+    """
+    specs = node_inputs(schema)
+    old_values = _safe_widget_values(old, schema) if old else {}
+    sockets, widgets_values = [], []
+    for spec in specs:
+        value = given.get(spec.name)
+        is_link = _is_link(value) if spec.is_widget else spec.name in given
+        if not spec.is_widget or is_link:
+            socket = {"name": spec.name, "type": spec.type, "link": None}
+            if spec.is_widget:
+                socket["widget"] = {"name": spec.name}
+            if spec.is_widget or spec.name in given or spec in _required(schema, specs):
+                sockets.append(socket)
+        if spec.is_widget:
+            if is_link or spec.name not in given:
+                value = old_values.get(spec.name, spec.default)
+            widgets_values.append(value)
+            if spec.extra_values:
+                widgets_values.extend(_extra_values(old, spec, schema))
+    return sockets, widgets_values
+
+
+def _link_ui_nodes(graph: Mapping, ids: list[str], ui_nodes: dict[str, dict]) -> list[list]:
+    """The UI links of the graph's connections, numbered in a stable order; sockets and outputs point at them."""
+    links: list[list] = []
+    for node_id in ids:
         target = ui_nodes[node_id]
         for socket in target["inputs"]:
             value = (graph[node_id].get("inputs") or {}).get(socket["name"])
@@ -308,8 +327,11 @@ def api_to_ui(graph: Mapping, object_info: Mapping, template: Mapping | None = N
     for node in ui_nodes.values():
         for output in node["outputs"]:
             output["links"] = output["links"] or None
+    return links
 
-    nodes = list(ui_nodes.values())
+
+def _ui_workflow(nodes: list[dict], links: list[list], template: Mapping | None) -> dict:
+    """The UI workflow file around ``nodes`` and ``links``: the template's notes, groups, extra and id kept."""
     kept = [copy.deepcopy(n) for n in (template or {}).get("nodes", []) if n.get("type") in FRONTEND_ONLY_TYPES - {"Reroute", "PrimitiveNode"}]
     for note in kept:
         note["order"] = len(nodes)
