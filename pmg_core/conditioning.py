@@ -213,6 +213,16 @@ def check_text_length(text: str, what: str, max_windows: int = MAX_TEXT_WINDOWS)
         raise _too_long(what, f"{len(text):,} characters", max_windows)
 
 
+def _check_text_lengths(target_text: str, preference_text: str | None, max_windows: int) -> bool:
+    """Both texts measured before either is encoded (a refusal costs no encoder work); is there a preference part?"""
+    _check_windows(max_windows)
+    check_text_length(target_text, "target", max_windows)
+    has_preference = preference_text is not None and bool(preference_text.strip())
+    if has_preference:
+        check_text_length(preference_text, "preference", max_windows)
+    return has_preference
+
+
 def _encode_one(
     encoder: TextEncoder,
     text: str,
@@ -276,12 +286,9 @@ def build_conditions(
     weights = weights or ConditionWeights()
     weights.validate()
     alpha_values = validate_alphas(alphas)
-    _check_windows(max_windows)
-    # Both texts are measured before either is encoded: a refusal costs no encoder work.
-    check_text_length(target_text, "target", max_windows)
-    has_preference = preference_text is not None and bool(preference_text.strip())
-    if has_preference:
-        check_text_length(preference_text, "preference", max_windows)
+    if weighting not in WEIGHTINGS:
+        raise InvalidSettingError(f"Unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}.")
+    has_preference = _check_text_lengths(target_text, preference_text, max_windows)
 
     target = _encode_one(encoder, target_text, "target", max_windows, check_interrupt)
     embeddings = target.embeddings
@@ -295,20 +302,8 @@ def build_conditions(
     else:
         logger.debug("No preference keywords: the condition holds no preference-text part.")
 
-    if weighting not in WEIGHTINGS:
-        raise InvalidSettingError(f"Unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}.")
     empty = _encode_one(encoder, "", "empty", max_windows, check_interrupt).embeddings.to(embeddings.device, embeddings.dtype) if weighting == "interpolate" else None
-    rows = []
-    for alpha in alpha_values:
-        weighted = []
-        for name, part, weight in parts:
-            balance = 2.0 * (1.0 - alpha) if name == "target" else 2.0 * alpha
-            weighted.extend(_weighted(part, weight * balance, weighting, None if name == "soft" else empty))
-        rows.append(torch.cat(weighted or [parts[0][1]], dim=1))
-    if weighting == "repeat":
-        rows = _same_length(rows)
-    stacked = torch.cat(rows, dim=0)
-
+    stacked = _alpha_rows(parts, alpha_values, weighting, empty)
     pooled = None
     if target.pooled is not None:
         pooled = target.pooled.reshape(1, -1).expand(len(alpha_values), -1).clone()
@@ -317,6 +312,21 @@ def build_conditions(
 
 
 WEIGHTINGS = ("scale", "interpolate", "repeat")
+
+
+def _alpha_rows(parts: list[tuple[str, Tensor, float]], alphas: tuple[float, ...], weighting: str,
+                empty: Tensor | None) -> Tensor:
+    """``[A, T, D]``: per alpha, the parts side by side, the target scaled by 2(1 - a), the others by 2a."""
+    rows = []
+    for alpha in alphas:
+        weighted = []
+        for name, part, weight in parts:
+            balance = 2.0 * (1.0 - alpha) if name == "target" else 2.0 * alpha
+            weighted.extend(_weighted(part, weight * balance, weighting, None if name == "soft" else empty))
+        rows.append(torch.cat(weighted or [parts[0][1]], dim=1))
+    if weighting == "repeat":
+        rows = _same_length(rows)
+    return torch.cat(rows, dim=0)
 
 
 def _weighted(part: Tensor, weight: float, weighting: str, empty: Tensor | None) -> list[Tensor]:

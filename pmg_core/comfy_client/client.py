@@ -262,7 +262,7 @@ class ComfyClient:
         arrived), so a prompt queued afterwards cannot beat it. A socket that cannot
         open gives an :class:`EventSocket` without one (the readers poll ``/history``).
         """
-        return EventSocket(self._open_socket())
+        return EventSocket(_open_socket(self.url, self.client_id, self.timeout))
 
     def follow(
         self,
@@ -276,10 +276,9 @@ class ComfyClient:
         """Yield the events of some prompts of this client until all of them are finished.
 
         Websocket events are yielded as ``{"type", "data"}``; each finished prompt yields
-        ``{"type": "done", "data": {"prompt_id", "entry"}}`` with its history entry. Adding
-        ids to a ``set`` passed as ``prompt_ids`` while iterating is allowed (the batch
-        queue does it). With ``ticks``, quiet periods yield ``{"type": "tick"}`` (about every
-        2 s) so the caller can check its own deadlines. ``events``: a socket from
+        ``{"type": "done", "data": {"prompt_id", "entry"}}`` with its history entry. Adding ids to
+        a ``set`` passed as ``prompt_ids`` while iterating is allowed (the batch queue does it). With
+        ``ticks``, quiet periods yield ``{"type": "tick"}`` (about every 2 s) for the caller's deadlines. ``events``: a socket from
         :meth:`connect` opened before the prompts were queued (the caller closes it);
         without it one is opened here, and events sent before that are lost. ``foreign``:
         ids among ``prompt_ids`` queued under another client id (a killed run's): their
@@ -306,59 +305,46 @@ class ComfyClient:
                         f"Timed out after {timeout:.0f} s waiting for prompt(s) {sorted(pending)}; they may still "
                         "run: see GET /queue, interrupt them, or wait longer."
                     )
-                if events.socket is None:
-                    time.sleep(poll_interval)
-                    yield from self._finished(pending)
-                    if ticks:
-                        yield {"type": "tick", "data": {}}
-                    continue
-                try:
-                    message = events.socket.recv()
-                except websocket.WebSocketTimeoutException:
-                    # Quiet period: cheap insurance against a missed final event.
-                    yield from self._finished(pending)
-                    if ticks:
-                        yield {"type": "tick", "data": {}}
-                    continue
-                except (websocket.WebSocketException, OSError) as exc:
-                    log.warning("ComfyUI websocket dropped (%s); polling /history instead", exc)
-                    events.close()
-                    continue
-                if not isinstance(message, str):
-                    continue  # binary preview frames
-                event = json.loads(message)
-                data = event.get("data") or {}
-                if event.get("type") == "status" and foreign & pending:
-                    yield from self._finished(pending, among=foreign)
-                if data.get("prompt_id") not in pending and event.get("type") != "status":
-                    continue
-                if event.get("type") != "status":
-                    yield event
-                if event.get("type") == "executing" and data.get("node") is None and data.get("prompt_id") in pending:
-                    # Sent after the history entry is written: the prompt is finished.
-                    yield from self._finished(pending, only=data["prompt_id"])
+                yield from self._next_events(events, pending, foreign, poll_interval, ticks)
         finally:
             if own:
                 events.close()
 
-    def _open_socket(self) -> websocket.WebSocket | None:
-        ws_url = self.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
-        try:
-            socket_ = websocket.create_connection(f"{ws_url}/ws?clientId={self.client_id}", timeout=self.timeout)
-        except (websocket.WebSocketException, OSError) as exc:
-            log.warning("Cannot open ComfyUI's websocket (%s); polling /history instead", exc)
-            return None
-        socket_.settimeout(2.0)  # the recv loop wakes up to check the deadline and /history
-        try:
-            # ComfyUI registers the socket, then greets it with "status": after that, every event is ours.
-            socket_.recv()
-        except websocket.WebSocketTimeoutException:
-            log.warning("ComfyUI's websocket sent no greeting within 2 s; a prompt queued now may lose early events")
-        except (websocket.WebSocketException, OSError) as exc:
-            log.warning("ComfyUI's websocket closed at once (%s); polling /history instead", exc)
-            socket_.close()
-            return None
-        return socket_
+    def _next_events(
+        self, events: EventSocket, pending: set[str], foreign: set[str], poll_interval: float, ticks: bool
+    ) -> Iterator[dict]:
+        """One turn of :meth:`follow`: the next socket message's events, or a poll of ``/history`` when quiet."""
+        message = None
+        if events.socket is None:
+            time.sleep(poll_interval)
+        else:
+            try:
+                message = events.socket.recv()
+            except websocket.WebSocketTimeoutException:
+                pass  # a quiet period
+            except (websocket.WebSocketException, OSError) as exc:
+                log.warning("ComfyUI websocket dropped (%s); polling /history instead", exc)
+                events.close()
+                return
+        if message is None:
+            # No socket, or a quiet one: cheap insurance against a missed final event.
+            yield from self._finished(pending)
+            if ticks:
+                yield {"type": "tick", "data": {}}
+            return
+        if not isinstance(message, str):
+            return  # binary preview frames
+        event = json.loads(message)
+        data = event.get("data") or {}
+        if event.get("type") == "status" and foreign & pending:
+            yield from self._finished(pending, among=foreign)
+        if data.get("prompt_id") not in pending and event.get("type") != "status":
+            return
+        if event.get("type") != "status":
+            yield event
+        if event.get("type") == "executing" and data.get("node") is None and data.get("prompt_id") in pending:
+            # Sent after the history entry is written: the prompt is finished.
+            yield from self._finished(pending, only=data["prompt_id"])
 
     def _finished(self, pending: set[str], only: str | None = None, among: set[str] | None = None) -> Iterator[dict]:
         """``done`` events for the finished prompts of ``pending`` (only ``only``, or those also in ``among``)."""
@@ -373,6 +359,27 @@ class ComfyClient:
             if entry is not None and prompt_id in pending:
                 pending.discard(prompt_id)
                 yield {"type": "done", "data": {"prompt_id": prompt_id, "entry": entry}}
+
+
+def _open_socket(url: str, client_id: str, timeout: float) -> websocket.WebSocket | None:
+    """This client id's ``/ws`` at ``url``, registered by the server (None when it cannot open)."""
+    ws_url = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+    try:
+        socket_ = websocket.create_connection(f"{ws_url}/ws?clientId={client_id}", timeout=timeout)
+    except (websocket.WebSocketException, OSError) as exc:
+        log.warning("Cannot open ComfyUI's websocket (%s); polling /history instead", exc)
+        return None
+    socket_.settimeout(2.0)  # the recv loop wakes up to check the deadline and /history
+    try:
+        # ComfyUI registers the socket, then greets it with "status": after that, every event is ours.
+        socket_.recv()
+    except websocket.WebSocketTimeoutException:
+        log.warning("ComfyUI's websocket sent no greeting within 2 s; a prompt queued now may lose early events")
+    except (websocket.WebSocketException, OSError) as exc:
+        log.warning("ComfyUI's websocket closed at once (%s); polling /history instead", exc)
+        socket_.close()
+        return None
+    return socket_
 
 
 def _root_cause(exc: BaseException) -> str:
