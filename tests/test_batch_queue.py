@@ -253,9 +253,9 @@ def test_same_named_history_files_of_two_batches_do_not_overwrite_each_other(com
 
 @pytest.mark.comfy_server
 def test_a_history_file_already_on_the_server_lists_its_users(comfy_server, tmp_path):
-    from pmg_core.comfy_client.batch import _server_file_users
+    from pmg_core.comfy_client.batch import server_file_users
 
-    users = _server_file_users(comfy_server.client, "pmg_stickers/history.jsonl")
+    users = server_file_users(comfy_server.client, "pmg_stickers/history.jsonl")
     assert users[0] == "sticker_user_000" and len(users) == 8
     summary = queue_users(comfy_server.client, stock_txt2img_graph(seed=62, prefix="server_history"), None,
                           users[:1], tmp_path / "r.jsonl", server_history="pmg_stickers/history.jsonl")

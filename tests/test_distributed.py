@@ -21,6 +21,7 @@ import requests
 from fixtures_comfy import executions_by_user, start_comfy_server, stock_txt2img_graph
 from pmg_core.comfy_client.distributed import queue_users_on_servers
 from pmg_core.comfy_client.journal import PromptJournal
+from pmg_core.comfy_client.outcome import Outcome, OutcomeKind
 from pmg_core.comfy_client.ray_runtime import import_ray, node_for
 from pmg_core.errors import InvalidSettingError
 from test_distributed_journal import REPO, kill_after_first_line, lines, queue_command, write_users
@@ -120,9 +121,9 @@ class FakeServer:
     def _run(self, graph, prompt_id, client_id, timeout):
         assert prompt_id in {e.prompt_id for e in self.journal.entries() if e.server == self.url}, "journal first"
         if self.lost:
-            return {"kind": "lost", "message": f"Cannot reach ComfyUI at {self.url}"}
+            return Outcome.lost(f"Cannot reach ComfyUI at {self.url}")
         self.ran.append(graph["user"])
-        return {"kind": "finished", "entry": {"status": {"status_str": "success", "messages": []}, "outputs": {}}}
+        return Outcome(OutcomeKind.FINISHED, entry={"status": {"status_str": "success", "messages": []}, "outputs": {}})
 
 
 def _driver(tmp_path, servers, users, **kwargs):

@@ -28,30 +28,30 @@ from typing import Any
 from ..errors import ComfyServerError, InvalidSettingError, PMGError
 from ..loaders import list_users
 from ..safe_paths import sha256_file
-from .client import ComfyClient, describe_node_errors, execution_error, output_files
-from .journal import JournalEntry, PromptJournal, append_line, read_lines
+from .client import ComfyClient, describe_node_errors
+from .journal import JournalEntry, PromptJournal
 from .recovery import FINISHED, UNKNOWN, choose, locate, unsettled
+from .results import (
+    BatchSummary,
+    ResultRecorder,
+    error_line,
+    read_results,
+    recorded_prompt_ids,
+    result_record,
+    users_to_run,
+)
 
 log = logging.getLogger(__name__)
 
+__all__ = [  # what the CLI, the Ray driver and scripts use; the results file's readers come from .results
+    "BatchQueue", "BatchRequest", "BatchSummary", "abandon", "check_graph", "entries_on", "parse_overrides",
+    "queue_users", "read_results", "recorded_prompt_ids", "refusal_error", "relative_images", "result_record",
+    "run_batch", "server_file_users", "upload_history", "user_graph", "users_to_run",
+]
+
 HISTORY_LOADER = "PMGUserHistoryLoader"
 UPLOAD_SUBFOLDER = "pmg"
-KEYWORDS_KEY = "pmg_keywords"  # UI output of PMGPreferenceExtractor
-SCORES_KEY = "pmg_scores"  # UI output of PMGScorer
 EventCallback = Callable[[str, dict], None]
-
-
-@dataclass
-class BatchSummary:
-    """What a run did: users finished now, failed now, skipped (done before), and who failed."""
-
-    done: int = 0
-    failed: int = 0
-    skipped: int = 0
-    failed_users: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {"done": self.done, "failed": self.failed, "skipped": self.skipped, "failed_users": self.failed_users}
 
 
 # --- substitutions -----------------------------------------------------------------------
@@ -142,7 +142,7 @@ def upload_history(client: ComfyClient, path: Path) -> str:
     path relative to the history file, so its relative image paths still resolve on
     the server. Returns the name the loader takes (``pmg-<hash>/<file name>``).
     """
-    images = _relative_images(path)
+    images = relative_images(path)
     digest = hashlib.sha256(path.read_bytes())
     for image in images:
         digest.update(image.as_posix().encode())
@@ -154,7 +154,7 @@ def upload_history(client: ComfyClient, path: Path) -> str:
     return f"{uploaded['subfolder']}/{uploaded['name']}" if uploaded.get("subfolder") else uploaded["name"]
 
 
-def _relative_images(path: Path) -> list[Path]:
+def relative_images(path: Path) -> list[Path]:
     """Images of a history file (items and targets) as paths relative to its folder."""
     from ..loaders import load_histories
 
@@ -177,7 +177,7 @@ def _relative_images(path: Path) -> list[Path]:
     return list(found)
 
 
-def _server_file_users(client: ComfyClient, name: str) -> list[str]:
+def server_file_users(client: ComfyClient, name: str) -> list[str]:
     """The users of a history file in the server's input folder (fetched through /view)."""
     import tempfile
 
@@ -195,78 +195,14 @@ def _server_file_users(client: ComfyClient, name: str) -> list[str]:
         return list_users(local)
 
 
-# --- results -------------------------------------------------------------------------------
-
-
-def read_results(out_jsonl: Path) -> dict[str, dict]:
-    """The last line of each user in a results file (unreadable lines are skipped with a warning)."""
-    latest: dict[str, dict] = {}
-    for record in read_lines(Path(out_jsonl)):
-        if "user_id" not in record:
-            log.warning("%s has a line that is not a result line: %r; ignoring it", out_jsonl, record)
-            continue
-        user = str(record["user_id"])
-        # A success stays a success even if a later duplicate run failed.
-        if latest.get(user, {}).get("status") != "success":
-            latest[user] = record
-    return latest
-
-
-def users_to_run(users: list[str], out_jsonl: Path) -> list[str]:
-    """``users`` less those the results file already has a success line for (logged)."""
-    previous = read_results(out_jsonl)
-    todo = [u for u in users if previous.get(u, {}).get("status") != "success"]
-    if len(todo) < len(users):
-        log.info("%d user(s) already done in %s; skipping them", len(users) - len(todo), out_jsonl)
-    return todo
-
-
-def recorded_prompt_ids(out_jsonl: Path) -> set[str]:
-    """Every prompt id a line of the results file names (any status)."""
-    return {str(r["prompt_id"]) for r in read_lines(Path(out_jsonl)) if r.get("prompt_id")}
-
-
-def result_record(user_id: str, prompt_id: str | None, entry: dict | None, error: dict | None, elapsed: float) -> dict:
-    """One results line, from a prompt's history entry (or from a refusal before it ran)."""
-    keywords = scores = None
-    images: list[dict] = []
-    if entry is not None:
-        error = error or execution_error(entry)
-        keywords = _first_ui_value(entry, KEYWORDS_KEY)
-        scores = _first_ui_value(entry, SCORES_KEY)
-        images = output_files(entry, "images")
-    return {
-        "user_id": user_id,
-        "prompt_id": prompt_id,
-        "status": "error" if error else "success",
-        "keywords": keywords,
-        "selected_image": scores.get("selected_image") if isinstance(scores, dict) else None,
-        "scores": scores,
-        "images": images,
-        "error": error,
-        "elapsed_s": round(elapsed, 3),
-    }
-
-
-def _first_ui_value(entry: dict, key: str) -> Any:
-    """The first record under ``key`` in any node's UI output (found by key, not by node id)."""
-    for node_output in (entry.get("outputs") or {}).values():
-        values = node_output.get(key)
-        if values:
-            return values[0] if isinstance(values, list) else values
-    return None
-
-
 # --- the queue -------------------------------------------------------------------------------
-
-_NO_NODE = {"node_id": None, "node_type": None}
-
 
 def refusal_error(exc: ComfyServerError) -> dict:
     """A result line's error for a prompt ComfyUI refused (validation): its first node, every node's message."""
     errors = exc.node_errors
-    first = errors[0] if errors else _NO_NODE
-    return {**first, "message": describe_node_errors(errors) if errors else str(exc)}
+    if not errors:
+        return error_line(str(exc))
+    return {**errors[0], "message": describe_node_errors(errors)}
 
 
 class BatchQueue:
@@ -287,15 +223,15 @@ class BatchQueue:
     def __init__(self, client: ComfyClient, make_graph: Callable[[str], dict], users: list[str], out_jsonl: Path,
                  concurrency: int = 2, timeout: float = 3600.0, progress: Callable[[int, int], None] | None = None,
                  on_event: EventCallback | None = None, journal: PromptJournal | None = None) -> None:
-        self.client, self.make_graph, self.out_jsonl = client, make_graph, Path(out_jsonl)
-        self.concurrency, self.timeout, self.progress, self.on_event = concurrency, timeout, progress, on_event
+        self.client, self.make_graph = client, make_graph
+        self.concurrency, self.timeout, self.on_event = concurrency, timeout, on_event
         self.journal = journal
         self.todo: deque[str] = deque(users)
-        self.total = len(users)
         self.running: dict[str, tuple[str, float]] = {}  # prompt id -> (user, submitted at)
         self.watched: set[str] = set()  # the prompt ids `ComfyClient.follow` waits for (it drops finished ones)
         self.foreign: set[str] = set()  # adopted prompts of a killed run: their events go to its client id
         self.summary = BatchSummary()
+        self.recorder = ResultRecorder(out_jsonl, self.summary, len(users), progress)
 
     @property
     def finished(self) -> bool:
@@ -303,16 +239,7 @@ class BatchQueue:
 
     def record(self, user: str, prompt_id: str | None, entry: dict | None, error: dict | None, began: float) -> None:
         """Append the user's line and count it."""
-        line = result_record(user, prompt_id, entry, error, time.monotonic() - began)
-        append_line(self.out_jsonl, line)
-        if line["status"] == "success":
-            self.summary.done += 1
-        else:
-            self.summary.failed += 1
-            self.summary.failed_users.append(user)
-            log.warning("user %s failed: %s", user, describe_node_errors([line["error"]]))
-        if self.progress is not None:
-            self.progress(self.summary.done + self.summary.failed, self.total)
+        self.recorder.record(user, prompt_id, entry, error, began)
 
     def submit_more(self) -> None:
         """Queue waiting users until ``concurrency`` run; a refused prompt is recorded as that user's error.
@@ -331,7 +258,7 @@ class BatchQueue:
                     prompt_id = self.client.queue_prompt(graph, prompt_id=entry.prompt_id)
             except ComfyServerError as exc:
                 if not exc.refused:
-                    self.record(user, None, None, {**_NO_NODE, "message": str(exc)}, began)
+                    self.record(user, None, None, error_line(str(exc)), began)
                     raise
                 self.record(user, None, None, refusal_error(exc), began)
                 continue
@@ -357,7 +284,7 @@ class BatchQueue:
         chosen, extra = choose(entries, found)
         if extra:
             log.warning("cancelling %d duplicate prompt(s) of a killed run: %s", len(extra), [e.prompt_id for e in extra])
-            _abandon(self.client, {e.prompt_id: None for e in extra})
+            abandon(self.client, {e.prompt_id: None for e in extra})
         now = time.monotonic()
         for user, entry in chosen.items():
             if found[entry.prompt_id].state == FINISHED:
@@ -381,20 +308,20 @@ class BatchQueue:
             if now - began > self.timeout:
                 del self.running[prompt_id]
                 self.watched.discard(prompt_id)
-                _abandon(self.client, {prompt_id: (user, began)})
-                self.record(user, prompt_id, None, {**_NO_NODE, "message": f"timed out after {self.timeout:.0f} s"}, began)
+                abandon(self.client, {prompt_id: (user, began)})
+                self.record(user, prompt_id, None, error_line(f"timed out after {self.timeout:.0f} s"), began)
 
     def server_lost(self, exc: ComfyServerError) -> ComfyServerError:
         """The server stopped answering: the running users get a line saying so (one of them may have
         brought it down); the waiting ones are left for the rerun. Returns the error to raise."""
         for prompt_id, (user, began) in self.running.items():
-            self.record(user, prompt_id, None, {**_NO_NODE, "message": str(exc)}, began)
+            self.record(user, prompt_id, None, error_line(str(exc)), began)
         return ComfyServerError(f"{exc} {len(self.todo)} user(s) were not submitted; run the same command again to resume.")
 
     def cancel_running(self) -> None:
         """Interrupted (Ctrl-C, a progress callback that raised): leave nothing of this run in ComfyUI's queue."""
         if self.running:
-            _abandon(self.client, self.running)
+            abandon(self.client, self.running)
 
     def handle(self, event: dict) -> None:
         """One /ws event (or a tick): a finished prompt, progress for the caller, expiry, refill."""
@@ -409,8 +336,7 @@ class BatchQueue:
 
     def run(self) -> BatchSummary:
         """Run every waiting user; returns the summary (a lost server raises after recording)."""
-        if self.progress is not None:
-            self.progress(0, self.total)
+        self.recorder.report_progress()
         # The socket opens before the first prompt is queued: a prompt served from ComfyUI's
         # cache finishes within milliseconds, and its events would be gone otherwise.
         events = self.client.connect()
@@ -434,6 +360,72 @@ class BatchQueue:
         return self.summary
 
 
+@dataclass
+class BatchRequest:
+    """One batch as asked: the workflow, where the history is, the users, where results go; checked once.
+
+    ``history_file`` (a local file) is uploaded into the server's ``input/pmg-<content hash>/``
+    with the images it names by relative path (see :func:`upload_history`); or
+    ``server_history`` names a file already in the server's input folder
+    (``pmg_stickers/history.jsonl``). ``users=None`` means every user of that file.
+    ``substitutions`` are ``{"NODE_ID.INPUT": value}`` overrides (see :func:`parse_overrides`).
+    ``progress`` gets (users finished, users to run); ``timeout`` bounds each user's run.
+    ``journal`` (a :class:`~.journal.PromptJournal` or its path) records each prompt id
+    before it is queued, so a resumed run never executes a user twice.
+    """
+
+    api_workflow: dict
+    out_jsonl: Path
+    history_file: Path | None = None
+    server_history: str | None = None
+    users: list[str] | None = None
+    concurrency: int = 2
+    substitutions: dict[str, Any] = field(default_factory=dict)
+    timeout: float = 3600.0
+    progress: Callable[[int, int], None] | None = None
+    journal: PromptJournal | None = None
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise InvalidSettingError(f"concurrency must be at least 1 (got {self.concurrency}).")
+        if self.history_file is not None and self.server_history is not None:
+            raise InvalidSettingError("Give either a local history file or a server_history name, not both.")
+        self.substitutions = dict(self.substitutions or {})
+        check_graph(self.api_workflow, self.substitutions)
+        self.out_jsonl = Path(self.out_jsonl)
+        if self.history_file is not None:
+            self.history_file = Path(self.history_file)
+            if not self.history_file.is_file():
+                raise InvalidSettingError(
+                    f"History file {self.history_file} does not exist; pass the path of a local file."
+                )
+        if self.journal is not None and not isinstance(self.journal, PromptJournal):
+            self.journal = PromptJournal(self.journal)
+
+    def graphs(self, history_name: str | None) -> Callable[[str], dict]:
+        """Each user's graph: the workflow with that user's substitutions (see :func:`user_graph`)."""
+        return lambda user: user_graph(self.api_workflow, user, history_name, self.substitutions)
+
+    def history_and_users(self, upload: Callable[[Path, list[str]], str],
+                          users_on_server: Callable[[str], list[str]]) -> tuple[str | None, list[str]]:
+        """The history name the loader gets on the server(s) and the users to run (in order, no repeats).
+
+        ``upload(path, users)`` puts a local history file on the server(s) and returns its name
+        there; ``users_on_server(name)`` lists the users of a file already on a server.
+        """
+        users = self.users
+        history_name = self.server_history
+        if self.history_file is not None:
+            if users is None:
+                users = list_users(self.history_file)
+            history_name = upload(self.history_file, users)
+        elif self.server_history is not None and users is None:
+            users = users_on_server(self.server_history)
+        if users is None:
+            raise InvalidSettingError("No users given and no history file to list them from; pass users or a history file.")
+        return history_name, list(dict.fromkeys(str(u) for u in users))  # keep order, drop repeats
+
+
 def queue_users(
     client: ComfyClient,
     api_workflow: dict,
@@ -450,33 +442,28 @@ def queue_users(
 ) -> BatchSummary:
     """Queue ``api_workflow`` once per user and append one result line per user to ``out_jsonl``.
 
-    ``history_file`` (a local file) is uploaded once into its own ``input/pmg-<content hash>/``
-    with the images it names by relative path (see :func:`upload_history`); or
-    ``server_history`` names a file already in the server's input folder
-    (``pmg_stickers/history.jsonl``). ``users=None`` means every user of that file. ``substitutions`` are
-    ``{"NODE_ID.INPUT": value}`` overrides (see :func:`parse_overrides`). ``progress``
-    gets (users finished, users to run); ``on_event`` gets (user id, websocket event).
-    ``timeout`` bounds each user's run. ``journal`` (a :class:`~.journal.PromptJournal` or its
-    path; ``pmg queue`` uses :meth:`PromptJournal.beside` the results file) records each prompt
-    id before it is queued, so a resumed run never executes a user twice; without one, users
-    whose prompts were in flight at a kill run again. Returns a :class:`BatchSummary`; a lost
-    server raises :class:`ComfyServerError` after recording the users being submitted or running.
+    The arguments are those of :class:`BatchRequest`, plus ``on_event`` (gets (user id,
+    websocket event)). ``pmg queue`` keeps the journal :meth:`PromptJournal.beside` the
+    results file; without one, users whose prompts were in flight at a kill run again.
+    Returns a :class:`BatchSummary`; a lost server raises :class:`ComfyServerError` after
+    recording the users being submitted or running.
     """
-    if concurrency < 1:
-        raise InvalidSettingError(f"concurrency must be at least 1 (got {concurrency}).")
-    overrides = substitutions or {}
-    check_graph(api_workflow, overrides)
-    out_jsonl = Path(out_jsonl)
-    history_name, users = _history_and_users(client, history_file, server_history, users)
+    request = BatchRequest(api_workflow, out_jsonl, history_file, server_history, users, concurrency,
+                           substitutions or {}, timeout, progress, journal)
+    return run_batch(client, request, on_event)
 
-    todo = users_to_run(users, out_jsonl)
-    if journal is not None and not isinstance(journal, PromptJournal):
-        journal = PromptJournal(journal)
-    batch = BatchQueue(client, lambda user: user_graph(api_workflow, user, history_name, overrides), todo, out_jsonl,
-                       concurrency=concurrency, timeout=timeout, progress=progress, on_event=on_event, journal=journal)
+
+def run_batch(client: ComfyClient, request: BatchRequest, on_event: EventCallback | None = None) -> BatchSummary:
+    """Run a checked :class:`BatchRequest` on the one server of ``client`` (see :func:`queue_users`)."""
+    history_name, users = request.history_and_users(
+        lambda path, _users: upload_history(client, path), lambda name: server_file_users(client, name)
+    )
+    todo = users_to_run(users, request.out_jsonl)
+    batch = BatchQueue(client, request.graphs(history_name), todo, request.out_jsonl, concurrency=request.concurrency,
+                       timeout=request.timeout, progress=request.progress, on_event=on_event, journal=request.journal)
     batch.summary.skipped = len(users) - len(todo)
-    if journal is not None:
-        left = unsettled(journal.entries(), recorded_prompt_ids(out_jsonl), todo)
+    if request.journal is not None:
+        left = unsettled(request.journal.entries(), recorded_prompt_ids(request.out_jsonl), todo)
         batch.adopt(entries_on(left, [client.url]))
     return batch.run()
 
@@ -492,26 +479,7 @@ def entries_on(entries: list[JournalEntry], servers: Iterable[str]) -> list[Jour
     return [e for e in entries if e.server in servers]
 
 
-def _history_and_users(client, history_file, server_history, users) -> tuple[str | None, list[str]]:
-    """The history name the loader gets on the server (uploading a local file) and the users to run."""
-    if history_file is not None and server_history is not None:
-        raise InvalidSettingError("Give either a local history file or a server_history name, not both.")
-    history_name = server_history
-    if history_file is not None:
-        history_path = Path(history_file)
-        if not history_path.is_file():
-            raise InvalidSettingError(f"History file {history_path} does not exist; pass the path of a local file.")
-        if users is None:
-            users = list_users(history_path)
-        history_name = upload_history(client, history_path)
-    elif server_history is not None and users is None:
-        users = _server_file_users(client, server_history)
-    if users is None:
-        raise InvalidSettingError("No users given and no history file to list them from; pass users or a history file.")
-    return history_name, list(dict.fromkeys(str(u) for u in users))  # keep order, drop repeats
-
-
-def _abandon(client: ComfyClient, running: dict) -> None:
+def abandon(client: ComfyClient, running: dict) -> None:
     """Take prompts out of ComfyUI's queue and stop the one running, best effort."""
     try:
         client.delete_queued(list(running))

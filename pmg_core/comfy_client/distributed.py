@@ -28,21 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ComfyServerError, InvalidSettingError
-from ..loaders import list_users
-from .batch import (
-    _NO_NODE,
-    BatchSummary,
-    _relative_images,
-    check_graph,
-    entries_on,
-    recorded_prompt_ids,
-    result_record,
-    user_graph,
-    users_to_run,
-)
-from .journal import JournalEntry, PromptJournal, append_line
+from .batch import BatchRequest, entries_on, relative_images
+from .journal import JournalEntry, PromptJournal
+from .outcome import Outcome, OutcomeKind
 from .ray_runtime import ray_session, start_actors
 from .recovery import FINISHED, WAITING, choose, unsettled
+from .results import BatchSummary, ResultRecorder, error_line, recorded_prompt_ids, users_to_run
 from .server_worker import ComfyServerWorker
 
 log = logging.getLogger(__name__)
@@ -80,16 +71,15 @@ class RayBatch:
                  out_jsonl: Path, journal: PromptJournal, concurrency: int = 2, timeout: float = 3600.0,
                  progress: Callable[[int, int], None] | None = None, max_server_losses: int = 2,
                  lost_servers: dict[str, str] | None = None) -> None:
-        self.ray, self.live, self.make_graph = ray, dict(actors), make_graph
-        self.out_jsonl, self.journal = Path(out_jsonl), journal
-        self.concurrency, self.timeout, self.progress = concurrency, timeout, progress
+        self.ray, self.live, self.make_graph, self.journal = ray, dict(actors), make_graph, journal
+        self.concurrency, self.timeout = concurrency, timeout
         self.max_server_losses = max_server_losses
         self.todo: deque[str] = deque(users)
-        self.total = len(users)
         self.in_flight: dict[Any, Job] = {}  # Ray object ref -> job
         self.losses: Counter[str] = Counter()  # user -> lost servers it was in flight on
         self.summary = DistributedSummary(servers={url: 0 for url in [*actors, *(lost_servers or {})]},
                                           lost_servers=dict(lost_servers or {}))
+        self.recorder = ResultRecorder(out_jsonl, self.summary, len(users), progress)
 
     # --- servers --------------------------------------------------------------------------
 
@@ -109,18 +99,8 @@ class RayBatch:
 
     def record(self, job: Job, entry: dict | None, error: dict | None, queued: bool = True) -> None:
         """Append the user's one line (with the server, and the prompt id if ComfyUI queued it) and count it."""
-        line = result_record(job.user, job.prompt_id if queued else None, entry, error, time.monotonic() - job.began)
-        line["server"] = job.server
-        append_line(self.out_jsonl, line)
         self.summary.servers[job.server] = self.summary.servers.get(job.server, 0) + 1
-        if line["status"] == "success":
-            self.summary.done += 1
-        else:
-            self.summary.failed += 1
-            self.summary.failed_users.append(job.user)
-            log.warning("user %s failed on %s: %s", job.user, job.server, line["error"]["message"])
-        if self.progress is not None:
-            self.progress(self.summary.done + self.summary.failed, self.total)
+        self.recorder.record(job.user, job.prompt_id if queued else None, entry, error, job.began, server=job.server)
 
     # --- resuming a killed run ----------------------------------------------------------------
 
@@ -137,10 +117,10 @@ class RayBatch:
         found = {}
         for url, ref in asked.items():
             outcome = outcome_of(self.ray, ref)
-            if outcome["kind"] == "lost":
-                self.server_lost(url, outcome["message"])
+            if outcome.is_lost:
+                self.server_lost(url, outcome.message)
             else:
-                found.update(outcome["found"])
+                found.update(outcome.found)
         chosen, extra = choose(entries, found)
         for entry in extra:
             log.warning("cancelling prompt %s: user %s has another prompt on a server", entry.prompt_id, entry.user_id)
@@ -185,20 +165,20 @@ class RayBatch:
         """One finished actor call: the user's line, or the user back in line if its server was lost."""
         job = self.in_flight.pop(ref)
         outcome = outcome_of(self.ray, ref)
-        if outcome["kind"] == "finished":
-            self.record(job, outcome["entry"], None)
-        elif outcome["kind"] == "refused":  # never ran: no prompt id in the line (as on one server)
-            self.record(job, None, outcome["error"], queued=False)
-        elif outcome["kind"] == "failed":
-            self.record(job, None, outcome["error"])
+        if outcome.kind is OutcomeKind.FINISHED:
+            self.record(job, outcome.entry, None)
+        elif outcome.kind is OutcomeKind.REFUSED:  # never ran: no prompt id in the line (as on one server)
+            self.record(job, None, outcome.error, queued=False)
+        elif outcome.kind is OutcomeKind.FAILED:
+            self.record(job, None, outcome.error)
         else:
-            self.server_lost(job.server, outcome["message"])
+            self.server_lost(job.server, outcome.message)
             self.losses[job.user] += 1
             if self.losses[job.user] >= self.max_server_losses:
-                self.record(job, None, {**_NO_NODE, "message": (
+                self.record(job, None, error_line(
                     f"{self.losses[job.user]} servers were lost while this user was in flight on them (last "
-                    f"{job.server}: {outcome['message']}); it may be what brings them down: check the server logs "
-                    "and run the same command again to retry it.")})
+                    f"{job.server}: {outcome.message}); it may be what brings them down: check the server logs "
+                    "and run the same command again to retry it."))
             else:
                 log.warning("user %s (prompt %s) was in flight on the lost server %s; it goes to another server",
                             job.user, job.prompt_id, job.server)
@@ -220,8 +200,7 @@ class RayBatch:
 
         Raises :class:`ComfyServerError` when no server is left (the users not run stay for the rerun).
         """
-        if self.progress is not None:
-            self.progress(self.summary.done + self.summary.failed, self.total)
+        self.recorder.report_progress()
         finished = False
         try:
             self.submit_more()
@@ -243,12 +222,12 @@ class RayBatch:
         return self.summary
 
 
-def outcome_of(ray: Any, ref: Any) -> dict:
+def outcome_of(ray: Any, ref: Any) -> Outcome:
     """An actor call's outcome; a dead actor (its Ray node gone) counts as a lost server."""
     try:
         return ray.get(ref)
     except ray.exceptions.RayActorError as exc:
-        return {"kind": "lost", "message": f"its Ray actor died ({exc})"}
+        return Outcome.lost(f"its Ray actor died ({exc})")
 
 
 def require_a_server(lost_servers: dict[str, str], not_run: int) -> None:
@@ -266,11 +245,11 @@ def check_servers(ray: Any, actors: dict[str, Any]) -> tuple[dict[str, Any], dic
     live, lost = {}, {}
     for url, ref in checks.items():
         outcome = outcome_of(ray, ref)
-        if outcome["kind"] == "ok":
-            live[url] = actors[url]
+        if outcome.is_lost:
+            lost[url] = outcome.message
+            log.error("ComfyUI at %s does not answer (%s); the batch runs on the other servers.", url, outcome.message)
         else:
-            lost[url] = outcome["message"]
-            log.error("ComfyUI at %s does not answer (%s); the batch runs on the other servers.", url, outcome["message"])
+            live[url] = actors[url]
     return live, lost
 
 
@@ -294,77 +273,67 @@ def queue_users_on_servers(
     ``servers``: the ComfyUI URLs (each must have the pack and the workflow's models).
     ``ray_address``: None or ``"local"`` for a Ray started in this process, ``"auto"`` or
     ``"ray://HEAD:10001"`` for a cluster (if Ray is already initialised, that one is used).
-    ``journal`` defaults to :meth:`PromptJournal.beside` the results file. The rest is as in
-    ``queue_users``; every result line also names the ``server`` that ran the user. Servers
-    lost before or during the run are in the summary's ``lost_servers``; with none left,
+    ``journal`` defaults to :meth:`PromptJournal.beside` the results file. The rest is a
+    :class:`~.batch.BatchRequest`; every result line also names the ``server`` that ran the user.
+    Servers lost before or during the run are in the summary's ``lost_servers``; with none left,
     :class:`ComfyServerError` is raised (the users not run stay for the rerun).
     """
-    if concurrency < 1:
-        raise InvalidSettingError(f"concurrency must be at least 1 (got {concurrency}).")
+    request = BatchRequest(api_workflow, out_jsonl, history_file, server_history, users, concurrency,
+                           substitutions or {}, timeout, progress, journal)
+    return run_batch_on_servers(servers, request, ray_address, max_server_losses)
+
+
+def run_batch_on_servers(servers: list[str], request: BatchRequest, ray_address: str | None = None,
+                         max_server_losses: int = 2) -> DistributedSummary:
+    """Run a checked :class:`~.batch.BatchRequest` over ``servers`` (see :func:`queue_users_on_servers`)."""
     servers = list(dict.fromkeys(url.rstrip("/") for url in servers))
     if not servers:
         raise InvalidSettingError("No ComfyUI server given; pass at least one --url.")
-    if history_file is not None and server_history is not None:
-        raise InvalidSettingError("Give either a local history file or a server_history name, not both.")
-    overrides = substitutions or {}
-    check_graph(api_workflow, overrides)
-    out_jsonl = Path(out_jsonl)
-    if journal is None:
-        journal = PromptJournal.beside(out_jsonl)
-    elif not isinstance(journal, PromptJournal):
-        journal = PromptJournal(journal)
-
+    journal = request.journal if request.journal is not None else PromptJournal.beside(request.out_jsonl)
     with ray_session(ray_address) as ray:
-        actors = start_actors(ray, ComfyServerWorker, servers, concurrency)
+        actors = start_actors(ray, ComfyServerWorker, servers, request.concurrency)
         try:
             live, lost = check_servers(ray, actors)
             if not live:
-                require_a_server(lost, len(users) if users is not None else 0)
-            history_name, users = _history_and_users(ray, live, lost, history_file, server_history, users)
-            todo = users_to_run(users, out_jsonl)
-            batch = RayBatch(ray, live, lambda user: user_graph(api_workflow, user, history_name, overrides), todo,
-                             out_jsonl, journal, concurrency=concurrency, timeout=timeout, progress=progress,
+                require_a_server(lost, len(request.users) if request.users is not None else 0)
+            history_name, users = request.history_and_users(
+                lambda path, listed: upload_everywhere(ray, live, lost, path, len(listed)),
+                lambda name: ray.get(next(iter(live.values())).server_file_users.remote(name)),
+            )
+            todo = users_to_run(users, request.out_jsonl)
+            batch = RayBatch(ray, live, request.graphs(history_name), todo, request.out_jsonl, journal,
+                             concurrency=request.concurrency, timeout=request.timeout, progress=request.progress,
                              max_server_losses=max_server_losses, lost_servers=lost)
             batch.summary.skipped = len(users) - len(todo)
-            batch.adopt(unsettled(journal.entries(), recorded_prompt_ids(out_jsonl), todo))
+            batch.adopt(unsettled(journal.entries(), recorded_prompt_ids(request.out_jsonl), todo))
             return batch.run()
         finally:
             for actor in actors.values():
                 ray.kill(actor)
 
 
-def _history_and_users(ray: Any, live: dict[str, Any], lost: dict[str, str], history_file, server_history,
-                       users) -> tuple[str | None, list[str]]:
-    """Upload the history file to every live server (one name on all; a server that fails is moved
-    from ``live`` to ``lost``) and list the users to run."""
-    history_name = server_history
-    if history_file is not None:
-        path = Path(history_file)
-        if not path.is_file():
-            raise InvalidSettingError(f"History file {path} does not exist; pass the path of a local file.")
-        if users is None:
-            users = list_users(path)
-        files = {path.name: path.read_bytes()}
-        files.update({image.as_posix(): (path.parent / image).read_bytes() for image in _relative_images(path)})
-        files_ref = ray.put(files)
-        calls = {url: actor.upload_history.remote(files_ref, path.name) for url, actor in live.items()}
-        names = set()
-        for url, ref in calls.items():
-            outcome = outcome_of(ray, ref)
-            if outcome["kind"] == "uploaded":
-                names.add(outcome["name"])
-            else:
-                lost[url] = outcome["message"]
-                del live[url]
-                log.error("ComfyUI at %s is lost while uploading the history (%s)", url, outcome["message"])
-        if not live:
-            require_a_server(lost, len(users))
-        if len(names) != 1:
-            raise ComfyServerError(f"The servers stored the history file under different names {sorted(names)}; "
-                                   "check that they run the same ComfyUI and pack version.")
-        history_name = names.pop()
-    elif server_history is not None and users is None:
-        users = ray.get(next(iter(live.values())).server_file_users.remote(server_history))
-    if users is None:
-        raise InvalidSettingError("No users given and no history file to list them from; pass users or a history file.")
-    return history_name, list(dict.fromkeys(str(u) for u in users))
+def upload_everywhere(ray: Any, live: dict[str, Any], lost: dict[str, str], path: Path, not_run: int) -> str:
+    """Upload a history file and its images to every live server; the one name they all store it under.
+
+    A server that fails is moved from ``live`` to ``lost``; with none left, the batch stops
+    (``not_run`` users were not run).
+    """
+    files = {path.name: path.read_bytes()}
+    files.update({image.as_posix(): (path.parent / image).read_bytes() for image in relative_images(path)})
+    files_ref = ray.put(files)
+    calls = {url: actor.upload_history.remote(files_ref, path.name) for url, actor in live.items()}
+    names = set()
+    for url, ref in calls.items():
+        outcome = outcome_of(ray, ref)
+        if outcome.is_lost:
+            lost[url] = outcome.message
+            del live[url]
+            log.error("ComfyUI at %s is lost while uploading the history (%s)", url, outcome.message)
+        else:
+            names.add(outcome.name)
+    if not live:
+        require_a_server(lost, not_run)
+    if len(names) != 1:
+        raise ComfyServerError(f"The servers stored the history file under different names {sorted(names)}; "
+                               "check that they run the same ComfyUI and pack version.")
+    return names.pop()

@@ -3,12 +3,8 @@
 A plain class (no Ray import): :func:`.ray_runtime.start_actors` makes it an actor, one
 per server, threaded so that it follows several prompts at once. Each prompt gets its
 own :class:`ComfyClient` (the client id the driver journaled), so every call is
-independent. Calls do not raise for what a batch expects; they return an *outcome*:
-
-* ``{"kind": "finished", "entry": <history entry>}``: the prompt ran (successfully or not);
-* ``{"kind": "refused", "error": {...}}``: ComfyUI refused it (validation): it never ran;
-* ``{"kind": "failed", "error": {...}}``: it ran past the timeout (and was cancelled);
-* ``{"kind": "lost", "message": ...}``: the server does not answer (the driver moves its users).
+independent. Calls do not raise for what a batch expects; they return an
+:class:`~.outcome.Outcome` (finished, refused, failed, lost...: see :class:`~.outcome.OutcomeKind`).
 
 The driver alone writes the results file and the journal; this class writes nothing.
 """
@@ -20,9 +16,11 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ComfyServerError
-from .batch import _NO_NODE, _abandon, _server_file_users, refusal_error, upload_history
+from .batch import abandon, refusal_error, server_file_users, upload_history
 from .client import ComfyClient, EventSocket
+from .outcome import Outcome, OutcomeKind
 from .recovery import locate
+from .results import error_line
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +35,18 @@ class ComfyServerWorker:
     def _client(self, client_id: str | None = None) -> ComfyClient:
         return ComfyClient(self.url, client_id=client_id, timeout=self.timeout)
 
-    def check(self) -> dict:
-        """``{"kind": "ok"}`` if the server answers ``/system_stats``, else a ``lost`` outcome."""
+    def check(self) -> Outcome:
+        """OK if the server answers ``/system_stats``, else LOST."""
         try:
             self._client().system_stats()
         except ComfyServerError as exc:
-            return {"kind": "lost", "message": str(exc)}
-        return {"kind": "ok"}
+            return Outcome.lost(str(exc))
+        return Outcome(OutcomeKind.OK)
 
-    def upload_history(self, files: dict[str, bytes], name: str) -> dict:
+    def upload_history(self, files: dict[str, bytes], name: str) -> Outcome:
         """Upload a history file (``files[name]``) and its images (the other keys, relative paths).
 
-        Returns ``{"kind": "uploaded", "name": <the loader's history_file>}``; the name depends
+        Returns UPLOADED with the loader's ``history_file`` as ``name``; the name depends
         on the bytes only (see :func:`.batch.upload_history`), so every server gets the same one.
         """
         with tempfile.TemporaryDirectory(prefix="pmg-upload-") as folder:
@@ -57,15 +55,15 @@ class ComfyServerWorker:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(data)
             try:
-                return {"kind": "uploaded", "name": upload_history(self._client(), Path(folder, name))}
+                return Outcome(OutcomeKind.UPLOADED, name=upload_history(self._client(), Path(folder, name)))
             except ComfyServerError as exc:
-                return {"kind": "lost", "message": str(exc)}
+                return Outcome.lost(str(exc))
 
     def server_file_users(self, name: str) -> list[str]:
         """The users of a history file already in the server's input folder."""
-        return _server_file_users(self._client(), name)
+        return server_file_users(self._client(), name)
 
-    def run_prompt(self, graph: dict, prompt_id: str, client_id: str, timeout: float) -> dict:
+    def run_prompt(self, graph: dict, prompt_id: str, client_id: str, timeout: float) -> Outcome:
         """Queue ``graph`` as ``prompt_id`` under ``client_id`` and wait until it finishes (an outcome)."""
         client = self._client(client_id)
         try:
@@ -74,35 +72,35 @@ class ComfyServerWorker:
                 entry = client.wait(prompt_id, timeout=timeout, raise_on_error=False, events=events)
         except ComfyServerError as exc:
             return self._failure(exc, prompt_id)
-        return {"kind": "finished", "entry": entry}
+        return Outcome(OutcomeKind.FINISHED, entry=entry)
 
-    def await_prompt(self, prompt_id: str, timeout: float) -> dict:
+    def await_prompt(self, prompt_id: str, timeout: float) -> Outcome:
         """Wait for a prompt queued by a killed run (its events go to that run's client id: poll /history)."""
         client = self._client()
         try:
             entry = client.wait(prompt_id, timeout=timeout, raise_on_error=False, events=EventSocket(None))
         except ComfyServerError as exc:
             return self._failure(exc, prompt_id)
-        return {"kind": "finished", "entry": entry}
+        return Outcome(OutcomeKind.FINISHED, entry=entry)
 
-    def locate(self, prompt_ids: list[str]) -> dict:
-        """``{"kind": "located", "found": {prompt id: Whereabouts}}`` (see :func:`.recovery.locate`), or ``lost``."""
+    def locate(self, prompt_ids: list[str]) -> Outcome:
+        """LOCATED with ``found`` = {prompt id: Whereabouts} (see :func:`.recovery.locate`), or LOST."""
         try:
-            return {"kind": "located", "found": locate(self._client(), prompt_ids)}
+            return Outcome(OutcomeKind.LOCATED, found=locate(self._client(), prompt_ids))
         except ComfyServerError as exc:
-            return {"kind": "lost", "message": str(exc)}
+            return Outcome.lost(str(exc))
 
     def cancel(self, prompt_ids: list[str]) -> None:
         """Take prompts out of the server's queue and stop the running one, best effort."""
         if prompt_ids:
-            _abandon(self._client(), {prompt_id: None for prompt_id in prompt_ids})
+            abandon(self._client(), {prompt_id: None for prompt_id in prompt_ids})
 
-    def _failure(self, exc: ComfyServerError, prompt_id: str) -> dict:
+    def _failure(self, exc: ComfyServerError, prompt_id: str) -> Outcome:
         """A refusal, a timeout (the server still answers: the prompt is cancelled) or a lost server."""
         if exc.refused:
-            return {"kind": "refused", "error": refusal_error(exc)}
-        if self.check()["kind"] == "ok":  # it answers: the prompt, not the server, is the problem
+            return Outcome(OutcomeKind.REFUSED, error=refusal_error(exc))
+        if not self.check().is_lost:  # it answers: the prompt, not the server, is the problem
             self.cancel([prompt_id])
-            return {"kind": "failed", "error": {**_NO_NODE, "message": str(exc)}}
+            return Outcome(OutcomeKind.FAILED, error=error_line(str(exc)))
         log.error("ComfyUI at %s is lost: %s", self.url, exc)
-        return {"kind": "lost", "message": str(exc)}
+        return Outcome.lost(str(exc))
