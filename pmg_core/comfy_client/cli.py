@@ -65,7 +65,7 @@ def register(subparsers) -> None:
 
 def run_queue(args: argparse.Namespace) -> int:
     """pmg queue: one prompt per user through the batch client; exit 1 if any user failed."""
-    from .batch import parse_overrides, queue_users
+    from .batch import BatchRequest, parse_overrides, run_batch
     from .client import ComfyClient
     from .journal import PromptJournal
 
@@ -82,21 +82,17 @@ def run_queue(args: argparse.Namespace) -> int:
                            "--cache-dir` into each server's pmg_cache, or queue without --prefetch.")
         _prefetch(args, workflow, users)
     with stderr_bar("pmg queue", "user") as bar:
+        request = BatchRequest(
+            workflow, args.out, history_file=args.history, server_history=args.server_history, users=users,
+            concurrency=args.concurrency, substitutions=parse_overrides(args.overrides), timeout=args.timeout,
+            progress=tqdm_progress(bar), journal=PromptJournal.beside(args.out),
+        )
         if distributed:
-            from .distributed import queue_users_on_servers
+            from .distributed import run_batch_on_servers
 
-            summary = queue_users_on_servers(
-                urls, workflow, args.history, users, args.out, concurrency=args.concurrency,
-                substitutions=parse_overrides(args.overrides), progress=tqdm_progress(bar), timeout=args.timeout,
-                server_history=args.server_history, ray_address=args.ray_address,
-            )
+            summary = run_batch_on_servers(urls, request, ray_address=args.ray_address)
         else:
-            summary = queue_users(
-                ComfyClient(urls[0]), workflow, args.history, users, args.out,
-                concurrency=args.concurrency, substitutions=parse_overrides(args.overrides),
-                progress=tqdm_progress(bar), timeout=args.timeout, on_event=partial(_show_event, bar),
-                server_history=args.server_history, journal=PromptJournal.beside(args.out),
-            )
+            summary = run_batch(ComfyClient(urls[0]), request, on_event=partial(_show_event, bar))
     print(json.dumps(summary.to_dict()))  # one line: scripts read the last line of stdout
     return 1 if summary.failed else 0
 
