@@ -56,6 +56,17 @@ def test_importing_the_library_and_the_queue_command_does_not_import_ray():
     assert done.stdout.strip() == "False"
 
 
+def test_the_ray_driver_and_its_actors_import_no_private_names():
+    """They share the one-server batch's public core (BatchRequest, ResultRecorder, Outcome), not its insides."""
+    import ast
+
+    for module in ("distributed", "server_worker"):
+        tree = ast.parse((REPO / "pmg_core" / "comfy_client" / f"{module}.py").read_text(encoding="utf-8"))
+        private = [alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                   for alias in node.names if alias.name.startswith("_")]
+        assert private == [], (module, private)
+
+
 def test_without_ray_the_error_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     with pytest.raises(InvalidSettingError, match=r"pip install ray"):
