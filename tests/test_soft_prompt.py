@@ -192,9 +192,10 @@ def test_load_rejects_another_text_width(tmp_path, adapter):
 
 
 def test_encode_rejects_another_llm(llm, adapter):
-    import dataclasses
+    import copy
 
-    renamed = dataclasses.replace(llm, identity="someone-else@9")  # same weights, another identity
+    renamed = copy.copy(llm)  # same weights, another identity
+    renamed.weights_identity = "someone-else@9"
     with pytest.raises(AdapterMismatchError, match="someone-else@9"):
         adapter.encode(renamed, [SHORT])
 
