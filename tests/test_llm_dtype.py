@@ -11,8 +11,18 @@ import torch
 
 from pmg_core.errors import InvalidSettingError, ModelLoadError
 from pmg_core.llm import load_llm, open_llm
-from pmg_core.llm_placement import check_quantization, loader_options, parameter_count, plan_placement
-from pmg_core.llm_precision import bytes_per_parameter, choose_auto_dtype, dtype_name, resolve_dtype
+from pmg_core.llm_placement import (
+    check_quantization,
+    loader_options,
+    parameter_count,
+    plan_placement,
+)
+from pmg_core.llm_precision import (
+    bytes_per_parameter,
+    choose_auto_dtype,
+    dtype_name,
+    resolve_dtype,
+)
 from pmg_core.soft_prompt import SoftPromptAdapter, soft_cache_key
 
 GIB = 1 << 30
