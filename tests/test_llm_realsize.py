@@ -16,7 +16,12 @@ import transformers
 
 from pmg_core.errors import ModelLoadError
 from pmg_core.llm_placement import parameter_count
-from pmg_tools.realsize_llm import SHAPES, build_realsize_llm, realsize_config, require_chat_template
+from pmg_tools.realsize_llm import (
+    SHAPES,
+    build_realsize_llm,
+    realsize_config,
+    require_chat_template,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
