@@ -42,9 +42,8 @@ log = logging.getLogger("bench_llm_shapes")
 GB = 1e9
 BIG_JOB_BYTES = 4 * GB
 LOCK_FILE = "/tmp/pmg-bigmem.lock"
-# Loading needs the weights plus transformers' working copies and the KV cache.
-HEADROOM = 1.25
-EXTRA_BYTES = 1.5 * GB
+# Loading reads the weights straight into their dtype; the rest (torch, tokenizer, KV cache) is ~1 GB.
+EXTRA_BYTES = 1 * GB
 # The 8B shape at bf16 only with this much available (the weights alone are 16 GB).
 MIN_AVAILABLE_8B = 18 * GB
 
@@ -210,15 +209,17 @@ def _numel(shape) -> int:
 
 
 def run(shapes: list[str], dtypes: list[str], device: str, new_tokens: int, gguf: bool) -> dict:
-    from pmg_tools.realsize_llm import parameter_bytes
+    from pmg_tools.realsize_llm import parameter_bytes, realsize_folder
 
     rows = []
     for shape in shapes:
-        build_need = parameter_bytes(shape, "bf16") * 1.5 + EXTRA_BYTES
-        built = _child(["build", shape], build_need, shape)
-        log.info("%s: built %s", shape, built)
+        built = {}
+        if not (realsize_folder(shape, "bf16") / "config.json").is_file():
+            # Saving holds the model and one shard being written: about 1.5x the weights.
+            built = _child(["build", shape], parameter_bytes(shape, "bf16") * 1.5 + EXTRA_BYTES, shape)
+            log.info("%s: built %s", shape, built)
         for dtype in dtypes:
-            need = parameter_bytes(shape, dtype) * HEADROOM + EXTRA_BYTES if device == "cpu" else EXTRA_BYTES * 2
+            need = parameter_bytes(shape, dtype) + EXTRA_BYTES if device == "cpu" else 2 * EXTRA_BYTES
             result = built if "skipped" in built or "failed" in built else _child(
                 ["run", shape, dtype, device, str(new_tokens)], need, shape)
             row = {"shape": shape, "dtype": dtype, "device": device, **result}

@@ -84,6 +84,12 @@ def require_chat_template(tokenizer_dir: Path) -> None:
         )
 
 
+def realsize_folder(shape: str, dtype: str = "bf16", root: Path | None = None, seed: int = 0) -> Path:
+    """Where :func:`build_realsize_llm` keeps ``shape`` at ``dtype`` (it may not be built yet)."""
+    root = Path(root) if root else default_cache_dir() / "realsize-llm"
+    return root / f"{shape}-{dtype}-s{seed}"
+
+
 def build_realsize_llm(
     shape: str,
     dtype: str = "bf16",
@@ -95,8 +101,7 @@ def build_realsize_llm(
     from pmg_tools.tiny_models.llm import smollm2_tokenizer_dir
 
     config = realsize_config(shape)
-    root = Path(root) if root else default_cache_dir() / "realsize-llm"
-    out = root / f"{shape}-{dtype}-s{seed}"
+    out = realsize_folder(shape, dtype, root, seed)
     if (out / "config.json").is_file():
         return out
     tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else smollm2_tokenizer_dir()
