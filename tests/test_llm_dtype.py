@@ -154,3 +154,44 @@ def test_bitsandbytes_quantization_is_gpu_only_and_optional(monkeypatch):
 
 def test_parameter_count_reads_the_config_without_weights(tiny_llm):
     assert parameter_count(tiny_llm.config) == sum(p.numel() for p in tiny_llm.model.parameters())
+
+
+def test_adapter_training_steps_on_a_bf16_llm_keep_the_adapter_in_fp32(tiny_llm_folder, tiny_sd, tiny_text_encoder,
+                                                                     tmp_path):
+    """The trainer with a bf16 LLM: finite loss, fp32 adapter updated, LLM untouched."""
+    from PIL import Image
+
+    from pmg_core.training.components import DiffusersLatentEncoder, DiffusersNoisePredictor, NoiseSchedule
+    from pmg_core.training.examples import TrainingExample
+    from pmg_core.training.trainer import SoftPromptTrainer, TrainConfig
+
+    half = load_llm(tiny_llm_folder, dtype="bf16")
+    before = {name: tensor.clone() for name, tensor in half.model.state_dict().items()}
+    images = []
+    for i in range(2):
+        path = tmp_path / f"item{i}.png"
+        Image.new("RGB", (32, 32), (60 * i, 120, 200)).save(path)
+        images.append(path)
+    examples = [
+        TrainingExample(user_id=f"u{i}", soft_prompt_text=f"A person sent sticker {i}. Describe what they like.",
+                        target_caption=f"a cute sticker {i}", target_image=images[i],
+                        negative_caption=f"a cute sticker {1 - i}", negative_image=images[1 - i])
+        for i in range(2)
+    ]
+    adapter = SoftPromptAdapter.untrained(half, tiny_text_encoder.width, num_image_tokens=2, num_prefix=2)
+    trainer = SoftPromptTrainer(
+        half, adapter, tiny_text_encoder, DiffusersNoisePredictor(tiny_sd.unet), DiffusersLatentEncoder(tiny_sd.vae),
+        NoiseSchedule.from_scheduler(tiny_sd.scheduler),
+        TrainConfig(batch_size=2, grad_accum=1, resolution=32, learning_rate=1e-2, checkpoint_every=2, seed=3),
+        generator_identity="tiny-sd@test",
+    )
+    start = {name: p.detach().clone() for name, p in adapter.named_parameters()}
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=1e-2)
+    loss, _, _ = trainer.micro_batch_loss(examples, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
+    loss.backward()
+    optimizer.step()
+    assert all(p.dtype == torch.float32 for p in adapter.parameters())
+    assert any(not torch.equal(p, start[name]) for name, p in adapter.named_parameters())
+    assert all(torch.equal(half.model.state_dict()[name], tensor) for name, tensor in before.items())
+    assert adapter.config.llm_identity == half.weights_identity
