@@ -161,7 +161,11 @@ def test_adapter_training_steps_on_a_bf16_llm_keep_the_adapter_in_fp32(tiny_llm_
     """The trainer with a bf16 LLM: finite loss, fp32 adapter updated, LLM untouched."""
     from PIL import Image
 
-    from pmg_core.training.components import DiffusersLatentEncoder, DiffusersNoisePredictor, NoiseSchedule
+    from pmg_core.training.components import (
+        DiffusersLatentEncoder,
+        DiffusersNoisePredictor,
+        NoiseSchedule,
+    )
     from pmg_core.training.examples import TrainingExample
     from pmg_core.training.trainer import SoftPromptTrainer, TrainConfig
 
