@@ -237,6 +237,7 @@ def unload_llm(llm) -> bool:
     """Unload ``llm`` through ComfyUI (back to the CPU, unregistered); whether it was loaded."""
     patcher = runtime_state(llm).patcher
     entry = _loaded_entry(patcher) if patcher is not None else None
+    llm.compute_on(None)  # back on the CPU: inputs follow the weights again
     if entry is None:
         return False
     entry.model_unload()
@@ -264,7 +265,7 @@ def llm_on_compute_device(llm, keep_loaded: bool) -> Iterator[torch.device]:
         mm.load_models_gpu([patcher], force_full_load=state.placement != "partial")
         if state.placement == "partial":
             finish_partial_load(patcher.model, device)
-        llm.compute_on(device)  # inputs go to the compute device even where layers stay on the CPU
+            llm.compute_on(device)  # inputs go to the GPU although the embedding may stay on the CPU
     except BaseException:
         unload_llm(llm)  # a load that failed part-way (out of GPU memory) is undone
         raise
