@@ -305,23 +305,22 @@ def load_llm(
     models. :func:`open_llm` is the same without reading the weights yet.
     """
     target = torch.device(device)
-    llm = open_llm(path, cache_dir=cache_dir, dtype=resolve_dtype(dtype, target), quantization=quantization)
-    if target.type == "cpu":
+    llm = open_llm(path, cache_dir=cache_dir, dtype=resolve_dtype(dtype, target))
+    free = torch.cuda.mem_get_info(target)[0] if target.type == "cuda" else 0
+    size = parameter_count(llm.config) * bytes_per_parameter(llm.dtype) if target.type != "cpu" else 0
+    plan = plan_placement(size, free, target.type, quantization=quantization)  # refuses bitsandbytes on a CPU
+    if plan == "cpu":
         llm.load_weights()
         return llm
-    free = torch.cuda.mem_get_info(target)[0] if target.type == "cuda" else 0
-    size = parameter_count(llm.config) * bytes_per_parameter(llm.dtype)
-    plan = plan_placement(size, free, target.type, quantization=quantization)
     log.info("LLM %s: %.2f GB of weights, %.2f GB free on %s: %s placement",
              llm.identity, size / 1e9, free / 1e9, target, plan)
+    llm.quantization = quantization  # part of the identity: quantized answers differ
     llm.load_weights(**loader_options(plan, target, torch_dtype(llm.dtype), free, quantization))
     llm.compute_on(target)
     return llm
 
 
-def open_llm(
-    path: Path | str, cache_dir: Path | None = None, dtype: str = "fp32", quantization: str | None = None
-) -> LocalLLM:
+def open_llm(path: Path | str, cache_dir: Path | None = None, dtype: str = "fp32") -> LocalLLM:
     """A :class:`LocalLLM` handle: tokenizer, config and identity read, weights loaded on first use.
 
     Checks what :func:`load_llm` checks (config, architecture, safetensors present),
@@ -341,7 +340,7 @@ def open_llm(
         folder = _converted_gguf_folder(path, cache_dir, dtype)
     else:
         folder = path
-    llm = _open_folder(folder, dtype, quantization)
+    llm = _open_folder(folder, dtype)
     llm.source = path
     return llm
 
@@ -361,7 +360,7 @@ def _folder_signature(folder: Path) -> tuple:
     return (str(folder.resolve()), tuple(stats))
 
 
-def _open_folder(folder: Path, dtype: str, quantization: str | None) -> LocalLLM:
+def _open_folder(folder: Path, dtype: str) -> LocalLLM:
     signature = _folder_signature(folder) if folder.is_dir() else None
     opened = _OPENED.get(signature) if signature is not None else None
     if opened is None:
@@ -372,8 +371,7 @@ def _open_folder(folder: Path, dtype: str, quantization: str | None) -> LocalLLM
             _OPENED[signature] = opened
     tokenizer, config, identity = opened
     return LocalLLM(model=None, tokenizer=tokenizer, identity=identity, source=folder, lazy_config=config,
-                    weights_loader=lambda **placement: _load_weights(folder, dtype, **placement),
-                    dtype=dtype, quantization=quantization)
+                    weights_loader=lambda **placement: _load_weights(folder, dtype, **placement), dtype=dtype)
 
 
 def _read_folder(folder: Path) -> tuple:

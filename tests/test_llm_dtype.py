@@ -199,3 +199,8 @@ def test_adapter_training_steps_on_a_bf16_llm_keep_the_adapter_in_fp32(tiny_llm_
     assert any(not torch.equal(p, start[name]) for name, p in adapter.named_parameters())
     assert all(torch.equal(half.model.state_dict()[name], tensor) for name, tensor in before.items())
     assert adapter.config.llm_identity == half.weights_identity
+
+
+def test_load_llm_refuses_bitsandbytes_on_the_cpu_before_reading_weights(tiny_llm_folder):
+    with pytest.raises(InvalidSettingError, match="CUDA GPU only"):
+        load_llm(tiny_llm_folder, device="cpu", quantization="nf4")
