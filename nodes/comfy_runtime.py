@@ -8,6 +8,12 @@ size, unloads it when a diffusion model needs room, and releases it on ``POST /f
 (``{"unload_models": true}``). ``keep_model_loaded`` maps onto that: ``True`` leaves it
 registered (ComfyUI evicts it when it must), ``False`` unloads it right after the node.
 
+An LLM bigger than the free VRAM loads *partially*, as ComfyUI's own text encoders do: its
+``nn.Linear``/``nn.Embedding`` layers are given ComfyUI's castable layer classes
+(:func:`make_castable`), so ``load_models_gpu`` keeps the layers that do not fit on the CPU
+and casts each onto the GPU when it runs (lowvram). :func:`pmg_core.llm_placement.plan_placement`
+decides between that and a full load from the free VRAM ComfyUI reports.
+
 A prompt whose keywords and soft embeddings are all cached never reaches
 :func:`llm_on_compute_device`, so it loads no weights and moves nothing.
 """
@@ -15,20 +21,23 @@ A prompt whose keywords and soft embeddings are all cached never reaches
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import comfy.model_management as mm
 import comfy.model_patcher
+import comfy.ops
 import comfy.utils
 import torch
+
+from ..pmg_core.llm_placement import plan_placement
+from ..pmg_core.llm_precision import choose_auto_dtype, dtype_name
 
 logger = logging.getLogger(__name__)
 
 DEVICE_CHOICES = ("auto", "cpu", "gpu")
-# Where a handle keeps its ComfyUI bookkeeping (the LocalLLM is a plain dataclass of the library).
-_STATE_ATTRIBUTE = "_pmg_comfy_state"
 
 
 @dataclass
@@ -36,15 +45,20 @@ class LLMRuntimeState:
     """ComfyUI-side bookkeeping of one LLM handle: its device choice, its ModelPatcher, counters."""
 
     device: torch.device | None = None
-    patcher: "comfy.model_patcher.ModelPatcher | None" = None
+    patcher: comfy.model_patcher.ModelPatcher | None = None
     device_loads: int = 0  # load_models_gpu calls that had to (re)load the LLM onto its device
+    placement: str = ""  # the last plan_placement answer: "full", "partial" or "cpu"
+
+
+# ComfyUI's bookkeeping per LLM handle, beside it rather than in it (the library knows nothing of
+# ComfyUI); an entry goes when its handle is collected.
+_STATES: weakref.WeakKeyDictionary[object, LLMRuntimeState] = weakref.WeakKeyDictionary()
 
 
 def runtime_state(llm) -> LLMRuntimeState:
-    state = llm.__dict__.get(_STATE_ATTRIBUTE)
+    state = _STATES.get(llm)
     if state is None:
-        state = LLMRuntimeState()
-        llm.__dict__[_STATE_ATTRIBUTE] = state
+        state = _STATES[llm] = LLMRuntimeState()
     return state
 
 
@@ -74,6 +88,30 @@ def resolve_device(choice: str) -> torch.device:
     return device
 
 
+def auto_dtype(device: torch.device) -> str:
+    """``auto``: the half precision ComfyUI picks for a text encoder on ``device``, fp32 on the CPU.
+
+    ComfyUI's command-line choice for text encoders (``--bf16-text-enc``, ``--fp16-text-enc``,
+    ``--fp32-text-enc``) wins; fp8 choices do not apply to an LLM and fall back to the rule.
+    """
+    if device.type == "cpu":
+        return "fp32"
+    chosen = mm.text_encoder_dtype(device)
+    flags = mm.args
+    if flags.bf16_text_enc or flags.fp16_text_enc or flags.fp32_text_enc:
+        return dtype_name(chosen)
+    return choose_auto_dtype(
+        device.type,
+        mm.should_use_bf16(device, prioritize_performance=False),
+        mm.should_use_fp16(device, prioritize_performance=False),
+    )
+
+
+def resolve_dtype_choice(choice: str, device: torch.device) -> str:
+    """The loader's ``dtype`` combo value as a concrete precision on ``device``."""
+    return auto_dtype(device) if choice == "auto" else dtype_name(choice)
+
+
 def remember_compute_device(llm, device: torch.device) -> None:
     """Record where ``llm`` should compute (the loader's device choice)."""
     runtime_state(llm).device = torch.device(device)
@@ -100,17 +138,68 @@ class LLMWeights(torch.nn.Module):
         return next(self.llm.parameters()).dtype
 
 
-def llm_patcher(llm) -> "comfy.model_patcher.ModelPatcher":
+# transformers' layer classes → ComfyUI's castable ones (same parameters, same forward unless cast).
+_CASTABLE = {torch.nn.Linear: comfy.ops.disable_weight_init.Linear,
+             torch.nn.Embedding: comfy.ops.disable_weight_init.Embedding}
+
+
+def make_castable(model: torch.nn.Module) -> int:
+    """Give ``model``'s plain Linear/Embedding layers ComfyUI's castable classes; how many changed.
+
+    ModelPatcher can leave a layer on the CPU and cast it per forward only if the layer
+    has ``comfy_cast_weights``; until it sets that flag the layer computes as before.
+    """
+    changed = 0
+    for module in model.modules():
+        castable = _CASTABLE.get(type(module))
+        if castable is not None:
+            module.__class__ = castable
+            changed += 1
+    return changed
+
+
+def finish_partial_load(model: torch.nn.Module, device: torch.device) -> int:
+    """Move the small layers partial loading left behind (norms, rotary tables) onto ``device``.
+
+    ModelPatcher casts only layers with ``comfy_cast_weights`` per forward; any other layer must
+    sit on the compute device. Returns how many tensors moved.
+    """
+    moved = 0
+    for module in model.modules():
+        if hasattr(module, "comfy_cast_weights"):
+            continue
+        for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            if tensor.device != device:
+                tensor.data = tensor.data.to(device)
+                moved += 1
+    return moved
+
+
+def llm_patcher(llm) -> comfy.model_patcher.ModelPatcher:
     """The ModelPatcher of ``llm``'s weights (created once per handle; reading them loads them)."""
     state = runtime_state(llm)
     if state.patcher is None:
         weights = LLMWeights(llm.model)  # the first cache miss: this is where the weights are read
+        make_castable(weights.llm)
         state.patcher = comfy.model_patcher.ModelPatcher(
             weights, load_device=compute_device(llm), offload_device=torch.device("cpu"),
             # Tied embeddings count once (module_size would sum the state dict, counting them twice).
             size=sum(p.numel() * p.element_size() for p in weights.parameters()),
         )
     return state.patcher
+
+
+def llm_placement(patcher) -> str:
+    """``full``, ``partial`` or ``cpu``: whether the LLM fits its device at all.
+
+    Measured against the whole device memory less ComfyUI's inference reserve, because
+    ``load_models_gpu`` unloads other models to make room: an LLM that fits evicts them and
+    loads fully (as before); only one bigger than the device loads partially.
+    """
+    device = patcher.load_device
+    reserve = mm.minimum_inference_memory() + mm.extra_reserved_memory()
+    return plan_placement(patcher.model_size(), mm.get_total_memory(device), device.type,
+                          partial_available=True, reserve_bytes=reserve)
 
 
 def llm_activity(llm) -> dict:
@@ -126,10 +215,12 @@ def llm_activity(llm) -> dict:
         "weight_loads": int(getattr(llm, "weight_loads", 0)),
         "device_loads": runtime_state(llm).device_loads,
         "registered": is_registered(llm),
+        "dtype": str(getattr(llm, "dtype", "")),
+        "placement": runtime_state(llm).placement,
     }
 
 
-def _loaded_entry(patcher) -> "mm.LoadedModel | None":
+def _loaded_entry(patcher) -> mm.LoadedModel | None:
     for entry in mm.current_loaded_models:
         if entry.model is patcher:
             return entry
@@ -146,6 +237,7 @@ def unload_llm(llm) -> bool:
     """Unload ``llm`` through ComfyUI (back to the CPU, unregistered); whether it was loaded."""
     patcher = runtime_state(llm).patcher
     entry = _loaded_entry(patcher) if patcher is not None else None
+    llm.compute_on(None)  # back on the CPU: inputs follow the weights again
     if entry is None:
         return False
     entry.model_unload()
@@ -164,15 +256,21 @@ def llm_on_compute_device(llm, keep_loaded: bool) -> Iterator[torch.device]:
     """
     patcher = llm_patcher(llm)
     state = runtime_state(llm)
+    device = patcher.load_device
     try:
         if _loaded_entry(patcher) is None:
             state.device_loads += 1
-        mm.load_models_gpu([patcher], force_full_load=True)
+        state.placement = llm_placement(patcher)
+        # Partial: ComfyUI loads what fits and casts the rest per forward (lowvram).
+        mm.load_models_gpu([patcher], force_full_load=state.placement != "partial")
+        if state.placement == "partial":
+            finish_partial_load(patcher.model, device)
+            llm.compute_on(device)  # inputs go to the GPU although the embedding may stay on the CPU
     except BaseException:
         unload_llm(llm)  # a load that failed part-way (out of GPU memory) is undone
         raise
     try:
-        yield patcher.load_device
+        yield device
     finally:
         if not keep_loaded:
             unload_llm(llm)

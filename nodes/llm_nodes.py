@@ -9,6 +9,7 @@ from comfy_api.latest import io
 from ..pmg_core.errors import PMGError
 from ..pmg_core.keywords import MAX_ITEMS, KeywordExtractor
 from ..pmg_core.llm import open_llm
+from ..pmg_core.llm_precision import DTYPE_CHOICES
 from . import comfy_paths
 from .comfy_runtime import (
     DEVICE_CHOICES,
@@ -17,8 +18,9 @@ from .comfy_runtime import (
     progress_callback,
     remember_compute_device,
     resolve_device,
+    resolve_dtype_choice,
 )
-from .types import PMGHistory, PMGLLM, PMGPreference, PreferenceBundle
+from .types import PMGLLM, PMGHistory, PMGPreference, PreferenceBundle
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,18 @@ class PMGLLMLoader(io.ComfyNode):
                         "Between uses it waits on the CPU unless a node asks to keep it loaded."
                     ),
                 ),
+                io.Combo.Input(
+                    "dtype",
+                    options=list(DTYPE_CHOICES),
+                    default="auto",
+                    optional=True,  # workflows saved before precisions existed keep loading
+                    tooltip=(
+                        "Precision of the LLM's weights. 'auto': the half precision ComfyUI uses for text encoders "
+                        "on this GPU (bf16 where supported, else fp16), fp32 on the CPU. bf16/fp16 take 2 bytes per "
+                        "parameter (an 8B model ≈16 GB), fp32 takes 4. A .gguf is converted once per precision. "
+                        "A model bigger than the GPU still runs: ComfyUI keeps the layers that do not fit on the CPU."
+                    ),
+                ),
             ],
             outputs=[
                 PMGLLM.Output(
@@ -72,14 +86,16 @@ class PMGLLMLoader(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, model: str, device: str) -> io.NodeOutput:
+    def execute(cls, model: str, device: str, dtype: str = "auto") -> io.NodeOutput:
         path = comfy_paths.resolve_llm(model)
         target = resolve_device(device)
+        precision = resolve_dtype_choice(dtype, target)
         # A handle: tokenizer, config and identity (what cache keys need). The weights are read on
         # the first cache miss, and ComfyUI's model management loads them onto `target` then.
-        llm = open_llm(path, cache_dir=comfy_paths.model_cache_dir())
+        llm = open_llm(path, cache_dir=comfy_paths.model_cache_dir(), dtype=precision)
         remember_compute_device(llm, target)
-        logger.info("PMG: opened LLM %s (weights load on first use; computes on %s)", llm.identity, target)
+        logger.info("PMG: opened LLM %s (%s; weights load on first use; computes on %s)", llm.identity, precision,
+                    target)
         return io.NodeOutput(llm)
 
 

@@ -3,7 +3,8 @@
 :func:`load_llm` accepts either a Hugging Face model folder or a single ``.gguf``
 file. GGUF parsing and de-quantisation costs 20-45 s on a small CPU, so a GGUF
 file is converted once into an ordinary safetensors folder under
-``cache_dir/llm/<name>-<hash>/`` and every later load reads that folder (~0.3 s).
+``cache_dir/llm/<name>-<hash>-<dtype>/`` (tensor by tensor, :mod:`pmg_core.gguf_convert`:
+a bf16 folder takes 2 bytes per weight) and every later load reads that folder (~0.3 s).
 
 The cache key of a GGUF file is a *fingerprint*, not a full hash: sha256 over the
 file size, its first MiB and its last MiB. GGUF headers (architecture, tokenizer,
@@ -15,14 +16,12 @@ full on every load would cost more than the load itself.
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,6 +29,9 @@ import transformers
 
 from .atomic import atomic_path
 from .errors import InvalidSettingError, ModelLoadError
+from .gguf_convert import convert_gguf
+from .llm_placement import loader_options, parameter_count, plan_placement
+from .llm_precision import bytes_per_parameter, dtype_name, resolve_dtype, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -39,31 +41,11 @@ _MIB = 1024 * 1024
 # Written next to a converted model: where it came from and the identity to keep.
 _SOURCE_FILE = "pmg_source.json"
 # Bump when the conversion itself changes so old cached folders are not reused.
-_CONVERSION_VERSION = "1"
+_CONVERSION_VERSION = "2"  # 2: tensor by tensor, in the precision asked for
 # One weight load at a time per process (two nodes asking at once share one load).
 _LOAD_LOCK = threading.RLock()
 
 
-class _LazyWeights:
-    """The ``model`` field of :class:`LocalLLM`: set like an attribute, read through the lazy loader.
-
-    A dataclass field whose class attribute is a descriptor: ``__init__`` assigns through
-    ``__set__``; reading an LLM opened with :func:`open_llm` loads its weights on first use.
-    """
-
-    def __get__(self, obj, owner=None):
-        if obj is None:
-            raise AttributeError("model")  # no class-level default: the field stays required
-        model = obj.__dict__.get("_model")
-        if model is None:
-            model = obj._load_weights()
-        return model
-
-    def __set__(self, obj, value) -> None:
-        obj.__dict__["_model"] = value
-
-
-@dataclass(eq=False)
 class LocalLLM:
     """A frozen causal LM with its tokenizer (left padding) and a stable identity.
 
@@ -72,38 +54,70 @@ class LocalLLM:
     e.g. the first :meth:`generate`). Everything cache keys need (``identity``, the shape
     properties, ``count_tokens``, ``chat_prompt``, ``context_length``) works without weights.
     ``weight_loads`` counts how often this handle read its weights from disk.
+
+    ``identity`` names what the model computes with: its weights (``weights_identity``,
+    ``<name>-<hash12>``) and, unless it runs in fp32, its precision (``<name>-<hash12>-bf16``),
+    so every cache keyed on it keeps precisions apart while fp32 keys stay as they were
+    before precisions existed. A soft-prompt adapter binds to ``weights_identity``: one
+    trained in fp32 serves the same weights in bf16.
     """
 
-    model: transformers.PreTrainedModel = _LazyWeights()  # type: ignore[assignment]  # None: load lazily
-    tokenizer: transformers.PreTrainedTokenizerBase = None  # type: ignore[assignment]
-    identity: str = ""
-    source: Path = None  # type: ignore[assignment]
-    lazy_config: transformers.PretrainedConfig | None = field(default=None, repr=False)
-    weights_loader: Callable[[], transformers.PreTrainedModel] | None = field(default=None, repr=False)
-    weight_loads: int = 0
+    def __init__(
+        self,
+        model: transformers.PreTrainedModel | None = None,
+        tokenizer: transformers.PreTrainedTokenizerBase | None = None,
+        identity: str = "",
+        source: Path | None = None,
+        lazy_config: transformers.PretrainedConfig | None = None,
+        weights_loader: Callable[..., transformers.PreTrainedModel] | None = None,
+        weight_loads: int = 0,
+        dtype: str | None = None,
+        quantization: str | None = None,
+    ):
+        self._model = model
+        self.tokenizer = tokenizer
+        self.weights_identity = identity
+        self.source = source
+        self.lazy_config = lazy_config
+        self.weights_loader = weights_loader
+        self.weight_loads = weight_loads
+        self.quantization = quantization
+        self._compute_device: torch.device | None = None
+        if dtype is None:  # an already loaded model says which precision it has
+            dtype = dtype_name(next(model.parameters()).dtype) if model is not None else "fp32"
+        self.dtype = dtype_name(dtype)
 
     def __repr__(self) -> str:  # never loads weights
         return f"LocalLLM(identity={self.identity!r}, source={str(self.source)!r}, loaded={self.loaded})"
 
+    @property
+    def identity(self) -> str:
+        precision = self.quantization or self.dtype
+        return self.weights_identity if precision == "fp32" else f"{self.weights_identity}-{precision}"
+
     # -- lazy weights ----------------------------------------------------------------
+    @property
+    def model(self) -> transformers.PreTrainedModel:
+        """The weights; a handle from :func:`open_llm` reads them on first use (one load at a time)."""
+        return self._model if self._model is not None else self.load_weights()
+
     @property
     def loaded(self) -> bool:
         """Whether the weights are in memory (an :func:`open_llm` handle starts without them)."""
-        return self.__dict__.get("_model") is not None
+        return self._model is not None
 
-    def _load_weights(self) -> transformers.PreTrainedModel:
+    def load_weights(self, **placement) -> transformers.PreTrainedModel:
+        """Read the weights now (once); ``placement`` (``device_map``, ``max_memory``) goes to the loader."""
         with _LOAD_LOCK:
-            model = self.__dict__.get("_model")
-            if model is not None:
-                return model
+            if self._model is not None:
+                return self._model
             if self.weights_loader is None:
                 raise ModelLoadError(f"The LLM {self.identity!r} has no weights and no way to load them.")
             started = time.perf_counter()
-            model = self.weights_loader()
-            self.__dict__["_model"] = model
+            self._model = self.weights_loader(**placement)
             self.weight_loads += 1
             log.info("Loaded the weights of LLM %s in %.2f s", self.identity, time.perf_counter() - started)
-            return model
+            return self._model
 
     # -- shape of the model, read from its config ---------------------------------
     @property
@@ -143,10 +157,20 @@ class LocalLLM:
 
     @property
     def device(self) -> torch.device:
-        """Where the weights are; the CPU for a handle whose weights are not loaded yet."""
+        """Where inputs go: the compute device set by :meth:`compute_on`, else where the weights are.
+
+        The CPU for a handle whose weights are not loaded yet. A model loaded partially
+        (some layers kept on the CPU and cast per forward) computes where it was told to.
+        """
+        if self._compute_device is not None:
+            return self._compute_device
         if not self.loaded:
             return torch.device("cpu")
-        return next(self.model.parameters()).device
+        return self.model.get_input_embeddings().weight.device
+
+    def compute_on(self, device: torch.device | str | None) -> None:
+        """Send inputs to ``device`` whatever the weights' placement (``None``: follow the weights)."""
+        self._compute_device = torch.device(device) if device is not None else None
 
     # -- prompts ---------------------------------------------------------------
     def chat_prompt(self, user_text: str, system: str | None = None, assistant_prefix: str = "") -> str:
@@ -245,6 +269,7 @@ class LocalLLM:
     # -- placement (the ComfyUI node moves the model between devices) ------------
     def to(self, device: str | torch.device) -> "LocalLLM":
         self.model.to(device)
+        self.compute_on(None)  # inputs follow the weights again
         return self
 
 
@@ -263,28 +288,47 @@ class _ProgressStep(transformers.StoppingCriteria):
 # -- loading -------------------------------------------------------------------------
 
 
-def load_llm(path: Path | str, cache_dir: Path | None = None, device: str = "cpu") -> LocalLLM:
+def load_llm(
+    path: Path | str,
+    cache_dir: Path | None = None,
+    device: str = "cpu",
+    dtype: str = "auto",
+    quantization: str | None = None,
+) -> LocalLLM:
     """Load a causal LM from a Hugging Face folder or a ``.gguf`` file (converted once, cached).
 
-    Raises :class:`ModelLoadError` naming the problem and the fix for a missing
-    path, a folder without ``config.json``, unreadable files and architectures
-    that are not causal language models. :func:`open_llm` is the same without
-    reading the weights yet.
+    ``dtype`` is ``auto`` (bf16 or fp16 on a GPU that supports it, fp32 on the CPU), ``bf16``,
+    ``fp16`` or ``fp32``. On a GPU a model bigger than the free memory is spread over the GPU
+    and the CPU by accelerate; ``quantization`` (``int8``/``nf4``) uses bitsandbytes if installed.
+    Raises :class:`ModelLoadError` naming the problem and the fix for a missing path, a folder
+    without ``config.json``, unreadable files and architectures that are not causal language
+    models. :func:`open_llm` is the same without reading the weights yet.
     """
-    llm = open_llm(path, cache_dir=cache_dir)
-    llm.model  # noqa: B018 - reads the weights now
-    if device != "cpu":
-        llm.to(device)
+    target = torch.device(device)
+    llm = open_llm(path, cache_dir=cache_dir, dtype=resolve_dtype(dtype, target))
+    free = torch.cuda.mem_get_info(target)[0] if target.type == "cuda" else 0
+    size = parameter_count(llm.config) * bytes_per_parameter(llm.dtype) if target.type != "cpu" else 0
+    plan = plan_placement(size, free, target.type, quantization=quantization)  # refuses bitsandbytes on a CPU
+    if plan == "cpu":
+        llm.load_weights()
+        return llm
+    log.info("LLM %s: %.2f GB of weights, %.2f GB free on %s: %s placement",
+             llm.identity, size / 1e9, free / 1e9, target, plan)
+    llm.quantization = quantization  # part of the identity: quantized answers differ
+    llm.load_weights(**loader_options(plan, target, torch_dtype(llm.dtype), free, quantization))
+    llm.compute_on(target)
     return llm
 
 
-def open_llm(path: Path | str, cache_dir: Path | None = None) -> LocalLLM:
+def open_llm(path: Path | str, cache_dir: Path | None = None, dtype: str = "fp32") -> LocalLLM:
     """A :class:`LocalLLM` handle: tokenizer, config and identity read, weights loaded on first use.
 
     Checks what :func:`load_llm` checks (config, architecture, safetensors present),
     so a bad model fails here, not at the first cache miss. A ``.gguf`` file is
-    converted first if its cached folder does not exist yet (once per file).
+    converted first if its cached folder for ``dtype`` does not exist yet (once per file
+    and precision: bf16/fp16 folders hold 2 bytes per weight; fp32 keeps the exact values).
     """
+    dtype = dtype_name(dtype)  # concrete here: "auto" depends on a device, which load_llm knows
     path = Path(path).expanduser()
     if not path.exists():
         raise ModelLoadError(f"LLM path {path} does not exist; give a Hugging Face model folder or a .gguf file.")
@@ -293,10 +337,10 @@ def open_llm(path: Path | str, cache_dir: Path | None = None) -> LocalLLM:
             raise ModelLoadError(
                 f"{path} is a file but not a .gguf model; give a .gguf file or the folder holding config.json."
             )
-        folder = _converted_gguf_folder(path, cache_dir)
+        folder = _converted_gguf_folder(path, cache_dir, dtype)
     else:
         folder = path
-    llm = _open_folder(folder)
+    llm = _open_folder(folder, dtype)
     llm.source = path
     return llm
 
@@ -316,7 +360,7 @@ def _folder_signature(folder: Path) -> tuple:
     return (str(folder.resolve()), tuple(stats))
 
 
-def _open_folder(folder: Path) -> LocalLLM:
+def _open_folder(folder: Path, dtype: str) -> LocalLLM:
     signature = _folder_signature(folder) if folder.is_dir() else None
     opened = _OPENED.get(signature) if signature is not None else None
     if opened is None:
@@ -327,7 +371,7 @@ def _open_folder(folder: Path) -> LocalLLM:
             _OPENED[signature] = opened
     tokenizer, config, identity = opened
     return LocalLLM(model=None, tokenizer=tokenizer, identity=identity, source=folder, lazy_config=config,
-                    weights_loader=lambda: _load_weights(folder))
+                    weights_loader=lambda **placement: _load_weights(folder, dtype, **placement), dtype=dtype)
 
 
 def _read_folder(folder: Path) -> tuple:
@@ -368,10 +412,11 @@ def _read_folder(folder: Path) -> tuple:
     return tokenizer, config, _folder_identity(folder)
 
 
-def _load_weights(folder: Path) -> transformers.PreTrainedModel:
+def _load_weights(folder: Path, dtype: str, **placement) -> transformers.PreTrainedModel:
+    # Built directly in `dtype`: a 16-bit model never passes through fp32 (twice the memory).
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            folder, local_files_only=True, dtype=torch.float32, use_safetensors=True
+            folder, local_files_only=True, dtype=torch_dtype(dtype), use_safetensors=True, **placement
         )
     except Exception as exc:
         raise ModelLoadError(
@@ -383,51 +428,39 @@ def _load_weights(folder: Path) -> transformers.PreTrainedModel:
     return model
 
 
-def _converted_gguf_folder(gguf: Path, cache_dir: Path | None) -> Path:
-    """The cached HF folder for ``gguf``, converting it first if needed."""
+def _converted_gguf_folder(gguf: Path, cache_dir: Path | None, dtype: str) -> Path:
+    """The cached HF folder for ``gguf`` at ``dtype``, converting it first if needed."""
     from .assets import default_cache_dir
 
     digest = gguf_fingerprint(gguf)
     name = _safe_name(gguf.stem)
-    out = Path(cache_dir or default_cache_dir()) / "llm" / f"{name}-{digest[:12]}"
+    out = Path(cache_dir or default_cache_dir()) / "llm" / f"{name}-{digest[:12]}-{dtype}"
     if (out / _SOURCE_FILE).is_file():
         return out
-    log.info("Converting %s to a cached Hugging Face folder %s (once; this takes ~30 s)", gguf.name, out)
+    log.info("Converting %s to a cached %s Hugging Face folder %s (once; this takes ~30 s)", gguf.name, dtype, out)
     started = time.perf_counter()
     with atomic_path(out) as tmp:  # a concurrent conversion that finished first is kept
-        _convert_gguf(gguf, tmp)
+        _convert_gguf(gguf, tmp, dtype)
         (tmp / _SOURCE_FILE).write_text(
             json.dumps({"gguf": gguf.name, "fingerprint": digest, "identity": f"{name}-{digest[:12]}",
-                        "conversion": _CONVERSION_VERSION}),
+                        "dtype": dtype, "conversion": _CONVERSION_VERSION}),
             encoding="utf-8",
         )
     log.info("Converted %s in %.1f s", gguf.name, time.perf_counter() - started)
     return out
 
 
-def _convert_gguf(gguf: Path, out: Path) -> None:
+def _convert_gguf(gguf: Path, out: Path, dtype: str) -> None:
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-        quantized = transformers.AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, local_files_only=True
-        )
+        convert_gguf(gguf, out, dtype)
+    except ModelLoadError:
+        raise
     except Exception as exc:  # the gguf reader raises ValueError/KeyError/struct errors on garbage
         raise ModelLoadError(
             f"{gguf} could not be read as a GGUF language model ({_short(exc)}); the file may be truncated, "
             "not a GGUF file, or an architecture transformers cannot de-quantise. Re-download it or "
             "give a Hugging Face folder instead."
         ) from exc
-    # A model loaded from GGUF refuses save_pretrained (its config says "quantized");
-    # rebuilding it from the cleaned config gives an ordinary float32 model.
-    config = copy.deepcopy(quantized.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = transformers.AutoModelForCausalLM.from_config(config)
-    model.load_state_dict(quantized.state_dict(), strict=True)
-    model.generation_config = quantized.generation_config
-    out.mkdir(parents=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
 
 
 def gguf_fingerprint(path: Path) -> str:

@@ -16,8 +16,12 @@ frozen. ``text_dim`` always comes from the target text encoder (768 SD1.x,
 1024 SD2.x, 2048 SDXL), never from a constant.
 
 The LLM is any object with ``model`` (a transformers causal LM), ``tokenizer``,
-``identity``, ``hidden_size``, ``num_layers``, ``num_kv_heads``, ``head_dim``
-and ``device``, i.e. :class:`pmg_core.llm.LocalLLM`.
+``identity``, ``weights_identity``, ``hidden_size``, ``num_layers``, ``num_kv_heads``,
+``head_dim`` and ``device``, i.e. :class:`pmg_core.llm.LocalLLM`. An adapter binds to
+the LLM's weights (``weights_identity``), not its precision: its own weights stay fp32 and
+are cast to the LLM's dtype where they enter it (image tokens, prefix keys/values), and the
+LLM's hidden states are cast back to fp32 before the bridge. Cached soft embeddings key on
+``identity``, which includes the precision (bf16 gives slightly different embeddings).
 """
 
 from __future__ import annotations
@@ -82,7 +86,7 @@ class AdapterConfig:
     def for_llm(cls, llm, text_dim: int, num_image_tokens: int = 4, num_prefix: int = 4, **extra: Any) -> AdapterConfig:
         """The config of an adapter for ``llm`` producing ``text_dim``-wide embeddings."""
         return cls(
-            llm_identity=str(llm.identity),
+            llm_identity=str(llm.weights_identity),
             llm_hidden_size=int(llm.hidden_size),
             llm_num_layers=int(llm.num_layers),
             llm_num_kv_heads=int(llm.num_kv_heads),
@@ -188,7 +192,7 @@ class SoftPromptAdapter(nn.Module):
         """Raise :class:`AdapterMismatchError` unless ``llm`` is the model this adapter was built for."""
         c = self.config
         ours = (c.llm_identity, c.llm_hidden_size, c.llm_num_layers, c.llm_num_kv_heads, c.llm_head_dim)
-        theirs = (str(llm.identity), int(llm.hidden_size), int(llm.num_layers), int(llm.num_kv_heads), int(llm.head_dim))
+        theirs = (str(llm.weights_identity), int(llm.hidden_size), int(llm.num_layers), int(llm.num_kv_heads), int(llm.head_dim))
         if ours != theirs:
             raise AdapterMismatchError(
                 f"This soft-prompt adapter was trained for the LLM {_describe_llm(*ours)}, but the loaded LLM is "

@@ -12,7 +12,6 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 
 import pytest
 
@@ -204,13 +203,12 @@ def test_a_context_too_small_for_one_item_is_an_error(tmp_path):
 # -- retry and parse errors with a scripted LLM (mechanics) -----------------------------
 
 
-@dataclass
 class ScriptedLLM(LocalLLM):
     """The tiny Llama's tokenizer with canned answers: greedy and sampled answers are scripted."""
 
-    greedy: str = ""
-    sampled: str = ""
-    calls: list = field(default_factory=list)
+    def __init__(self, *args, greedy: str = "", sampled: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.greedy, self.sampled, self.calls = greedy, sampled, []
 
     def generate(self, prompts, max_new_tokens=100, seed=0, do_sample=False, progress=None, batch_size=8):
         self.calls.append((len(prompts), do_sample, seed))

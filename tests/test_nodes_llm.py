@@ -6,14 +6,13 @@ answers are random tokens); the real-model test runs SmolLM2-135M for one user.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
 import pytest
 import torch
 
-from fixtures_nodes import PACK_NAME
+from fixtures_nodes import PACK_NAME, pack_submodule
 
 # What a model writes after the primed "The keywords are:\n1." (the default prompts' assistant prefix).
 ANSWER = "space opera\n2. salvage crews\n3. lonely lighthouses\n4. night trains\n5. mystery\n6. red giants\n7. robots\n8. the sea\n9. birds\n10. colonies"
@@ -43,9 +42,10 @@ def scripted_llm(pmg_pack, llm_loader, llm_folder_installed):
     (llm,) = llm_loader.execute(model=llm_folder_installed, device="cpu").args
     local_llm = pmg_pack.core.llm.LocalLLM
 
-    @dataclasses.dataclass
     class ScriptedLLM(local_llm):
-        calls: list = dataclasses.field(default_factory=list)
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.calls = []
 
         def generate(self, prompts, max_new_tokens=100, seed=0, do_sample=False, progress=None, **_):
             self.calls.append(list(prompts))
@@ -154,3 +154,103 @@ def test_real_smollm2_extracts_keywords_for_a_movie_user(extractor, pmg_pack, mo
     assert 3 <= len(words) <= 8
     assert all(any(ch.isalpha() for ch in word) for word in words)
     assert bundle.preference.target_text.startswith("movie poster, Starlings of Vega")
+
+
+# -- precision and placement ------------------------------------------------------------
+
+
+def test_loader_dtype_auto_is_fp32_on_the_cpu_and_explicit_choices_are_kept(llm_loader, llm_folder_installed):
+    """Mechanics: 'auto' on the CPU is fp32 (identity unchanged); bf16 loads 2-byte weights with its own identity."""
+    (auto,) = llm_loader.execute(model=llm_folder_installed, device="cpu", dtype="auto").args
+    (half,) = llm_loader.execute(model=llm_folder_installed, device="cpu", dtype="bf16").args
+    assert (auto.dtype, half.dtype) == ("fp32", "bf16")
+    assert half.identity == f"{auto.identity}-bf16" and half.weights_identity == auto.weights_identity
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    schema = {i.id: i for i in llm_loader.GET_SCHEMA().inputs}
+    assert schema["dtype"].options == ["auto", "bf16", "fp16", "fp32"] and schema["dtype"].tooltip
+
+
+def test_auto_dtype_follows_comfyui_text_encoder_choice(pmg_pack, monkeypatch):
+    """Mechanics: on a GPU 'auto' is bf16 where ComfyUI would use it, else fp16; a --*-text-enc flag wins."""
+    import comfy.model_management as mm
+
+    runtime = pack_submodule("nodes.comfy_runtime")
+    gpu = torch.device("cuda", 0)
+    monkeypatch.setattr(mm, "text_encoder_dtype", lambda device=None: torch.float16)
+    monkeypatch.setattr(mm, "should_use_bf16", lambda device=None, **_: True)
+    monkeypatch.setattr(mm, "should_use_fp16", lambda device=None, **_: True)
+    assert runtime.auto_dtype(gpu) == "bf16"
+    monkeypatch.setattr(mm, "should_use_bf16", lambda device=None, **_: False)
+    assert runtime.auto_dtype(gpu) == "fp16"
+    monkeypatch.setattr(mm.args, "fp32_text_enc", True)
+    monkeypatch.setattr(mm, "text_encoder_dtype", lambda device=None: torch.float32)
+    assert runtime.auto_dtype(gpu) == "fp32"
+    assert runtime.auto_dtype(torch.device("cpu")) == "fp32"
+
+
+def test_comfy_bookkeeping_lives_in_a_side_table(pmg_pack, llm_loader, llm_folder_installed):
+    """Mechanics: ComfyUI's state of an LLM is kept beside the handle, not in its __dict__, and goes with it."""
+    import gc
+
+    runtime = pack_submodule("nodes.comfy_runtime")
+    (llm,) = llm_loader.execute(model=llm_folder_installed, device="cpu").args
+    state = runtime.runtime_state(llm)
+    assert state.device == torch.device("cpu") and runtime.runtime_state(llm) is state
+    assert not any("comfy" in key for key in vars(llm))
+    before = len(runtime._STATES)
+    del llm
+    gc.collect()
+    assert len(runtime._STATES) == before - 1
+
+
+def test_partial_loading_casts_offloaded_layers_and_keeps_the_answers(pmg_pack, llm_folder_installed, llm_loader):
+    """Real ModelPatcher: a budget smaller than the model leaves layers to be cast per forward; answers are unchanged.
+
+    The CPU is both devices here (no GPU on the test machine), so this checks the mechanism
+    (castable layers, lowvram bookkeeping, forward through the cast path), not GPU memory.
+    """
+    runtime = pack_submodule("nodes.comfy_runtime")
+    (llm,) = llm_loader.execute(model=llm_folder_installed, device="cpu").args
+    prompt = ["Toy Story and jazz"]
+    before = llm.generate(prompt, max_new_tokens=6)
+    patcher = runtime.llm_patcher(llm)
+    linears = [m for m in patcher.model.modules() if hasattr(m, "comfy_cast_weights")]
+    assert len(linears) >= 2 * 7 + 1  # q, k, v, o, gate, up, down per layer, plus the embedding
+    import comfy.model_management as mm
+
+    # Room for the largest layer (the embedding) and one cast buffer, not for the output layer too.
+    largest = max(mm.module_size(m) for m in linears)
+    patcher.load(torch.device("cpu"), lowvram_model_memory=int(2.5 * largest), full_load=False)
+    try:
+        cast = [m for m in linears if m.comfy_cast_weights]
+        assert cast and len(cast) < len(linears), "some layers should load, the rest be cast per forward"
+        assert patcher.model.model_lowvram
+        assert runtime.finish_partial_load(patcher.model, torch.device("cpu")) == 0
+        assert llm.generate(prompt, max_new_tokens=6) == before
+    finally:
+        patcher.detach()
+
+
+def test_placement_is_full_when_it_fits_and_partial_when_bigger_than_the_device(pmg_pack, monkeypatch):
+    """Decision: ComfyUI-side placement from the device's memory (a fake 8 GiB GPU, numbers only)."""
+    import comfy.model_management as mm
+
+    runtime = pack_submodule("nodes.comfy_runtime")
+    gib = 1 << 30
+    monkeypatch.setattr(mm, "get_total_memory", lambda dev=None, torch_total_too=False: 8 * gib)
+    monkeypatch.setattr(mm, "minimum_inference_memory", lambda: gib)
+    monkeypatch.setattr(mm, "extra_reserved_memory", lambda: 0)
+
+    class Patcher:
+        load_device = torch.device("cuda", 0)
+
+        def __init__(self, size):
+            self.size = size
+
+        def model_size(self):
+            return self.size
+
+    assert runtime.llm_placement(Patcher(int(2.5 * gib))) == "full"  # a 1B model in bf16
+    assert runtime.llm_placement(Patcher(16 * gib)) == "partial"  # an 8B model in bf16
+    Patcher.load_device = torch.device("cpu")
+    assert runtime.llm_placement(Patcher(16 * gib)) == "cpu"

@@ -30,7 +30,7 @@ LONG = (
 def other_llm(llm, identity=None, hidden=None):
     """An object with the identity and shape attributes of another LLM (only what the checks read)."""
     return SimpleNamespace(
-        identity=identity or llm.identity,
+        weights_identity=identity or llm.weights_identity,
         hidden_size=hidden or llm.hidden_size,
         num_layers=llm.num_layers,
         num_kv_heads=llm.num_kv_heads,
@@ -192,9 +192,10 @@ def test_load_rejects_another_text_width(tmp_path, adapter):
 
 
 def test_encode_rejects_another_llm(llm, adapter):
-    import dataclasses
+    import copy
 
-    renamed = dataclasses.replace(llm, identity="someone-else@9")  # same weights, another identity
+    renamed = copy.copy(llm)  # same weights, another identity
+    renamed.weights_identity = "someone-else@9"
     with pytest.raises(AdapterMismatchError, match="someone-else@9"):
         adapter.encode(renamed, [SHORT])
 
@@ -248,7 +249,8 @@ def test_config_metadata_round_trip():
 def test_overlong_text_keeps_its_end(llm, adapter, caplog):
     """A text longer than the context is cut at the start (with a warning), keeping the request at its end."""
     short_context = SimpleNamespace(
-        model=llm.model, tokenizer=llm.tokenizer, identity=llm.identity, hidden_size=llm.hidden_size,
+        model=llm.model, tokenizer=llm.tokenizer, identity=llm.identity, weights_identity=llm.weights_identity,
+        hidden_size=llm.hidden_size,
         num_layers=llm.num_layers, num_kv_heads=llm.num_kv_heads, head_dim=llm.head_dim, device=llm.device,
         context_length=40,
     )
