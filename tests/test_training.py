@@ -312,3 +312,34 @@ def test_flow_matching_schedule_mixes_image_and_noise_and_targets_the_velocity()
     for bad in ([0.5], [0.0, 0.5], [0.5, 1.5]):
         with pytest.raises(InvalidSettingError):
             FlowMatchingSchedule(torch.tensor(bad))
+
+
+def test_a_family_without_pooled_text_trains_with_a_three_argument_predictor(
+    tiny_llm, tiny_sd, tiny_text_encoder, examples, tmp_path
+):
+    """Mechanics: a text encoder without a pooled output (the sticker generator's MiniLM) and a predictor that takes
+    (noisy, timesteps, cond) only (the sticker denoiser's) still train: the pooled vector is passed only when there is one."""
+    from pmg_core.conditioning import EncodedText
+
+    class NoPooled:
+        width = tiny_text_encoder.width
+
+        def encode(self, texts):
+            return EncodedText(tiny_text_encoder.encode(texts).embeddings, None)
+
+    unet = DiffusersNoisePredictor(tiny_sd.unet)
+
+    class ThreeArguments:
+        device = unet.device
+
+        def __call__(self, noisy, timesteps, cond):
+            return unet(noisy, timesteps, cond)
+
+    adapter = SoftPromptAdapter.untrained(tiny_llm, tiny_text_encoder.width, num_image_tokens=2, num_prefix=2, seed=0)
+    trainer = SoftPromptTrainer(
+        tiny_llm, adapter, NoPooled(), ThreeArguments(), DiffusersLatentEncoder(tiny_sd.vae),
+        NoiseSchedule.from_scheduler(tiny_sd.scheduler),
+        TrainConfig(batch_size=2, grad_accum=1, resolution=RESOLUTION, learning_rate=1e-2, max_steps=1),
+    )
+    result = trainer.train(examples, tmp_path / "run")
+    assert result.steps == 1 and torch.isfinite(torch.tensor(result.final_loss))

@@ -357,8 +357,10 @@ class SoftPromptTrainer:
         text, pooled = caption
         cond = torch.cat([text.to(soft.dtype), soft], dim=1)
         noisy = self.schedule.add_noise(latents, noise, timesteps)
+        # Predictors of families without a pooled input may take three arguments only.
+        extra = () if pooled is None else (pooled,)
         with autocast_for(self.config.mixed_precision, self.device):
-            prediction = self.noise_predictor(noisy, timesteps, cond, pooled)
+            prediction = self.noise_predictor(noisy, timesteps, cond, *extra)
         target = self.schedule.target(latents, noise, timesteps)
         return F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(dim=1)
 
