@@ -12,6 +12,7 @@ random TAESD, which ComfyUI's VAE class detects by its keys).
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import shutil
 
@@ -19,6 +20,8 @@ import pytest
 import torch
 from fixtures_families import FAMILY_SHAPES
 from fixtures_nodes import pack_submodule
+
+logger = logging.getLogger(__name__)
 
 K = 4  # soft tokens
 LATENT = 8  # 64 px
@@ -193,6 +196,7 @@ def test_the_loss_goes_down_on_a_tiny_overfit_problem(family, models, components
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
+    logger.info("%s overfit loss %.4f -> %.4f (15 Adam steps on the soft tokens)", family, losses[0], losses[-1])
     assert losses[-1] < losses[0] * 0.995, losses  # a random Flux responds weakly to its condition: ~0.7 %
 
 
