@@ -26,7 +26,7 @@ from ..pmg_core.loaders import load_histories
 from ..pmg_core.metrics.images import pil_to_tensor, to_comfy
 from ..pmg_core.training.data import build_examples
 from ..pmg_core.training.run import train_adapter
-from ..pmg_core.training.trainer import LOSS_CURVE, TrainConfig
+from ..pmg_core.training.trainer import TrainConfig
 from . import comfy_paths
 from .comfy_runtime import llm_on_compute_device, progress_callback
 from .trainer_components import FLUX_GUIDANCE, comfy_generator, make_autograd_ready
@@ -188,18 +188,24 @@ class PMGSoftPromptTrainer(io.ComfyNode):
             max_steps=steps,
         )
         run_dir = comfy_paths.cache_dir("training") / stem
-        generator = comfy_generator(model, clip, vae, flux_guidance=float(flux_guidance))
 
         # ComfyUI executes nodes under torch.inference_mode(); training needs autograd.
-        with torch.inference_mode(False), torch.enable_grad():
-            with llm_on_compute_device(llm, keep_loaded=False):
-                replaced = make_autograd_ready(llm.model)
-                if replaced:
-                    logger.info("PMG: made %d LLM tensors usable by autograd", replaced)
-                result = train_adapter(
-                    llm, generator, examples, run_dir, config, num_image_tokens=num_image_tokens,
-                    num_prefix=num_prefix, existing="resume" if resume else "restart", progress=progress_callback(),
-                )
+        with torch.inference_mode(False), torch.enable_grad(), llm_on_compute_device(llm, keep_loaded=False):
+            generator = comfy_generator(model, clip, vae, flux_guidance=float(flux_guidance))
+            replaced = make_autograd_ready(llm.model)
+            if replaced:
+                logger.info("PMG: made %d LLM tensors usable by autograd", replaced)
+            result = train_adapter(
+                llm, generator, examples, run_dir, config, num_image_tokens=num_image_tokens,
+                num_prefix=num_prefix, existing="resume" if resume else "restart", progress=progress_callback(),
+            )
+
+        return cls._publish(stem, result)
+
+    @classmethod
+    def _publish(cls, stem: str, result) -> io.NodeOutput:
+        """Copy the adapter into models/pmg; the node's outputs (path, loss curve) and its text summary."""
+        from PIL import Image
 
         destination = adapter_destination(stem)
         copy_atomic(result.adapter_path, destination)  # the encoder never sees a half-written adapter
@@ -207,9 +213,7 @@ class PMGSoftPromptTrainer(io.ComfyNode):
             "PMG: trained %s for %d steps (loss %.4f -> %.4f) -> %s",
             stem, result.steps, result.first_loss_mean, result.final_loss_mean, destination,
         )
-        from PIL import Image
-
-        with Image.open(run_dir / LOSS_CURVE) as picture:
+        with Image.open(result.loss_curve) as picture:
             curve = to_comfy(pil_to_tensor(picture))
         summary = (
             f"{stem}: {result.steps} steps on {result.examples} users, loss (mean of 10) "

@@ -69,30 +69,12 @@ def run_train(args: argparse.Namespace) -> dict:
 
     from ..conditioning import DiffusersTextEncoder
     from ..sd_checkpoint import load_generator
-    from .components import (
-        DiffusersLatentEncoder,
-        DiffusersNoisePredictor,
-        FrozenGenerator,
-        NoiseSchedule,
-    )
+    from .components import DiffusersLatentEncoder, DiffusersNoisePredictor, FrozenGenerator, NoiseSchedule
     from .data import build_examples, split_users
     from .run import train_adapter
     from .run_state import check_existing_checkpoint
-    from .trainer import TrainConfig
 
-    config = TrainConfig(
-        learning_rate=args.lr,
-        weight_decay=args.weight_decay,
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        epochs=args.epochs,
-        resolution=args.resolution,
-        negative_weight=args.negative_weight,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        max_steps=args.steps,
-        mixed_precision=args.mixed_precision,
-    )
+    config = _config(args)
     # Before loading any model: bad settings and an unasked-for checkpoint fail fast.
     config.validate()
     existing = "resume" if args.resume else "restart" if args.overwrite else "refuse"
@@ -138,6 +120,25 @@ def run_train(args: argparse.Namespace) -> dict:
     if eval_users:
         summary["evaluation"] = _evaluate(args, components, llm, result.adapter, eval_users)
     return summary
+
+
+def _config(args):
+    """The command line's :class:`~.trainer.TrainConfig`."""
+    from .trainer import TrainConfig
+
+    return TrainConfig(
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        epochs=args.epochs,
+        resolution=args.resolution,
+        negative_weight=args.negative_weight,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        max_steps=args.steps,
+        mixed_precision=args.mixed_precision,
+    )
 
 
 def _histories(args) -> list:

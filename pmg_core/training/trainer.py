@@ -148,6 +148,20 @@ class TrainResult:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
 
 
+@dataclass
+class _Run:
+    """What one call of :meth:`SoftPromptTrainer.train` works with."""
+
+    out_dir: Path
+    plan: StepPlan
+    every: int  # steps between checkpoints
+    fingerprint: dict
+    optimizer: torch.optim.Optimizer
+    noise_rng: torch.Generator
+    log: LossLog
+    start: int  # the step this run continues from
+
+
 class SoftPromptTrainer:
     """Optimise a :class:`SoftPromptAdapter` so its embeddings help the frozen generator denoise each user's target.
 
@@ -213,77 +227,78 @@ class SoftPromptTrainer:
         is checkpointed when the state is consistent, and the exception propagates.
         """
         check_examples(examples)
-        config = self.config
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        schedule = StepPlan(len(examples), config)
-        every = config.checkpoint_every or checkpoint_interval(schedule.total_steps)
-        fingerprint = run_fingerprint(config, self.adapter, examples, self.generator_identity)
-        self.adapter.to(self.llm.device)
-        optimizer = torch.optim.AdamW(
-            self.adapter.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-        )
-        noise_rng = torch.Generator(device="cpu").manual_seed(config.seed)
-        start = restore_run(out_dir, resume, fingerprint, self.adapter, optimizer, noise_rng, self.llm.device)
-        if config.cache_latents:
-            # Encoding can take minutes on a CPU: report "no step done yet" after each image, which
-            # also gives the caller's progress callback its chance to interrupt.
-            self._encode_all(examples, None if progress is None else lambda: progress(start, schedule.total_steps))
-        log = LossLog(out_dir / LOSS_CSV, _CSV_FIELDS, keep_until=start)
-        self._last_saved = start
-
-        total = schedule.total_steps
+        run = self._prepare(examples, Path(out_dir), resume, progress)
+        total, step = run.plan.total_steps, run.start
         self.adapter.train()
         began = time.perf_counter()
-        step = start
         # "clean": adapter, optimizer and `boundary_rng` are exactly the state after `step` steps;
         # "updating": the optimizer is writing parameters, the state is mixed and must not be saved.
         phase = "clean"
-        boundary_rng = noise_rng.get_state()
-        logger.info("Training %d examples for %d optimizer steps (from step %d) into %s", len(examples), total, start, out_dir)
+        boundary_rng = run.noise_rng.get_state()
+        logger.info("Training %d examples for %d optimizer steps (from step %d) into %s", len(examples), total, step, run.out_dir)
         try:
             while step < total:
-                record = self._accumulate_gradients(step, examples, schedule, optimizer, noise_rng)
+                record = self._accumulate_gradients(step, examples, run.plan, run.optimizer, run.noise_rng)
                 phase = "updating"
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                record.update(step=step + 1, epoch=schedule.epoch_at(step), lr=config.learning_rate)
-                log.append(record)
+                run.optimizer.step()
+                run.optimizer.zero_grad(set_to_none=True)
+                record.update(step=step + 1, epoch=run.plan.epoch_at(step), lr=self.config.learning_rate)
+                run.log.append(record)
                 step += 1
-                boundary_rng = noise_rng.get_state()
+                boundary_rng = run.noise_rng.get_state()
                 phase = "clean"
-                if step % every == 0 or step == total:
-                    self._checkpoint(out_dir, step, optimizer, boundary_rng, fingerprint)
+                if step % run.every == 0 or step == total:
+                    self._checkpoint(run.out_dir, step, run.optimizer, boundary_rng, run.fingerprint)
                 if progress is not None:
                     progress(step, total)
         except BaseException:
             if phase == "clean" and step > self._last_saved:
-                self._checkpoint(out_dir, step, optimizer, boundary_rng, fingerprint)
-                logger.warning("Training stopped at step %d/%d; checkpoint saved in %s", step, total, out_dir)
+                self._checkpoint(run.out_dir, step, run.optimizer, boundary_rng, run.fingerprint)
+                logger.warning("Training stopped at step %d/%d; checkpoint saved in %s", step, total, run.out_dir)
             elif phase != "clean":
                 logger.warning("Training stopped mid-update; the last checkpoint (step %d) is kept", self._last_saved)
             raise
         finally:
             self.adapter.eval()
+        return self._finish(run, step, examples, time.perf_counter() - began)
 
-        seconds = time.perf_counter() - began
-        losses = [row["loss"] for row in read_loss_csv(out_dir / LOSS_CSV)]
-        adapter_path = save_trained_adapter(
-            self.adapter, out_dir, config, step, losses, examples, self.generator_identity
+    def _prepare(self, examples, out_dir: Path, resume: bool, progress) -> _Run:
+        """The run's plan, optimizer and noise stream, restored from a matching checkpoint; latents encoded."""
+        config = self.config
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plan = StepPlan(len(examples), config)
+        fingerprint = run_fingerprint(config, self.adapter, examples, self.generator_identity)
+        self.adapter.to(self.llm.device)
+        optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        noise_rng = torch.Generator(device="cpu").manual_seed(config.seed)
+        start = restore_run(out_dir, resume, fingerprint, self.adapter, optimizer, noise_rng, self.llm.device)
+        if config.cache_latents:
+            # Encoding can take minutes on a CPU: report "no step done yet" after each image, which
+            # also gives the caller's progress callback its chance to interrupt.
+            self._encode_all(examples, None if progress is None else lambda: progress(start, plan.total_steps))
+        self._last_saved = start
+        return _Run(
+            out_dir, plan, config.checkpoint_every or checkpoint_interval(plan.total_steps), fingerprint, optimizer,
+            noise_rng, LossLog(out_dir / LOSS_CSV, _CSV_FIELDS, keep_until=start), start,
         )
-        curve = draw_loss_curve(out_dir, with_negative=config.negative_weight > 0)
-        done_now = max(step - start, 1)
+
+    def _finish(self, run: _Run, step: int, examples, seconds: float) -> TrainResult:
+        """Save the adapter and the loss curve; the run's figures."""
+        losses = [row["loss"] for row in read_loss_csv(run.out_dir / LOSS_CSV)]
+        adapter_path = save_trained_adapter(
+            self.adapter, run.out_dir, self.config, step, losses, examples, self.generator_identity
+        )
         return TrainResult(
             adapter_path=adapter_path,
-            loss_csv=out_dir / LOSS_CSV,
-            loss_curve=curve,
+            loss_csv=run.out_dir / LOSS_CSV,
+            loss_curve=draw_loss_curve(run.out_dir, with_negative=self.config.negative_weight > 0),
             steps=step,
-            start_step=start,
+            start_step=run.start,
             final_loss=losses[-1] if losses else float("nan"),
             final_loss_mean=float(np.mean(losses[-10:])) if losses else float("nan"),
             first_loss_mean=float(np.mean(losses[:10])) if losses else float("nan"),
             seconds=seconds,
-            seconds_per_step=seconds / done_now,
+            seconds_per_step=seconds / max(step - run.start, 1),
             examples=len(examples),
             losses=losses,
             adapter=self.adapter,
