@@ -26,7 +26,8 @@ ComfyUI runs nodes under ``torch.inference_mode()``, so every weight it loaded i
 must flow *through* the frozen UNet and LLM to the adapter, so:
 
 * the UNet's weights pass through a weight wrapper (ComfyUI's own mechanism, used by
-  its LoRA trainer) that hands the layer an ordinary copy; the model itself is untouched;
+  its LoRA trainer) that hands the layer an ordinary tensor aliasing the weight (no
+  copy); the model itself is untouched;
 * the LLM (this pack's own object) has its inference tensors replaced in place by
   ordinary copies with the same values (:func:`make_autograd_ready`).
 """
@@ -56,9 +57,19 @@ FLUX_GUIDANCE = 3.5  # what ComfyUI's Flux conditioning gets when no FluxGuidanc
 _FAMILIES = "SD1.x, SD2.x, SDXL, SD3 or Flux"
 
 
-def _ordinary_copy(tensor: torch.Tensor) -> torch.Tensor:
-    """An autograd-usable copy of an inference tensor (ordinary tensors pass through)."""
-    return tensor.clone() if tensor.is_inference() else tensor
+def _autograd_view(tensor: torch.Tensor) -> torch.Tensor:
+    """An autograd-usable tensor with an inference tensor's values (ordinary tensors pass through).
+
+    A plain tensor is made to alias the weight's storage, so no copy is made: a copy of
+    every weight, held until the backward pass, would cost the whole model's size again
+    (10 GB in fp32 for SDXL's UNet). Tensor subclasses (quantised weights) are copied.
+    """
+    if not tensor.is_inference():
+        return tensor
+    if type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+        return tensor.clone()
+    view = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+    return view.set_(tensor.untyped_storage(), tensor.storage_offset(), tensor.size(), tensor.stride())
 
 
 def make_autograd_ready(module: torch.nn.Module) -> int:
@@ -150,7 +161,7 @@ class ComfyNoisePredictor:
                 continue
             for kind in ("weight", "bias"):
                 if getattr(module, kind, None) is not None:
-                    self.patcher.add_weight_wrapper(f"{name}.{kind}", _ordinary_copy)
+                    self.patcher.add_weight_wrapper(f"{name}.{kind}", _autograd_view)
                     wrapped += 1
         if wrapped == 0:
             raise TrainingError("The MODEL exposes no ComfyUI layers to train through; load it with a checkpoint loader.")

@@ -230,3 +230,18 @@ def test_trainer_node_trains_on_the_family(family, pmg_pack, comfy_base, models,
     assert math.isfinite(float(adapter.config.metadata["final_loss"]))
     assert adapter.config.generator.startswith({"sdxl": "SDXL@", "sd3": "SD3@", "flux": "Flux@"}[family])
     assert curve.ndim == 4
+
+
+def test_weights_reach_autograd_without_a_copy(components):
+    """ComfyUI's inference-mode weights are handed to the layers as ordinary tensors aliasing the same memory (a copy
+    of every weight held until the backward pass would double the model's memory); the values are untouched."""
+    with torch.inference_mode():
+        weight = torch.randn(8, 8)
+    view = components._autograd_view(weight)
+    assert not view.is_inference() and view.data_ptr() == weight.data_ptr() and torch.equal(view, weight)
+    x = torch.randn(2, 8, requires_grad=True)
+    with torch.inference_mode(False), torch.enable_grad():
+        torch.nn.functional.linear(x, view).square().sum().backward()  # autograd saves the weight
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    ordinary = torch.randn(3)
+    assert components._autograd_view(ordinary) is ordinary
