@@ -245,3 +245,11 @@ def test_weights_reach_autograd_without_a_copy(components):
     assert x.grad is not None and x.grad.abs().sum() > 0
     ordinary = torch.randn(3)
     assert components._autograd_view(ordinary) is ordinary
+
+
+def test_a_model_that_needs_the_pooled_text_refuses_a_clip_without_it(models, components, pmg_pack, family_clips):
+    """SD3 reads the pooled vector as y: a text encoder that gives none stops with a message naming the input."""
+    _, text, _ = _caption(family_clips, "sd3")
+    predictor = components.ComfyNoisePredictor(models["sd3"])
+    with pytest.raises(pmg_pack.errors.TrainingError, match="pooled_output.*same checkpoint"):
+        predictor(torch.randn(1, 16, LATENT, LATENT), torch.tensor([10]), text, None)
