@@ -1,8 +1,9 @@
 """PMGSoftPromptTrainer: train a soft-prompt adapter inside ComfyUI, from the loaded checkpoint.
 
-The node adapts ComfyUI's MODEL / CLIP / VAE to the library's trainer
-(:mod:`.trainer_components`, :class:`.comfy_text_encoder.ComfyTextEncoder`), trains
-on every user of a history file whose target item has an image, and saves the
+The node adapts ComfyUI's MODEL / CLIP / VAE to the library's frozen generator parts
+(:func:`.trainer_components.comfy_generator`), calls the library's one entry point
+:func:`pmg_core.training.run.train_adapter` on every user of a history file whose
+target item has an image (checkpoint policy included), and saves the
 adapter to ``models/pmg/<adapter_name>.safetensors``, where PMG Soft Prompt
 Encoder lists it. The run folder (resumable checkpoint, ``loss.csv``,
 ``loss_curve.png``) lives in ``<user>/pmg_cache/training/<adapter_name>/``, so a
@@ -23,19 +24,12 @@ from ..pmg_core.atomic import copy_atomic
 from ..pmg_core.errors import InvalidSettingError
 from ..pmg_core.loaders import load_histories
 from ..pmg_core.metrics.images import pil_to_tensor, to_comfy
-from ..pmg_core.soft_prompt import SoftPromptAdapter
 from ..pmg_core.training.data import build_examples
-from ..pmg_core.training.trainer import LOSS_CURVE, SoftPromptTrainer, TrainConfig
+from ..pmg_core.training.run import train_adapter
+from ..pmg_core.training.trainer import TrainConfig
 from . import comfy_paths
 from .comfy_runtime import llm_on_compute_device, progress_callback
-from .comfy_text_encoder import ComfyTextEncoder
-from .trainer_components import (
-    ComfyLatentEncoder,
-    ComfyNoisePredictor,
-    comfy_schedule,
-    make_autograd_ready,
-    model_identity,
-)
+from .trainer_components import FLUX_GUIDANCE, comfy_generator, make_autograd_ready
 from .types import PMGLLM
 
 logger = logging.getLogger(__name__)
@@ -91,7 +85,10 @@ class PMGSoftPromptTrainer(io.ComfyNode):
                     ),
                 ),
                 PMGLLM.Input("llm", tooltip="The language model from PMG LLM Loader (stays frozen)."),
-                io.Model.Input("model", tooltip="The checkpoint's diffusion model (SD1.x or SD2.x; stays frozen)."),
+                io.Model.Input(
+                    "model",
+                    tooltip="The checkpoint's diffusion model (SD1.x, SD2.x, SDXL, SD3 or Flux; stays frozen).",
+                ),
                 io.Clip.Input("clip", tooltip="The checkpoint's CLIP: encodes the target captions and sets the embedding width."),
                 io.Vae.Input("vae", tooltip="The checkpoint's VAE: encodes the target images into latents."),
                 io.Int.Input("steps", default=200, min=1, max=1_000_000, tooltip="Optimizer steps to train in total."),
@@ -126,6 +123,11 @@ class PMGSoftPromptTrainer(io.ComfyNode):
                 io.Boolean.Input(
                     "resume", default=True,
                     tooltip="Continue this adapter's unfinished run (same settings) instead of starting over.",
+                ),
+                io.Float.Input(
+                    "flux_guidance", default=FLUX_GUIDANCE, min=0.0, max=100.0, step=0.1, optional=True,
+                    tooltip="Flux only: the guidance value the model is given while training (as FluxGuidance sets "
+                    "it when sampling; 3.5 is ComfyUI's default). Other families ignore it.",
                 ),
             ],
             outputs=[
@@ -171,6 +173,7 @@ class PMGSoftPromptTrainer(io.ComfyNode):
         seed: int,
         adapter_name: str,
         resume: bool,
+        flux_guidance: float = FLUX_GUIDANCE,
     ) -> io.NodeOutput:
         stem = checked_adapter_name(adapter_name)
         histories = list(load_histories(comfy_paths.resolve_history_file(history_file)).values())
@@ -183,31 +186,26 @@ class PMGSoftPromptTrainer(io.ComfyNode):
             negative_weight=float(negative_weight),
             seed=seed,
             max_steps=steps,
-            checkpoint_every=max(1, min(50, steps // 4 or 1)),
         )
         run_dir = comfy_paths.cache_dir("training") / stem
-        text_encoder = ComfyTextEncoder(clip)
 
         # ComfyUI executes nodes under torch.inference_mode(); training needs autograd.
-        with torch.inference_mode(False), torch.enable_grad():
-            with llm_on_compute_device(llm, keep_loaded=False) as device:
-                replaced = make_autograd_ready(llm.model)
-                if replaced:
-                    logger.info("PMG: made %d LLM tensors usable by autograd", replaced)
-                adapter = SoftPromptAdapter.untrained(
-                    llm, text_encoder.width, num_image_tokens=num_image_tokens, num_prefix=num_prefix, seed=seed
-                ).to(device)
-                trainer = SoftPromptTrainer(
-                    llm,
-                    adapter,
-                    text_encoder,
-                    ComfyNoisePredictor(model),
-                    ComfyLatentEncoder(vae, model),
-                    comfy_schedule(model),
-                    config,
-                    generator_identity=model_identity(model),
-                )
-                result = trainer.train(examples, run_dir, progress=progress_callback(), resume=resume)
+        with torch.inference_mode(False), torch.enable_grad(), llm_on_compute_device(llm, keep_loaded=False):
+            generator = comfy_generator(model, clip, vae, flux_guidance=float(flux_guidance))
+            replaced = make_autograd_ready(llm.model)
+            if replaced:
+                logger.info("PMG: made %d LLM tensors usable by autograd", replaced)
+            result = train_adapter(
+                llm, generator, examples, run_dir, config, num_image_tokens=num_image_tokens,
+                num_prefix=num_prefix, existing="resume" if resume else "restart", progress=progress_callback(),
+            )
+
+        return cls._publish(stem, result)
+
+    @classmethod
+    def _publish(cls, stem: str, result) -> io.NodeOutput:
+        """Copy the adapter into models/pmg; the node's outputs (path, loss curve) and its text summary."""
+        from PIL import Image
 
         destination = adapter_destination(stem)
         copy_atomic(result.adapter_path, destination)  # the encoder never sees a half-written adapter
@@ -215,9 +213,7 @@ class PMGSoftPromptTrainer(io.ComfyNode):
             "PMG: trained %s for %d steps (loss %.4f -> %.4f) -> %s",
             stem, result.steps, result.first_loss_mean, result.final_loss_mean, destination,
         )
-        from PIL import Image
-
-        with Image.open(run_dir / LOSS_CURVE) as picture:
+        with Image.open(result.loss_curve) as picture:
             curve = to_comfy(pil_to_tensor(picture))
         summary = (
             f"{stem}: {result.steps} steps on {result.examples} users, loss (mean of 10) "

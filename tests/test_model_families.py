@@ -168,24 +168,24 @@ def test_attention_masks_and_extra_keys(family_clips, text_encoder_cls, pmg_pack
         text_encoder_cls(_MaskingClip(flux, masked=0, extra_key="conditioning_byt5small")).encode(["x"])
 
 
-def test_trainer_condition_on_sd2_and_refusal_on_sdxl(family_clips, family_models, text_encoder_cls, pmg_pack):
-    """The trainer's condition [caption tokens | soft] through a v-prediction SD2 UNet reaches the soft part
-    with gradients; SDXL (needs y) is refused before training, in one message."""
+def test_trainer_condition_on_sd2_and_sdxl(family_clips, family_models, text_encoder_cls, pmg_pack):
+    """The trainer's condition [caption tokens | soft] through a v-prediction SD2 UNet and through SDXL's UNet (the
+    caption's pooled vector + size embeddings as ADM y) reaches the soft part with gradients.
+    SDXL, SD3 and Flux training in depth: tests/test_training_families.py."""
     components = pack_submodule("nodes.trainer_components")
-    encoder = text_encoder_cls(family_clips["sd2"])
-    text = encoder.encode(["a cat sticker"]).embeddings  # what SoftPromptTrainer._encode_texts caches
-    soft = (torch.randn(1, K, encoder.width) * 0.1).requires_grad_(True)
-    predictor = components.ComfyNoisePredictor(family_models["sd2"])
-    assert predictor.prediction_type == "v_prediction"
     assert components.comfy_schedule(family_models["sd2"]).prediction_type == "v_prediction"
-    with torch.inference_mode(False), torch.enable_grad():
-        cond = torch.cat([text, soft], dim=1)  # SoftPromptTrainer._denoising_errors
-        out = predictor(torch.randn(1, 4, 8, 8), torch.tensor([500]), cond)
-        out.square().mean().backward()
-    assert out.shape == (1, 4, 8, 8) and torch.isfinite(out).all()
-    assert soft.grad is not None and soft.grad.abs().sum() > 0
-    with pytest.raises(pmg_pack.errors.TrainingError, match=r"ADM vector y.*SD1.x or SD2.x"):
-        components.ComfyNoisePredictor(family_models["sdxl"])
+    for family, prediction in (("sd2", "v_prediction"), ("sdxl", "epsilon")):
+        encoder = text_encoder_cls(family_clips[family])
+        encoded = encoder.encode(["a cat sticker"])  # what SoftPromptTrainer._encode_texts caches
+        soft = (torch.randn(1, K, encoder.width) * 0.1).requires_grad_(True)
+        predictor = components.ComfyNoisePredictor(family_models[family])
+        assert predictor.prediction_type == prediction
+        with torch.inference_mode(False), torch.enable_grad():
+            cond = torch.cat([encoded.embeddings, soft], dim=1)  # SoftPromptTrainer._denoising_errors
+            out = predictor(torch.randn(1, 4, 8, 8), torch.tensor([500]), cond, encoded.pooled)
+            out.square().mean().backward()
+        assert out.shape == (1, 4, 8, 8) and torch.isfinite(out).all()
+        assert soft.grad is not None and soft.grad.abs().sum() > 0, family
 
 
 def test_trainer_node_trains_on_sd2(pmg_pack, comfy_base, family_clips, family_models, tiny_checkpoint,

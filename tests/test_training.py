@@ -15,10 +15,18 @@ import pytest
 import torch
 from PIL import Image
 
-from pmg_core.errors import AdapterMismatchError, MissingImageError, TrainingError
+from pmg_core.errors import AdapterMismatchError, InvalidSettingError, MissingImageError, TrainingError
 from pmg_core.soft_prompt import SoftPromptAdapter, load_adapter
-from pmg_core.training.components import DiffusersLatentEncoder, DiffusersNoisePredictor, NoiseSchedule
+from pmg_core.training.components import (
+    DiffusersLatentEncoder,
+    DiffusersNoisePredictor,
+    FlowMatchingSchedule,
+    FrozenGenerator,
+    NoiseSchedule,
+)
 from pmg_core.training.examples import TrainingExample
+from pmg_core.training.run import train_adapter
+from pmg_core.training.step_plan import checkpoint_interval
 from pmg_core.training.trainer import SoftPromptTrainer, TrainConfig, read_loss_csv
 
 RESOLUTION = 32
@@ -253,3 +261,85 @@ def test_image_encoding_before_the_first_step_reports_progress_and_can_be_interr
         trainer.train(examples, tmp_path / "cancelled", progress=cancel_during_encoding)
     assert calls == [(0, 3), (0, 3)]
     assert unet_calls == [], "no training step may start after a Cancel during encoding"
+
+
+def test_train_adapter_assembles_the_run_and_owns_the_checkpoint_policy(
+    tiny_llm, tiny_sd, tiny_text_encoder, examples, tmp_path
+):
+    """Mechanics: the one entry point of the node and `pmg train` builds the adapter (k, m, seed) and the trainer;
+    an existing checkpoint is continued ('resume'), discarded ('restart') or refused before training ('refuse')."""
+    generator = FrozenGenerator(
+        tiny_text_encoder, DiffusersNoisePredictor(tiny_sd.unet), DiffusersLatentEncoder(tiny_sd.vae),
+        NoiseSchedule.from_scheduler(tiny_sd.scheduler), "tiny-sd@test",
+    )
+    settings = dict(batch_size=2, grad_accum=1, resolution=RESOLUTION, learning_rate=1e-2, seed=3)
+    run = tmp_path / "run"
+    first = train_adapter(tiny_llm, generator, examples, run, TrainConfig(max_steps=2, **settings),
+                          num_image_tokens=3, num_prefix=2, existing="refuse")
+    assert (first.start_step, first.steps) == (0, 2)
+    assert first.adapter.config.num_image_tokens == 3 and first.adapter.config.generator == "tiny-sd@test"
+    assert load_adapter(first.adapter_path, llm=tiny_llm, text_dim=tiny_text_encoder.width).config.num_prefix == 2
+    # the same run, longer: continued from its checkpoint
+    resumed = train_adapter(tiny_llm, generator, examples, run, TrainConfig(max_steps=3, **settings),
+                            num_image_tokens=3, num_prefix=2, existing="resume")
+    assert (resumed.start_step, resumed.steps) == (2, 3)
+    with pytest.raises(TrainingError, match="already holds a training checkpoint"):
+        train_adapter(tiny_llm, generator, examples, run, TrainConfig(max_steps=3, **settings), existing="refuse")
+    restarted = train_adapter(tiny_llm, generator, examples, run, TrainConfig(max_steps=1, **settings),
+                              num_image_tokens=3, num_prefix=2, existing="restart")
+    assert (restarted.start_step, restarted.steps) == (0, 1)
+    assert len(read_loss_csv(run / "loss.csv")) == 1
+    with pytest.raises(InvalidSettingError, match="'resume'"):
+        train_adapter(tiny_llm, generator, examples, run, TrainConfig(max_steps=1, **settings), existing="continue")
+
+
+def test_default_checkpoint_interval_is_a_quarter_of_the_run_at_most_50():
+    """The library's checkpoint policy (was the node's): every quarter of the run, between 1 and 50 steps."""
+    assert [checkpoint_interval(n) for n in (1, 3, 8, 200, 10_000)] == [1, 1, 2, 50, 50]
+    TrainConfig(checkpoint_every=None).validate()
+    with pytest.raises(InvalidSettingError):
+        TrainConfig(checkpoint_every=0).validate()
+
+
+def test_flow_matching_schedule_mixes_image_and_noise_and_targets_the_velocity():
+    """Rectified flow: x_t = (1 - s) x0 + s eps along the given sigma table, target eps - x0; bad tables refused."""
+    schedule = FlowMatchingSchedule(torch.tensor([0.25, 0.5, 1.0]))
+    x0, eps = torch.full((2, 1, 2, 2), 2.0), torch.full((2, 1, 2, 2), -1.0)
+    noisy = schedule.add_noise(x0, eps, torch.tensor([0, 2]))
+    assert noisy[0].unique().tolist() == [0.75 * 2 - 0.25] and noisy[1].unique().tolist() == [-1.0]
+    assert schedule.target(x0, eps, torch.tensor([0, 1])).unique().tolist() == [-3.0]
+    assert schedule.num_train_timesteps == 3
+    for bad in ([0.5], [0.0, 0.5], [0.5, 1.5]):
+        with pytest.raises(InvalidSettingError):
+            FlowMatchingSchedule(torch.tensor(bad))
+
+
+def test_a_family_without_pooled_text_trains_with_a_three_argument_predictor(
+    tiny_llm, tiny_sd, tiny_text_encoder, examples, tmp_path
+):
+    """Mechanics: a text encoder without a pooled output (the sticker generator's MiniLM) and a predictor that takes
+    (noisy, timesteps, cond) only (the sticker denoiser's) still train: the pooled vector is passed only when there is one."""
+    from pmg_core.conditioning import EncodedText
+
+    class NoPooled:
+        width = tiny_text_encoder.width
+
+        def encode(self, texts):
+            return EncodedText(tiny_text_encoder.encode(texts).embeddings, None)
+
+    unet = DiffusersNoisePredictor(tiny_sd.unet)
+
+    class ThreeArguments:
+        device = unet.device
+
+        def __call__(self, noisy, timesteps, cond):
+            return unet(noisy, timesteps, cond)
+
+    adapter = SoftPromptAdapter.untrained(tiny_llm, tiny_text_encoder.width, num_image_tokens=2, num_prefix=2, seed=0)
+    trainer = SoftPromptTrainer(
+        tiny_llm, adapter, NoPooled(), ThreeArguments(), DiffusersLatentEncoder(tiny_sd.vae),
+        NoiseSchedule.from_scheduler(tiny_sd.scheduler),
+        TrainConfig(batch_size=2, grad_accum=1, resolution=RESOLUTION, learning_rate=1e-2, max_steps=1),
+    )
+    result = trainer.train(examples, tmp_path / "run")
+    assert result.steps == 1 and torch.isfinite(torch.tensor(result.final_loss))

@@ -16,8 +16,13 @@ import pytest
 import torch
 
 from pmg_core.errors import TrainingError
-from pmg_core.training.checkpoint import TrainingState, find_checkpoint, load_state, save_state
-from pmg_core.training.trainer import SoftPromptTrainer, TrainConfig
+from pmg_core.training.checkpoint import (
+    TrainingState,
+    find_checkpoint,
+    load_state,
+    save_state,
+)
+from pmg_core.training.trainer import TrainConfig, autocast_for
 
 
 def _state(step: int) -> TrainingState:
@@ -74,10 +79,7 @@ def _fake_cuda(monkeypatch, major: int) -> None:
 
 
 def _precision_of(mode: str):
-    trainer = SoftPromptTrainer.__new__(SoftPromptTrainer)  # only the precision choice is exercised
-    trainer.config = TrainConfig(mixed_precision=mode)
-    trainer.device = torch.device("cuda", 0)
-    return trainer._autocast()
+    return autocast_for(TrainConfig(mixed_precision=mode).mixed_precision, torch.device("cuda", 0))
 
 
 def test_auto_precision_skips_emulated_bf16(monkeypatch):

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from ..cli_common import BUILTIN_STICKERS, add_llm_source_args, build_parser, load_cli_llm, run
-from ..errors import InvalidSettingError, TrainingError
+from ..errors import InvalidSettingError
 from ..progress import stderr_bar, tqdm_progress
 
 log = logging.getLogger("pmg.train")
@@ -46,7 +46,10 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-image-tokens", type=int, default=4, help="k learnable image tokens")
     p.add_argument("--num-prefix", type=int, default=4, help="m P-Tuning v2 prefix vectors per layer")
-    p.add_argument("--checkpoint-every", type=int, default=50, help="save a resumable checkpoint every N steps")
+    p.add_argument(
+        "--checkpoint-every", type=int, default=None,
+        help="save a resumable checkpoint every N steps (default: a quarter of the run, at most 50)",
+    )
     p.add_argument("--mixed-precision", choices=("auto", "bf16", "no"), default="auto")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     resume = p.add_mutually_exclusive_group()
@@ -66,35 +69,16 @@ def run_train(args: argparse.Namespace) -> dict:
 
     from ..conditioning import DiffusersTextEncoder
     from ..sd_checkpoint import load_generator
-    from ..soft_prompt import SoftPromptAdapter
-    from .checkpoint import find_checkpoint
-    from .components import (
-        DiffusersLatentEncoder,
-        DiffusersNoisePredictor,
-        NoiseSchedule,
-    )
+    from .components import DiffusersLatentEncoder, DiffusersNoisePredictor, FrozenGenerator, NoiseSchedule
     from .data import build_examples, split_users
-    from .trainer import SoftPromptTrainer, TrainConfig
+    from .run import train_adapter
+    from .run_state import check_existing_checkpoint
 
-    config = TrainConfig(
-        learning_rate=args.lr,
-        weight_decay=args.weight_decay,
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        epochs=args.epochs,
-        resolution=args.resolution,
-        negative_weight=args.negative_weight,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        max_steps=args.steps,
-        mixed_precision=args.mixed_precision,
-    )
-    config.validate()  # before loading any model: bad settings fail fast
-    if find_checkpoint(args.out) is not None and not (args.resume or args.overwrite):
-        raise TrainingError(
-            f"{args.out} already holds a training checkpoint; pass --resume to continue it, "
-            "--overwrite to start over, or choose another --out."
-        )
+    config = _config(args)
+    # Before loading any model: bad settings and an unasked-for checkpoint fail fast.
+    config.validate()
+    existing = "resume" if args.resume else "restart" if args.overwrite else "refuse"
+    check_existing_checkpoint(args.out, existing)
 
     histories = _histories(args)
     train_users, eval_users = split_users(histories, args.eval_users, seed=args.seed)
@@ -104,22 +88,18 @@ def run_train(args: argparse.Namespace) -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     components = load_generator(args.checkpoint).to(device)
     llm = load_cli_llm(args, device=device)
-    text_encoder = DiffusersTextEncoder(components.tokenizer, components.text_encoder)
-    adapter = SoftPromptAdapter.untrained(
-        llm, text_encoder.width, num_image_tokens=args.num_image_tokens, num_prefix=args.num_prefix, seed=args.seed
-    )
-    trainer = SoftPromptTrainer(
-        llm,
-        adapter,
-        text_encoder,
+    generator = FrozenGenerator(
+        DiffusersTextEncoder(components.tokenizer, components.text_encoder),
         DiffusersNoisePredictor(components.unet),
         DiffusersLatentEncoder(components.vae, components.latent_scaling, components.latent_shift),
         NoiseSchedule.from_scheduler(components.scheduler),
-        config,
-        generator_identity=components.identity,
+        components.identity,
     )
     with stderr_bar("train", "step") as bar:
-        result = trainer.train(examples, args.out, progress=tqdm_progress(bar), resume=args.resume)
+        result = train_adapter(
+            llm, generator, examples, args.out, config, num_image_tokens=args.num_image_tokens,
+            num_prefix=args.num_prefix, existing=existing, progress=tqdm_progress(bar),
+        )
 
     summary = {
         "adapter": str(result.adapter_path),
@@ -138,8 +118,27 @@ def run_train(args: argparse.Namespace) -> dict:
         "device": device,
     }
     if eval_users:
-        summary["evaluation"] = _evaluate(args, components, llm, trainer.adapter, eval_users)
+        summary["evaluation"] = _evaluate(args, components, llm, result.adapter, eval_users)
     return summary
+
+
+def _config(args):
+    """The command line's :class:`~.trainer.TrainConfig`."""
+    from .trainer import TrainConfig
+
+    return TrainConfig(
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        epochs=args.epochs,
+        resolution=args.resolution,
+        negative_weight=args.negative_weight,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        max_steps=args.steps,
+        mixed_precision=args.mixed_precision,
+    )
 
 
 def _histories(args) -> list:

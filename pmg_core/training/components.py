@@ -1,12 +1,14 @@
 """The frozen generator parts the trainer needs, behind small protocols.
 
 Training PMG's soft embeddings needs three things from the diffusion model, and
-nothing else: predict the noise of a noisy latent under a condition
+nothing else: predict the noise (or velocity) of a noisy latent under a condition
 (:class:`NoisePredictor`), turn images into the latents that model expects
-(:class:`LatentEncoder`), and the noise schedule it was trained with
-(:class:`NoiseSchedule`). The text encoder is
-:class:`pmg_core.conditioning.TextEncoder`. Diffusers adapters live here; the
-ComfyUI node wraps ComfyUI's MODEL/VAE the same way, so one trainer serves both.
+(:class:`LatentEncoder`), and the schedule it was trained with: a DDPM
+:class:`NoiseSchedule` (SD1.x, SD2.x, SDXL) or a rectified-flow
+:class:`FlowMatchingSchedule` (SD3, Flux). The text encoder is
+:class:`pmg_core.conditioning.TextEncoder`. :class:`FrozenGenerator` holds the four
+with the checkpoint's identity. Diffusers adapters live here; the ComfyUI node wraps
+ComfyUI's MODEL/VAE the same way, so one trainer serves both.
 """
 
 from __future__ import annotations
@@ -17,29 +19,38 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from ..conditioning import TextEncoder
 from ..errors import InvalidSettingError, TrainingError
 
 __all__ = [
     "DiffusersLatentEncoder",
     "DiffusersNoisePredictor",
+    "FlowMatchingSchedule",
+    "FrozenGenerator",
     "LatentEncoder",
     "NoisePredictor",
     "NoiseSchedule",
+    "TrainingSchedule",
     "frozen_parameters",
 ]
 
 
 @runtime_checkable
 class NoisePredictor(Protocol):
-    """``(noisy_latents [B,C,h,w], timesteps [B] (long), cond [B,T,D]) -> prediction [B,C,h,w]``.
+    """``(noisy_latents [B,C,h,w], timesteps [B] (long), cond [B,T,D], pooled [B,P] | None) -> prediction``.
 
-    Gradients must flow from the prediction back to ``cond`` (the soft
-    embeddings sit in it); the predictor's own weights stay frozen.
+    ``timesteps`` index the schedule's table (DDPM step, or the flow schedule's sigma).
+    ``pooled`` is the caption's pooled text vector, which SDXL (ADM ``y``), SD3 and Flux
+    take beside the tokens; SD1.x/2.x predictors ignore it. Gradients must flow from
+    the prediction back to ``cond`` (the soft embeddings sit in it); the predictor's own
+    weights stay frozen.
     """
 
     device: torch.device
 
-    def __call__(self, noisy_latents: Tensor, timesteps: Tensor, cond_embeddings: Tensor) -> Tensor: ...
+    def __call__(
+        self, noisy_latents: Tensor, timesteps: Tensor, cond_embeddings: Tensor, pooled: Tensor | None = None
+    ) -> Tensor: ...
 
 
 @runtime_checkable
@@ -111,6 +122,49 @@ class NoiseSchedule:
         return values.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
 
+@dataclass
+class FlowMatchingSchedule:
+    """Rectified flow (SD3, Flux): ``x_t = (1 - s) x_0 + s eps``, the model predicts ``v = eps - x_0``.
+
+    ``sigmas`` is the model's own table of noise levels (ComfyUI's
+    ``model_sampling.sigmas``: SD3's shift-3 table of 1000, Flux's shift-1.15 table of
+    10000). A timestep is an index into it, drawn uniformly, so training sees the
+    noise levels with the density the model samples them at.
+    """
+
+    sigmas: Tensor  # [num_train_timesteps], increasing, in (0, 1]
+    prediction_type: str = "flow"
+
+    def __post_init__(self) -> None:
+        self.sigmas = torch.as_tensor(self.sigmas, dtype=torch.float64).flatten()
+        if self.sigmas.numel() < 2:
+            raise InvalidSettingError("A flow schedule needs at least 2 noise levels; pass the model's sigma table.")
+        if not bool(((self.sigmas > 0) & (self.sigmas <= 1)).all()):
+            raise InvalidSettingError("Flow-matching sigmas must lie in (0, 1]; pass the model's model_sampling.sigmas.")
+        if self.prediction_type != "flow":
+            raise TrainingError(f"A FlowMatchingSchedule predicts 'flow', not {self.prediction_type!r}.")
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.sigmas.numel())
+
+    def sigma(self, timesteps: Tensor, like: Tensor) -> Tensor:
+        """The noise level of each sample, shaped to broadcast over ``like``."""
+        values = self.sigmas.to(like.device)[timesteps.to(like.device)]
+        return values.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+    def add_noise(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        sigma = self.sigma(timesteps, latents)
+        return (1 - sigma) * latents + sigma * noise
+
+    def target(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """The velocity ``eps - x_0`` (the same at every noise level)."""
+        return noise - latents
+
+
+TrainingSchedule = NoiseSchedule | FlowMatchingSchedule
+
+
 def frozen_parameters(*modules: torch.nn.Module) -> None:
     """Eval mode and ``requires_grad=False`` for every weight of ``modules``."""
     for module in modules:
@@ -133,7 +187,10 @@ class DiffusersNoisePredictor:
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
 
-    def __call__(self, noisy_latents: Tensor, timesteps: Tensor, cond_embeddings: Tensor) -> Tensor:
+    def __call__(
+        self, noisy_latents: Tensor, timesteps: Tensor, cond_embeddings: Tensor, pooled: Tensor | None = None
+    ) -> Tensor:
+        # An SD1.x/2.x UNet has no ADM input: the pooled vector has nowhere to go.
         return self.unet(
             noisy_latents.to(self.dtype), timesteps, encoder_hidden_states=cond_embeddings.to(self.dtype)
         ).sample
@@ -181,3 +238,14 @@ class DiffusersLatentEncoder:
         raw = (latents / self.scaling + self.shift).to(self.device, dtype)
         pixels = self.vae.decode(raw).sample
         return ((pixels.float() + 1) / 2).clamp(0, 1)
+
+
+@dataclass
+class FrozenGenerator:
+    """The frozen generator parts a training run needs, and the checkpoint's identity (adapter metadata)."""
+
+    text_encoder: TextEncoder
+    noise_predictor: NoisePredictor
+    latent_encoder: LatentEncoder
+    schedule: TrainingSchedule
+    identity: str = ""

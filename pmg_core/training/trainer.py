@@ -7,7 +7,10 @@ soft embeddings ``s = adapter.encode(llm, soft_prompt_text)``,
       - w * MSE(eps_theta(x'_t, t, [text(negative caption) | s]), eps)       a random other item
 
 so the soft embeddings learn to help denoise *this* user's target and not an
-arbitrary item. ``w = negative_weight`` (0.5 in the recipe, 0 = plain loss).
+arbitrary item. On the flow-matching families (SD3, Flux) ``eps_theta`` is the
+velocity prediction and the target ``eps - x_0`` (:class:`.components.FlowMatchingSchedule`);
+the caption's pooled vector goes to the predictor beside the tokens (SDXL's ADM ``y``,
+SD3's and Flux's vector input). ``w = negative_weight`` (0.5 in the recipe, 0 = plain loss).
 The target and the negative share the noise and the timestep, so their
 difference measures the condition and the image, not the noise draw; both go
 through the UNet as one batch.
@@ -35,31 +38,34 @@ import torch.nn.functional as F
 
 from ..conditioning import TextEncoder
 from ..errors import AdapterMismatchError, InvalidSettingError, TrainingError
-from ..soft_prompt import SoftPromptAdapter, save_adapter
-from .checkpoint import (
-    TrainingState,
-    find_checkpoint,
-    load_state,
-    remove_checkpoints,
-    save_state,
+from ..soft_prompt import SoftPromptAdapter
+from .checkpoint import TrainingState, save_state
+from .components import (
+    FlowMatchingSchedule,
+    LatentEncoder,
+    NoisePredictor,
+    NoiseSchedule,
+    TrainingSchedule,
+    frozen_parameters,
 )
-from .components import LatentEncoder, NoisePredictor, NoiseSchedule, frozen_parameters
-from .examples import (
-    TrainingExample,
-    check_examples,
-    examples_fingerprint,
-    load_training_image,
-)
+from .examples import TrainingExample, check_examples, load_training_image
 from .loss_log import LossLog, read_loss_csv
-from .plot import loss_curve_image, save_loss_curve
+from .outputs import (
+    ADAPTER_FILE,
+    LOSS_CSV,
+    LOSS_CURVE,
+    draw_loss_curve,
+    save_trained_adapter,
+)
+from .run_state import restore_run, run_fingerprint
+from .step_plan import StepPlan, checkpoint_interval
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ADAPTER_FILE", "LOSS_CSV", "LOSS_CURVE", "SoftPromptTrainer", "TrainConfig", "TrainResult", "read_loss_csv"]
+__all__ = [
+    "ADAPTER_FILE", "LOSS_CSV", "LOSS_CURVE", "SoftPromptTrainer", "TrainConfig", "TrainResult", "autocast_for", "read_loss_csv",
+]
 
-LOSS_CSV = "loss.csv"
-LOSS_CURVE = "loss_curve.png"
-ADAPTER_FILE = "adapter.safetensors"
 _CSV_FIELDS = ("step", "epoch", "loss", "target_loss", "negative_loss", "lr")
 # Settings that change the loss curve: a checkpoint only resumes a run with the same ones.
 _CURVE_SETTINGS = ("learning_rate", "weight_decay", "batch_size", "grad_accum", "resolution", "negative_weight", "seed", "mixed_precision")
@@ -75,6 +81,8 @@ class TrainConfig:
     elsewhere; ``"bf16"`` insists on it (CUDA only); ``"no"`` = fp32 always.
     ``cache_latents``: keep each image's latent in memory after its first
     encoding (the VAE is frozen, so the latent never changes).
+    ``checkpoint_every``: steps between checkpoints; ``None`` = a quarter of the run,
+    at most 50 (:func:`.step_plan.checkpoint_interval`). The last step is always saved.
     """
 
     learning_rate: float = 5e-6
@@ -85,7 +93,7 @@ class TrainConfig:
     resolution: int = 512
     negative_weight: float = 0.5
     seed: int = 0
-    checkpoint_every: int = 50
+    checkpoint_every: int | None = None
     max_steps: int | None = None
     mixed_precision: str = "auto"
     cache_latents: bool = True
@@ -94,6 +102,8 @@ class TrainConfig:
         positive_ints = ("batch_size", "grad_accum", "epochs", "resolution", "checkpoint_every")
         for name in positive_ints:
             value = getattr(self, name)
+            if name == "checkpoint_every" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidSettingError(f"Training setting {name} = {value!r} must be a positive integer.")
         if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
@@ -131,48 +141,25 @@ class TrainResult:
     seconds_per_step: float
     examples: int
     losses: list[float] = field(default_factory=list)
+    adapter: SoftPromptAdapter | None = field(default=None, repr=False, compare=False)  # the trained adapter
 
     def to_dict(self) -> dict:
-        data = dataclasses.asdict(self)
-        data.pop("losses")
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("losses", "adapter")}
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
 
 
-class _Schedule:
-    """Which examples each optimizer step uses: a stream of per-epoch permutations.
+@dataclass
+class _Run:
+    """What one call of :meth:`SoftPromptTrainer.train` works with."""
 
-    Step ``s`` consumes stream positions ``[s*S, (s+1)*S)`` with ``S = batch * grad_accum``;
-    position ``p`` is example ``perm(epoch = p // N)[p % N]``. Everything follows from
-    the step number, so resuming needs no data-loader state.
-    """
-
-    def __init__(self, count: int, config: TrainConfig):
-        self.count = count
-        self.seed = config.seed
-        self.batch = config.batch_size
-        self.per_step = config.batch_size * config.grad_accum
-        if config.max_steps is not None:
-            self.total_steps = config.max_steps
-            self.end = config.max_steps * self.per_step
-        else:
-            self.end = config.epochs * count
-            self.total_steps = math.ceil(self.end / self.per_step)
-        self._perms: dict[int, np.ndarray] = {}
-
-    def _perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.count)
-        return self._perms[epoch]
-
-    def micro_batches(self, step: int) -> list[list[int]]:
-        start = step * self.per_step
-        stop = min(start + self.per_step, self.end)
-        positions = list(range(start, stop))
-        indices = [int(self._perm(p // self.count)[p % self.count]) for p in positions]
-        return [indices[i : i + self.batch] for i in range(0, len(indices), self.batch)]
-
-    def epoch_at(self, step: int) -> float:
-        return min((step + 1) * self.per_step, self.end) / self.count
+    out_dir: Path
+    plan: StepPlan
+    every: int  # steps between checkpoints
+    fingerprint: dict
+    optimizer: torch.optim.Optimizer
+    noise_rng: torch.Generator
+    log: LossLog
+    start: int  # the step this run continues from
 
 
 class SoftPromptTrainer:
@@ -191,7 +178,7 @@ class SoftPromptTrainer:
         text_encoder: TextEncoder,
         noise_predictor: NoisePredictor,
         latent_encoder: LatentEncoder,
-        schedule: NoiseSchedule,
+        schedule: TrainingSchedule,
         config: TrainConfig | None = None,
         generator_identity: str = "",
     ):
@@ -204,8 +191,11 @@ class SoftPromptTrainer:
                 f"{text_encoder.width}-wide; build the adapter with text_dim={text_encoder.width} "
                 "(SoftPromptAdapter.untrained(llm, text_encoder.width))."
             )
-        if not isinstance(schedule, NoiseSchedule):
-            raise TrainingError("schedule must be a NoiseSchedule (NoiseSchedule.from_scheduler(pipeline.scheduler)).")
+        if not isinstance(schedule, (NoiseSchedule, FlowMatchingSchedule)):
+            raise TrainingError(
+                "schedule must be a NoiseSchedule (NoiseSchedule.from_scheduler(pipeline.scheduler)) or, for SD3/Flux, "
+                "a FlowMatchingSchedule (the model's sigma table)."
+            )
         # The LLM is frozen by contract; make sure no LLM weight can receive a gradient.
         frozen_parameters(llm.model)
         self.llm = llm
@@ -217,7 +207,7 @@ class SoftPromptTrainer:
         self.generator_identity = generator_identity
         self.device = torch.device(getattr(noise_predictor, "device", "cpu"))
         self._latents: dict[str, torch.Tensor] = {}
-        self._texts: dict[str, torch.Tensor] = {}
+        self._texts: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}  # caption -> (tokens, pooled)
 
     # ------------------------------------------------------------------ public
 
@@ -237,76 +227,81 @@ class SoftPromptTrainer:
         is checkpointed when the state is consistent, and the exception propagates.
         """
         check_examples(examples)
-        config = self.config
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        schedule = _Schedule(len(examples), config)
-        fingerprint = self._fingerprint(examples)
-        self.adapter.to(self.llm.device)
-        optimizer = torch.optim.AdamW(
-            self.adapter.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-        )
-        noise_rng = torch.Generator(device="cpu").manual_seed(config.seed)
-        start = self._restore(out_dir, resume, fingerprint, optimizer, noise_rng)
-        if config.cache_latents:
-            # Encoding can take minutes on a CPU: report "no step done yet" after each image, which
-            # also gives the caller's progress callback its chance to interrupt.
-            self._encode_all(examples, None if progress is None else lambda: progress(start, schedule.total_steps))
-        log = LossLog(out_dir / LOSS_CSV, _CSV_FIELDS, keep_until=start)
-        self._last_saved = start
-
-        total = schedule.total_steps
+        run = self._prepare(examples, Path(out_dir), resume, progress)
+        total, step = run.plan.total_steps, run.start
         self.adapter.train()
         began = time.perf_counter()
-        step = start
         # "clean": adapter, optimizer and `boundary_rng` are exactly the state after `step` steps;
         # "updating": the optimizer is writing parameters, the state is mixed and must not be saved.
         phase = "clean"
-        boundary_rng = noise_rng.get_state()
-        logger.info("Training %d examples for %d optimizer steps (from step %d) into %s", len(examples), total, start, out_dir)
+        boundary_rng = run.noise_rng.get_state()
+        logger.info("Training %d examples for %d optimizer steps (from step %d) into %s", len(examples), total, step, run.out_dir)
         try:
             while step < total:
-                record = self._accumulate_gradients(step, examples, schedule, optimizer, noise_rng)
+                record = self._accumulate_gradients(step, examples, run.plan, run.optimizer, run.noise_rng)
                 phase = "updating"
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                record.update(step=step + 1, epoch=schedule.epoch_at(step), lr=config.learning_rate)
-                log.append(record)
+                run.optimizer.step()
+                run.optimizer.zero_grad(set_to_none=True)
+                record.update(step=step + 1, epoch=run.plan.epoch_at(step), lr=self.config.learning_rate)
+                run.log.append(record)
                 step += 1
-                boundary_rng = noise_rng.get_state()
+                boundary_rng = run.noise_rng.get_state()
                 phase = "clean"
-                if step % config.checkpoint_every == 0 or step == total:
-                    self._checkpoint(out_dir, step, optimizer, boundary_rng, fingerprint)
+                if step % run.every == 0 or step == total:
+                    self._checkpoint(run.out_dir, step, run.optimizer, boundary_rng, run.fingerprint)
                 if progress is not None:
                     progress(step, total)
         except BaseException:
             if phase == "clean" and step > self._last_saved:
-                self._checkpoint(out_dir, step, optimizer, boundary_rng, fingerprint)
-                logger.warning("Training stopped at step %d/%d; checkpoint saved in %s", step, total, out_dir)
+                self._checkpoint(run.out_dir, step, run.optimizer, boundary_rng, run.fingerprint)
+                logger.warning("Training stopped at step %d/%d; checkpoint saved in %s", step, total, run.out_dir)
             elif phase != "clean":
                 logger.warning("Training stopped mid-update; the last checkpoint (step %d) is kept", self._last_saved)
             raise
         finally:
             self.adapter.eval()
+        return self._finish(run, step, examples, time.perf_counter() - began)
 
-        seconds = time.perf_counter() - began
-        losses = [row["loss"] for row in read_loss_csv(out_dir / LOSS_CSV)]
-        adapter_path = self._save_adapter(out_dir, step, losses, examples)
-        curve = self._draw_curve(out_dir)
-        done_now = max(step - start, 1)
+    def _prepare(self, examples, out_dir: Path, resume: bool, progress) -> _Run:
+        """The run's plan, optimizer and noise stream, restored from a matching checkpoint; latents encoded."""
+        config = self.config
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plan = StepPlan(len(examples), config)
+        fingerprint = run_fingerprint(config, self.adapter, examples, self.generator_identity)
+        self.adapter.to(self.llm.device)
+        optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        noise_rng = torch.Generator(device="cpu").manual_seed(config.seed)
+        start = restore_run(out_dir, resume, fingerprint, self.adapter, optimizer, noise_rng, self.llm.device)
+        if config.cache_latents:
+            # Encoding can take minutes on a CPU: report "no step done yet" after each image, which
+            # also gives the caller's progress callback its chance to interrupt.
+            self._encode_all(examples, None if progress is None else lambda: progress(start, plan.total_steps))
+        self._last_saved = start
+        return _Run(
+            out_dir, plan, config.checkpoint_every or checkpoint_interval(plan.total_steps), fingerprint, optimizer,
+            noise_rng, LossLog(out_dir / LOSS_CSV, _CSV_FIELDS, keep_until=start), start,
+        )
+
+    def _finish(self, run: _Run, step: int, examples, seconds: float) -> TrainResult:
+        """Save the adapter and the loss curve; the run's figures."""
+        losses = [row["loss"] for row in read_loss_csv(run.out_dir / LOSS_CSV)]
+        adapter_path = save_trained_adapter(
+            self.adapter, run.out_dir, self.config, step, losses, examples, self.generator_identity
+        )
         return TrainResult(
             adapter_path=adapter_path,
-            loss_csv=out_dir / LOSS_CSV,
-            loss_curve=curve,
+            loss_csv=run.out_dir / LOSS_CSV,
+            loss_curve=draw_loss_curve(run.out_dir, with_negative=self.config.negative_weight > 0),
             steps=step,
-            start_step=start,
+            start_step=run.start,
             final_loss=losses[-1] if losses else float("nan"),
             final_loss_mean=float(np.mean(losses[-10:])) if losses else float("nan"),
             first_loss_mean=float(np.mean(losses[:10])) if losses else float("nan"),
             seconds=seconds,
-            seconds_per_step=seconds / done_now,
+            seconds_per_step=seconds / max(step - run.start, 1),
             examples=len(examples),
             losses=losses,
+            adapter=self.adapter,
         )
 
     # ------------------------------------------------------------------ one step
@@ -342,35 +337,45 @@ class SoftPromptTrainer:
         device consume the same random stream.
         """
         weight = float(self.config.negative_weight)
-        with self._autocast():
+        with autocast_for(self.config.mixed_precision, self.device):
             soft = self.adapter.encode(self.llm, [e.soft_prompt_text for e in batch])
         soft = soft.to(self.device, torch.float32)
         target_latents = self._encode_images([e.target_image for e in batch])
-        target_text = self._encode_texts([e.target_caption for e in batch])
+        target_text, target_pooled = self._encode_texts([e.target_caption for e in batch])
         noise = torch.randn(target_latents.shape, generator=noise_rng).to(self.device)
         timesteps = torch.randint(0, self.schedule.num_train_timesteps, (len(batch),), generator=noise_rng).to(self.device)
 
         if weight > 0:
             negative_latents = self._encode_images([e.negative_image for e in batch])
-            negative_text = self._encode_texts([e.negative_caption for e in batch])
+            negative_text, negative_pooled = self._encode_texts([e.negative_caption for e in batch])
             latents = torch.cat([target_latents, negative_latents])
             text = torch.cat([target_text, negative_text])
+            pooled = None if target_pooled is None else torch.cat([target_pooled, negative_pooled])
             per_sample = self._denoising_errors(
-                latents, text, soft.repeat(2, 1, 1), noise.repeat(2, 1, 1, 1), timesteps.repeat(2)
+                latents, (text, pooled), soft.repeat(2, 1, 1), noise.repeat(2, 1, 1, 1), timesteps.repeat(2)
             )
             target_loss, negative_loss = per_sample[: len(batch)].mean(), per_sample[len(batch) :].mean()
         else:
-            target_loss = self._denoising_errors(target_latents, target_text, soft, noise, timesteps).mean()
+            target_loss = self._denoising_errors(
+                target_latents, (target_text, target_pooled), soft, noise, timesteps
+            ).mean()
             negative_loss = torch.zeros((), device=self.device)
         loss = target_loss - weight * negative_loss
         return loss, target_loss.detach(), negative_loss.detach()
 
-    def _denoising_errors(self, latents, text, soft, noise, timesteps) -> torch.Tensor:
-        """Per-sample MSE between the predictor's output and its training target."""
+    def _denoising_errors(self, latents, caption, soft, noise, timesteps) -> torch.Tensor:
+        """Per-sample MSE between the predictor's output and its training target.
+
+        ``caption`` is ``(tokens [B,T,D], pooled [B,P] or None)``; the soft tokens follow
+        the caption's, and the pooled vector is the caption's alone, as in PMG's condition.
+        """
+        text, pooled = caption
         cond = torch.cat([text.to(soft.dtype), soft], dim=1)
         noisy = self.schedule.add_noise(latents, noise, timesteps)
-        with self._autocast():
-            prediction = self.noise_predictor(noisy, timesteps, cond)
+        # Predictors of families without a pooled input may take three arguments only.
+        extra = () if pooled is None else (pooled,)
+        with autocast_for(self.config.mixed_precision, self.device):
+            prediction = self.noise_predictor(noisy, timesteps, cond, *extra)
         target = self.schedule.target(latents, noise, timesteps)
         return F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(dim=1)
 
@@ -405,62 +410,19 @@ class SoftPromptTrainer:
             self._latents.clear()
         return batch
 
-    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+    def _encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(tokens [B,T,D], pooled [B,P] or None)`` of ``texts``, each encoded once."""
         for text in dict.fromkeys(texts):
             if text not in self._texts:
                 with torch.no_grad():
-                    self._texts[text] = self.text_encoder.encode([text]).embeddings[0].to(self.device, torch.float32)
-        return torch.stack([self._texts[t] for t in texts])
-
-    def _autocast(self):
-        mode = self.config.mixed_precision
-        if mode in ("auto", "bf16") and _native_bf16(self.device):
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        if mode == "bf16":
-            raise TrainingError(
-                f"mixed_precision='bf16' needs a CUDA device with native bf16 (Ampere or newer); this run is on "
-                f"{self.device}. Use mixed_precision='auto' or 'no'."
-            )
-        return contextlib.nullcontext()
+                    encoded = self.text_encoder.encode([text])
+                pooled = None if encoded.pooled is None else encoded.pooled[0].to(self.device, torch.float32)
+                self._texts[text] = (encoded.embeddings[0].to(self.device, torch.float32), pooled)
+        tokens = torch.stack([self._texts[t][0] for t in texts])
+        pooled = [self._texts[t][1] for t in texts]
+        return tokens, (None if any(p is None for p in pooled) else torch.stack(pooled))
 
     # ------------------------------------------------------------------ state
-
-    def _fingerprint(self, examples: list[TrainingExample]) -> dict:
-        c = self.adapter.config
-        return {
-            "settings": self.config.curve_settings(),
-            "examples": examples_fingerprint(examples),
-            "adapter": {
-                "llm_identity": c.llm_identity,
-                "text_dim": c.text_dim,
-                "num_image_tokens": c.num_image_tokens,
-                "num_prefix": c.num_prefix,
-            },
-            "generator": self.generator_identity,
-        }
-
-    def _restore(self, out_dir, resume, fingerprint, optimizer, noise_rng) -> int:
-        folder = find_checkpoint(out_dir)
-        if folder is None:
-            return 0
-        if not resume:
-            logger.info("resume=False: discarding the checkpoint in %s and starting over", out_dir)
-            remove_checkpoints(out_dir)
-            (out_dir / LOSS_CSV).unlink(missing_ok=True)
-            return 0
-        state = load_state(folder)
-        if state.fingerprint != fingerprint:
-            differing = sorted(k for k in fingerprint if state.fingerprint.get(k) != fingerprint[k])
-            raise TrainingError(
-                f"The checkpoint in {out_dir} comes from a run with other {', '.join(differing)}; resuming would not "
-                "continue the same run. Train into another output (pmg train --out, or another adapter_name in ComfyUI), "
-                "or start over (pmg train --overwrite, or resume off in ComfyUI)."
-            )
-        self.adapter.load_state_dict({k: v.to(self.llm.device) for k, v in state.weights.items()})
-        optimizer.load_state_dict(state.optimizer)
-        noise_rng.set_state(state.noise_rng)
-        logger.info("Resuming from step %d (%s)", state.step, folder)
-        return state.step
 
     def _checkpoint(self, out_dir, step, optimizer, rng_state, fingerprint) -> None:
         save_state(
@@ -475,36 +437,17 @@ class SoftPromptTrainer:
         )
         self._last_saved = step
 
-    def _save_adapter(self, out_dir: Path, steps: int, losses: list[float], examples) -> Path:
-        c = self.config
-        if self.generator_identity:
-            self.adapter.config.generator = self.generator_identity
-        metadata = {
-            "trained_steps": str(steps),
-            "final_loss": f"{losses[-1]:.6g}" if losses else "nan",
-            "final_loss_mean10": f"{np.mean(losses[-10:]):.6g}" if losses else "nan",
-            "llm_hidden_size": str(self.adapter.config.llm_hidden_size),
-            "generator": self.generator_identity,
-            "training_examples": str(len(examples)),
-            "training_users": str(len({e.user_id for e in examples})),
-            "learning_rate": str(c.learning_rate),
-            "batch_size": str(c.batch_size),
-            "grad_accum": str(c.grad_accum),
-            "negative_weight": str(c.negative_weight),
-            "resolution": str(c.resolution),
-            "seed": str(c.seed),
-        }
-        path = out_dir / ADAPTER_FILE
-        save_adapter(self.adapter, path, extra_metadata=metadata)
-        return path
 
-    def _draw_curve(self, out_dir: Path) -> Path:
-        rows = read_loss_csv(out_dir / LOSS_CSV)
-        steps = [int(r["step"]) for r in rows]
-        series = {"loss": [r["loss"] for r in rows], "target_loss": [r["target_loss"] for r in rows]}
-        if self.config.negative_weight > 0:
-            series["negative_loss"] = [r["negative_loss"] for r in rows]
-        return save_loss_curve(loss_curve_image(steps, series), out_dir / LOSS_CURVE)
+def autocast_for(mode: str, device: torch.device):
+    """bf16 autocast where ``mode`` asks for it and ``device`` computes bf16 natively, else nothing."""
+    if mode in ("auto", "bf16") and _native_bf16(device):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if mode == "bf16":
+        raise TrainingError(
+            f"mixed_precision='bf16' needs a CUDA device with native bf16 (Ampere or newer); this run is on "
+            f"{device}. Use mixed_precision='auto' or 'no'."
+        )
+    return contextlib.nullcontext()
 
 
 def _native_bf16(device: torch.device) -> bool:
