@@ -333,7 +333,7 @@ def realsize_benchmark(repeats: int, settings: DemoSettings, base: Path, users: 
                                            "bench/live_plain", text), live_plain, free=False)
             timed(client, pid, pmg_graph(settings, user, 300 + i, "live"), live_warm, warm=True, free=False)
         stats = client.system_stats()
-    scorer = [s for s in warm.node_seconds.get("PMGScorer", [])]
+    scorer = warm.node_seconds.get("PMGScorer", [])
     return {
         "settings": {"checkpoint": settings.checkpoint, "steps": settings.steps, "size": settings.size,
                      "images": batch, "repeats": repeats},
