@@ -33,7 +33,7 @@ images and steps), freed before each prompt and on a live server; **the PMG Scor
 generation; peak RSS. The returning users' keywords and soft prompts are computed first by untimed
 64-px prompts (the caches do not depend on size or steps), so the timed PMG prompts read them::
 
-    flock /tmp/pmg-bigmem.lock .venv/bin/python benchmarks/bench_nodes.py --realsize sd15 --steps 4 --repeats 2
+    flock /tmp/pmg-bigmem.lock .venv/bin/python benchmarks/bench_nodes.py --realsize sd15 --steps 2 --repeats 2 --alphas 0.5
 """
 
 from __future__ import annotations
@@ -372,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--large-llm", action="store_true",
                         help="also time the warm path with a 1.7B-shaped LLM folder (3.4 GB written to --base)")
+    parser.add_argument("--alphas", default=ALPHAS,
+                        help=f"PMG's alpha list, one image each; plain txt2img makes as many (default {ALPHAS!r})")
     parser.add_argument("--realsize", choices=["sd15"],
                         help="time returning user / plain txt2img on this FULL-SIZE random-weight checkpoint "
                              "(pmg_tools.realsize; default size 512, steps 4; ~6 GB of memory: run under "
@@ -383,12 +385,12 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="pmg-bench-") as temporary:
             base = args.base or Path(temporary)
             checkpoint = place_realsize_checkpoint(args.realsize, base)
-            settings = DemoSettings(checkpoint=checkpoint, steps=args.steps or 4, size=args.size or 512, alphas=ALPHAS)
+            settings = DemoSettings(checkpoint=checkpoint, steps=args.steps or 4, size=args.size or 512, alphas=args.alphas)
             result = realsize_benchmark(args.repeats, settings, base, users)
         return report(result, args.json)
     if len(users) < args.repeats + 1:
         parser.error(f"--users needs at least {args.repeats + 1} ids (one for the first run, then one per repeat)")
-    settings = DemoSettings(checkpoint=args.checkpoint, steps=args.steps, size=args.size, alphas=ALPHAS)
+    settings = DemoSettings(checkpoint=args.checkpoint, steps=args.steps, size=args.size, alphas=args.alphas)
     with tempfile.TemporaryDirectory(prefix="pmg-bench-") as temporary:
         result = benchmark(args.repeats, settings, args.base or Path(temporary), users, args.large_llm)
     return report(result, args.json)
