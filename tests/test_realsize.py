@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fixtures_nodes import make_bundle
+
 from pmg_tools.realsize import FAMILIES, ensure_realsize_checkpoint
 
 pytestmark = [pytest.mark.realsize, pytest.mark.timeout(3600)]
@@ -45,7 +45,6 @@ def checkpoints_folder(comfy_base) -> Path:
 def load_stock(checkpoints_folder: Path, family: str):
     """(model, clip, vae) of the full-size random checkpoint of ``family``, through the stock node."""
     import nodes as comfy_nodes
-
     from pmg_core.atomic import copy_atomic
 
     name = FAMILIES[family].file_name
