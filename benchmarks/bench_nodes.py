@@ -25,6 +25,15 @@ its LLM); the very first PMG prompt also pays the LLM's first load in the server
 (and its one-time GGUF conversion, if the model cache is empty), reported as "first".
 Peak memory is the server process's RSS, sampled every 20 ms by psutil while the prompt
 runs. Prints the medians and the ratios PMG / plain. Not a test: numbers depend on the machine.
+
+**Real size** (``--realsize sd15``): the same server with the FULL-SIZE SD1.5 checkpoint of random
+weights (``pmg_tools.realsize``, 1.07 B parameters, built once into ``~/.cache/pmg/realsize``), at
+512×512 by default, timing what a user's machine sees: **returning user / plain txt2img** (same
+images and steps), freed before each prompt and on a live server; **the PMG Scorer's share** of one
+generation; peak RSS. The returning users' keywords and soft prompts are computed first by untimed
+64-px prompts (the caches do not depend on size or steps), so the timed PMG prompts read them::
+
+    flock /tmp/pmg-bigmem.lock .venv/bin/python benchmarks/bench_nodes.py --realsize sd15 --steps 2 --repeats 2 --alphas 0.5
 """
 
 from __future__ import annotations
@@ -296,6 +305,62 @@ def benchmark(repeats: int, settings: DemoSettings, base: Path, users: list[str]
     }
 
 
+def realsize_benchmark(repeats: int, settings: DemoSettings, base: Path, users: list[str]) -> dict:
+    """Returning user / plain txt2img on a full-size checkpoint (already in ``base``), freed and live."""
+    settings = settings.resolved()
+    install_default_models(base)
+    with EmbeddedComfyUI(base_dir=base) as server:
+        client = ComfyClient(server.url)
+        pid = server.pid
+        batch = len([a for a in settings.alphas.split(",") if a.strip()])
+        returning = users[:repeats]
+        # Untimed: the imports, the first checkpoint load, and each returning user's keywords and soft prompt
+        # (computed once at 64 px and 1 step: the caches are keyed by user and LLM, not by size or steps).
+        client.wait(client.queue_prompt(plain_graph(settings.checkpoint, 1, 64, batch, 999, "bench/warmup")), timeout=900)
+        primer = DemoSettings(settings.checkpoint, 1, 64, settings.alphas)
+        for i, user in enumerate(returning):
+            entry = client.wait(client.queue_prompt(pmg_graph(primer, user, 900 + i, f"prime{i}")), timeout=900)
+            if entry["status"]["status_str"] != "success":
+                raise RuntimeError(f"priming user {user} failed: {entry['status']}")
+        plain, warm = Condition("plain"), Condition("PMG returning user")
+        for i, user in enumerate(returning):
+            timed(client, pid, plain_graph(settings.checkpoint, settings.steps, settings.size, batch, i, f"bench/plain{i}"), plain)
+            timed(client, pid, pmg_graph(settings, user, i, f"warm{i}"), warm, warm=True)
+        live_plain, live_warm = Condition("plain, live server"), Condition("PMG returning user, live server")
+        for i, user in enumerate(returning):
+            text = f"a movie poster, user {user}, science fiction, space"
+            timed(client, pid, plain_graph(settings.checkpoint, settings.steps, settings.size, batch, 300 + i,
+                                           "bench/live_plain", text), live_plain, free=False)
+            timed(client, pid, pmg_graph(settings, user, 300 + i, "live"), live_warm, warm=True, free=False)
+        stats = client.system_stats()
+    scorer = warm.node_seconds.get("PMGScorer", [])
+    return {
+        "settings": {"checkpoint": settings.checkpoint, "steps": settings.steps, "size": settings.size,
+                     "images": batch, "repeats": repeats},
+        "device": stats.get("devices", [{}])[0].get("name"),
+        "conditions": {c.name: c.to_dict() for c in (plain, warm, live_plain, live_warm)},
+        "ratios": {
+            "time_returning_over_plain": round(warm.median_s / plain.median_s, 3),
+            "time_returning_over_plain_live_server": round(live_warm.median_s / live_plain.median_s, 3),
+            "peak_rss_returning_over_plain": round(warm.peak_mib / plain.peak_mib, 3),
+            # PMG Scorer's time over the whole returning-user prompt (checkpoint load included: freed before it).
+            "scorer_share_of_generation": round(statistics.median(scorer) / warm.median_s, 4) if scorer else None,
+            "scorer_share_of_generation_live_server": round(
+                statistics.median(live_warm.node_seconds.get("PMGScorer", [0.0])) / live_warm.median_s, 4),
+        },
+    }
+
+
+def place_realsize_checkpoint(family: str, base: Path) -> str:
+    """Build (once, cached) the full-size ``family`` checkpoint and put it in ``base``; returns its name."""
+    from pmg_core.atomic import copy_atomic
+    from pmg_tools.realsize import FAMILIES, ensure_realsize_checkpoint
+
+    name = FAMILIES[family].file_name
+    copy_atomic(ensure_realsize_checkpoint(family), base / "models" / "checkpoints" / name, link=True)
+    return name
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per condition (default 3)")
@@ -307,27 +372,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--large-llm", action="store_true",
                         help="also time the warm path with a 1.7B-shaped LLM folder (3.4 GB written to --base)")
+    parser.add_argument("--alphas", default=ALPHAS,
+                        help=f"PMG's alpha list, one image each; plain txt2img makes as many (default {ALPHAS!r})")
+    parser.add_argument("--realsize", choices=["sd15"],
+                        help="time returning user / plain txt2img on this FULL-SIZE random-weight checkpoint "
+                             "(pmg_tools.realsize; default size 512, steps 4; ~6 GB of memory: run under "
+                             "flock /tmp/pmg-bigmem.lock on a shared machine)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     users = [u.strip() for u in args.users.split(",") if u.strip()]
+    if args.realsize:
+        with tempfile.TemporaryDirectory(prefix="pmg-bench-") as temporary:
+            base = args.base or Path(temporary)
+            checkpoint = place_realsize_checkpoint(args.realsize, base)
+            settings = DemoSettings(checkpoint=checkpoint, steps=args.steps or 4, size=args.size or 512, alphas=args.alphas)
+            result = realsize_benchmark(args.repeats, settings, base, users)
+        return report(result, args.json)
     if len(users) < args.repeats + 1:
         parser.error(f"--users needs at least {args.repeats + 1} ids (one for the first run, then one per repeat)")
-    settings = DemoSettings(checkpoint=args.checkpoint, steps=args.steps, size=args.size, alphas=ALPHAS)
+    settings = DemoSettings(checkpoint=args.checkpoint, steps=args.steps, size=args.size, alphas=args.alphas)
     with tempfile.TemporaryDirectory(prefix="pmg-bench-") as temporary:
         result = benchmark(args.repeats, settings, args.base or Path(temporary), users, args.large_llm)
+    return report(result, args.json)
+
+
+def report(result: dict, json_path: Path | None) -> int:
+    """Print the medians, ratios and per-node times; write ``result`` to ``json_path`` if given."""
     conditions = result["conditions"]
     out = sys.stdout
-    out.write(f"{'condition':28} {'median s':>9} {'peak RSS MiB':>13}\n")
+    out.write(f"settings: {json.dumps(result['settings'])}, device {result['device']}\n")
+    out.write(f"{'condition':32} {'median s':>9} {'peak RSS MiB':>13}\n")
     for name, values in conditions.items():
-        out.write(f"{name:28} {values['median_s']:9.2f} {values['peak_rss_mib']:13.0f}\n")
+        out.write(f"{name:32} {values['median_s']:9.2f} {values['peak_rss_mib']:13.0f}\n")
     for name, value in result["ratios"].items():
-        out.write(f"{name:30} {value:9.2f}\n")
+        out.write(f"{name:40} {value}\n")
     out.write("\nmedian seconds per node (summed by class type)\n")
     for name, values in conditions.items():
         nodes = ", ".join(f"{node} {seconds:.2f}" for node, seconds in values["node_median_s"].items())
-        out.write(f"{name:28} {nodes}\n")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        out.write(f"{name:32} {nodes}\n")
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0
 
 
