@@ -19,7 +19,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 SPLIT_SEEDS = {"train": 0, "held-out": 1}
-METHOD_CHOICES = ("target only", "keywords", "keywords + soft (untrained)", "keywords + soft (trained)", "PMG sweep + z")
+METHOD_CHOICES = ("target only", "history names", "keywords", "keywords + soft (untrained)", "keywords + soft (trained)", "PMG sweep + z")
 
 
 def register(subparsers) -> None:
@@ -164,7 +164,7 @@ def _evaluate(args, methods: list[str]) -> dict:
     shown = [m for m in methods if m in results]
     rows = [(case.history.user_id, [*case.history_images[:3], case.target_image[0], *(results[m].samples[i] for m in shown)])
             for i, case in enumerate(cases[:8])]
-    short = {"target only": "none", "keywords": "keywords", "keywords + soft (untrained)": "+soft (0)",
+    short = {"target only": "none", "history names": "names", "keywords": "keywords", "keywords + soft (untrained)": "+soft (0)",
              "keywords + soft (trained)": "+soft", "PMG sweep + z": "sweep + z"}
     sample_grid(rows, ["history", "history", "history", "target", *(short[m] for m in shown)]).save(out / "samples.png")
     if args.responsiveness:

@@ -11,6 +11,8 @@ users; the LPIPS change to history is paired against "target only".
 Methods (:data:`METHODS`):
 
 * ``target only`` — the plain target prompt, no personalisation;
+* ``history names`` — the no-LLM baseline: PMG's condition with the history items'
+  own names as the preference text (what a user could type without any LLM);
 * ``keywords`` — PMG's condition with the preference keywords;
 * ``keywords + soft (untrained)`` / ``(trained)`` — plus the soft embeddings of an
   untrained or a trained adapter (when an LLM and an adapter are given);
@@ -43,6 +45,14 @@ from .stats import Estimate, bootstrap_mean, bootstrap_relative_change
 logger = logging.getLogger(__name__)
 
 BASELINE = "target only"
+HISTORY_NAMES = "history names"
+# Methods every other one is compared with, paired by user: (metric suffix, baseline).
+COMPARED_WITH = (("change", BASELINE), ("vs_names", HISTORY_NAMES))
+
+
+def history_names_text(history: UserHistory) -> str:
+    """The no-LLM preference text: the history items' names, each once, oldest first (as the LLM reads them)."""
+    return ", ".join(dict.fromkeys(item.title for item in history.items))
 
 
 @dataclass
@@ -142,10 +152,11 @@ class StickerEvaluation:
         if method == BASELINE:
             return self.pipeline.encoder.encode([preference.target_text]).embeddings
         soft = case.soft.get(method.removeprefix("keywords + soft "), None) if "soft" in method else None
+        preference_text = history_names_text(case.history) if method == HISTORY_NAMES else preference.preference_text
         conditions = build_conditions(
             self.pipeline.encoder,
             preference.target_text,
-            preference.preference_text,
+            preference_text,
             soft,
             alphas=(self.settings.alpha if alpha is None else alpha,),
             weighting=self.settings.weighting,
@@ -193,13 +204,19 @@ class StickerEvaluation:
 
 
 def summarise(results: dict[str, MethodResult], seed: int = 0) -> dict[str, dict[str, Estimate]]:
-    """Per method: every metric's mean with its interval, and the LPIPS-to-history change against the baseline."""
+    """Per method: every metric's mean with its interval, and the LPIPS changes against each baseline run.
+
+    ``<metric>_change`` is against ``target only``, ``<metric>_vs_names`` against ``history names``
+    (each paired by user, present when that baseline ran and the method is another one).
+    """
     summary: dict[str, dict[str, Estimate]] = {}
-    baseline = results.get(BASELINE)
     for name, result in results.items():
         row = {metric: bootstrap_mean(values, seed) for metric, values in result.metrics.items()}
-        if baseline is not None and name != BASELINE:
+        for suffix, baseline_name in COMPARED_WITH:
+            baseline = results.get(baseline_name)
+            if baseline is None or name == baseline_name:
+                continue
             for metric in ("lpips_history", "lpips_target"):
-                row[f"{metric}_change"] = bootstrap_relative_change(result.metrics[metric], baseline.metrics[metric], seed)
+                row[f"{metric}_{suffix}"] = bootstrap_relative_change(result.metrics[metric], baseline.metrics[metric], seed)
         summary[name] = row
     return summary
