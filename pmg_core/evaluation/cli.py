@@ -48,6 +48,8 @@ def register(subparsers) -> None:
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--weighting", default="scale", help="scale, interpolate or repeat (pmg_core.conditioning.WEIGHTINGS)")
     p.add_argument("--negative", default="", help="negative prompt of every sticker")
+    p.add_argument("--upscaler", type=Path,
+                   help="a 4x upscale model file spandrel reads (e.g. realesr-animevideov3-x4.safetensors): also a 256 px sample grid")
     p.add_argument("--responsiveness", action="store_true", help="also judge stickers for every held-out emoji name")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_llm_source_args(p)
@@ -116,6 +118,28 @@ def _train_adapter(args) -> dict:
             "final_loss_mean": result.final_loss_mean, "seconds_per_step": result.seconds_per_step}
 
 
+def _load_upscaler(path: Path):
+    """A ``[3, h, w] -> [3, 4h, 4w]`` function from an upscale model file (the one the sticker workflows use)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ..errors import ModelLoadError
+
+    try:
+        from spandrel import ModelLoader
+    except ImportError as exc:
+        raise ModelLoadError(f"--upscaler needs spandrel ({exc}); install it: pip install spandrel==0.4.2") from exc
+    if not Path(path).is_file() or Path(path).suffix != ".safetensors":
+        raise ModelLoadError(f"--upscaler {path}: no such .safetensors file; build it with: python -m pmg_tools.upscaler")
+    model = ModelLoader().load_from_state_dict(load_file(str(path))).eval()
+
+    @torch.no_grad()
+    def upscale(image: torch.Tensor) -> torch.Tensor:
+        return model(image[None].float())[0].clamp(0, 1)
+
+    return upscale
+
+
 def _evaluate(args, methods: list[str]) -> dict:
     from ..cli_common import load_cli_llm
     from ..generator.text_encoder import MiniLMTextEncoder
@@ -166,7 +190,12 @@ def _evaluate(args, methods: list[str]) -> dict:
             for i, case in enumerate(cases[:8])]
     short = {"target only": "none", "history names": "names", "keywords": "keywords", "keywords + soft (untrained)": "+soft (0)",
              "keywords + soft (trained)": "+soft", "PMG sweep + z": "sweep + z"}
-    sample_grid(rows, ["history", "history", "history", "target", *(short[m] for m in shown)]).save(out / "samples.png")
+    titles = ["history", "history", "history", "target", *(short.get(m, m) for m in shown)]
+    sample_grid(rows, titles).save(out / "samples.png")
+    if args.upscaler is not None:  # the measures stay at 64 px; this grid only shows what the workflows save
+        upscale = _load_upscaler(args.upscaler)
+        big = [(label, [upscale(image) for image in images]) for label, images in rows]
+        sample_grid(big, titles, cell=256).save(out / "samples_256.png")
     if args.responsiveness:
         from ..generator.dataset import split
         from .responsiveness import responsiveness_report
