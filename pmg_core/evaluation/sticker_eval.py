@@ -16,6 +16,10 @@ Methods (:data:`METHODS`):
 * ``keywords`` — PMG's condition with the preference keywords;
 * ``keywords + soft (untrained)`` / ``(trained)`` — plus the soft embeddings of an
   untrained or a trained adapter (when an LLM and an adapter are given);
+* ``image prompt`` — the target prompt and the history images' tokens
+  (:mod:`pmg_core.image_prompt`, IP-Adapter's idea) in the soft prompt's place;
+* ``PMG + image prompt`` — the keywords, the trained adapter's soft tokens (when
+  given) and the image tokens in one condition, weighted like PMG's parts;
 * ``PMG sweep + z`` — one sticker per alpha of the sweep for every seed, the best kept by
   ``z = a·log d_p + (1-a)·log d_t`` with d_p = 1 - LPIPS to history and d_t the
   judge's probability of the target's category (never the held-back target image).
@@ -46,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 BASELINE = "target only"
 HISTORY_NAMES = "history names"
+IMAGE_PROMPT, PMG_AND_IMAGE = "image prompt", "PMG + image prompt"
 # Methods every other one is compared with, paired by user: (metric suffix, baseline).
 COMPARED_WITH = (("change", BASELINE), ("vs_names", HISTORY_NAMES))
 
@@ -153,6 +158,10 @@ class StickerEvaluation:
             return self.pipeline.encoder.encode([preference.target_text]).embeddings
         soft = case.soft.get(method.removeprefix("keywords + soft "), None) if "soft" in method else None
         preference_text = history_names_text(case.history) if method == HISTORY_NAMES else preference.preference_text
+        if method == IMAGE_PROMPT:
+            soft, preference_text = case.soft["image"], None
+        elif method == PMG_AND_IMAGE:  # both token sets in the soft slot: [soft tokens | image tokens]
+            soft = torch.cat([t for t in (case.soft.get("(trained)"), case.soft["image"]) if t is not None], dim=1)
         conditions = build_conditions(
             self.pipeline.encoder,
             preference.target_text,
