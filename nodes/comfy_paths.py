@@ -30,6 +30,7 @@ from ..pmg_core.assets import default_cache_dir
 from ..pmg_core.errors import MissingFileError, ModelLoadError, UnsafePathError
 from ..pmg_core.evaluation.judge import FORMAT as JUDGE_FORMAT
 from ..pmg_core.generator.weights import FORMAT as GENERATOR_FORMAT
+from ..pmg_core.image_prompt import FORMAT as IMAGE_PROMPT_FORMAT
 from ..pmg_core.history_upload import HISTORY_SUFFIXES
 from ..pmg_core.safe_paths import resolve_inside
 
@@ -45,7 +46,7 @@ ADAPTER_EXTENSIONS = {".safetensors"}
 UNTRAINED_ADAPTER = "none (untrained)"
 CACHE_FOLDER_NAME = "pmg_cache"
 # The header formats of the pack's other model files, never offered as soft-prompt adapters.
-OTHER_PMG_FORMATS = frozenset({GENERATOR_FORMAT, JUDGE_FORMAT})
+OTHER_PMG_FORMATS = frozenset({GENERATOR_FORMAT, JUDGE_FORMAT, IMAGE_PROMPT_FORMAT})
 
 
 def register_model_folders() -> None:
@@ -215,6 +216,28 @@ def _file_format(key: str, name: str) -> str | None:
         return None
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     return metadata.get("format") if isinstance(metadata, dict) else None
+
+
+def image_prompt_choices() -> list[str]:
+    """The image prompt projections (``format`` pmg-image-prompt) under ``models/pmg`` and the pack's ``models/``."""
+    try:
+        files = [f for f in folder_paths.get_filename_list(ADAPTER_FOLDER_KEY) if f.lower().endswith(".safetensors")]
+    except (KeyError, OSError) as error:
+        logger.warning("PMG: cannot list image prompt projections: %s", error)
+        return []
+    return sorted(f for f in files if _file_format(ADAPTER_FOLDER_KEY, f) == IMAGE_PROMPT_FORMAT)
+
+
+def resolve_image_prompt(name: str) -> Path:
+    """The file behind an ``image_prompt_choices`` entry."""
+    for root in _folders(ADAPTER_FOLDER_KEY):
+        candidate = model_path(root, name)
+        if candidate.is_file():
+            return candidate
+    raise ModelLoadError(
+        f"Image prompt projection {name!r} was not found in {_describe(_registered(ADAPTER_FOLDER_KEY))}; copy the "
+        ".safetensors file (pmg eval --train-image-prompt writes one) there and refresh the list."
+    )
 
 
 def resolve_adapter(name: str) -> Path:

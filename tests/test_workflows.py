@@ -215,6 +215,19 @@ def test_sticker_workflow_scores_against_the_real_history_images(pmg_server, obj
     assert all(c["lpips_history"] is not None and c["ssim_history"] is not None for c in scores["candidates"])
     assert scores["target_image"].startswith("history target item: pmg_stickers/images/")
     assert all(c["lpips_target"] is not None and c["ssim_target"] is not None for c in scores["candidates"])
+    assert_upscaled_selection(pmg_server.client, entry, scores, "15")
+
+
+def assert_upscaled_selection(client, entry: dict, scores: dict, save_node: str) -> None:
+    """The sticker workflows end in the stock upscaler: the selected 64 px sticker, 4x by Real-ESRGAN Compact."""
+    (record,) = node_output(entry, save_node)["images"]
+    big = fetch_png(client, record).convert("RGB")
+    small = fetch_png(client, scores["selected_image"]).convert("RGB")
+    assert big.size == (256, 256) and small.size == (64, 64)
+    # The same picture: shrunk back, the upscale is close to the selection (a wrong input would not be).
+    shrunk = big.resize((64, 64), Image.Resampling.BOX)
+    mean_error = sum(abs(a - b) for p, q in zip(shrunk.getdata(), small.getdata()) for a, b in zip(p, q)) / (64 * 64 * 3)
+    assert mean_error < 12, mean_error
 
 
 def test_alpha_sweep_saves_seven_candidates_and_the_tradeoff_plot(pmg_server, object_info):
@@ -224,6 +237,7 @@ def test_alpha_sweep_saves_seven_candidates_and_the_tradeoff_plot(pmg_server, ob
     assert scores["candidate_alphas"] == [0.0, 0.17, 0.33, 0.5, 0.67, 0.83, 1.0]
     (plot,) = node_output(entry, "13")["images"]
     assert fetch_png(pmg_server.client, plot).width > 64  # a chart, not a candidate
+    assert_upscaled_selection(pmg_server.client, entry, scores, "16")
 
 
 def test_repeat_of_a_user_does_no_llm_work(pmg_server, movie_run):

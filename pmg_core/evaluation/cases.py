@@ -24,6 +24,22 @@ def item_image(item: Item) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
+def image_prompt_examples(generator, encoder, lpips, histories: list[UserHistory]):
+    """Training users of the image route: history-image features, the target's latent and its prompt's states."""
+    from ..image_prompt import ImagePromptExample, image_features
+    from ..render import render_target_text
+
+    examples = []
+    with torch.no_grad():
+        for history in histories:
+            target = history.target
+            latent = generator.autoencoder.encode(item_image(target).unsqueeze(0))[0]
+            states = encoder.encode([render_target_text(target, target.keywords, history.scene)]).embeddings[0]
+            features = image_features(lpips, torch.stack([item_image(item) for item in history.items]))
+            examples.append(ImagePromptExample(features, latent.float(), states.float()))
+    return examples
+
+
 def build_cases(
     histories: list[UserHistory],
     llm,
@@ -31,8 +47,10 @@ def build_cases(
     methods: list[str],
     adapter_path: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    image_prompt=None,
 ) -> list[UserCase]:
-    """One :class:`UserCase` per history; soft embeddings only for the methods that use them."""
+    """One :class:`UserCase` per history; soft embeddings only for the methods that use them
+    (``image_prompt``, an :class:`pmg_core.image_prompt.ImagePrompt`, adds the history images' tokens as ``soft["image"]``)."""
     from ..soft_prompt import SoftPromptAdapter, load_adapter
 
     preferences = KeywordExtractor(llm, cache_dir=cache_dir).extract_many(histories)
@@ -46,11 +64,14 @@ def build_cases(
         target = history.target
         with torch.no_grad():
             soft = {name: adapter.encode(llm, [preference.soft_prompt_text]).float() for name, adapter in adapters.items()}
+        history_images = torch.stack([item_image(item) for item in history.items])
+        if image_prompt is not None:
+            soft["image"] = image_prompt.encode(history_images)
         cases.append(
             UserCase(
                 history=history,
                 preference=preference,
-                history_images=torch.stack([item_image(item) for item in history.items]),
+                history_images=history_images,
                 target_image=item_image(target).unsqueeze(0),
                 target_category=CATEGORIES.index(target.categories[0]),
                 soft=soft,

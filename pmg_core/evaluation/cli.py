@@ -19,7 +19,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 SPLIT_SEEDS = {"train": 0, "held-out": 1}
-METHOD_CHOICES = ("target only", "keywords", "keywords + soft (untrained)", "keywords + soft (trained)", "PMG sweep + z")
+METHOD_CHOICES = ("target only", "history names", "keywords", "keywords + soft (untrained)", "keywords + soft (trained)", "image prompt",
+                  "PMG + image prompt", "PMG sweep + z")
 
 
 def register(subparsers) -> None:
@@ -34,7 +35,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, help="folder for evaluation.md, evaluation.json and the PNG plots")
     p.add_argument("--split", choices=tuple(SPLIT_SEEDS), default="held-out", help="train users tune, held-out users report")
     p.add_argument("--users", type=int, default=24)
-    p.add_argument("--methods", default=",".join(m for m in METHOD_CHOICES if "trained)" not in m or "un" in m),
+    p.add_argument("--methods", default=",".join(m for m in METHOD_CHOICES if ("trained)" not in m or "un" in m) and "image prompt" not in m),
                    help="comma-separated, from: " + "; ".join(METHOD_CHOICES))
     p.add_argument("--adapter", type=Path, help="a soft-prompt adapter trained for this generator (for 'keywords + soft (trained)')")
     p.add_argument("--train-adapter", type=Path, metavar="DIR",
@@ -42,12 +43,21 @@ def register(subparsers) -> None:
     p.add_argument("--adapter-users", type=int, default=48)
     p.add_argument("--adapter-steps", type=int, default=150)
     p.add_argument("--adapter-lr", type=float, default=1e-3)
+    p.add_argument("--image-prompt", type=Path, help="an image prompt projection for this generator (for 'image prompt' methods)")
+    p.add_argument("--train-image-prompt", type=Path, metavar="DIR",
+                   help="train the image prompt projection on the train split's users into DIR and stop")
+    p.add_argument("--image-prompt-users", type=int, default=200)
+    p.add_argument("--image-prompt-steps", type=int, default=300)
+    p.add_argument("--image-prompt-tokens", type=int, default=4)
+    p.add_argument("--image-prompt-lr", type=float, default=1e-3)
     p.add_argument("--images-per-user", type=int, default=4)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=5.0)
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--weighting", default="scale", help="scale, interpolate or repeat (pmg_core.conditioning.WEIGHTINGS)")
     p.add_argument("--negative", default="", help="negative prompt of every sticker")
+    p.add_argument("--upscaler", type=Path,
+                   help="a 4x upscale model file spandrel reads (e.g. realesr-animevideov3-x4.safetensors): also a 256 px sample grid")
     p.add_argument("--responsiveness", action="store_true", help="also judge stickers for every held-out emoji name")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_llm_source_args(p)
@@ -65,6 +75,8 @@ def run_eval(args: argparse.Namespace) -> dict:
         return _train_judge(args)
     if args.train_adapter:
         return _train_adapter(args)
+    if args.train_image_prompt:
+        return _train_image_prompt(args)
     if args.generator is None or args.out is None:
         raise InvalidSettingError("pmg eval needs --generator FILE and --out FOLDER (or --train-judge).")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -73,6 +85,8 @@ def run_eval(args: argparse.Namespace) -> dict:
         raise InvalidSettingError(f"Unknown method(s) {unknown}; choose from: {'; '.join(METHOD_CHOICES)}.")
     if "keywords + soft (trained)" in methods and args.adapter is None:
         raise InvalidSettingError("The method 'keywords + soft (trained)' needs --adapter FILE (a soft-prompt adapter for this generator).")
+    if any("image prompt" in m for m in methods) and args.image_prompt is None:
+        raise InvalidSettingError("The 'image prompt' methods need --image-prompt FILE (pmg eval --train-image-prompt DIR writes one).")
     return _evaluate(args, methods)
 
 
@@ -116,6 +130,64 @@ def _train_adapter(args) -> dict:
             "final_loss_mean": result.final_loss_mean, "seconds_per_step": result.seconds_per_step}
 
 
+def _train_image_prompt(args) -> dict:
+    """The image route's projection, trained on train-split users only (their target stickers)."""
+    import torch
+
+    from ..errors import InvalidSettingError
+    from ..generator.sampling import add_noise
+    from ..generator.text_encoder import WIDTH, MiniLMTextEncoder
+    from ..generator.weights import load_generator
+    from ..image_prompt import ImagePromptProjection, save_image_prompt, train_projection
+    from ..loaders.stickers import build_sticker_histories
+    from ..metrics.lpips import LPIPS
+    from ..progress import stderr_bar, tqdm_progress
+    from .cases import image_prompt_examples
+
+    if args.generator is None:
+        raise InvalidSettingError("pmg eval --train-image-prompt needs --generator FILE (the generator the tokens are for).")
+    generator, encoder, lpips = load_generator(args.generator), MiniLMTextEncoder(), LPIPS("alex")
+    histories = build_sticker_histories(n_users=args.image_prompt_users, seed=SPLIT_SEEDS["train"])
+    examples = image_prompt_examples(generator, encoder, lpips, histories)
+    scale = float(torch.cat([e.target_states for e in examples]).std())  # the text states' size
+    torch.manual_seed(0)
+    projection = ImagePromptProjection(examples[0].features.shape[1], args.image_prompt_tokens, WIDTH, scale)
+    denoiser = generator.denoiser.float()
+    with stderr_bar("image prompt", "step", args.image_prompt_steps) as bar:
+        losses = train_projection(projection, examples, denoiser, add_noise, args.image_prompt_steps,
+                                  args.image_prompt_lr, progress=tqdm_progress(bar))
+    out = Path(args.train_image_prompt)
+    out.mkdir(parents=True, exist_ok=True)
+    training = {"generator": Path(args.generator).name, "image_size": generator.image_size, "users": len(examples), "split": "train", "steps": len(losses),
+                "learning_rate": args.image_prompt_lr, "batch_size": 4, "seed": 0}
+    path = save_image_prompt(out / "image-prompt.safetensors", projection, training)
+    (out / "loss.csv").write_text("step,loss\n" + "".join(f"{i + 1},{v:.6f}\n" for i, v in enumerate(losses)), encoding="utf-8")
+    first, last = sum(losses[:25]) / len(losses[:25]), sum(losses[-25:]) / len(losses[-25:])
+    return {"image_prompt": str(path), "first_loss_mean": first, "final_loss_mean": last}
+
+
+def _load_upscaler(path: Path):
+    """A ``[3, h, w] -> [3, 4h, 4w]`` function from an upscale model file (the one the sticker workflows use)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ..errors import ModelLoadError
+
+    try:
+        from spandrel import ModelLoader
+    except ImportError as exc:
+        raise ModelLoadError(f"--upscaler needs spandrel ({exc}); install it: pip install spandrel==0.4.2") from exc
+    if not Path(path).is_file() or Path(path).suffix != ".safetensors":
+        raise ModelLoadError(f"--upscaler {path}: no such .safetensors file; build it with: python -m pmg_tools.upscaler")
+    model = ModelLoader().load_from_state_dict(load_file(str(path))).eval()
+
+    @torch.no_grad()
+    def upscale(image: torch.Tensor) -> torch.Tensor:
+        return model(image[None].float())[0].clamp(0, 1)
+
+    return upscale
+
+
 def _evaluate(args, methods: list[str]) -> dict:
     from ..cli_common import load_cli_llm
     from ..generator.text_encoder import MiniLMTextEncoder
@@ -142,7 +214,14 @@ def _evaluate(args, methods: list[str]) -> dict:
     histories = build_sticker_histories(n_users=args.users, seed=SPLIT_SEEDS[args.split])
     llm = load_cli_llm(args)
     with stderr_bar("keywords + soft embeddings", "user", len(histories)) as bar:
-        cases = build_cases(histories, llm, args.cache_dir, methods, args.adapter, progress=tqdm_progress(bar))
+        image_prompt = None
+        if args.image_prompt is not None:
+            from ..generator.text_encoder import WIDTH
+            from ..image_prompt import load_image_prompt
+
+            image_prompt = load_image_prompt(args.image_prompt, lpips, width=WIDTH)
+        cases = build_cases(histories, llm, args.cache_dir, methods, args.adapter, progress=tqdm_progress(bar),
+                            image_prompt=image_prompt)
     evaluation = StickerEvaluation(pipeline, judge, settings, lpips)
     with stderr_bar("stickers", "user x method", len(cases) * len(methods)) as bar:
         results = evaluation.run(cases, methods, progress=tqdm_progress(bar))
@@ -157,6 +236,8 @@ def _evaluate(args, methods: list[str]) -> dict:
         "generator": str(args.generator),
         "llm": llm.identity,
         "summary": {method: {k: v.to_dict() for k, v in row.items()} for method, row in summary.items()},
+        # Per-user values (user order), so any other paired comparison can be computed afterwards.
+        "per_user": {method: result.metrics for method, result in results.items()},
         "keywords": {c.history.user_id: list(c.preference.preference_keywords) for c in cases},
     }
     table = markdown_table(summary)
@@ -164,9 +245,15 @@ def _evaluate(args, methods: list[str]) -> dict:
     shown = [m for m in methods if m in results]
     rows = [(case.history.user_id, [*case.history_images[:3], case.target_image[0], *(results[m].samples[i] for m in shown)])
             for i, case in enumerate(cases[:8])]
-    short = {"target only": "none", "keywords": "keywords", "keywords + soft (untrained)": "+soft (0)",
-             "keywords + soft (trained)": "+soft", "PMG sweep + z": "sweep + z"}
-    sample_grid(rows, ["history", "history", "history", "target", *(short[m] for m in shown)]).save(out / "samples.png")
+    short = {"target only": "none", "history names": "names", "keywords": "keywords", "keywords + soft (untrained)": "+soft (0)",
+             "keywords + soft (trained)": "+soft", "image prompt": "image",
+             "PMG + image prompt": "PMG+image", "PMG sweep + z": "sweep + z"}
+    titles = ["history", "history", "history", "target", *(short.get(m, m) for m in shown)]
+    sample_grid(rows, titles).save(out / "samples.png")
+    if args.upscaler is not None:  # the measures stay at 64 px; this grid only shows what the workflows save
+        upscale = _load_upscaler(args.upscaler)
+        big = [(label, [upscale(image) for image in images]) for label, images in rows]
+        sample_grid(big, titles, cell=256).save(out / "samples_256.png")
     if args.responsiveness:
         from ..generator.dataset import split
         from .responsiveness import responsiveness_report

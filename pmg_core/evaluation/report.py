@@ -13,6 +13,7 @@ from .stats import Estimate
 COLUMNS = (
     ("lpips_history", "LPIPS→history ↓"),
     ("lpips_history_change", "Δ LPIPS→history vs target only"),
+    ("lpips_history_vs_names", "Δ LPIPS→history vs history names"),
     ("ssim_history", "SSIM→history ↑"),
     ("lpips_target", "LPIPS→target ↓"),
     ("ssim_target", "SSIM→target ↑"),
@@ -30,7 +31,7 @@ def markdown_table(summary: dict[str, dict[str, Estimate]]) -> str:
             estimate = row.get(key)
             if estimate is None:
                 cells.append("—")
-            elif key.endswith("_change"):
+            elif key.endswith(("_change", "_vs_names")):
                 cells.append(f"{100 * estimate.mean:+.1f}% [{100 * estimate.low:+.1f}, {100 * estimate.high:+.1f}]")
             else:
                 cells.append(f"{estimate.mean:.3f} [{estimate.low:.3f}, {estimate.high:.3f}]")
@@ -43,7 +44,7 @@ def tradeoff_curve(summary: dict[str, dict[str, Estimate]], accuracy: str = "jud
     swept = sorted((float(m.group(1)), name) for name in summary if (m := re.fullmatch(r"keywords a=([\d.]+)", name)))
     points = [(1 - summary[name]["lpips_history"].mean, summary[name][accuracy].mean, f"a={alpha:g}") for alpha, name in swept]
     extra = [(1 - row["lpips_history"].mean, row[accuracy].mean, name) for name, row in summary.items()
-             if name in ("target only", "PMG sweep + z")]
+             if name in ("target only", "history names", "PMG sweep + z")]
     everything = points + extra
     image, draw = canvas(width, height)
     big, small = font(15), font(12)

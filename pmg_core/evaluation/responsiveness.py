@@ -7,6 +7,9 @@
   stickers on LPIPS-AlexNet features (each layer's unit-normalised activations,
   spatially averaged: 1,152 values per image), beside the distance between two
   halves of the real images, with the same number of images on each side.
+* **The autoencoder's ceiling**: the held-out emoji encoded and decoded by the
+  generator's own autoencoder. No sticker can be sharper than its decoder draws,
+  so the reconstruction LPIPS and Fréchet distance bound every generated figure.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from ..generator.dataset import EmojiImage, image_tensor
 from ..generator.sampling import sample_euler
 from ..metrics.lpips import LPIPS
 from .judge import CategoryJudge, accuracy
+from .stats import bootstrap_mean
 
 
 @torch.no_grad()
@@ -56,6 +60,15 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
 
 
+@torch.no_grad()
+def autoencoder_ceiling(autoencoder, lpips: LPIPS, real: torch.Tensor, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real images through encode/decode ``[N, 3, H, W]``, and each one's LPIPS to its original ``[N]``."""
+    device = next(autoencoder.parameters()).device
+    rebuilt = torch.cat([autoencoder.decode(autoencoder.encode(real[i : i + batch].to(device))).float().cpu()
+                         for i in range(0, len(real), batch)])
+    return rebuilt, lpips.distance(rebuilt, real)
+
+
 def responsiveness_report(pipeline, judge: CategoryJudge, lpips: LPIPS, held_out: list[EmojiImage], seed: int = 0,
                           steps: int = 20, cfg: float = 5.0, progress: Callable[[int, int], None] | None = None) -> dict:
     """Judge accuracy on generated vs real held-out emoji, and the Fréchet distances; plus the images."""
@@ -66,6 +79,7 @@ def responsiveness_report(pipeline, judge: CategoryJudge, lpips: LPIPS, held_out
     order = np.random.default_rng(seed).permutation(len(held_out))
     half_a, half_b = order[: len(order) // 2], order[len(order) // 2 :]
     real_features, generated_features = lpips_features(lpips, real), lpips_features(lpips, generated)
+    rebuilt, reconstruction = autoencoder_ceiling(pipeline.generator.autoencoder, lpips, real)
     return {
         "held_out_images": len(held_out),
         "judge_accuracy_real": real_accuracy,
@@ -74,6 +88,8 @@ def responsiveness_report(pipeline, judge: CategoryJudge, lpips: LPIPS, held_out
         "chance": 1 / len(torch.unique(labels)),
         "frechet_generated_vs_real": frechet_distance(generated_features[half_a], real_features[half_b]),
         "frechet_real_halves": frechet_distance(real_features[half_a], real_features[half_b]),
+        "reconstruction_lpips": bootstrap_mean(reconstruction.tolist(), seed).to_dict(),
+        "frechet_reconstructed_vs_real": frechet_distance(lpips_features(lpips, rebuilt)[half_a], real_features[half_b]),
         "images": generated,
         "real": real,
     }

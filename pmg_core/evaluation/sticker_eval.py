@@ -11,9 +11,15 @@ users; the LPIPS change to history is paired against "target only".
 Methods (:data:`METHODS`):
 
 * ``target only`` — the plain target prompt, no personalisation;
+* ``history names`` — the no-LLM baseline: PMG's condition with the history items'
+  own names as the preference text (what a user could type without any LLM);
 * ``keywords`` — PMG's condition with the preference keywords;
 * ``keywords + soft (untrained)`` / ``(trained)`` — plus the soft embeddings of an
   untrained or a trained adapter (when an LLM and an adapter are given);
+* ``image prompt`` — the target prompt and the history images' tokens
+  (:mod:`pmg_core.image_prompt`, IP-Adapter's idea) in the soft prompt's place;
+* ``PMG + image prompt`` — the keywords, the trained adapter's soft tokens (when
+  given) and the image tokens in one condition, weighted like PMG's parts;
 * ``PMG sweep + z`` — one sticker per alpha of the sweep for every seed, the best kept by
   ``z = a·log d_p + (1-a)·log d_t`` with d_p = 1 - LPIPS to history and d_t the
   judge's probability of the target's category (never the held-back target image).
@@ -43,6 +49,15 @@ from .stats import Estimate, bootstrap_mean, bootstrap_relative_change
 logger = logging.getLogger(__name__)
 
 BASELINE = "target only"
+HISTORY_NAMES = "history names"
+IMAGE_PROMPT, PMG_AND_IMAGE = "image prompt", "PMG + image prompt"
+# Methods every other one is compared with, paired by user: (metric suffix, baseline).
+COMPARED_WITH = (("change", BASELINE), ("vs_names", HISTORY_NAMES))
+
+
+def history_names_text(history: UserHistory) -> str:
+    """The no-LLM preference text: the history items' names, each once, oldest first (as the LLM reads them)."""
+    return ", ".join(dict.fromkeys(item.title for item in history.items))
 
 
 @dataclass
@@ -142,10 +157,15 @@ class StickerEvaluation:
         if method == BASELINE:
             return self.pipeline.encoder.encode([preference.target_text]).embeddings
         soft = case.soft.get(method.removeprefix("keywords + soft "), None) if "soft" in method else None
+        preference_text = history_names_text(case.history) if method == HISTORY_NAMES else preference.preference_text
+        if method == IMAGE_PROMPT:
+            soft, preference_text = case.soft["image"], None
+        elif method == PMG_AND_IMAGE:  # both token sets in the soft slot: [soft tokens | image tokens]
+            soft = torch.cat([t for t in (case.soft.get("(trained)"), case.soft["image"]) if t is not None], dim=1)
         conditions = build_conditions(
             self.pipeline.encoder,
             preference.target_text,
-            preference.preference_text,
+            preference_text,
             soft,
             alphas=(self.settings.alpha if alpha is None else alpha,),
             weighting=self.settings.weighting,
@@ -193,13 +213,19 @@ class StickerEvaluation:
 
 
 def summarise(results: dict[str, MethodResult], seed: int = 0) -> dict[str, dict[str, Estimate]]:
-    """Per method: every metric's mean with its interval, and the LPIPS-to-history change against the baseline."""
+    """Per method: every metric's mean with its interval, and the LPIPS changes against each baseline run.
+
+    ``<metric>_change`` is against ``target only``, ``<metric>_vs_names`` against ``history names``
+    (each paired by user, present when that baseline ran and the method is another one).
+    """
     summary: dict[str, dict[str, Estimate]] = {}
-    baseline = results.get(BASELINE)
     for name, result in results.items():
         row = {metric: bootstrap_mean(values, seed) for metric, values in result.metrics.items()}
-        if baseline is not None and name != BASELINE:
+        for suffix, baseline_name in COMPARED_WITH:
+            baseline = results.get(baseline_name)
+            if baseline is None or name == baseline_name:
+                continue
             for metric in ("lpips_history", "lpips_target"):
-                row[f"{metric}_change"] = bootstrap_relative_change(result.metrics[metric], baseline.metrics[metric], seed)
+                row[f"{metric}_{suffix}"] = bootstrap_relative_change(result.metrics[metric], baseline.metrics[metric], seed)
         summary[name] = row
     return summary

@@ -1,0 +1,53 @@
+"""Responsiveness and Fréchet distance of two or more sticker generator files, same seed, side by side.
+
+    .venv/bin/python scripts/compare_generators.py models/pmg-sticker-generator.safetensors \\
+        runs/sticker-more/pmg-sticker-generator.safetensors --json runs/compare.json
+
+Each file draws one sticker for every held-out emoji name (seed 0, 20 Euler steps, cfg 5), judged by the
+category judge; the report also holds the autoencoder's ceiling (held-out reconstruction LPIPS and its
+Fréchet distance). Used to decide which generator file ships (models/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main() -> None:
+    import torch
+
+    from pmg_core.evaluation.judge import load_judge
+    from pmg_core.evaluation.responsiveness import responsiveness_report
+    from pmg_core.evaluation.sticker_eval import StickerPipeline
+    from pmg_core.generator.dataset import split
+    from pmg_core.generator.text_encoder import MiniLMTextEncoder
+    from pmg_core.generator.weights import load_generator
+    from pmg_core.metrics.lpips import LPIPS
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("generators", nargs="+", type=Path)
+    parser.add_argument("--judge", type=Path, default=REPO / "models" / "pmg-sticker-judge.safetensors")
+    parser.add_argument("--json", type=Path, required=True)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(1)
+    judge, lpips, encoder, held_out = load_judge(args.judge), LPIPS("alex"), MiniLMTextEncoder(), split()[1]
+    results = {}
+    for path in args.generators:
+        report = responsiveness_report(StickerPipeline(load_generator(path), encoder), judge, lpips, held_out)
+        report.pop("images"), report.pop("real")
+        results[str(path)] = report
+        logging.info("%s: %s", path, json.dumps(report))
+    args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
