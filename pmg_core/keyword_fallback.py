@@ -45,7 +45,9 @@ def history_fallback_keywords(history: UserHistory, item_keywords: Mapping[tuple
     counts: Counter[str] = Counter()
     for item in history.items:
         words = item.keywords or item_keywords.get(item_identity(item, prompt_set), ())
-        counts.update(word.casefold() for word in {*item.categories, *words, *_content_words(item.title)})
+        # Each word once per item, in first-seen order: ties among equal counts must not follow
+        # set order, which changes with every process's string hash seed.
+        counts.update(list(dict.fromkeys(word.casefold() for word in (*item.categories, *words, *_content_words(item.title)))))
     for turn in history.conversation:
         counts.update(word.casefold() for word in _content_words(turn.text))
     return _unique([word for word, _ in counts.most_common()], n)

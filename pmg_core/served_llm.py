@@ -100,7 +100,7 @@ class ServedLLM:
         if self.api == "ollama":
             if self._digest is None:
                 self._digest = self._ollama_digest()
-            return f"{name}@{self._digest[:12]}" if self._digest else name
+            return f"{name}@{self._digest.split(':')[-1][:12]}" if self._digest else name
         return name
 
     primes_answer = False  # a chat API starts the answer itself: there is no primed prefix to continue

@@ -406,3 +406,23 @@ def test_a_target_left_with_no_keywords_by_the_filter_gets_its_own_metadata(tiny
     preference = KeywordExtractor(llm, cache_dir=tmp_path, **FAST).extract(history)
     assert preference.target_keywords == ("Comedy", "Heathers")
     assert "Heath," not in preference.target_text
+
+
+def test_metadata_fallback_keywords_do_not_depend_on_the_hash_seed():
+    """Ties among equal counts kept set order before, so `pmg keywords` changed from one process to the next."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "from pmg_core.history import Item, UserHistory\n"
+        "from pmg_core.keyword_fallback import history_fallback_keywords\n"
+        "items = (Item('a', 'cherry blossom', ('Animals & Nature', 'plant-flower')),\n"
+        "         Item('b', 'open hands', ('People & Body', 'hand-fingers-open')))\n"
+        "print(history_fallback_keywords(UserHistory('u', items, scene='sticker'), {}, 8, 'sticker'))\n"
+    )
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}, cwd=Path(__file__).parents[1]).stdout
+            for seed in (1, 2, 3)}
+    assert len(runs) == 1, runs
