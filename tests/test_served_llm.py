@@ -258,3 +258,21 @@ def test_an_unknown_ollama_model_says_to_pull_it(tmp_path):
 def test_bad_settings_are_clear_errors(kwargs, message):
     with pytest.raises(InvalidSettingError, match=message):
         ServedLLM(**kwargs)
+
+
+def test_pmg_keywords_with_llm_url_asks_the_server_once_per_question(served_tiny, tmp_path, capsys):
+    from pmg_core.cli import main as pmg_main
+
+    argv = ["keywords", "--history", "builtin:stickers", "--user", "sticker_user_000", "--llm-url", served_tiny.url,
+            "--llm-model", served_tiny.model, "--cache-dir", str(tmp_path), "--max-new-tokens", "6"]
+    logged = served_tiny.requests_logged()
+    assert pmg_main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first[0]["user_id"] == "sticker_user_000" and first[0]["preference_keywords"]
+    assert served_tiny.requests_logged() > logged
+    logged = served_tiny.requests_logged()
+    assert pmg_main(argv) == 0
+    assert json.loads(capsys.readouterr().out) == first
+    assert served_tiny.requests_logged() == logged, "a returning user sends no request"
+    assert pmg_main(["keywords", "--history", "builtin:stickers", "--user", "sticker_user_000", "--llm-model", "m"]) == 1
+    assert "--llm-model names a served model" in capsys.readouterr().err
