@@ -20,12 +20,33 @@ from pathlib import Path
 
 import requests
 
+from pmg_core.atomic import atomic_path
 from pmg_core.comfy_client.lifetime import die_with_owner
 from pmg_core.errors import ServedLLMError
 
 from .server import free_port
 
 log = logging.getLogger(__name__)
+
+
+def saved_smollm2_folder(cache_dir: Path | None = None) -> Path:
+    """The offline SmolLM2 as a Hugging Face folder ``transformers serve`` can read (written once).
+
+    Saved from the loaded model, so the server runs the very weights, tokenizer and chat
+    template the local LLM does: the same model, only asked over HTTP.
+    """
+    from pmg_core.assets import default_cache_dir, smollm2_gguf
+    from pmg_core.llm import load_llm
+
+    cache = Path(cache_dir or default_cache_dir())
+    folder = cache / "served" / "smollm2"
+    if not (folder / "config.json").is_file():
+        llm = load_llm(smollm2_gguf(), cache_dir=cache)
+        with atomic_path(folder) as tmp:  # a concurrent save that finished first is kept
+            llm.model.save_pretrained(tmp, safe_serialization=True)
+            llm.tokenizer.save_pretrained(tmp)
+        log.info("Saved %s to %s for transformers serve", llm.identity, folder)
+    return folder
 
 
 class TransformersServe:
