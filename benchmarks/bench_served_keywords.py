@@ -82,7 +82,8 @@ def benchmark(n_users: int, max_new_tokens: int, work: Path) -> dict:
     return {
         "model": f"{llm.identity} (served from {folder.name} by transformers serve, CPU)",
         "users": len(histories), "max_new_tokens": max_new_tokens, "threads": torch.get_num_threads(),
-        "served_new_users": {"questions": questions, "requests_at_server": new_requests,
+        "served_new_users": {"questions": questions, "retried_questions": cold.retries,
+                             "requests_at_server": new_requests,
                              "client_requests": source.requests_sent, "seconds": round(served_s, 2)},
         "served_returning_users": {"requests_at_server": returning_requests, "seconds": round(returning_s, 3),
                                    "same_keywords": all(a == b for a, b in zip(served, returning))},

@@ -90,12 +90,14 @@ class KeywordCall:
     """One extraction call's asking: the source is made ready at most once, on the first miss.
 
     Lives for one ``extract_many`` call (a ``with`` block), so an extractor serves any number
-    of calls, one after another or at once. ``batches`` counts the source's answer() calls.
+    of calls, one after another or at once. ``batches`` counts the source's answer() calls,
+    ``retries`` the questions asked again (sampled) after an unusable answer.
     """
 
     def __init__(self, source: KeywordSource, cache: KeywordCache, settings: AskSettings, tracker: StageProgress):
         self.source, self.cache, self.settings, self.tracker = source, cache, settings, tracker
         self.batches = 0
+        self.retries = 0
         self._stack = ExitStack()
         self._ready = False
 
@@ -121,6 +123,7 @@ class KeywordCall:
                 results[i] = self._keep(questions[i], Answer(parsed))
         if failures:
             log.info("Retrying %d unparseable answer(s) once with sampling.", len(failures))
+            self.retries += len(failures)
             retried = self._ask([questions[i].request for i, _ in failures], do_sample=True, stage=None)
             for (i, first), text in zip(failures, retried):
                 parsed = self._parse(questions[i], text)

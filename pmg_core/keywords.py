@@ -176,6 +176,7 @@ class KeywordExtractor:
                                   metadata_fallback=metadata_fallback)
         self._ask = AskSettings(max_new_tokens, seed, batch_size, metadata_fallback)
         self.generate_calls = 0  # LLM batches run over all calls (0 on a fully cached run)
+        self.retries = 0  # questions asked a second time (sampled) after an unusable answer
 
     # -- public API ---------------------------------------------------------------
     def extract(self, history: UserHistory, target: Item | None = None, progress: Progress | None = None) -> Preference:
@@ -200,6 +201,7 @@ class KeywordExtractor:
                 answers = call.answers(questions, stage=preference_stage)
             finally:
                 self.generate_calls += call.batches
+                self.retries += call.retries
         tracker.finish()
         return [self._preference(user, fit, answer, item_keywords, item_fallbacks)
                 for user, fit, answer in zip(users, fitted, answers)]
@@ -225,9 +227,10 @@ class KeywordExtractor:
 
     @property
     def stats(self) -> dict[str, int]:
-        """LLM batches run and cache hits/misses so far (the ComfyUI node shows them)."""
+        """LLM batches run, retried questions and cache hits/misses so far (the ComfyUI node shows them)."""
         s = self.cache.stats
-        return {"generate_calls": self.generate_calls, "cache_hits": s.hits, "cache_misses": s.misses}
+        return {"generate_calls": self.generate_calls, "retries": self.retries, "cache_hits": s.hits,
+                "cache_misses": s.misses}
 
     # -- templates ------------------------------------------------------------------
     def prompts_for(self, prompt_set: str) -> PromptTemplates:
