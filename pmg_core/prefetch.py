@@ -129,6 +129,30 @@ def workflow_keyword_settings(workflow: dict, overrides: dict | None = None) -> 
     return settings, history
 
 
+def workflow_served_llm(workflow: dict, overrides: dict | None = None):
+    """The :class:`pmg_core.served_llm.ServedLLM` the workflow's extractor asks, when its ``llm`` input is
+    wired to a PMG Served LLM node (its inputs and ``--set`` overrides); ``None`` for a local LLM."""
+    from .errors import InvalidSettingError
+    from .served_llm import ServedLLM
+
+    extractor = next((node for node in workflow.values() if node.get("class_type") == "PMGPreferenceExtractor"), {})
+    link = (extractor.get("inputs") or {}).get("llm")
+    if not isinstance(link, list) or workflow.get(str(link[0]), {}).get("class_type") != "PMGServedLLM":
+        return None
+    node_id = str(link[0])
+    values = dict(workflow[node_id].get("inputs") or {})
+    values.update({key.partition(".")[2]: value for key, value in (overrides or {}).items()
+                   if key.partition(".")[0] == node_id})
+    names = ("base_url", "model", "api", "timeout", "keep_alive", "context_length")
+    wired = [name for name in names if isinstance(values.get(name), list)]
+    if wired:
+        raise InvalidSettingError(f"--prefetch: PMG Served LLM's {', '.join(wired)} is wired to a node; set a value.")
+    return ServedLLM(values["base_url"], values["model"], api=values.get("api", "openai"),
+                     timeout=float(values.get("timeout", 120.0)),
+                     keep_alive=str(values.get("keep_alive", "")) if values.get("api") == "ollama" else "",
+                     context_length=int(values.get("context_length", 8192)))
+
+
 def prefetch_for_workflow(
     workflow: dict,
     history_file: Path,
@@ -139,10 +163,14 @@ def prefetch_for_workflow(
     overrides: dict | None = None,
     progress: Progress | None = None,
 ) -> PrefetchSummary:
-    """Warm ``cache_dir`` (the server's ``pmg_cache``) for the users ``pmg queue`` will send."""
+    """Warm ``cache_dir`` (the server's ``pmg_cache``) for the users ``pmg queue`` will send.
+
+    When the workflow's extractor asks a PMG Served LLM, that server is asked (``llm`` is not used).
+    """
     from .loaders import list_users, load_user
 
     settings, loading = workflow_keyword_settings(workflow, overrides)
+    llm = workflow_served_llm(workflow, overrides) or llm
     ids = users if users is not None else list_users(history_file, fmt=loading["format"])
     histories = [load_user(history_file, user, fmt=loading["format"], scene=loading["scene"],
                            max_items=loading["max_items"]) for user in ids]

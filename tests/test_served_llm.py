@@ -277,3 +277,17 @@ def test_pmg_keywords_with_llm_url_asks_the_server_once_per_question(served_tiny
     assert served_tiny.requests_logged() == logged, "a returning user sends no request"
     assert pmg_main(["keywords", "--history", "builtin:stickers", "--user", "sticker_user_000", "--llm-model", "m"]) == 1
     assert "--llm-model names a served model" in capsys.readouterr().err
+
+
+def test_prefetch_for_the_served_workflow_asks_its_server(tmp_path):
+    """`pmg queue --prefetch` on pmg_served_keywords warms the cache from the workflow's server, with its settings."""
+    from pmg_core.prefetch import workflow_served_llm
+    from pmg_tools.demo import load_api_workflow
+
+    workflow = load_api_workflow("pmg_served_keywords")
+    assert workflow_served_llm(load_api_workflow("pmg_sticker")) is None
+    served_id = next(k for k, v in workflow.items() if v["class_type"] == "PMGServedLLM")
+    source = workflow_served_llm(workflow, {f"{served_id}.base_url": "http://127.0.0.1:9", f"{served_id}.api": "openai"})
+    assert (source.base_url, source.model, source.api, source.keep_alive) == ("http://127.0.0.1:9", "llama3.2", "openai", "")
+    ollama = workflow_served_llm(workflow)
+    assert (ollama.api, ollama.keep_alive, ollama.context_length) == ("ollama", "0", 8192)
