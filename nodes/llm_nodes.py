@@ -20,7 +20,8 @@ from .comfy_runtime import (
     resolve_device,
     resolve_dtype_choice,
 )
-from .types import PMGLLM, PMGHistory, PMGPreference, PreferenceBundle
+from .served_llm_nodes import served_activity
+from .types import PMGHistory, PMGLLM, PMGPreference, PMGServedLLM, PreferenceBundle, ServedKeywordLLM
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +158,11 @@ class PMGPreferenceExtractor(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 PMGHistory.Input("history", tooltip="The user's behaviours from PMG User History Loader."),
-                PMGLLM.Input("llm", tooltip="The language model from PMG LLM Loader."),
+                io.MultiType.Input(
+                    "llm", types=[PMGLLM, PMGServedLLM],
+                    tooltip=("The language model from PMG LLM Loader, or a served one from PMG Served LLM (its "
+                             "soft_prompt_llm then goes on to PMG Soft Prompt Encoder)."),
+                ),
                 io.Int.Input(
                     "n_preference", default=8, min=1, max=32,
                     tooltip="How many preference keywords to ask for (the paper uses 8).",
@@ -206,25 +211,30 @@ class PMGPreferenceExtractor(io.ComfyNode):
         max_new_tokens: int,
         keep_model_loaded: bool,
     ) -> io.NodeOutput:
+        served = isinstance(llm, ServedKeywordLLM)
+        local = llm.soft_prompt_llm if served else llm  # what the soft-prompt adapter runs on
+        sent = llm.source.requests_sent if served else 0
         extractor = KeywordExtractor(
-            llm,
+            llm.source if served else llm,
             cache_dir=comfy_paths.cache_root(),  # entries go to <cache_root>/keywords
             n_preference=n_preference,
             n_target=n_target,
             seed=seed,
             max_new_tokens=max_new_tokens,
             # Only a cache miss loads the LLM (weights, then onto its device through ComfyUI).
-            placement=lambda: llm_on_compute_device(llm, keep_model_loaded),
+            placement=None if served else (lambda: llm_on_compute_device(llm, keep_model_loaded)),
         )
         preference = extractor.extract(history, progress=progress_callback())
         bundle = PreferenceBundle(
-            preference=preference, history=history, llm=llm, keep_model_loaded=keep_model_loaded
+            preference=preference, history=history, llm=local, keep_model_loaded=keep_model_loaded
         )
+        activity = (served_activity(llm.source, llm.source.requests_sent - sent) if served
+                    else llm_activity(llm))
         return io.NodeOutput(
             ", ".join(preference.preference_keywords),
             ", ".join(preference.target_keywords),
             bundle,
-            ui=keywords_ui(bundle, extractor.stats, llm_activity(llm)),
+            ui=keywords_ui(bundle, extractor.stats, activity),
         )
 
 

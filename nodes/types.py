@@ -18,6 +18,8 @@ from ..pmg_core.history import UserHistory
 PMGHistory = io.Custom("PMG_HISTORY")
 # A loaded language model: a pmg_core.llm.LocalLLM.
 PMGLLM = io.Custom("PMG_LLM")
+# An LLM behind an HTTP API, for the keywords only: a ServedKeywordLLM (below).
+PMGServedLLM = io.Custom("PMG_SERVED_LLM")
 # A user's extracted preference: a PreferenceBundle (below).
 PMGPreference = io.Custom("PMG_PREFERENCE")
 # A user's soft-prompt embeddings: a SoftPrompt (below).
@@ -40,6 +42,15 @@ class PreferenceBundle:
     history: UserHistory
     llm: Any = None
     keep_model_loaded: bool = False
+
+
+@dataclass(frozen=True)
+class ServedKeywordLLM:
+    """What ``PMG_SERVED_LLM`` carries: a ``pmg_core.served_llm.ServedLLM`` for the keywords, and the
+    local ``LocalLLM`` the soft-prompt adapter runs on (``None`` when none was connected)."""
+
+    source: Any
+    soft_prompt_llm: Any = None
 
 
 @dataclass(frozen=True)

@@ -70,10 +70,24 @@ def print_json(result: object) -> None:
     sys.stdout.write("\n")
 
 
-def add_llm_source_args(p: argparse.ArgumentParser) -> None:
-    """``--llm`` and ``--cache-dir``, read by :func:`load_cli_llm`."""
+def add_llm_source_args(p: argparse.ArgumentParser, served: bool = False) -> None:
+    """``--llm`` and ``--cache-dir``, read by :func:`load_cli_llm`; with ``served``, also ``--llm-url``,
+    ``--llm-model``, ``--llm-api`` and ``--llm-timeout``, read by :func:`keyword_llm`."""
     p.add_argument("--llm", type=Path, help="local HF folder or .gguf file (default: SmolLM2-135M-Instruct)")
     p.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default ~/.cache/pmg)")
+    if not served:
+        return
+    from .served_llm import API_KINDS
+
+    p.add_argument("--llm-url", default=None,
+                   help="ask an LLM server for the keywords instead of --llm: its root URL, e.g. "
+                        "http://127.0.0.1:11434 (Ollama) or http://127.0.0.1:1234 (LM Studio). Soft prompts still "
+                        "use the local --llm")
+    p.add_argument("--llm-model", default=None, help="with --llm-url: the model name the server knows")
+    p.add_argument("--llm-api", choices=API_KINDS, default="openai",
+                   help="with --llm-url: 'openai' (/v1/chat/completions: LM Studio, vLLM, llama.cpp, transformers "
+                        "serve, Ollama too) or 'ollama' (/api/chat); default openai")
+    p.add_argument("--llm-timeout", type=float, default=120.0, help="with --llm-url: seconds per answer (default 120)")
 
 
 def load_cli_llm(args, device: str = "cpu"):
@@ -82,3 +96,26 @@ def load_cli_llm(args, device: str = "cpu"):
     from .llm import load_llm
 
     return load_llm(args.llm or smollm2_gguf(), cache_dir=args.cache_dir, device=device)
+
+
+def keyword_llm(args, local=None):
+    """Where the keywords come from: the server of ``--llm-url``, else ``local`` (default: a lazy
+    :func:`pmg_core.llm.open_llm` handle on ``--llm``, whose weights load only on a cache miss)."""
+    from .errors import InvalidSettingError
+
+    url = getattr(args, "llm_url", None)
+    if url:
+        from .served_llm import ServedLLM
+
+        if not args.llm_model:
+            raise InvalidSettingError("--llm-url needs --llm-model: the name the server knows the model by "
+                                      "(`ollama list`, or GET <url>/v1/models).")
+        return ServedLLM(url, args.llm_model, api=args.llm_api, timeout=args.llm_timeout)
+    if getattr(args, "llm_model", None):
+        raise InvalidSettingError("--llm-model names a served model: give --llm-url too, or use --llm for a local one.")
+    if local is not None:
+        return local
+    from .assets import smollm2_gguf
+    from .llm import open_llm
+
+    return open_llm(args.llm or smollm2_gguf(), cache_dir=getattr(args, "model_cache_dir", None) or args.cache_dir)

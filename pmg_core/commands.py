@@ -13,6 +13,7 @@ from .cli_common import (
     BUILTIN_MOVIELENS,
     BUILTIN_STICKERS,
     add_llm_source_args,
+    keyword_llm,
     load_cli_llm,
 )
 from .errors import ImageValueError, InvalidSettingError
@@ -95,7 +96,7 @@ def _add_history_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_llm_args(p: argparse.ArgumentParser) -> None:
-    add_llm_source_args(p)
+    add_llm_source_args(p, served=True)
     p.add_argument("--n-preference", type=int, default=8)
     p.add_argument("--n-target", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
@@ -177,13 +178,11 @@ def _adapter_source(args):
 
 
 def _run_keywords(args) -> list[dict]:
-    from .assets import smollm2_gguf
-    from .llm import open_llm
     from .prefetch import prefetch_keywords
 
     histories = _users(args)
-    # A handle: when every user is cached already, the weights are never read.
-    llm = open_llm(args.llm or smollm2_gguf(), cache_dir=args.model_cache_dir or args.cache_dir)
+    # A handle (when every user is cached already, the weights are never read), or a server.
+    llm = keyword_llm(args)
     preferences: list = []
     with stderr_bar("keywords", "user", total=len(histories)) as bar:
         summary = prefetch_keywords(
@@ -206,7 +205,7 @@ def _run_embed(args) -> dict:
 
     histories = _users(args)
     llm = load_cli_llm(args)
-    preferences = _preferences(args, histories, llm)
+    preferences = _preferences(args, histories, keyword_llm(args, local=llm))
     result = encode_cached(llm, [p.soft_prompt_text for p in preferences], _adapter_source(args), args.text_dim,
                            cache_dir=args.cache_dir, use_cache=not args.no_cache)
     metadata = {
@@ -245,7 +244,7 @@ def _run_generate(args) -> dict:
     encoder = generator.text_encoder
 
     llm = load_cli_llm(args)
-    (preference,) = _preferences(args, histories, llm)
+    (preference,) = _preferences(args, histories, keyword_llm(args, local=llm))
     soft = encode_cached(llm, [preference.soft_prompt_text], _adapter_source(args), encoder.width,
                          cache_dir=args.cache_dir, use_cache=not args.no_cache).embeddings
     conditions = build_conditions(

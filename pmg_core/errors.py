@@ -84,3 +84,7 @@ class ComfyServerError(PMGError):
 
 class WorkflowFormatError(PMGError):
     """A ComfyUI workflow file is malformed or does not match the server's node schemas."""
+
+
+class ServedLLMError(PMGError):
+    """An LLM server (Ollama, an OpenAI-compatible one) is down, too slow, or answered unusably."""

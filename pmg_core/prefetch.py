@@ -5,10 +5,11 @@ LLM about one user at a time. :func:`prefetch_keywords` fills the same on-disk k
 cache first (``<cache_dir>/keywords``, the server's ``<ComfyUI user dir>/pmg_cache`` for
 the nodes), ``batch_size`` users per LLM call, so every queued prompt finds its user warm.
 
-A user whose keywords are all cached already is skipped without any LLM work (the check
-renders and tokenizes the history, as the node does, but never generates), so a killed
-prefetch resumes where it stopped. The LLM may be an :func:`pmg_core.llm.open_llm`
-handle: when every user is cached its weights are never read.
+A user whose keywords are all cached already is skipped without any LLM work
+(:meth:`KeywordExtractor.missing` renders and tokenizes the history, as the node does, but
+never asks the LLM), so a killed prefetch resumes where it stopped. The LLM may be an
+:func:`pmg_core.llm.open_llm` handle (when every user is cached its weights are never read)
+or a served one (:class:`pmg_core.served_llm.ServedLLM`: then no request is sent).
 """
 
 from __future__ import annotations
@@ -27,29 +28,12 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 
 
-class _NeedsLLM(Exception):
-    """Raised by the probe: this user's keywords are not all cached."""
-
-
-class _CacheProbe:
-    """Stands in for the LLM: everything but ``generate`` (which means "not cached")."""
-
-    def __init__(self, llm):
-        self._llm = llm
-
-    def generate(self, *args, **kwargs):
-        raise _NeedsLLM
-
-    def __getattr__(self, name):
-        return getattr(self._llm, name)
-
-
 @dataclass(frozen=True)
 class PrefetchSummary:
     users: int  # users asked for
     already_cached: int  # skipped: nothing to ask the LLM
     extracted: int  # users whose keywords were computed now
-    llm_batches: int  # LocalLLM.generate calls
+    llm_batches: int  # LLM batches asked (LocalLLM.generate calls; a served LLM's rounds of requests)
     seconds: float
 
     @property
@@ -82,16 +66,13 @@ def prefetch_keywords(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     started = time.perf_counter()
     histories = list(histories)
-    probe = KeywordExtractor(_CacheProbe(llm), cache_dir=cache_dir, batch_size=batch_size, **settings)
     extractor = KeywordExtractor(llm, cache_dir=cache_dir, batch_size=batch_size, **settings)
+    pending = extractor.missing(histories)
+    ready = sorted(set(range(len(histories))) - set(pending))
     found: dict[int, Preference] = {}
-    pending: list[int] = []
-    for index, history in enumerate(histories):
-        try:
-            found[index] = probe.extract(history)
-        except _NeedsLLM:
-            pending.append(index)
-    cached = len(found)
+    if preferences is not None:  # cached users: read back, no LLM work
+        found.update(zip(ready, extractor.extract_many([histories[i] for i in ready])))
+    cached = len(ready)
     log.info("Keyword prefetch: %d of %d users already cached; %d to extract in batches of %d.",
              cached, len(histories), len(pending), batch_size)
     if progress is not None:
@@ -148,6 +129,30 @@ def workflow_keyword_settings(workflow: dict, overrides: dict | None = None) -> 
     return settings, history
 
 
+def workflow_served_llm(workflow: dict, overrides: dict | None = None):
+    """The :class:`pmg_core.served_llm.ServedLLM` the workflow's extractor asks, when its ``llm`` input is
+    wired to a PMG Served LLM node (its inputs and ``--set`` overrides); ``None`` for a local LLM."""
+    from .errors import InvalidSettingError
+    from .served_llm import ServedLLM
+
+    extractor = next((node for node in workflow.values() if node.get("class_type") == "PMGPreferenceExtractor"), {})
+    link = (extractor.get("inputs") or {}).get("llm")
+    if not isinstance(link, list) or workflow.get(str(link[0]), {}).get("class_type") != "PMGServedLLM":
+        return None
+    node_id = str(link[0])
+    values = dict(workflow[node_id].get("inputs") or {})
+    values.update({key.partition(".")[2]: value for key, value in (overrides or {}).items()
+                   if key.partition(".")[0] == node_id})
+    names = ("base_url", "model", "api", "timeout", "keep_alive", "context_length")
+    wired = [name for name in names if isinstance(values.get(name), list)]
+    if wired:
+        raise InvalidSettingError(f"--prefetch: PMG Served LLM's {', '.join(wired)} is wired to a node; set a value.")
+    return ServedLLM(values["base_url"], values["model"], api=values.get("api", "openai"),
+                     timeout=float(values.get("timeout", 120.0)),
+                     keep_alive=str(values.get("keep_alive", "")) if values.get("api") == "ollama" else "",
+                     context_length=int(values.get("context_length", 8192)))
+
+
 def prefetch_for_workflow(
     workflow: dict,
     history_file: Path,
@@ -158,10 +163,14 @@ def prefetch_for_workflow(
     overrides: dict | None = None,
     progress: Progress | None = None,
 ) -> PrefetchSummary:
-    """Warm ``cache_dir`` (the server's ``pmg_cache``) for the users ``pmg queue`` will send."""
+    """Warm ``cache_dir`` (the server's ``pmg_cache``) for the users ``pmg queue`` will send.
+
+    When the workflow's extractor asks a PMG Served LLM, that server is asked (``llm`` is not used).
+    """
     from .loaders import list_users, load_user
 
     settings, loading = workflow_keyword_settings(workflow, overrides)
+    llm = workflow_served_llm(workflow, overrides) or llm
     ids = users if users is not None else list_users(history_file, fmt=loading["format"])
     histories = [load_user(history_file, user, fmt=loading["format"], scene=loading["scene"],
                            max_items=loading["max_items"]) for user in ids]

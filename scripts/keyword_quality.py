@@ -1,6 +1,9 @@
 """Keyword quality before and after PMG's keyword filter, on the same LLM answers.
 
     .venv/bin/python scripts/keyword_quality.py [--stickers 8] [--movies 8] [--json docs/evaluation/keyword_quality.json]
+    # the same SmolLM2 behind `transformers serve` (started here), asked through PMG's served source:
+    .venv/bin/python scripts/keyword_quality.py --served [--json ...]
+    # or any server you run: --llm-url http://127.0.0.1:11434 --llm-model llama3.2 --llm-api ollama
 
 For the first sticker users (the built-in Twemoji scene) and the first MovieLens users (reference
 split), the offline LLM (SmolLM2-135M, greedy, no cache) extracts keywords once per user. Every list
@@ -13,6 +16,7 @@ table per scene.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -93,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stickers", type=int, default=8)
     parser.add_argument("--movies", type=int, default=8)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--served", action="store_true",
+                        help="serve the offline SmolLM2 with `transformers serve` and ask it over HTTP")
+    parser.add_argument("--llm-url", help="ask this LLM server (OpenAI-compatible or Ollama) instead")
+    parser.add_argument("--llm-model", help="with --llm-url: the model name the server knows")
+    parser.add_argument("--llm-api", default="openai", choices=("openai", "ollama"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
 
@@ -102,12 +111,24 @@ def main(argv: list[str] | None = None) -> int:
     from pmg_core.llm import open_llm
 
     torch.set_num_threads(1)
-    llm = open_llm(smollm2_gguf())
-    results = {}
-    with tempfile.TemporaryDirectory(prefix="pmg-keyword-quality-") as cache:
-        for scene, histories in (("stickers", sticker_users(args.stickers)), ("movies", movie_users(args.movies))):
-            results[scene] = measure(histories, llm, Path(cache))
-            sys.stdout.write(table(scene, results[scene]) + "\n")
+    with contextlib.ExitStack() as stack:
+        if args.served:
+            from pmg_core.served_llm import ServedLLM
+            from pmg_tools.llm_server import TransformersServe, saved_smollm2_folder
+
+            server = stack.enter_context(TransformersServe(saved_smollm2_folder()))
+            llm = ServedLLM(server.url, server.model, timeout=600)
+        elif args.llm_url:
+            from pmg_core.served_llm import ServedLLM
+
+            llm = ServedLLM(args.llm_url, args.llm_model or "", api=args.llm_api, timeout=600)
+        else:
+            llm = open_llm(smollm2_gguf())
+        results = {}
+        with tempfile.TemporaryDirectory(prefix="pmg-keyword-quality-") as cache:
+            for scene, histories in (("stickers", sticker_users(args.stickers)), ("movies", movie_users(args.movies))):
+                results[scene] = measure(histories, llm, Path(cache))
+                sys.stdout.write(table(scene, results[scene]) + "\n")
     if args.json:
         args.json.write_text(json.dumps({"llm": llm.identity, **results}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return 0

@@ -18,6 +18,7 @@ import pytest
 from pmg_core.cache import JsonCache
 from pmg_core.errors import EmptyHistoryError, InvalidSettingError, KeywordParseError
 from pmg_core.history import ChatTurn, Item, UserHistory
+from pmg_core.keyword_source import LocalKeywordSource
 from pmg_core.keywords import KeywordExtractor, Preference
 from pmg_core.llm import LocalLLM
 
@@ -161,11 +162,10 @@ def test_long_history_loses_its_oldest_items(tmp_path, caplog):
     assert preference.history_text.startswith(f"1. A rather long movie title number {dropped + 1}(")
     assert "number 40(" in preference.history_text and f"number {dropped}(" not in preference.history_text
     # the prompt that was sent fits, and one more item would not have
-    _, request, _ = extractor._fit_context(history, "generic", extractor.render_templates_for("generic"))
+    request = extractor.fit_history(history).request
     assert small.count_tokens(request.for_llm(small)) + extractor.max_new_tokens <= small.context_length
     longer = dataclasses.replace(history, items=items[dropped - 1 :])
-    _, _, dropped_again = extractor._fit_context(longer, "generic", extractor.render_templates_for("generic"))
-    assert dropped_again == 1
+    assert extractor.fit_history(longer).dropped == 1
 
 
 def test_truncation_drops_by_timestamp_when_items_have_one(tiny_llm, tmp_path):
@@ -178,8 +178,8 @@ def test_truncation_drops_by_timestamp_when_items_have_one(tiny_llm, tmp_path):
         for i in range(1, 41)
     )
     extractor = KeywordExtractor(small, cache_dir=tmp_path, **FAST)
-    text, _, dropped = extractor._fit_context(UserHistory("u", items, scene="generic"), "generic",
-                                              extractor.render_templates_for("generic"))
+    fitted = extractor.fit_history(UserHistory("u", items, scene="generic"))
+    text, dropped = fitted.text, fitted.dropped
     kept = [item for item in items if f"number {item.item_id}(" in text]
     gone = [item for item in items if item not in kept]
     assert len(gone) == dropped > 0
@@ -203,20 +203,21 @@ def test_a_context_too_small_for_one_item_is_an_error(tmp_path):
 # -- retry and parse errors with a scripted LLM (mechanics) -----------------------------
 
 
-class ScriptedLLM(LocalLLM):
-    """The tiny Llama's tokenizer with canned answers: greedy and sampled answers are scripted."""
+class ScriptedSource(LocalKeywordSource):
+    """The tiny Llama's tokenizer and context with canned answers: greedy and sampled answers are scripted."""
 
-    def __init__(self, *args, greedy: str = "", sampled: str = "", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.greedy, self.sampled, self.calls = greedy, sampled, []
+    def __init__(self, llm: LocalLLM, greedy: str, sampled: str):
+        super().__init__(llm)
+        self.greedy, self.sampled = greedy, sampled
+        self.calls: list = []
 
-    def generate(self, prompts, max_new_tokens=100, seed=0, do_sample=False, progress=None, batch_size=8):
-        self.calls.append((len(prompts), do_sample, seed))
-        return [self.sampled if do_sample else self.greedy for _ in prompts]
+    def answer(self, requests, max_new_tokens, seed, do_sample, batch_size=8, progress=None):
+        self.calls.append((len(requests), do_sample, seed))
+        return [self.sampled if do_sample else self.greedy for _ in requests]
 
 
-def scripted(tiny_llm, greedy: str, sampled: str) -> ScriptedLLM:
-    return ScriptedLLM(tiny_llm.model, tiny_llm.tokenizer, "scripted", tiny_llm.source, greedy=greedy, sampled=sampled)
+def scripted(tiny_llm, greedy: str, sampled: str) -> ScriptedSource:
+    return ScriptedSource(tiny_llm, greedy=greedy, sampled=sampled)
 
 
 def test_unparseable_answer_is_retried_with_sampling_then_raises(tiny_llm, tmp_path):
@@ -405,3 +406,23 @@ def test_a_target_left_with_no_keywords_by_the_filter_gets_its_own_metadata(tiny
     preference = KeywordExtractor(llm, cache_dir=tmp_path, **FAST).extract(history)
     assert preference.target_keywords == ("Comedy", "Heathers")
     assert "Heath," not in preference.target_text
+
+
+def test_metadata_fallback_keywords_do_not_depend_on_the_hash_seed():
+    """Ties among equal counts kept set order before, so `pmg keywords` changed from one process to the next."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "from pmg_core.history import Item, UserHistory\n"
+        "from pmg_core.keyword_fallback import history_fallback_keywords\n"
+        "items = (Item('a', 'cherry blossom', ('Animals & Nature', 'plant-flower')),\n"
+        "         Item('b', 'open hands', ('People & Body', 'hand-fingers-open')))\n"
+        "print(history_fallback_keywords(UserHistory('u', items, scene='sticker'), {}, 8, 'sticker'))\n"
+    )
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}, cwd=Path(__file__).parents[1]).stdout
+            for seed in (1, 2, 3)}
+    assert len(runs) == 1, runs

@@ -30,7 +30,7 @@ from pmg_core.errors import ComfyServerError
 pytestmark = pytest.mark.comfy_server
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
-NAMES = ("pmg_movie_poster", "pmg_sticker", "pmg_alpha_sweep")
+NAMES = ("pmg_movie_poster", "pmg_sticker", "pmg_alpha_sweep", "pmg_served_keywords")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Node ids shared by the three workflows (see workflows/api/*.json).
 HISTORY, LLM, EXTRACTOR, SOFT, ALPHAS, CONDITIONING, LATENT, SAMPLER, DECODE, SCORER, SAVE = (
