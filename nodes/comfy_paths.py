@@ -42,7 +42,12 @@ PACK_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 HISTORY_EXTENSIONS = HISTORY_SUFFIXES  # what the loaders read; uploads accept the same
 LLM_EXTENSIONS = {".gguf", ".json", ".safetensors"}
 ADAPTER_EXTENSIONS = {".safetensors"}
-UNTRAINED_ADAPTER = "none (untrained)"
+# The Soft Prompt Encoder's adapter choices besides the trained files. No adapter means no soft
+# tokens (keywords only, as the PMG reference ships); a random adapter is an explicit research option.
+KEYWORDS_ONLY_ADAPTER = "none (keywords only)"
+RANDOM_ADAPTER = "random (untrained, research)"
+# What workflows saved before the rename say; read as KEYWORDS_ONLY_ADAPTER, with a warning.
+LEGACY_UNTRAINED_ADAPTER = "none (untrained)"
 CACHE_FOLDER_NAME = "pmg_cache"
 # The header formats of the pack's other model files, never offered as soft-prompt adapters.
 OTHER_PMG_FORMATS = frozenset({GENERATOR_FORMAT, JUDGE_FORMAT})
@@ -193,7 +198,7 @@ def resolve_llm(name: str) -> Path:
 
 
 def adapter_choices() -> list[str]:
-    """``none (untrained)`` followed by the ``.safetensors`` adapters under ``models/pmg`` and the pack's ``models/``."""
+    """Keywords only, the random research adapter, then the ``.safetensors`` adapters under ``models/pmg`` and the pack's ``models/``."""
     files: list[str] = []
     try:
         files = [f for f in folder_paths.get_filename_list(ADAPTER_FOLDER_KEY) if f.lower().endswith(".safetensors")]
@@ -201,7 +206,7 @@ def adapter_choices() -> list[str]:
         logger.warning("PMG: cannot list soft-prompt adapters: %s", error)
     # The pack's models/ folder also holds its generator and judge: list only what an adapter could be.
     files = [f for f in files if _file_format(ADAPTER_FOLDER_KEY, f) not in OTHER_PMG_FORMATS]
-    return [UNTRAINED_ADAPTER, *sorted(files)]
+    return [KEYWORDS_ONLY_ADAPTER, RANDOM_ADAPTER, *sorted(files)]
 
 
 def _file_format(key: str, name: str) -> str | None:
@@ -218,7 +223,7 @@ def _file_format(key: str, name: str) -> str | None:
 
 
 def resolve_adapter(name: str) -> Path:
-    """The file behind an ``adapter_choices`` entry (not the untrained choice)."""
+    """The file behind an ``adapter_choices`` entry (not the keywords-only or random choice)."""
     roots = _folders(ADAPTER_FOLDER_KEY)
     for root in roots:
         candidate = model_path(root, name)
@@ -226,7 +231,7 @@ def resolve_adapter(name: str) -> Path:
             return candidate
     raise ModelLoadError(
         f"Soft-prompt adapter {name!r} was not found in {_describe(_registered(ADAPTER_FOLDER_KEY))}; copy the .safetensors "
-        f"file there and refresh the list, or choose {UNTRAINED_ADAPTER!r}."
+        f"file there and refresh the list, or choose {KEYWORDS_ONLY_ADAPTER!r} (no soft tokens)."
     )
 
 
