@@ -30,5 +30,7 @@ async def comfy_entrypoint():
             "folder under ComfyUI's custom_nodes/ directory."
         )
     from .nodes.extension import PMGExtension
+    from .pmg_core.startup import warn_missing_requirements
 
+    warn_missing_requirements()
     return PMGExtension()

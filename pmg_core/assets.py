@@ -60,6 +60,19 @@ def _existing(path: Path, key: str) -> Path:
     return path
 
 
+def missing_offline_defaults() -> list[str]:
+    """The pinned requirements of the offline-default packages that are not installed (found without importing)."""
+    missing = []
+    for requirement, module in _PACKAGES.values():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(requirement)
+    return missing
+
+
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0): the offline default LLM."""
     return _existing(package_dir("smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2")
@@ -69,6 +82,23 @@ def realesrgan_ncnn_files(name: str = "realesr-animevideov3-x4") -> tuple[Path, 
     """A Real-ESRGAN network's ncnn ``.param`` and ``.bin`` (BSD-3-Clause), read by path: the package needs Vulkan."""
     folder = package_dir("realesrgan") / "models"
     return _existing(folder / f"{name}.param", "realesrgan"), _existing(folder / f"{name}.bin", "realesrgan")
+
+
+def packaged_llms() -> list[tuple[str, Path]]:
+    """The GGUF language models shipped inside installed packages: (distribution, file); empty when none is installed.
+
+    Found with ``find_spec`` (never imported), so a user's ComfyUI lists the offline default LLM
+    where pip put it, with no copy or link into ``models/LLM``.
+    """
+    found = []
+    for key in ("smollm2",):
+        requirement, module = _PACKAGES[key]
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        for folder in spec.submodule_search_locations:
+            found += [(requirement.split("==")[0], path) for path in sorted(Path(folder).glob("*.gguf"))]
+    return found
 
 
 def minilm_dir() -> Path:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import commands
+from . import commands, example_data
 from .cli_common import Registrar, build_parser, run
 from .comfy_client import cli as comfy_cli
 from .errors import InvalidSettingError
@@ -21,7 +21,8 @@ from .generator import cli as generator_cli
 from .training import cli as training_cli
 
 LIBRARY_COMMANDS: tuple[Registrar, ...] = (
-    commands.register, comfy_cli.register, training_cli.register, generator_cli.register, evaluation_cli.register
+    commands.register, comfy_cli.register, training_cli.register, generator_cli.register, evaluation_cli.register,
+    example_data.register,
 )
 CHECKOUT_COMMANDS = {
     "serve": "run a local ComfyUI with this pack and the offline default models (from a clone)",

@@ -35,6 +35,10 @@ class ModelLoadError(PMGError):
     """A model folder or file is missing, incomplete or of an unsupported kind."""
 
 
+class MissingDependencyError(ModelLoadError):
+    """A Python package the pack needs is not installed (the message gives the pip command)."""
+
+
 class AdapterMismatchError(PMGError):
     """A soft-prompt adapter does not fit the LLM or the text encoder it is used with."""
 

@@ -288,7 +288,9 @@ def accept_staged(staging: Path, input_dir: Path, fallback_name: str, skipped: l
     """Check the history files at the top of the unpacked upload, then move it to ``input_dir/<folder>``.
 
     The folder is the archive's single top-level folder if it has one (``stickers.zip`` holding
-    ``stickers/...``), else ``fallback_name`` (the archive's name without ``.zip``).
+    ``stickers/...``), else ``fallback_name`` (the archive's name without ``.zip``). A ``.txt`` that
+    does not read as a chat beside a good history file (the sticker export's ``ATTRIBUTION.txt``)
+    is kept as a note, never a reason to refuse.
     """
     entries = [p for p in staging.iterdir()]
     top = entries[0] if len(entries) == 1 and entries[0].is_dir() else staging
@@ -302,17 +304,31 @@ def accept_staged(staging: Path, input_dir: Path, fallback_name: str, skipped: l
         )
     destination = unique_path(input_dir.resolve(), folder_name)
     checks = []
+    notes: list[tuple[Path, PMGError]] = []
     for path in histories:
         relative = f"{destination.name}/{path.name}"
         try:
             # Images must lie inside the upload itself: the checked root is the upload's folder.
             checks.append(check_history_file(path, top, relative))
         except PMGError as error:
-            # Name the place the file would have had, not the hidden staging folder.
-            message = str(error).replace(str(top.resolve()), str(destination)).replace(str(top), str(destination))
-            raise type(error)(f"{relative}: {message} Nothing was stored.") from error
+            if path.suffix.lower() == ".txt":
+                notes.append((path, error))  # maybe a note (ATTRIBUTION.txt, README.txt): judged below
+                continue
+            raise _named_at_destination(error, relative, top, destination) from error
+    if not checks:
+        path, error = notes[0]
+        raise _named_at_destination(error, f"{destination.name}/{path.name}", top, destination) from error
+    for path, _error in notes:
+        # A text file beside a good history is a note, kept with the images it may credit.
+        logger.info("PMG: %s/%s is not a history file; kept as a plain text file", destination.name, path.name)
     stored = sum(1 for p in top.rglob("*") if p.is_file())
     destination.mkdir()  # claims the name; rename(2) then replaces the empty folder atomically
     os.rename(top, destination)
     logger.info("PMG: accepted history upload %s (%d files, %d history files)", destination.name, stored, len(checks))
     return UploadResult(checks, stored=stored, skipped=skipped)
+
+
+def _named_at_destination(error: PMGError, relative: str, top: Path, destination: Path) -> PMGError:
+    """The loader's error, naming the place the file would have had rather than the hidden staging folder."""
+    message = str(error).replace(str(top.resolve()), str(destination)).replace(str(top), str(destination))
+    return type(error)(f"{relative}: {message} Nothing was stored.")

@@ -32,6 +32,7 @@ from .errors import InvalidSettingError, ModelLoadError
 from .gguf_convert import convert_gguf
 from .llm_placement import loader_options, parameter_count, plan_placement
 from .llm_precision import bytes_per_parameter, dtype_name, resolve_dtype, torch_dtype
+from .requirements import require
 
 log = logging.getLogger(__name__)
 
@@ -451,6 +452,8 @@ def _converted_gguf_folder(gguf: Path, cache_dir: Path | None, dtype: str) -> Pa
 
 
 def _convert_gguf(gguf: Path, out: Path, dtype: str) -> None:
+    # transformers reads GGUF through the gguf package: its absence is no fault of the file.
+    require("gguf", f"reading the GGUF language model {gguf.name}")
     try:
         convert_gguf(gguf, out, dtype)
     except ModelLoadError:

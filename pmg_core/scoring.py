@@ -7,6 +7,7 @@ The metrics themselves are :func:`pmg_core.metrics.score_candidates`.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 
@@ -15,7 +16,7 @@ import torch
 from .alphas import validate_alphas
 from .errors import InvalidSettingError
 from .history import UserHistory
-from .metrics import CLIPScorer, LPIPS, ScoreReport, score_candidates
+from .metrics import CLIPScorer, LPIPS, ScoreReport, TextSimilarity, score_candidates
 
 logger = logging.getLogger(__name__)
 
@@ -67,21 +68,25 @@ def score_sweep(
     alpha: float = 2 / 3,
     lpips: LPIPS | None = None,
     clip: CLIPScorer | None = None,
+    text_similarity: TextSimilarity | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[ScoreReport, dict]:
     """Score the candidates ``[N, 3, H, W]`` of one sweep and pick one; the report and its JSON record.
 
     Each side is measured by CLIP with its text when a CLIP is given, else by images
-    (history images for the preference, the target image for the target); a side with
-    neither is an error that names what to connect. ``alphas`` are the sweep's α in
+    (history images for the preference, the target image for the target), else by the
+    MiniLM similarity of each candidate's prompt (its α's mix of both texts) to the side's
+    text; a side with none of these is an error that names what to connect. ``alphas`` are the sweep's α in
     condition order (PMG Conditioning's ``alphas`` output, or the same values as text
     such as ``"0.33, 0.5, 0.67"``, what an API script sends); the record gives each
     candidate's and the selected one's.
     """
-    _check_sides(history_images, target_image, target_text, preference_text, clip)
     alphas = validate_alphas(alphas) if alphas is not None else None
     count = candidates.shape[0]
     sweep = candidate_alphas(alphas, count) if alphas else None
+    _check_sides(history_images, target_image, target_text, preference_text, clip, sweep is not None)
+    if text_similarity is None and sweep and clip is None and (history_images is None or target_image is None):
+        text_similarity = _default_text_similarity()  # a side without images is measured from the prompts
     if alphas and count != len(alphas):
         logger.warning("%d candidates for %d alphas; candidate i was generated with alpha number i mod %d.",
                        count, len(alphas), len(alphas))
@@ -94,27 +99,43 @@ def score_sweep(
         alpha=alpha,
         lpips=lpips,
         clip=clip,
+        text_similarity=text_similarity,
+        candidate_alphas=sweep,
         progress=progress,
+    )
+    selected_alpha = sweep[report.selected] if sweep else None
+    logger.info(
+        "selected candidate index %d of %d%s (trade-off weight %.2f; %s)", report.selected, count,
+        f", generated with alpha={selected_alpha:.2f}" if sweep else "", alpha, report.measure,
     )
     record = report.to_dict()
     record.update(
         user_id=user_id,
         target_image=target_source,  # where the target image came from (None: no image)
         candidate_alphas=sweep,
-        selected_alpha=sweep[report.selected] if sweep else None,
+        selected_alpha=selected_alpha,
     )
     return report, record
 
 
-def _check_sides(history_images, target_image, target_text, preference_text, clip) -> None:
-    """Both sides need a measure: CLIP with the side's text, or the side's images."""
-    if target_image is None and not (clip is not None and target_text):
+@functools.lru_cache(maxsize=1)
+def _default_text_similarity() -> TextSimilarity:
+    """The packaged MiniLM, loaded once per process."""
+    return TextSimilarity()
+
+
+def _check_sides(history_images, target_image, target_text, preference_text, clip, with_alphas: bool) -> None:
+    """Both sides need a measure: CLIP with the side's text, the side's images, or both texts and the alphas."""
+    prompts = with_alphas and bool(target_text) and bool(preference_text)
+    if target_image is None and not (clip is not None and target_text) and not prompts:
         raise InvalidSettingError(
             "Cannot measure closeness to the target: connect a target_image (or give the history's target item "
-            "an image), or give the target text together with a CLIP model (clip_model / --clip)."
+            "an image), or give the target text together with a CLIP model (clip_model / --clip), or connect the "
+            "preference (its target and preference texts) together with the alphas."
         )
-    if history_images is None and not (clip is not None and preference_text):
+    if history_images is None and not (clip is not None and preference_text) and not prompts:
         raise InvalidSettingError(
             "Cannot measure closeness to the user's preference: the history has no images. Add images to the "
-            "history items, or give the preference text together with a CLIP model (clip_model / --clip)."
+            "history items, or give the preference text together with a CLIP model (clip_model / --clip), or "
+            "connect the preference (its target and preference texts) together with the alphas."
         )

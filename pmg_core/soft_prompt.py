@@ -384,7 +384,12 @@ _SOFT_CACHE_VERSION = "pmg-soft-prompt-v2"
 
 @dataclass(frozen=True)
 class AdapterSource:
-    """Which adapter makes the soft embeddings: a trained file, or (``path=None``) a seeded untrained one."""
+    """Which adapter makes the soft embeddings: a trained file, or (``path=None``) a seeded untrained one.
+
+    The untrained one is a research baseline (its tokens carry no learned preference and, measured,
+    degrade the images); a user without a trained adapter gets no soft tokens instead, which is
+    the caller's choice (the node's ``none (keywords only)``), not an adapter.
+    """
 
     path: Path | None = None
     num_image_tokens: int = 4  # untrained only: a trained adapter fixes its own k

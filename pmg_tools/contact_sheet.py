@@ -25,7 +25,8 @@ class SheetRow:
     """One user's line of the sheet.
 
     ``history`` holds images, or strings for items without one (a movie title);
-    ``candidates`` are in α order; ``selected`` is the index of the chosen candidate.
+    ``candidates`` are in α order; ``selected`` is the index of the chosen candidate;
+    ``placeholder`` is said where the candidates would be when a row has none (and why).
     """
 
     user_id: str
@@ -38,12 +39,14 @@ class SheetRow:
     target_text: str = ""
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    placeholder: str | None = None
 
 
 def contact_sheet(rows: Sequence[SheetRow], title: str = "", max_history: int = 5, tile: int = TILE) -> Image.Image:
     """Draw the rows under a title; every image is shrunk into a ``tile``-pixel square."""
     font = ImageFont.load_default()
-    max_candidates = max((len(r.candidates) for r in rows), default=0)
+    # A row without candidates writes its placeholder there: give it at least three tiles of room.
+    max_candidates = max([len(r.candidates) for r in rows] + [3 for r in rows if r.placeholder], default=0)
     history_width = max_history * (tile + PAD)
     candidate_x = LABEL_WIDTH + history_width + 3 * PAD
     text_x = candidate_x + max(max_candidates, 1) * (tile + PAD) + 2 * PAD
@@ -98,6 +101,11 @@ def _draw_row(sheet, draw, font, row: SheetRow, y: int, candidate_x: int, text_x
         if index < len(row.alphas):
             draw.text((x, top + tile + 4), f"a={row.alphas[index]:.2f}", fill=SELECTED if index == row.selected else MUTED, font=font)
         x += tile + PAD
+    if not row.candidates and row.placeholder:
+        width = 3 * (tile + PAD) - PAD
+        draw.rectangle([candidate_x, y + PAD, candidate_x + width - 1, y + PAD + tile - 1], outline=(200, 200, 200))
+        for i, line in enumerate(textwrap.wrap(row.placeholder, width=max(width // 6 - 1, 8))[: tile // 12]):
+            draw.text((candidate_x + 4, y + PAD + 4 + 12 * i), line, fill=MUTED, font=font)
 
     lines: list[str] = []
     if row.error:

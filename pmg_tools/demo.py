@@ -1,9 +1,9 @@
 """``pmg demo``: the shareable workflows, run for a handful of users, with a results folder to look at.
 
 It starts the embedded ComfyUI with this pack and the offline default models (or uses
-``--url`` of a running server), queues ``workflows/api/pmg_movie_poster.json`` for
-MovieLens users and ``workflows/api/pmg_sticker.json`` for Twemoji sticker users
-through the batch client, and writes ``results/<timestamp>/``:
+``--url`` of a running server), queues ``workflows/api/pmg_sticker.json`` for Twemoji
+sticker users and ``workflows/api/pmg_movie_poster.json`` for MovieLens users through
+the batch client, and writes ``results/<timestamp>/``:
 
 * ``images/<user>/``: every candidate (one per α) and the selected image;
 * ``scores.jsonl``: the batch client's lines (keywords, selected image, scores);
@@ -11,8 +11,12 @@ through the batch client, and writes ``results/<timestamp>/``:
 * ``contact_sheet.png``: one row per user: history, candidates per α (selected framed), keywords;
 * ``summary.md``: what ran, timings, and what the images mean.
 
-The default checkpoint has RANDOM weights: its images are noise, the demo shows the
-wiring. ``--checkpoint NAME`` uses a real checkpoint from ``models/checkpoints``.
+Only real images: the sticker users run on the sticker generator this project trained.
+The movie users need a Stable Diffusion checkpoint nobody can download here, so without
+``--checkpoint NAME`` (a file in ``models/checkpoints``) their rows show the LLM's keywords
+and the prompt only, and the sheet says how to draw the posters. The workflow's own
+settings (512 px, 25 steps for SD1.5) are what a given checkpoint runs with; every setting
+reaches the graph as ``NODE.INPUT`` overrides, the way ``pmg queue --set`` passes them.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from pmg_core.errors import ComfyServerError, InvalidSettingError
 from .server import REPO_ROOT, TINY_CHECKPOINT_NAME
@@ -36,9 +41,10 @@ log = logging.getLogger(__name__)
 WORKFLOW_DIR = REPO_ROOT / "workflows"
 PMG_NODES = ("PMGUserHistoryLoader", "PMGLLMLoader", "PMGPreferenceExtractor", "PMGSoftPromptEncoder",
              "PMGConditioning", "PMGScorer")
-# Sizes the tiny random checkpoint runs fast at; a real SD1.5 checkpoint wants 512 px and ~20 steps.
+MOVIE_WORKFLOWS = ("pmg_movie_poster", "pmg_movie_poster_sdxl")
+NO_CLIP = "none"  # PMG Scorer's choice of no CLIP folder
+# Sizes the tiny random checkpoint (tests, benchmarks) runs fast at; a real checkpoint runs with the workflow's own.
 TINY_SETTINGS = {"size": 64, "steps": 4}
-REAL_SETTINGS = {"size": 512, "steps": 20}
 
 
 @dataclass
@@ -53,9 +59,13 @@ class DemoJob:
 
 @dataclass
 class DemoSettings:
-    """What every demo prompt uses: checkpoint, steps, size, alphas, seed."""
+    """What every prompt of a run uses: checkpoint, steps, size, alphas, seed.
 
-    checkpoint: str = TINY_CHECKPOINT_NAME
+    The default is the test rig: the offline tiny checkpoint (random weights) at 64 px and 4
+    steps. ``checkpoint=None`` is the demo without a checkpoint: movie users get keywords only.
+    """
+
+    checkpoint: str | None = TINY_CHECKPOINT_NAME
     steps: int | None = None
     size: int | None = None
     alphas: str = "0.33, 0.5, 0.67"
@@ -65,8 +75,13 @@ class DemoSettings:
     def is_tiny(self) -> bool:
         return self.checkpoint == TINY_CHECKPOINT_NAME
 
-    def resolved(self) -> "DemoSettings":
-        defaults = TINY_SETTINGS if self.is_tiny else REAL_SETTINGS
+    @property
+    def draws_posters(self) -> bool:
+        return self.checkpoint is not None
+
+    def resolved(self, workflow: str = "pmg_movie_poster") -> "DemoSettings":
+        """Steps and size filled in: the tiny checkpoint's, or the ``workflow``'s own for a real checkpoint."""
+        defaults = TINY_SETTINGS if self.is_tiny else workflow_settings(load_api_workflow(workflow))
         return DemoSettings(self.checkpoint, self.steps or defaults["steps"], self.size or defaults["size"],
                             self.alphas, self.seed)
 
@@ -96,30 +111,65 @@ def load_api_workflow(name: str, folder: Path = WORKFLOW_DIR) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def apply_settings(graph: dict, settings: DemoSettings) -> dict:
-    """Set checkpoint, steps, size, α list and seed in a graph, finding nodes by class (not id)."""
-    graph = json.loads(json.dumps(graph))
-    # Checkpoint, steps and size belong to Stable Diffusion graphs; the sticker generator's graph keeps its own
-    # (it samples 64x64 stickers in 20 steps, what it was trained and measured at).
+def workflow_settings(graph: dict) -> dict[str, int]:
+    """The sampler steps and latent size a Stable Diffusion workflow ships with."""
+    by_class = {node["class_type"]: node["inputs"] for node in graph.values()}
+    return {"steps": by_class["KSampler"]["steps"], "size": by_class["EmptyLatentImage"]["width"]}
+
+
+def settings_overrides(graph: dict, settings: DemoSettings) -> dict[str, Any]:
+    """``{"NODE.INPUT": value}`` overrides (what ``pmg queue --set`` takes) that put ``settings`` into ``graph``.
+
+    Nodes are found by class, not id. Checkpoint, steps and size belong to Stable Diffusion
+    graphs; the sticker generator's graph keeps its own (it samples 64x64 stickers in the
+    steps it was trained and measured at). ``None`` settings keep the workflow's values.
+    """
+    overrides: dict[str, Any] = {}
     uses_checkpoint = any(node["class_type"] == "CheckpointLoaderSimple" for node in graph.values())
-    for node in graph.values():
-        kind, inputs = node["class_type"], node["inputs"]
-        if kind == "CheckpointLoaderSimple":
-            inputs["ckpt_name"] = settings.checkpoint
+    for node_id, node in graph.items():
+        kind = node["class_type"]
+        if kind == "CheckpointLoaderSimple" and settings.checkpoint:
+            overrides[f"{node_id}.ckpt_name"] = settings.checkpoint
         elif kind == "KSampler":
-            inputs["seed"] = settings.seed
-            if uses_checkpoint:
-                inputs["steps"] = settings.steps
-        elif kind == "EmptyLatentImage" and uses_checkpoint:
-            inputs["width"] = inputs["height"] = settings.size
-    for node in graph.values():  # the alpha list, typed in PMG Conditioning or in the String node feeding it
-        if node["class_type"] == "PMGConditioning" and "alphas" in node["inputs"]:
+            overrides[f"{node_id}.seed"] = settings.seed
+            if uses_checkpoint and settings.steps:
+                overrides[f"{node_id}.steps"] = settings.steps
+        elif kind == "EmptyLatentImage" and uses_checkpoint and settings.size:
+            overrides[f"{node_id}.width"] = overrides[f"{node_id}.height"] = settings.size
+        elif kind == "PMGConditioning" and "alphas" in node["inputs"]:
+            # The alpha list, typed in PMG Conditioning or in the String node feeding it (and PMG Scorer).
             value = node["inputs"]["alphas"]
-            if isinstance(value, list):
-                graph[str(value[0])]["inputs"]["value"] = settings.alphas
-            else:
-                node["inputs"]["alphas"] = settings.alphas
+            target = f"{value[0]}.value" if isinstance(value, list) else f"{node_id}.alphas"
+            overrides[target] = settings.alphas
+    return overrides
+
+
+def with_overrides(graph: dict, overrides: dict[str, Any]) -> dict:
+    """A copy of ``graph`` with ``{"NODE.INPUT": value}`` overrides applied."""
+    graph = json.loads(json.dumps(graph))
+    for target, value in overrides.items():
+        node_id, name = target.split(".", 1)
+        graph[node_id]["inputs"][name] = value
     return graph
+
+
+def apply_settings(graph: dict, settings: DemoSettings) -> dict:
+    """A copy of ``graph`` with ``settings`` in it (see :func:`settings_overrides`)."""
+    return with_overrides(graph, settings_overrides(graph, settings))
+
+
+def keywords_graph(graph: dict) -> dict:
+    """Only what PMG Preference Extractor needs: the history, the LLM and the extractor (no checkpoint, no images)."""
+    keep = [node_id for node_id, node in graph.items() if node["class_type"] == "PMGPreferenceExtractor"]
+    if not keep:
+        raise InvalidSettingError("The workflow has no PMG Preference Extractor to take the keywords from.")
+    needed: set[str] = set()
+    while keep:
+        node_id = keep.pop()
+        if node_id not in needed:
+            needed.add(node_id)
+            keep += [str(value[0]) for value in graph[node_id]["inputs"].values() if isinstance(value, list)]
+    return {node_id: node for node_id, node in graph.items() if node_id in needed}
 
 
 def check_server_has_pack(object_info: dict, url: str) -> None:
@@ -150,12 +200,9 @@ def split_users(total: int) -> tuple[int, int]:
     return movies, total - movies
 
 
-def set_clip_model(graph: dict, clip_model: str) -> dict:
-    """Point every PMG Scorer at ``clip_model`` (a CLIP folder in models/pmg)."""
-    for node in graph.values():
-        if node["class_type"] == "PMGScorer":
-            node["inputs"]["clip_model"] = clip_model
-    return graph
+def clip_model_overrides(graph: dict, clip_model: str) -> dict[str, str]:
+    """Overrides pointing every PMG Scorer at ``clip_model`` (``none``, or a CLIP folder in models/pmg)."""
+    return {f"{node_id}.clip_model": clip_model for node_id, node in graph.items() if node["class_type"] == "PMGScorer"}
 
 
 def scorer_clip_choices(object_info: dict) -> list[str]:
@@ -180,10 +227,12 @@ class DemoOptions:
     url: str | None = None
     base: Path = REPO_ROOT / "comfy_base"
     out: Path | None = None
-    clip_model: str = "pmg-tiny-clip"
+    clip_model: str = NO_CLIP
     concurrency: int = 2
     timeout: float = 1800.0
-    settings: DemoSettings = field(default_factory=DemoSettings)
+    # No checkpoint by default: the movie users' rows show keywords and prompts, never noise.
+    settings: DemoSettings = field(default_factory=lambda: DemoSettings(checkpoint=None))
+    movie_workflow: str = MOVIE_WORKFLOWS[0]
 
 
 def run_demo(options: DemoOptions, progress: Callable[[int, int], None] | None = None) -> DemoResult:
@@ -192,7 +241,11 @@ def run_demo(options: DemoOptions, progress: Callable[[int, int], None] | None =
     from pmg_core.comfy_client.client import ComfyClient
 
     began = time.monotonic()
-    settings = options.settings.resolved()
+    if options.movie_workflow not in MOVIE_WORKFLOWS:
+        raise InvalidSettingError(f"--movie-workflow {options.movie_workflow!r}: choose one of {', '.join(MOVIE_WORKFLOWS)}.")
+    settings = options.settings.resolved(options.movie_workflow)
+    if settings.is_tiny:
+        log.warning("%s has RANDOM weights: its posters are noise (wiring only).", settings.checkpoint)
     out_dir = Path(options.out or REPO_ROOT / "results" / datetime.now().strftime("%Y%m%d-%H%M%S"))
     out_dir.mkdir(parents=True, exist_ok=True)
     server = None
@@ -205,22 +258,26 @@ def run_demo(options: DemoOptions, progress: Callable[[int, int], None] | None =
             client = ComfyClient(server.url)
         object_info = client.object_info()
         check_server_has_pack(object_info, client.url)
-        check_checkpoint(object_info, settings.checkpoint, client.url)
+        if settings.draws_posters:
+            check_checkpoint(object_info, settings.checkpoint, client.url)
         if options.clip_model not in scorer_clip_choices(object_info):
             raise InvalidSettingError(
-                f"PMG Scorer needs a CLIP folder in models/pmg to score the movie posters (MovieLens has no "
-                f"images); the server has {scorer_clip_choices(object_info)}. Copy a Hugging Face CLIP folder "
-                "there (or, for mechanics only, run: python -c \"from pmg_tools.tiny_models.clip import "
-                "save_tiny_clip; save_tiny_clip('<ComfyUI>/models/pmg/pmg-tiny-clip')\") and pass --clip NAME."
+                f"PMG Scorer has no CLIP folder {options.clip_model!r} in models/pmg; the server offers "
+                f"{scorer_clip_choices(object_info)}. Copy a Hugging Face CLIP folder there and pass --clip NAME, "
+                f"or leave --clip at {NO_CLIP!r}."
             )
         jobs = _jobs(options, histories)
         scores_path = out_dir / "scores.jsonl"
         total = sum(len(job.users) for job in jobs)
         finished = 0
         for job in jobs:
-            graph = apply_settings(load_api_workflow(job.name), settings)
+            graph = load_api_workflow(job.name)
+            if job.scene != "sticker" and not settings.draws_posters:
+                graph = keywords_graph(graph)  # no checkpoint: the LLM's keywords and prompt, no images
+            # The shared workflow stays as a user gets it: every setting goes in as a --set style override.
+            overrides = settings_overrides(graph, settings)
             if job.scene != "sticker":  # sticker users have history and target images: LPIPS scores them, no CLIP
-                graph = set_clip_model(graph, options.clip_model)
+                overrides.update(clip_model_overrides(graph, options.clip_model))
             log.info("queueing %s for %d user(s): %s", job.name, len(job.users), ", ".join(job.users))
             offset = finished
 
@@ -229,7 +286,7 @@ def run_demo(options: DemoOptions, progress: Callable[[int, int], None] | None =
                     progress(offset + done, total)
 
             queue_users(client, graph, None, job.users, scores_path, concurrency=options.concurrency,
-                         progress=report, timeout=options.timeout)
+                         substitutions=overrides, progress=report, timeout=options.timeout)
             finished += len(job.users)
         result = _write_results(client, jobs, scores_path, out_dir, settings, time.monotonic() - began, options)
     finally:
@@ -274,7 +331,7 @@ def _jobs(options: DemoOptions, histories: dict[str, Path]) -> list[DemoJob]:
     overlap = set(movie_users) & set(sticker_users)
     if overlap:
         raise InvalidSettingError(f"Users {sorted(overlap)} are in both scenes; the results file is keyed by user id.")
-    jobs = [DemoJob("pmg_movie_poster", "movie", histories["movie"], list(movie_users))]
+    jobs = [DemoJob(options.movie_workflow, "movie", histories["movie"], list(movie_users))]
     if sticker_users:
         jobs.append(DemoJob("pmg_sticker", "sticker", histories["sticker"], list(sticker_users)))
     return [job for job in jobs if job.users]
@@ -302,6 +359,8 @@ def _write_results(client, jobs: list[DemoJob], scores_path: Path, out_dir: Path
             else:
                 result.users_failed.append(user)
             row = _sheet_row(client, SheetRow, user, job, histories.get(user), record, out_dir / "images" / user)
+            if job.scene != "sticker" and not settings.draws_posters:
+                row.placeholder = NO_POSTERS
             rows.append(row)
             keywords = record.get("keywords") or {}
             keyword_lines.append({
@@ -312,16 +371,31 @@ def _write_results(client, jobs: list[DemoJob], scores_path: Path, out_dir: Path
             })
     (out_dir / "keywords.jsonl").write_text(
         "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in keyword_lines), encoding="utf-8")
-    title = f"PMG demo: {len(rows)} users."
-    if any(row.scene != "sticker" for row in rows):
-        title += f" Movie rows: checkpoint {settings.checkpoint}, {settings.steps} steps, {settings.size}x{settings.size}."
-        if settings.is_tiny:
-            title += " Its weights are RANDOM: those images are noise (wiring only)."
-    if any(row.scene == "sticker" for row in rows):
-        title += " Sticker rows: the sticker generator trained by this project (real weights), 64x64, its workflow's steps."
-    save_contact_sheet(rows, out_dir / "contact_sheet.png", title=title)
+    save_contact_sheet(rows, out_dir / "contact_sheet.png", title=_sheet_title(rows, settings, jobs))
     (out_dir / "summary.md").write_text(_summary(jobs, records, settings, options, result), encoding="utf-8")
     return result
+
+
+NO_POSTERS = ("No posters: no Stable Diffusion checkpoint was given. Put one (e.g. v1-5-pruned-emaonly.safetensors) "
+              "in models/checkpoints and run the demo with --checkpoint NAME.")
+
+
+def _sheet_title(rows, settings: DemoSettings, jobs: list[DemoJob]) -> str:
+    """What the sheet's images are, said where a newcomer looks first."""
+    title = f"PMG demo: {len(rows)} users."
+    if any(row.scene == "sticker" for row in rows):
+        title += " Sticker rows: the sticker generator trained by this project (real weights), 64x64, its workflow's steps."
+    if any(row.scene != "sticker" for row in rows):
+        movie = next(job.name for job in jobs if job.scene != "sticker")
+        if not settings.draws_posters:
+            title += (" Movie rows: the LLM's keywords and prompt only; no Stable Diffusion checkpoint was given. "
+                      f"For posters: put one in models/checkpoints and run with --checkpoint NAME ({movie})")
+        else:
+            title += (f" Movie rows: {movie} on {settings.checkpoint}, {settings.steps} steps, "
+                      f"{settings.size}x{settings.size}.")
+            if settings.is_tiny:
+                title += " Its weights are RANDOM: those images are noise (wiring only)."
+    return title
 
 
 def _sheet_row(client, row_type, user: str, job: DemoJob, history, record: dict, image_dir: Path):
@@ -372,31 +446,41 @@ def _download(client, image: dict, folder: Path) -> Path | None:
 
 def _summary(jobs: list[DemoJob], records: dict, settings: DemoSettings, options: DemoOptions, result: DemoResult) -> str:
     lines = ["# PMG demo results", ""]
-    if settings.is_tiny:
+    movie = next((job.name for job in jobs if job.scene != "sticker"), MOVIE_WORKFLOWS[0])
+    if any(job.scene == "sticker" for job in jobs):
         lines += [
             "**Sticker users** run on `pmg-sticker-generator.safetensors`, the 64×64 sticker generator this project",
             "trained on the Twemoji images (real weights; see models/README.md and docs/EVALUATION.md): their",
             "candidates are real stickers, scored by LPIPS to the user's history and the target sticker.",
             "",
-            f"**Movie users: the checkpoint `{settings.checkpoint}` has RANDOM weights: the images are noise.** It is the offline",
-            "default (no machine of this project can download Stable Diffusion); this run tests the wiring —",
-            "history → LLM keywords → soft prompt → PMG conditioning → stock KSampler → scoring — not image quality.",
-            *([f"The scorer's CLIP (`{options.clip_model}`) has random weights too, so the scores and the selected",
-               "image are arbitrary."] if options.clip_model == "pmg-tiny-clip" else []),
-            "The keywords are real output of SmolLM2-135M (a small, weak LLM; cached per user after the first run).",
+        ]
+    if not settings.draws_posters:
+        lines += [
+            "**Movie users: keywords and prompts only.** Their posters need a Stable Diffusion checkpoint, and none",
+            "was given (no machine of this project can download one). Their rows show the LLM's preference keywords",
+            "and the prompt PMG Conditioning would use; the keywords are real output of SmolLM2-135M (a small, weak",
+            "LLM; cached per user after the first run).",
             "",
-            "To see real images:",
+            "To draw the posters:",
             "",
             "- put a Stable Diffusion 1.5 checkpoint into `comfy_base/models/checkpoints/` and run",
-            "  `bash scripts/demo.sh --checkpoint v1-5-pruned-emaonly-fp16.safetensors` (512×512, 20 steps by default);",
-            "- or use a ComfyUI you already run (with this pack in its `custom_nodes/` and a CLIP folder in",
-            "  `models/pmg/`): `bash scripts/demo.sh --url http://127.0.0.1:8188 --checkpoint NAME --clip NAME`.",
+            "  `bash scripts/demo.sh --checkpoint v1-5-pruned-emaonly.safetensors` (the workflow's 512×512, 25 steps);",
+            "  for SDXL add `--movie-workflow pmg_movie_poster_sdxl` (1024×1024);",
+            "- or use a ComfyUI you already run (with this pack in its `custom_nodes/`):",
+            "  `bash scripts/demo.sh --url http://127.0.0.1:8188 --checkpoint NAME`.",
+            "",
+        ]
+    elif settings.is_tiny:
+        lines += [
+            f"**Movie users: the checkpoint `{settings.checkpoint}` has RANDOM weights: the images are noise.** It tests",
+            "the wiring (history → LLM keywords → PMG conditioning → stock KSampler → scoring), not image quality.",
             "",
         ]
     lines += [
         "| | |", "|---|---|",
-        f"| checkpoint | `{settings.checkpoint}` |",
-        f"| steps, size | {settings.steps}, {settings.size}×{settings.size} |",
+        f"| movie workflow | `{movie}` |",
+        f"| checkpoint | {f'`{settings.checkpoint}`' if settings.draws_posters else 'none (keywords only)'} |",
+        *([f"| steps, size | {settings.steps}, {settings.size}×{settings.size} |"] if settings.draws_posters else []),
         f"| alphas | {settings.alphas} |",
         f"| server | {options.url or 'embedded ComfyUI on ' + str(options.base)} |",
         f"| users | {result.users_ok} succeeded, {len(result.users_failed)} failed {result.users_failed or ''} |",
@@ -435,11 +519,15 @@ def register(subparsers) -> None:
     demo.add_argument("--movie-users", help="comma-separated MovieLens user ids (instead of the first ones)")
     demo.add_argument("--sticker-users", help="comma-separated sticker user ids (instead of the first ones)")
     demo.add_argument("--url", help="use this running ComfyUI (with the pack installed) instead of the embedded one")
-    demo.add_argument("--checkpoint", default=TINY_CHECKPOINT_NAME,
-                      help=f"checkpoint in models/checkpoints (default {TINY_CHECKPOINT_NAME}: random weights)")
-    demo.add_argument("--clip", default="pmg-tiny-clip", help="CLIP folder in models/pmg for the scorer (default: a tiny random one)")
-    demo.add_argument("--steps", type=int, help="sampler steps (default 4 for the tiny checkpoint, 20 otherwise)")
-    demo.add_argument("--size", type=int, help="image size (default 64 for the tiny checkpoint, 512 otherwise)")
+    demo.add_argument("--checkpoint",
+                      help="a Stable Diffusion checkpoint in models/checkpoints for the movie posters (default: none, "
+                           "the movie users get keywords and prompts only)")
+    demo.add_argument("--movie-workflow", choices=MOVIE_WORKFLOWS, default=MOVIE_WORKFLOWS[0],
+                      help="the movie workflow: SD1.5 at 512 px (default) or SDXL at 1024 px")
+    demo.add_argument("--clip", default=NO_CLIP,
+                      help="a CLIP folder in models/pmg for scoring the posters (default: none)")
+    demo.add_argument("--steps", type=int, help="sampler steps of the posters (default: the workflow's)")
+    demo.add_argument("--size", type=int, help="poster size in pixels (default: the workflow's)")
     demo.add_argument("--alphas", default="0.33, 0.5, 0.67", help="preference weights, one image each")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--base", type=Path, default=REPO_ROOT / "comfy_base",
@@ -459,7 +547,7 @@ def _run_cli(args: argparse.Namespace) -> int:
 
     options = DemoOptions(
         users=args.users, movie_users=_ids(args.movie_users), sticker_users=_ids(args.sticker_users),
-        url=args.url, base=args.base, out=args.out, clip_model=args.clip,
+        url=args.url, base=args.base, out=args.out, clip_model=args.clip, movie_workflow=args.movie_workflow,
         settings=DemoSettings(checkpoint=args.checkpoint, steps=args.steps, size=args.size, alphas=args.alphas,
                               seed=args.seed),
     )

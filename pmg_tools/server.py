@@ -24,9 +24,11 @@ from pathlib import Path
 
 import requests
 
+from pmg_core.assets import default_cache_dir
 from pmg_core.atomic import copy_atomic
 from pmg_core.comfy_client.lifetime import die_with_owner
 from pmg_core.errors import ComfyServerError, ModelLoadError
+from pmg_core.example_data import EXAMPLE_MOVIELENS, EXAMPLE_STICKERS, install_example_histories  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,9 @@ class EmbeddedComfyUI:
         # One thread keeps timings steady on a shared machine; nothing may reach a hub.
         env.update(OMP_NUM_THREADS=env.get("PMG_COMFY_THREADS", "1"), HF_HUB_OFFLINE="1",
                    TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+        # The checkout's servers share the machine-wide model cache (one GGUF conversion for every
+        # base folder); a user's ComfyUI caches under its own user folder (nodes/comfy_paths.py).
+        env.setdefault("PMG_CACHE_DIR", str(default_cache_dir()))
         began = time.monotonic()
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
@@ -335,35 +340,6 @@ def install_default_models(
     if examples:
         installed.update(install_example_histories(base / "input"))
     return installed
-
-
-EXAMPLE_MOVIELENS = "pmg/movielens.jsonl"
-EXAMPLE_STICKERS = "pmg_stickers/history.jsonl"
-
-
-def install_example_histories(input_dir: Path) -> dict[str, Path]:
-    """Example history files in ComfyUI's ``input`` folder (written once, kept if present).
-
-    * ``pmg/movielens.jsonl``: the MovieLens-100K users (reference split: up to 3 liked
-      movies + the next one as target) in our JSONL format, read from RecBole's copy;
-    * ``pmg_stickers/history.jsonl`` + ``images/``: a small sticker set (Twemoji PNGs),
-      whose items have images, for the scorer.
-
-    Names are relative to ``input_dir``, as the PMG User History Loader lists them.
-    """
-    from pmg_core.assets import movielens_dir
-    from pmg_core.loaders import SplitRule, export_sticker_dataset, load_histories, write_jsonl
-
-    movielens = input_dir / EXAMPLE_MOVIELENS
-    if not movielens.is_file():
-        movielens.parent.mkdir(parents=True, exist_ok=True)
-        histories = load_histories(movielens_dir(), fmt="movielens", split=SplitRule.reference())
-        write_jsonl(movielens, histories.values())
-        log.info("wrote %d MovieLens users to %s", len(histories), movielens)
-    stickers = input_dir / EXAMPLE_STICKERS
-    if not stickers.is_file():
-        export_sticker_dataset(stickers.parent, n_users=8, seed=0)
-    return {"movielens": movielens, "stickers": stickers}
 
 
 # --- pmg serve ---------------------------------------------------------------------------

@@ -6,10 +6,13 @@
 //   apt-get install chromium && npm install --prefix /tmp/pw playwright-core@1
 //   .venv/bin/python -m pmg_core serve --port 8188 &        # or any ComfyUI with this pack
 //   NODE_PATH=/tmp/pw/node_modules node scripts/check_workflows_in_browser.mjs \
-//       http://127.0.0.1:8188 workflows pmg_movie_poster pmg_sticker pmg_alpha_sweep [--screenshot out.png]
+//       http://127.0.0.1:8188 workflows pmg_movie_poster pmg_movie_poster_sdxl pmg_sticker pmg_alpha_sweep
+//       [--screenshot out.png]
 //
-// Fails (exit 1) when a node type is unknown to the front end, a dialog opens on load
-// (missing models, load errors), or the exported API graph differs from workflows/api/.
+// Fails (exit 1) when a node type is unknown to the front end, a dialog other than "Missing Models"
+// opens on load (missing nodes, load errors), or the exported API graph differs from workflows/api/.
+// A missing checkpoint is expected where the server lacks it: the movie workflows hint at the
+// real SD1.5 / SDXL files, and the dialog offering them is printed, not counted.
 // Console errors from blocked calls to api.comfy.org (the machine is offline) are expected.
 import fs from 'fs';
 import { createRequire } from 'module';
@@ -65,7 +68,8 @@ for (const name of names) {
       if (expected !== actual) console.log(`  node ${id}: api copy ${expected}\n           front end ${actual}`);
     }
   }
-  if (!same || result.unknown.length || result.dialogs.length) failures++;
+  const otherDialogs = result.dialogs.filter((text) => !text.includes('Missing Models'));
+  if (!same || result.unknown.length || otherDialogs.length) failures++;
 }
 if (screenshot && names.length) {
   const first = JSON.parse(fs.readFileSync(`${dir}/${names[0]}.json`, 'utf8'));

@@ -7,8 +7,9 @@
 # and the offline default models (or uses the server at --url), queues the example
 # workflows (workflows/api/) for a few MovieLens and Twemoji sticker users through the
 # batch client, and writes results/<timestamp>/ (images, keywords.jsonl, scores.jsonl,
-# contact_sheet.png, summary.md). The default checkpoint has RANDOM weights: its images
-# are noise; see summary.md for using a real checkpoint.
+# contact_sheet.png, summary.md). Only real images: the sticker users' come from the sticker
+# generator this project trained; the movie users get keywords and prompts, and posters
+# only with --checkpoint NAME (a Stable Diffusion checkpoint in models/checkpoints).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

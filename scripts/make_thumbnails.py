@@ -2,11 +2,11 @@
 
 * the sticker workflows: drawn from a real run of ``models/pmg-sticker-generator.safetensors``
   (the same sampler as the workflows: euler, normal, 20 steps, cfg 5);
-* the movie-poster workflow: its offline checkpoint has random weights (its images are
-  noise), so its card is drawn, not generated: a real MovieLens user's liked movies and
+* the movie-poster workflows (SD1.5, SDXL): no Stable Diffusion checkpoint can be downloaded
+  here, so their cards are drawn, not generated: a real MovieLens user's liked movies and
   target from the example history, and the path they take through the workflow.
 
-    .venv/bin/python scripts/make_thumbnails.py [--only pmg_movie_poster]
+    .venv/bin/python scripts/make_thumbnails.py [--only pmg_movie_poster_sdxl]
 """
 
 from __future__ import annotations
@@ -38,10 +38,13 @@ CARDS = {
 
 CARD_SIZE = (384, 256)
 MOVIE_USER = "1"
+# Each movie workflow's card: the family it is for and the checkpoint file it expects.
+MOVIE_CARDS = {"pmg_movie_poster": ("SD1.5", "v1-5-pruned-emaonly", 512),
+               "pmg_movie_poster_sdxl": ("SDXL", "sd_xl_base_1.0", 1024)}
 
 
-def movie_card() -> Image.Image:
-    """The movie-poster card: MovieLens user 1's liked movies -> keywords -> one poster per alpha."""
+def movie_card(family: str, checkpoint: str, size: int) -> Image.Image:
+    """A movie-poster card: MovieLens user 1's liked movies -> keywords -> one poster per alpha."""
     from pmg_core.assets import movielens_dir
     from pmg_core.loaders import SplitRule, load_user
 
@@ -52,7 +55,7 @@ def movie_card() -> Image.Image:
         shade = int(24 + 30 * y / CARD_SIZE[1])
         draw.line([(0, y), (CARD_SIZE[0], y)], fill=(shade, shade // 2 + 14, 48 + shade))
     title, small, tiny = (ImageFont.load_default(size) for size in (22, 13, 11))
-    draw.text((14, 10), "PMG movie poster", font=title, fill=(250, 236, 200))
+    draw.text((14, 10), f"PMG movie poster · {family}", font=title, fill=(250, 236, 200))
     draw.text((14, 38), f"MovieLens user {history.user_id} liked:", font=small, fill=(200, 210, 235))
     # Three "posters" of the liked movies, then the personalised candidates.
     for i, item in enumerate(history.items[:3]):
@@ -68,22 +71,23 @@ def movie_card() -> Image.Image:
         draw.text((292, 68 + 17 * j), line, font=small, fill=(250, 236, 200))
     target = history.target.title if history.target is not None else "the next movie"
     draw.text((14, 172), f"target: {target}", font=small, fill=(200, 210, 235))
-    draw.text((14, 194), "history > LLM keywords > soft prompt > SD1.5", font=small, fill=(200, 210, 235))
-    draw.text((14, 212), "KSampler > PMG Scorer keeps the best", font=small, fill=(200, 210, 235))
-    draw.text((14, 234), "(bring a real SD1.5 checkpoint; the offline one is random)", font=tiny, fill=(150, 160, 190))
+    draw.text((14, 194), f"history > LLM keywords > PMG Conditioning > {family}", font=small, fill=(200, 210, 235))
+    draw.text((14, 212), f"KSampler at {size} px > PMG Scorer keeps the best", font=small, fill=(200, 210, 235))
+    draw.text((14, 234), f"needs your {family} checkpoint: {checkpoint}", font=tiny, fill=(150, 160, 190))
     return card
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["pmg_movie_poster", *CARDS], help="draw just this card")
+    parser.add_argument("--only", choices=[*MOVIE_CARDS, *CARDS], help="draw just this card")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    if args.only in (None, "pmg_movie_poster"):
-        path = REPO / "workflows" / "pmg_movie_poster.jpg"
-        movie_card().save(path, quality=90)
-        log.info("wrote %s", path)
-    if args.only == "pmg_movie_poster":
+    for name, card in MOVIE_CARDS.items():
+        if args.only in (None, name):
+            path = REPO / "workflows" / f"{name}.jpg"
+            movie_card(*card).save(path, quality=90)
+            log.info("wrote %s", path)
+    if args.only in MOVIE_CARDS:
         return
     torch.set_num_threads(2)
     pipeline = StickerPipeline(load_generator(REPO / "models" / "pmg-sticker-generator.safetensors"), MiniLMTextEncoder())

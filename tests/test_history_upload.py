@@ -18,7 +18,14 @@ import pytest
 import requests
 
 from pmg_core.errors import HistoryFormatError, InvalidSettingError, PMGError, UnsafePathError
-from pmg_core.history_upload import UploadLimits, accept_history_file, extract_zip, member_path, staging_folder
+from pmg_core.history_upload import (
+    UploadLimits,
+    accept_history_file,
+    accept_staged,
+    extract_zip,
+    member_path,
+    staging_folder,
+)
 from pmg_core.loaders import load_histories
 
 DATA = Path(__file__).parent / "data" / "histories"
@@ -106,6 +113,43 @@ def test_zip_size_and_count_bounds(tmp_path):
     with staging_folder(tmp_path) as staging, pytest.raises(InvalidSettingError, match="holds 2 files"):
         extract_zip(archive, staging, UploadLimits(max_files=1))
     assert everything(tmp_path) == {"big.zip"}  # the staging folders are gone
+
+
+def accept_zip(content: bytes, name: str, input_dir: Path):
+    """The upload route's steps for one archive (nodes/history_upload_route.py), without the server."""
+    archive = input_dir.parent / name
+    archive.write_bytes(content)
+    with staging_folder(input_dir) as staging:
+        skipped = extract_zip(archive, staging)
+        return accept_staged(staging, input_dir, name.removesuffix(".zip"), skipped)
+
+
+def test_the_packs_own_sticker_export_zipped_is_accepted_with_its_attribution(tmp_path):
+    """`pmg example-data`'s sticker folder, zipped as a user would: ATTRIBUTION.txt is kept, never a refusal."""
+    from pmg_core.example_data import install_example_histories
+
+    written = install_example_histories(tmp_path / "made")
+    folder = written["stickers"].parent
+    archive = zip_bytes({f"my_stickers/{p.relative_to(folder).as_posix()}": p.read_bytes()
+                         for p in sorted(folder.rglob("*")) if p.is_file()})
+    input_dir = tmp_path / "input"
+    input_dir.mkdir()
+    result = accept_zip(archive, "my_stickers.zip", input_dir)
+    assert [check.name for check in result.histories] == ["my_stickers/history.jsonl"]
+    assert result.histories[0].users == 8
+    stored = input_dir / "my_stickers"
+    assert (stored / "ATTRIBUTION.txt").read_text(encoding="utf-8") == (folder / "ATTRIBUTION.txt").read_text(encoding="utf-8")
+    assert everything(stored) == everything(folder)
+
+
+def test_a_text_file_that_is_no_history_is_refused_when_it_is_the_only_one(tmp_path):
+    """The note rule does not hide a bad chat: alone, a .txt that is not 'speaker: text' is still refused."""
+    input_dir = tmp_path / "input"
+    input_dir.mkdir()
+    archive = zip_bytes({"notes/ATTRIBUTION.txt": b"Twemoji graphics are CC-BY 4.0\n"})
+    with pytest.raises(HistoryFormatError, match="notes/ATTRIBUTION.txt: .*Nothing was stored"):
+        accept_zip(archive, "notes.zip", input_dir)
+    assert everything(input_dir) == set()
 
 
 # ------------------------------------------------------------------ through the server

@@ -24,6 +24,8 @@ def _graph(user: str, device: str, seed: int) -> dict:
             inputs["device"] = device
         elif node["class_type"] == "PMGPreferenceExtractor":
             inputs.update(n_preference=7, seed=4242, max_new_tokens=40)  # keys no other test fills
+        elif node["class_type"] == "PMGSoftPromptEncoder":
+            inputs["adapter"] = "random (untrained, research)"  # an adapter that runs the LLM (the shared file has none)
         if "filename_prefix" in inputs:
             inputs["filename_prefix"] = f"pmg_test/lazy_{seed}"
     return graph

@@ -122,7 +122,7 @@ def test_soft_prompt_encoder_sizes_embeddings_to_each_family(family, family_clip
     width = FAMILY_SHAPES[family][0]
     node = pmg_pack.nodes["PMGSoftPromptEncoder"]
     bundle = make_bundle(pmg_pack, llm=pack_tiny_llm, soft_prompt_text=f"soft prompt for the {family} family test")
-    soft = node.execute(preference=bundle, adapter="none (untrained)", clip=family_clips[family],
+    soft = node.execute(preference=bundle, adapter="random (untrained, research)", clip=family_clips[family],
                         num_image_tokens=2, seed=1).args[0]
     assert soft.embeddings.shape == (1, 2, width)
     positive, *_ = _conditioning(pmg_pack, family_clips[family], soft, alphas="0.5")

@@ -88,19 +88,19 @@ def pack_tiny_llm(pmg_pack, tiny_llm_folder):
     return pmg_pack.core.llm.load_llm(tiny_llm_folder)
 
 
-def test_soft_prompt_encoder_untrained_is_seeded_and_cached(encoder_node, pmg_pack, comfy_clip, pack_tiny_llm, comfy_base):
+def test_soft_prompt_encoder_random_research_adapter_is_seeded_and_cached(encoder_node, pmg_pack, comfy_clip, pack_tiny_llm, comfy_base):
     bundle = make_bundle(pmg_pack, llm=pack_tiny_llm, soft_prompt_text="a unique text for the cache test")
-    first = encoder_node.execute(preference=bundle, adapter="none (untrained)", clip=comfy_clip,
+    first = encoder_node.execute(preference=bundle, adapter="random (untrained, research)", clip=comfy_clip,
                                  num_image_tokens=3, seed=7).args[0]
     assert first.embeddings.shape == (1, 3, TINY_CLIP_WIDTH)
     assert first.metadata["cached"] == "false" and first.metadata["llm_identity"] == pack_tiny_llm.identity
     cache_files = list((comfy_base.user / "pmg_cache" / "soft_prompts").glob("*.safetensors"))
     assert any(first.metadata["cache_key"] in f.name for f in cache_files)
-    again = encoder_node.execute(preference=bundle, adapter="none (untrained)", clip=comfy_clip,
+    again = encoder_node.execute(preference=bundle, adapter="random (untrained, research)", clip=comfy_clip,
                                  num_image_tokens=3, seed=7).args[0]
     assert again.metadata["cached"] == "true"
     assert torch.equal(again.embeddings, first.embeddings)
-    other_seed = encoder_node.execute(preference=bundle, adapter="none (untrained)", clip=comfy_clip,
+    other_seed = encoder_node.execute(preference=bundle, adapter="random (untrained, research)", clip=comfy_clip,
                                       num_image_tokens=3, seed=8).args[0]
     assert other_seed.metadata["cached"] == "false"
     assert not torch.allclose(other_seed.embeddings, first.embeddings)
@@ -133,5 +133,28 @@ def test_soft_prompt_encoder_loads_a_trained_adapter_and_refuses_a_mismatch(
 
 def test_soft_prompt_encoder_needs_the_extractor_llm(encoder_node, pmg_pack, comfy_clip):
     with pytest.raises(pmg_pack.errors.EmbeddingValueError, match="Preference Extractor"):
-        encoder_node.execute(preference=make_bundle(pmg_pack, llm=None), adapter="none (untrained)",
+        encoder_node.execute(preference=make_bundle(pmg_pack, llm=None), adapter="random (untrained, research)",
                              clip=comfy_clip, num_image_tokens=4, seed=0)
+
+
+@pytest.mark.parametrize("adapter", ["none (keywords only)", "none (untrained)"])
+def test_no_adapter_means_no_soft_tokens_and_conditioning_keeps_keywords_only(
+    adapter, encoder_node, conditioning, pmg_pack, comfy_clip, caplog
+):
+    """The default (and the pre-rename 'none (untrained)', read as it with a warning) gives an empty soft
+    prompt without running the LLM; PMG Conditioning then builds the same condition as with no soft prompt."""
+    assert encoder_node.GET_SCHEMA().inputs[1].default == "none (keywords only)"
+    assert encoder_node.validate_inputs(adapter=adapter) is True
+    bundle = make_bundle(pmg_pack, llm=None)  # no LLM needed: nothing is encoded
+    with caplog.at_level("WARNING"):
+        soft = encoder_node.execute(preference=bundle, adapter=adapter, clip=comfy_clip, num_image_tokens=4, seed=0).args[0]
+    assert soft.num_tokens == 0 and soft.metadata["adapter"] == "none (keywords only)"
+    legacy_warnings = [r.getMessage() for r in caplog.records if "none (untrained)" in r.getMessage()]
+    if adapter == "none (untrained)":
+        assert legacy_warnings and "random (untrained, research)" in legacy_warnings[0]
+    else:
+        assert legacy_warnings == []
+    with_empty, *_ = _run(conditioning, comfy_clip, preference=bundle, soft_prompt=soft)
+    without, *_ = _run(conditioning, comfy_clip, preference=bundle)
+    assert with_empty[0][0].shape == (3, 77 + 77, TINY_CLIP_WIDTH)  # target + preference keywords, no soft part
+    assert torch.equal(with_empty[0][0], without[0][0])

@@ -90,7 +90,7 @@ def test_schemas_survive_missing_and_unreadable_folders(pmg_pack, monkeypatch, t
 
     assert options("PMGUserHistoryLoader", "history_file") == []
     assert options("PMGLLMLoader", "model") == []
-    assert options("PMGSoftPromptEncoder", "adapter") == ["none (untrained)"]
+    assert options("PMGSoftPromptEncoder", "adapter") == ["none (keywords only)", "random (untrained, research)"]
     assert info["PMGScorer"]["input"]["optional"]["clip_model"][1]["options"] == ["none"]
 
 

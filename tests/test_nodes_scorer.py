@@ -147,3 +147,32 @@ def test_a_history_target_image_outside_the_input_folder_is_refused(scorer, pmg_
         scorer.execute(images=_images(2, seed=17), history_images=_images(1, seed=12),
                        preference=_sticker_bundle(pmg_pack, comfy_base, outside),
                        alphas=(0.5,), alpha=0.5, lpips_net="alex", filename_prefix="pmg/outside")
+
+
+@pytest.mark.real_model
+def test_a_movie_user_without_clip_is_scored_from_the_prompts_and_the_log_names_the_candidates_alpha(
+        scorer, pmg_pack, caplog):
+    """The shipped movie workflow's case: no CLIP, no target image, no history images (MovieLens has no posters)."""
+    history_nodes = __import__("comfyui_pmg.nodes.history_nodes", fromlist=["x"])
+    with caplog.at_level(logging.INFO):
+        output = scorer.execute(images=_images(3, 18), history_images=history_nodes.placeholder_image(),
+                                preference=make_bundle(pmg_pack), alphas=(0.33, 0.5, 0.67), alpha=0.67,
+                                lpips_net="alex", filename_prefix="pmg/movie_no_clip", clip_model="none")
+    record = json.loads(output.args[2])
+    assert record["measure"]["d_pref"].endswith("the candidate's prompt, not its image")
+    assert record["measure"]["d_target"].endswith("the candidate's prompt, not its image")
+    assert [c["prompt_target"] > 0 for c in record["candidates"]] == [True] * 3
+    selected_alpha = record["candidate_alphas"][record["selected"]]
+    assert f"generated with alpha={selected_alpha:.2f} (trade-off weight 0.67" in caplog.text
+    assert "no history image and no CLIP" in caplog.text and "no target image and no CLIP" in caplog.text
+
+
+def test_validation_checks_the_files_and_the_graph_before_anything_runs(scorer, pmg_pack, comfy_base):
+    """What ComfyUI 0.3.75 passes to validate_inputs: linked inputs as None, unconnected ones left out."""
+    assert scorer.validate_inputs(lpips_net="alex", clip_model="none", preference=None) is True
+    assert scorer.validate_inputs(lpips_net="vgg", clip_model="none", target_image=None) is True
+    missing = scorer.validate_inputs(lpips_net="alex", clip_model="my-clip", preference=None)
+    assert "CLIP folder 'my-clip' was not found" in missing and str(comfy_base.models / "pmg") in missing
+    assert "not one of alex, vgg" in scorer.validate_inputs(lpips_net="squeeze", clip_model="none", preference=None)
+    unconnected = scorer.validate_inputs(lpips_net="alex", clip_model="none")
+    assert "connect its target_image input, or its preference input" in unconnected

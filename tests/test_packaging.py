@@ -92,6 +92,19 @@ def test_requirements_txt_is_pyproject_less_what_comfyui_brings():
     assert _requirements_txt() == declared - COMFYUI_BRINGS
 
 
+def _pins(path: Path) -> set[str]:
+    return {line.strip().lower() for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and not line.startswith("#")}
+
+
+def test_offline_defaults_file_is_the_extra_and_the_test_environment_has_them():
+    """A user's one --no-deps line installs exactly the extra's pins; the test venv has every one of them."""
+    extra = {r.lower() for r in PYPROJECT["project"]["optional-dependencies"]["offline-defaults"]}
+    assert _pins(REPO / "requirements" / "offline-defaults.txt") == extra
+    test_env = _pins(REPO / "requirements" / "nodeps.txt") | _pins(REPO / "requirements" / "test.in")
+    assert extra <= test_env, f"offline defaults missing from the test environment: {extra - test_env}"
+
+
 def test_test_only_packages_are_pinned_in_the_test_environment():
     pins = {_name(line) for line in (REPO / "requirements" / "test.in").read_text(encoding="utf-8").splitlines()
             if line.strip() and not line.startswith("#")}

@@ -53,3 +53,27 @@ def test_a_side_without_a_measure_names_what_to_connect():
     with pytest.raises(InvalidSettingError, match="no images"):
         score_sweep(_images(2, seed=7), target_image=_images(1, seed=8), preference_text="cats")
     assert candidate_alphas([0.3, 0.7], 3) == [0.3, 0.7, 0.3]
+
+
+@pytest.mark.real_model
+def test_without_clip_or_target_image_the_target_side_is_the_prompts_minilm_similarity(lpips_alex, caplog):
+    """A MovieLens user (no target image) and no CLIP: d_t from the candidate's prompt, said in the log."""
+    candidates = _images(3, seed=9)
+    with caplog.at_level("INFO", logger="pmg_core"):
+        report, record = score_sweep(
+            candidates, alphas=(0.2, 0.5, 0.9), history_images=_images(2, seed=10),
+            target_text="a poster of a space adventure", preference_text="romance, paris, black and white",
+            alpha=0.5, lpips=lpips_alex,
+        )
+    assert record["measure"]["d_pref"] == "1 - mean LPIPS(candidate, history images)"
+    assert "the candidate's prompt, not its image" in record["measure"]["d_target"]
+    d_target = [score.d_target for score in report.candidates]
+    # The more a candidate's prompt leans to the preference, the further it is from the target text.
+    assert d_target[0] > d_target[1] > d_target[2] and d_target[0] < 1.0
+    assert "not from its image: there is no target image and no CLIP" in caplog.text
+    assert f"generated with alpha={record['selected_alpha']:.2f} (trade-off weight 0.50" in caplog.text
+
+
+def test_without_clip_and_without_the_texts_the_target_side_still_names_what_to_connect():
+    with pytest.raises(InvalidSettingError, match="preference .* together with the alphas"):
+        score_sweep(_images(2, seed=7), alphas=(0.3, 0.7), history_images=_images(1, seed=8), target_text="a cat")

@@ -17,6 +17,7 @@ import pytest
 from fixtures_comfy import pmg_no_llm_graph, stock_txt2img_graph
 from pmg_core.comfy_client.batch import queue_users
 from pmg_core.errors import ComfyServerError
+from pmg_tools.demo import DemoSettings, apply_settings
 
 pytestmark = pytest.mark.comfy_server
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +26,9 @@ FIX_HINT = re.compile(r"\b(give|add|type|pass|use|pick|write|connect|remove|lowe
 
 
 def movie_workflow() -> dict:
-    return json.loads((REPO / "workflows" / "api" / "pmg_movie_poster.json").read_text(encoding="utf-8"))
+    """The shared movie workflow with the tiny checkpoint, 64 px and 4 steps set in (as `pmg queue --set` does)."""
+    shared = json.loads((REPO / "workflows" / "api" / "pmg_movie_poster.json").read_text(encoding="utf-8"))
+    return apply_settings(shared, DemoSettings().resolved())
 
 
 def with_user(graph: dict, history_file: str, user_id: str, prefix: str, scene: str = "auto",

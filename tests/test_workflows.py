@@ -1,10 +1,12 @@
 """The shareable workflows on a real ComfyUI: in sync, loadable, runnable, cached, and failing cleanly.
 
-Mechanics only: the checkpoint (``pmg-tiny-sd15``) and the scorer's CLIP (``pmg-tiny-clip``)
-have random weights, so images and scores are noise; the keywords come from the real
-SmolLM2-135M. What is checked is the wiring: UI ⇄ API sync, the stock KSampler consuming
-PMG conditioning (one image per α), the score records, LLM work reused on a repeat,
-bad inputs reported per node, and the batch client's JSONL.
+The movie workflows ship for the checkpoints users have (SD1.5 at 512 px, SDXL at 1024 px);
+the tests put the offline tiny checkpoint (``pmg-tiny-sd15``, random weights) in through
+``NODE.INPUT`` overrides, as ``pmg queue --set`` does, at 64 px and 4 steps. Mechanics only
+for those: images are noise; the keywords come from the real SmolLM2-135M. What is checked
+is the wiring: UI ⇄ API sync, what the shared files say, the stock KSampler consuming PMG
+conditioning (one image per α), the score records, LLM work reused on a repeat, bad inputs
+reported per node, and the batch client's JSONL.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import pytest
 import requests
 from PIL import Image
 
-from pmg_core.comfy_client.batch import queue_users, read_results
+from pmg_core.comfy_client.batch import parse_overrides, queue_users, read_results
 from fixtures_comfy import workflow_models
 from pmg_core.comfy_client.workflow_format import api_differences, ui_to_api
 from pmg_core.errors import ComfyServerError
@@ -30,16 +32,31 @@ from pmg_core.errors import ComfyServerError
 pytestmark = pytest.mark.comfy_server
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
-NAMES = ("pmg_movie_poster", "pmg_sticker", "pmg_alpha_sweep", "pmg_served_keywords")
+NAMES = ("pmg_movie_poster", "pmg_movie_poster_sdxl", "pmg_sticker", "pmg_alpha_sweep", "pmg_served_keywords")
+# The checkpoint each movie workflow ships for, its size and its least number of steps.
+MOVIE_WORKFLOWS = {"pmg_movie_poster": ("v1-5-pruned-emaonly.safetensors", 512, 20),
+                   "pmg_movie_poster_sdxl": ("sd_xl_base_1.0.safetensors", 1024, 20)}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Node ids shared by the three workflows (see workflows/api/*.json).
 HISTORY, LLM, EXTRACTOR, SOFT, ALPHAS, CONDITIONING, LATENT, SAMPLER, DECODE, SCORER, SAVE = (
     "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12")
 BEFORE_SAMPLER = {"1", HISTORY, LLM, EXTRACTOR, SOFT, ALPHAS, CONDITIONING}
+# What the tests run the movie workflows with, written as `pmg queue --set` takes it.
+TINY_SET = ["1.ckpt_name=pmg-tiny-sd15.safetensors", "8.width=64", "8.height=64", "9.steps=4"]
 
 
 def load(name: str, api: bool = True) -> dict:
     return json.loads((WORKFLOWS / ("api" if api else "") / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def load_tiny(name: str = "pmg_movie_poster") -> dict:
+    """A movie workflow's API copy with the tiny checkpoint, 64 px and 4 steps set in."""
+    graph = load(name)
+    for target, value in parse_overrides(TINY_SET).items():
+        node, input_name = target.split(".", 1)
+        assert input_name in graph[node]["inputs"], target  # the override replaces what the shared file sets
+        graph[node]["inputs"][input_name] = value
+    return graph
 
 
 class Timeline:
@@ -99,7 +116,7 @@ def object_info(pmg_server) -> dict:
 @pytest.fixture(scope="module")
 def movie_run(pmg_server, object_info):
     """The movie workflow for MovieLens user 1, run once (cold: nothing of this user cached)."""
-    return run(pmg_server.client, load("pmg_movie_poster"))
+    return run(pmg_server.client, load_tiny())
 
 
 # --- the files ------------------------------------------------------------------------------------
@@ -131,17 +148,31 @@ def test_ui_workflow_has_what_the_front_end_needs(name, pmg_server):
     assert notes and any(model_word in n["widgets_values"][0].lower() for n in notes)
 
     # The front end checks the listed models that a widget selects against /experiment/models/<folder>
-    # and opens a "Missing Models" dialog for the others. (That listing skips .gguf files, so the
-    # LLM is documented in the note instead of being listed: it would always look missing.)
+    # and its "Missing Models" dialog offers to download the others (huggingface.co, .safetensors only).
+    # (That listing skips .gguf files, so the LLM is documented in the note instead of being listed.)
     models = workflow_models(ui)
-    assert [m["name"] for m in models] == (["pmg-tiny-sd15.safetensors"] if on_checkpoint else [])
+    expected = [MOVIE_WORKFLOWS[name][0]] if name in MOVIE_WORKFLOWS else []
+    assert [m["name"] for m in models] == expected
+    folders = [entry["name"] for entry in requests.get(f"{pmg_server.url}/experiment/models", timeout=10).json()]
     for model in models:
-        assert urlparse(model["url"]).scheme == "https"  # the front end's schema requires a URL
+        assert model["url"].startswith("https://huggingface.co/") and model["url"].split("?")[0].endswith(model["name"])
+        assert model["name"].endswith(".safetensors") and model["directory"] in folders
         owner = next(n for n in ui["nodes"] if model in (n["properties"].get("models") or []))
-        assert model["name"] in owner["widgets_values"], "the front end checks only selected models"
-        listed = requests.get(f"{pmg_server.url}/experiment/models/{model['directory']}", timeout=10).json()
-        assert model["name"] in [entry["name"] for entry in listed]
+        assert owner["widgets_values"] == [model["name"]], "the front end checks only selected models"
     assert any("SmolLM2" in n["widgets_values"][0] and "models/LLM" in n["widgets_values"][0] for n in notes)
+
+
+@pytest.mark.parametrize("name", list(MOVIE_WORKFLOWS))
+def test_shared_movie_workflows_are_set_up_for_real_checkpoints(name):
+    """What a user opens: the real checkpoint's name, its resolution, enough steps, no random parts."""
+    checkpoint, size, least_steps = MOVIE_WORKFLOWS[name]
+    graph = load(name)
+    assert graph["1"]["inputs"]["ckpt_name"] == checkpoint
+    assert graph[LATENT]["inputs"]["width"] == graph[LATENT]["inputs"]["height"] == size
+    assert graph[SAMPLER]["inputs"]["steps"] >= least_steps
+    assert graph[SOFT]["inputs"]["adapter"] == "none (keywords only)"  # no adapter: no soft tokens, never random ones
+    assert graph[SCORER]["inputs"]["clip_model"] == "none"
+    assert "pmg-tiny" not in json.dumps(graph) and "pmg-tiny" not in json.dumps(load(name, api=False))
 
 
 def test_sync_script_regenerates_each_format_from_the_other_byte_for_byte(pmg_server, tmp_path):
@@ -156,9 +187,10 @@ def test_sync_script_regenerates_each_format_from_the_other_byte_for_byte(pmg_se
     for name in NAMES:
         assert (folder / "api" / f"{name}.json").read_bytes() == (WORKFLOWS / "api" / f"{name}.json").read_bytes()
         ui = folder / f"{name}.json"
-        ui.write_text(ui.read_text().replace('"widgets_values": [\n        64,', '"widgets_values": [\n        32,'))
+        for size in (64, 512, 1024):
+            ui.write_text(ui.read_text().replace(f'"widgets_values": [\n        {size},', '"widgets_values": [\n        32,'))
     subprocess.run([*sync, "--write", "ui", *NAMES], check=True, capture_output=True, timeout=120)
-    for name in NAMES:  # the API copy wins: 64 px again
+    for name in NAMES:  # the API copy wins: the committed sizes again
         assert (folder / f"{name}.json").read_bytes() == (WORKFLOWS / f"{name}.json").read_bytes()
 
     # An edited API copy makes the check fail and name the difference.
@@ -205,6 +237,30 @@ def test_movie_workflow_gives_one_image_per_alpha_and_a_score_record(pmg_server,
     assert on_disk["candidates"] == scores["candidates"] and on_disk["selected"] == scores["selected"]
 
 
+def test_movie_workflow_conditions_on_keywords_only_without_an_adapter(movie_run):
+    """The shared adapter choice gives no soft tokens: the LLM is not run for them, the condition has no soft part."""
+    entry, _ = movie_run
+    (soft,) = node_output(entry, SOFT)["pmg_soft_prompt"]
+    assert soft == {"user_id": "1", "adapter": "none (keywords only)", "num_image_tokens": 0}
+
+
+def test_sdxl_workflow_runs_with_the_tiny_checkpoint_set_in(pmg_server, movie_run):
+    """The SDXL file is the same pipeline: with the --set overrides it runs on the offline checkpoint."""
+    entry, _ = run(pmg_server.client, load_tiny("pmg_movie_poster_sdxl"))
+    candidates = node_output(entry, SAVE)["images"]
+    assert len(candidates) == 3 and {fetch_png(pmg_server.client, c).size for c in candidates} == {(64, 64)}
+
+
+def test_a_workflow_saved_with_the_old_untrained_choice_runs_keywords_only_and_says_so(pmg_server, movie_run):
+    """'none (untrained)' (the adapter choice before the rename) is read as keywords only, with a log line."""
+    graph = load_tiny()
+    graph[SOFT]["inputs"]["adapter"] = "none (untrained)"
+    entry, _ = run(pmg_server.client, graph)
+    (soft,) = node_output(entry, SOFT)["pmg_soft_prompt"]
+    assert soft["adapter"] == "none (keywords only)" and soft["num_image_tokens"] == 0
+    assert "now means 'none (keywords only)'" in pmg_server.log_text()
+
+
 def test_sticker_workflow_scores_against_the_real_history_images(pmg_server, object_info):
     """Sticker items have real Twemoji images: the scorer measures the candidates against them (LPIPS, SSIM),
     and against the target sticker's own image, which the workflow does not wire (the scorer takes it from the history)."""
@@ -247,7 +303,7 @@ def test_repeat_of_a_user_does_no_llm_work(pmg_server, movie_run):
     (zero LLM batches, much faster than the cold run)."""
     client = pmg_server.client
     cold_entry, cold = movie_run
-    graph = load("pmg_movie_poster")
+    graph = load_tiny()
     graph[SAMPLER]["inputs"]["seed"] = 1
     run(client, graph)  # other tests may have run other users since: ComfyUI keeps only the last prompt's nodes
     graph[SAMPLER]["inputs"]["seed"] = 2
@@ -296,7 +352,7 @@ BAD_INPUTS = {
 def test_bad_input_is_a_node_error_and_the_server_keeps_serving(case, pmg_server, bad_files, movie_run):
     node, name, value, failing, words = BAD_INPUTS[case]
     client = pmg_server.client
-    graph = load("pmg_movie_poster")
+    graph = load_tiny()
     graph[node]["inputs"][name] = value.format(**bad_files)
     graph[SAMPLER]["inputs"]["seed"] = 100 + list(BAD_INPUTS).index(case)
     with pytest.raises(ComfyServerError) as info:
@@ -305,7 +361,7 @@ def test_bad_input_is_a_node_error_and_the_server_keeps_serving(case, pmg_server
     assert words.lower() in error["message"].lower(), error
 
     # The server is still healthy: the next prompt (same user, another seed) runs.
-    good = load("pmg_movie_poster")
+    good = load_tiny()
     good[SAMPLER]["inputs"]["seed"] = 200 + list(BAD_INPUTS).index(case)
     entry, _ = run(client, good)
     assert len(node_output(entry, SAVE)["images"]) == 3
@@ -321,7 +377,8 @@ BATCH_USERS = ["1", "3", "4"]
 
 def test_batch_queue_writes_one_line_per_user_with_keywords_image_and_scores(pmg_server, movie_run, tmp_path):
     out = tmp_path / "scores.jsonl"
-    summary = queue_users(pmg_server.client, load("pmg_movie_poster"), None, BATCH_USERS, out, concurrency=2)
+    summary = queue_users(pmg_server.client, load("pmg_movie_poster"), None, BATCH_USERS, out, concurrency=2,
+                          substitutions=parse_overrides(TINY_SET))  # what `pmg queue --set ...` passes
     assert summary.done == 3 and summary.failed == 0, summary
     lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert sorted(line["user_id"] for line in lines) == BATCH_USERS

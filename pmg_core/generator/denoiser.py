@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..requirements import require
+
 # Everything that fixes the network's shape; saved in the weights' metadata.
 UNET_CONFIG: dict = {
     "in_channels": 16,
@@ -39,7 +41,7 @@ class StickerDenoiser(nn.Module):
         **_comfy_kwargs,  # ComfyUI also passes `operations`: the network builds its own layers
     ):
         super().__init__()
-        from diffusers import UNet2DConditionModel
+        UNet2DConditionModel = require("diffusers", "the sticker generator's network").UNet2DConditionModel
 
         levels = len(block_out_channels)
         self.unet = UNet2DConditionModel(

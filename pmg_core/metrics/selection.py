@@ -17,7 +17,12 @@ Where d_p and d_t come from, per side, first available wins (recorded in
 2. images: ``d_p = 1 − mean LPIPS to the history images``,
    ``d_t = 1 − LPIPS to the target image`` (an image-side proxy);
 3. candidate captions and the side's text: MiniLM text cosine similarity
-   between each candidate's caption and the preference / target text.
+   between each candidate's caption and the preference / target text;
+4. the candidates' α and both texts (no CLIP, no image for the side, no captions:
+   MovieLens targets have no image): MiniLM cosine similarity between the candidate's
+   *prompt*, the mix ``(1 − α)·e(target_text) + α·e(preference_text)`` of the two text
+   embeddings in the proportions PMG's condition weights them (``2(1 − α)``, ``2α``), and the
+   side's text. It measures the prompt, not the image; a warning says so.
 
 With none of these for a side, :func:`score_candidates` raises an error naming
 what to supply.
@@ -96,6 +101,8 @@ class CandidateScore:
     clip_preference: float | None = None
     text_target: float | None = None
     text_preference: float | None = None
+    prompt_target: float | None = None
+    prompt_preference: float | None = None
 
 
 @dataclass
@@ -136,6 +143,7 @@ def score_candidates(
     clip: CLIPScorer | None = None,
     text_similarity: TextSimilarity | None = None,
     candidate_captions: Sequence[str] | None = None,
+    candidate_alphas: Sequence[float] | None = None,
     progress: Progress | None = None,
 ) -> ScoreReport:
     """Score ``candidates`` ``[N, 3, H, W]`` against the user's history and the target; pick one.
@@ -154,7 +162,8 @@ def score_candidates(
     captions = _captions(candidate_captions, candidates.shape[0])
     texts = _Texts(_text_or_none(target_text, "target_text"), _text_or_none(preference_text, "preference_text"))
 
-    plan = _plan_sides(history, target, texts.target, texts.preference, clip, captions)
+    mixes = _mix_alphas(candidate_alphas, candidates.shape[0])
+    plan = _plan_sides(history, target, texts.target, texts.preference, clip, captions, mixes)
     _check_measures(history, target, plan, lpips, text_similarity)
     steps = _Steps(
         [name for name, wanted in (
@@ -162,6 +171,7 @@ def score_candidates(
             ("target", target is not None),
             ("clip", clip is not None and texts.any),
             ("text", "text" in plan.values()),
+            ("prompt", "prompt" in plan.values()),
         ) if wanted],
         progress,
     )
@@ -172,6 +182,9 @@ def score_candidates(
     if "text" in steps.names:
         values.update(_text_values(text_similarity.similarity(captions, texts.given), texts, "text"))
         steps.done("text")
+    if "prompt" in steps.names:
+        values.update(_prompt_values(text_similarity, texts, mixes, plan))
+        steps.done("prompt")
     return _report(values, plan, alpha, lpips)
 
 
@@ -210,9 +223,9 @@ def _check_measures(history, target, plan: dict[str, str], lpips, text_similarit
             "History or target images were given but no LPIPS network: pass lpips=LPIPS('alex') "
             "(pmg_core.metrics.LPIPS), or leave the images out."
         )
-    if "text" in plan.values() and text_similarity is None:
+    if {"text", "prompt"} & set(plan.values()) and text_similarity is None:
         raise InvalidSettingError(
-            "Captions are compared with texts but no text model was given: pass "
+            "Captions or the candidates' prompts are compared with texts but no text model was given: pass "
             "text_similarity=TextSimilarity() (pmg_core.metrics.TextSimilarity)."
         )
 
@@ -235,6 +248,22 @@ def _image_values(candidates, history, target, lpips, steps: _Steps) -> dict[str
         values["ssim_target"] = similarities[:, split].tolist()
         steps.done("target")
     return values
+
+
+def _prompt_values(text_similarity, texts: _Texts, mixes: list[float], plan: dict[str, str]) -> dict[str, list[float]]:
+    """MiniLM similarity of each candidate's prompt (its alpha's mix of both text embeddings) to each side's text."""
+    target_vector, preference_vector = text_similarity.embed([texts.target, texts.preference])
+    prompts = torch.nn.functional.normalize(
+        torch.stack([(1 - a) * target_vector + a * preference_vector for a in mixes]), dim=-1
+    )
+    for side in [side for side, kind in plan.items() if kind == "prompt"]:
+        missing = "target image" if side == "target" else "history image"
+        logger.warning(
+            "The %s side is measured from each candidate's prompt (its alpha's mix of the target and "
+            "preference texts), not from its image: there is no %s and no CLIP. Give a %s or a CLIP model "
+            "to measure the images.", side, missing, missing,
+        )
+    return {"prompt_target": (prompts @ target_vector).tolist(), "prompt_preference": (prompts @ preference_vector).tolist()}
 
 
 def _text_values(similarity: torch.Tensor, texts: _Texts, kind: str) -> dict[str, list[float]]:
@@ -261,7 +290,8 @@ def _report(values: dict[str, list[float]], plan: dict[str, str], alpha: float, 
         "d_pref": _MEASURE_TEXT[("preference", plan["preference"])],
         "d_target": _MEASURE_TEXT[("target", plan["target"])],
     }
-    logger.info("selected candidate %d of %d (alpha=%.3f; %s)", selected, len(scores), alpha, measure)
+    # The trade-off weight, not the candidate's alpha (pmg_core.scoring names that one).
+    logger.debug("selected candidate %d of %d (trade-off weight %.3f; %s)", selected, len(scores), alpha, measure)
     return ScoreReport(scores, selected, float(alpha), measure, lpips.net if lpips is not None else None)
 
 
@@ -272,11 +302,15 @@ _MEASURE_TEXT = {
     ("target", "clip"): "CLIP (1 + cosine(candidate image, target_text)) / 2",
     ("target", "image"): "1 - LPIPS(candidate, target image)",
     ("target", "text"): "MiniLM cosine similarity(candidate caption, target_text)",
+    ("preference", "prompt"): "MiniLM cosine((1 - alpha) e(target_text) + alpha e(preference_text), preference_text): "
+                              "the candidate's prompt, not its image",
+    ("target", "prompt"): "MiniLM cosine((1 - alpha) e(target_text) + alpha e(preference_text), target_text): "
+                          "the candidate's prompt, not its image",
 }
 
 
-def _plan_sides(history, target, target_text, preference_text, clip, captions) -> dict[str, str]:
-    """Which measure gives d_p and d_t: 'clip', 'image' or 'text' (first available wins)."""
+def _plan_sides(history, target, target_text, preference_text, clip, captions, mixes=None) -> dict[str, str]:
+    """Which measure gives d_p and d_t: 'clip', 'image', 'text' or 'prompt' (first available wins)."""
     plan = {}
     for side, text, image, image_hint in (
         ("preference", preference_text, history, "history_images"),
@@ -288,10 +322,13 @@ def _plan_sides(history, target, target_text, preference_text, clip, captions) -
             plan[side] = "image"
         elif captions is not None and text:
             plan[side] = "text"
+        elif mixes is not None and target_text and preference_text:
+            plan[side] = "prompt"
         else:
             raise InvalidSettingError(
                 f"Nothing to measure the {side} side with: supply {side}_text together with a CLIP scorer (clip=), "
-                f"or {image_hint}, or {side}_text together with candidate_captions."
+                f"or {image_hint}, or {side}_text together with candidate_captions, or both texts together with "
+                "candidate_alphas."
             )
     return plan
 
@@ -304,8 +341,8 @@ def clip_closeness(cosine: float) -> float:
 def _side_values(kind: str, side: str, values: dict[str, list[float]]) -> list[float]:
     if kind == "clip":
         return [clip_closeness(value) for value in values[f"clip_{side}"]]
-    if kind == "text":
-        return values[f"text_{side}"]
+    if kind in ("text", "prompt"):
+        return values[f"{kind}_{side}"]
     column = values["lpips_history" if side == "preference" else "lpips_target"]
     return [1.0 - value for value in column]
 
@@ -344,6 +381,18 @@ def _captions(candidate_captions, count: int) -> list[str] | None:
             f"candidate_captions needs one string per candidate ({count}), got {len(captions)} items; pass one caption per candidate image, or none."
         )
     return captions
+
+
+def _mix_alphas(candidate_alphas, count: int) -> list[float] | None:
+    if candidate_alphas is None:
+        return None
+    mixes = [float(a) for a in candidate_alphas]
+    if len(mixes) != count or not all(0.0 <= a <= 1.0 for a in mixes):
+        raise InvalidSettingError(
+            f"candidate_alphas needs one alpha in [0, 1] per candidate ({count}), got {mixes}; pass the alpha each "
+            "candidate was generated with (pmg_core.scoring.candidate_alphas), or none."
+        )
+    return mixes
 
 
 def _text_or_none(text: str | None, name: str) -> str | None:

@@ -6,8 +6,9 @@
 //
 // One browser for every check, in this order (each records {ok, ..., error} and the next
 // one still runs): templates (the first-visit template browser lists the pack's cards with
-// their thumbnails), open (each UI workflow loads with no dialog and exports its API copy),
-// run (the sticker workflow, steps lowered, runs from the Run button and its image shows),
+// their thumbnails), open (each UI workflow loads, with the dialogs it shows and the models
+// a missing-model dialog offers, and exports its API copy), run (the sticker workflow as
+// shipped, a fresh seed, runs from the Run button and its images show),
 // keywords (PMG Preference Extractor shows its keywords), upload (the loader's upload
 // button stores a good history file and selects it; a bad one shows the loader's error).
 import fs from 'fs';
@@ -19,9 +20,9 @@ const { chromium } = require('playwright-core');
 
 const args = Object.fromEntries(process.argv.slice(2).reduce((pairs, arg, i, all) => (
   arg.startsWith('--') ? [...pairs, [arg.slice(2), all[i + 1]]] : pairs), []));
-const WORKFLOWS = ['pmg_movie_poster', 'pmg_sticker', 'pmg_alpha_sweep'];
+const WORKFLOWS = ['pmg_movie_poster', 'pmg_movie_poster_sdxl', 'pmg_sticker', 'pmg_alpha_sweep'];
 const PACK = args.pack || 'comfyui-pmg';
-const RUN_STEPS = Number(args['run-steps'] || 4);
+const RUN_STEPS = args['run-steps'] ? Number(args['run-steps']) : null;  // null: the workflow's own steps
 const report = { started: new Date().toISOString(), timings: {}, console_errors: [] };
 const shots = args.screenshots || null;
 const readJson = (file) => JSON.parse(fs.readFileSync(file, 'utf8'));
@@ -157,34 +158,42 @@ await step('open', async () => {
   for (const name of WORKFLOWS) {
     const workflow = await loadWorkflow(name);
     const dialogs = await dialogTexts();
+    // What ComfyUI's missing-model dialog offers: one "<directory> / <name>" row per model, with its
+    // download link or the reason it cannot offer one.
+    const missingModels = await page.evaluate(() => [...document.querySelectorAll('.comfy-missing-models li')]
+      .map((li) => ({ text: li.innerText, links: [...li.querySelectorAll('a')].map((a) => a.href) })));
     const state = await page.evaluate(async (types) => ({
       unknown: types.filter((t) => !(t in window.LiteGraph.registered_node_types)),
       output: (await window.app.graphToPrompt()).output,
       nodes: window.app.graph._nodes.length,
     }), workflow.nodes.map((n) => n.type));
     const api = readJson(path.join(args.repo, 'workflows', 'api', `${name}.json`));
-    results[name] = { dialogs, unknown: state.unknown, nodes: state.nodes, api_equal: normalise(state.output) === normalise(api) };
+    results[name] = { dialogs, missing_models: missingModels, unknown: state.unknown, nodes: state.nodes,
+                      api_equal: normalise(state.output) === normalise(api) };
+    if (name === 'pmg_movie_poster') await screenshot('missing_model_dialog');
+    await closeDialogs();
     if (name === 'pmg_movie_poster' && shots) {
       await fitView();
       await screenshot('movie_poster_workflow');
     }
-    await closeDialogs();
   }
   return { workflows: results };
 });
 
 await step('run', async () => {
   await loadWorkflow('pmg_sticker');
-  // Fewer sampler steps and a fresh seed: a real run (not served from ComfyUI's cache), kept short.
+  // A fresh seed: a real run (not served from ComfyUI's cache); the workflow's own steps unless told.
   const seed = Math.floor(Math.random() * 1e9);
-  await page.evaluate(([steps, seed]) => {
+  const steps = await page.evaluate(([steps, seed]) => {
     const sampler = window.app.graph.getNodeById(9);
-    sampler.widgets.find((w) => w.name === 'steps').value = steps;
+    const widget = sampler.widgets.find((w) => w.name === 'steps');
+    if (steps !== null) widget.value = steps;
     sampler.widgets.find((w) => w.name === 'seed').value = seed;
     window.__pmgEvents = [];
     for (const type of ['executed', 'execution_success', 'execution_error']) {
       window.comfyAPI.api.api.addEventListener(type, (e) => window.__pmgEvents.push({ type, detail: e.detail }));
     }
+    return widget.value;
   }, [RUN_STEPS, seed]);
   const began = Date.now();
   await page.getByRole('button', { name: /^Run/ }).first().click();
@@ -201,7 +210,7 @@ await step('run', async () => {
     await fitView();
     await screenshot('sticker_run');
   }
-  return { seconds, seed, steps: RUN_STEPS, events, shown };
+  return { seconds, seed, steps, events, shown };
 });
 
 await step('keywords', async () => {
