@@ -194,7 +194,8 @@ def _too_long(what: str, length: str, max_windows: int) -> InvalidSettingError:
         f"encoder window(s) of {WINDOW_TOKENS} tokens ({max_windows * WINDOW_TOKENS} tokens, at most "
         f"{max_windows * _CHARS_PER_WINDOW:,} characters), so that one prompt cannot stall the sampler. "
         f"Shorten the {what} text ({_WHERE.get(what, 'the text given')}), or raise "
-        f"PMG Conditioning's max_text_windows (at most {MAX_TEXT_WINDOWS_LIMIT})."
+        f"PMG Conditioning's max_text_windows (connect an Int to that input, at most {MAX_TEXT_WINDOWS_LIMIT}; "
+        "max_windows= in the library)."
     )
 
 
