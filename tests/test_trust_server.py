@@ -1,4 +1,8 @@
-"""Issue 11 through a live ComfyUI: what a user sends never hangs the server or fails without a fix.
+"""Issues 11 and 18 through a live ComfyUI: what a user sends never hangs the server or fails without a fix.
+
+Issue 18's cases: alphas with an empty entry or a repeat, PMG Scorer's alphas sent as text, a
+1 MB target and an over-long preference text (bounded in 77-token windows), Cancel inside the
+condition build.
 
 Each case runs the real pack in the session's ComfyUI (tiny random SD1.5, the real
 SmolLM2-135M where keywords matter); the last test sends a good prompt after all the bad
