@@ -247,10 +247,13 @@ class PMGConditioning(io.ComfyNode):
                     tooltip="Overrides the preference keywords text (empty keeps the preference's).",
                 ),
                 io.Int.Input(
+                    # A socket, not a widget: rarely changed, and saved workflows keep their widget list.
                     "max_text_windows", optional=True, default=MAX_TEXT_WINDOWS, min=1, max=MAX_TEXT_WINDOWS_LIMIT,
+                    force_input=True,
                     tooltip=(
-                        f"The longest a text part (target, preference) may be, in encoder windows of {WINDOW_TOKENS} "
-                        "tokens; a longer text is refused with its length, so one prompt cannot stall the sampler."
+                        f"Optional: the longest a text part (target, preference) may be, in encoder windows of "
+                        f"{WINDOW_TOKENS} tokens ({MAX_TEXT_WINDOWS} when not connected); a longer text is refused "
+                        "with its length, so one prompt cannot stall the sampler. Connect an Int to raise it."
                     ),
                 ),
             ],

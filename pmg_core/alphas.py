@@ -53,7 +53,9 @@ def validate_alphas(alphas) -> tuple[float, ...]:
         )
     values = tuple(alphas)
     if not values:
-        raise InvalidSettingError(f"No alpha given; pass at least one balance value in [0, 1], e.g. '0.5' or {EXAMPLE}.")
+        raise InvalidSettingError(
+            f"No alpha given; pass at least one balance value in [0, 1], e.g. '0.5' or {EXAMPLE}."
+        )
     _check_count(len(values))
     for value in values:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

@@ -181,7 +181,8 @@ CheckInterrupt = Callable[[], None]
 
 
 def _check_windows(max_windows: int) -> None:
-    if isinstance(max_windows, bool) or not isinstance(max_windows, int) or not 1 <= max_windows <= MAX_TEXT_WINDOWS_LIMIT:
+    whole = isinstance(max_windows, int) and not isinstance(max_windows, bool)
+    if not whole or not 1 <= max_windows <= MAX_TEXT_WINDOWS_LIMIT:
         raise InvalidSettingError(
             f"max_text_windows is {max_windows!r}; use a whole number from 1 to {MAX_TEXT_WINDOWS_LIMIT} "
             f"(windows of {WINDOW_TOKENS} tokens per text part; {MAX_TEXT_WINDOWS} is the default)."
@@ -194,7 +195,8 @@ def _too_long(what: str, length: str, max_windows: int) -> InvalidSettingError:
         f"encoder window(s) of {WINDOW_TOKENS} tokens ({max_windows * WINDOW_TOKENS} tokens, at most "
         f"{max_windows * _CHARS_PER_WINDOW:,} characters), so that one prompt cannot stall the sampler. "
         f"Shorten the {what} text ({_WHERE.get(what, 'the text given')}), or raise "
-        f"PMG Conditioning's max_text_windows (at most {MAX_TEXT_WINDOWS_LIMIT})."
+        f"PMG Conditioning's max_text_windows (connect an Int to that input, at most {MAX_TEXT_WINDOWS_LIMIT}; "
+        "max_windows= in the library)."
     )
 
 
@@ -276,8 +278,7 @@ def build_conditions(
         max_windows: the most encoder windows of :data:`WINDOW_TOKENS` tokens each text part
             (target, preference) may span; a longer text is an :class:`InvalidSettingError`
             naming it, its length and the bound, so one prompt cannot stall the sampler.
-        check_interrupt: called before each text encoding; it raises to stop the build
-            (the node passes ComfyUI's interrupt check).
+        check_interrupt: called before each text encoding, raises to stop (the node passes ComfyUI's check).
 
     Returns:
         :class:`PMGConditions` with ``embeddings [A, T_total, D]``, the target's
@@ -301,14 +302,12 @@ def build_conditions(
         parts.append(("preference", preference.to(embeddings.device, embeddings.dtype), weights.preference))
     else:
         logger.debug("No preference keywords: the condition holds no preference-text part.")
-
-    empty = _encode_one(encoder, "", "empty", max_windows, check_interrupt).embeddings.to(embeddings.device, embeddings.dtype) if weighting == "interpolate" else None
-    stacked = _alpha_rows(parts, alpha_values, weighting, empty)
-    pooled = None
-    if target.pooled is not None:
-        pooled = target.pooled.reshape(1, -1).expand(len(alpha_values), -1).clone()
+    empty = None
+    if weighting == "interpolate":  # the empty prompt's states: where a part's weight interpolates from
+        empty = _encode_one(encoder, "", "empty", max_windows, check_interrupt).embeddings.to(embeddings)
+    pooled = None if target.pooled is None else target.pooled.reshape(1, -1).expand(len(alpha_values), -1).clone()
     segments = tuple((name, int(part.shape[1])) for name, part, _ in parts)
-    return PMGConditions(stacked, pooled, alpha_values, segments)
+    return PMGConditions(_alpha_rows(parts, alpha_values, weighting, empty), pooled, alpha_values, segments)
 
 
 WEIGHTINGS = ("scale", "interpolate", "repeat")

@@ -278,13 +278,13 @@ class ComfyClient:
         Websocket events are yielded as ``{"type", "data"}``; each finished prompt yields
         ``{"type": "done", "data": {"prompt_id", "entry"}}`` with its history entry. Adding ids to
         a ``set`` passed as ``prompt_ids`` while iterating is allowed (the batch queue does it). With
-        ``ticks``, quiet periods yield ``{"type": "tick"}`` (about every 2 s) for the caller's deadlines. ``events``: a socket from
-        :meth:`connect` opened before the prompts were queued (the caller closes it);
-        without it one is opened here, and events sent before that are lost. ``foreign``:
-        ids among ``prompt_ids`` queued under another client id (a killed run's): their
-        events go to that client's socket, so they are looked up on ``/history`` now, at
-        every queue change (ComfyUI's ``status`` event, sent to every socket) and in quiet
-        periods. Raises :class:`ComfyServerError` after ``timeout`` seconds.
+        ``ticks``, quiet periods yield ``{"type": "tick"}`` (about every 2 s) for the caller's deadlines.
+        ``events``: a socket from :meth:`connect` opened before the prompts were queued (the caller
+        closes it); without it one is opened here, and events sent before that are lost. ``foreign``:
+        ids among ``prompt_ids`` queued under another client id (a killed run's): their events go to
+        that client's socket, so they are looked up on ``/history`` now, at every queue change
+        (ComfyUI's ``status`` event, sent to every socket) and in quiet periods. Raises
+        :class:`ComfyServerError` after ``timeout`` seconds.
         """
         pending = prompt_ids if isinstance(prompt_ids, set) else set(prompt_ids)
         foreign = foreign if foreign is not None else set()
