@@ -39,13 +39,16 @@ from .context_fit import FittedHistory, fit_to_context, most_recent
 from .errors import InvalidSettingError
 from .history import Item, UserHistory
 from .keyword_answers import Answer, AskSettings, KeywordCache, KeywordCall, Question
-from .keyword_fallback import history_fallback_keywords, item_fallback_keywords, item_identity
+from .keyword_fallback import (
+    history_fallback_keywords,
+    item_fallback_keywords,
+    item_identity,
+)
 from .keyword_parser import drop_echoes, normalize_keyword, source_words
 from .keyword_progress import StageProgress
 from .keyword_source import KeywordSource, keyword_source
 from .prompts import (
     DEFAULT_PROMPTS,
-    ChatRequest,
     PromptTemplates,
     preference_prompt,
     prompt_templates,
@@ -89,11 +92,6 @@ class Preference:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def prompt_set_for(history: UserHistory) -> str:
-    """Which prompt set a history uses: "chat" when it holds a conversation, else its scene."""
-    return "chat" if history.conversation else history.scene
 
 
 def prompt_set_for(history: UserHistory) -> str:

@@ -74,7 +74,7 @@ class ServedLLM:
             raise InvalidSettingError(f"timeout must be a positive number of seconds, not {timeout!r}.")
         if context_length < 256:
             raise InvalidSettingError(f"context_length must be at least 256 tokens, not {context_length!r}.")
-        self.base_url = base[:-3] if base.endswith("/v1") else base
+        self.base_url = base.removesuffix("/v1")
         self.model = model.strip()
         self.api = api
         self.timeout = float(timeout)

@@ -27,7 +27,7 @@ from pmg_core.served_llm import ServedLLM, estimate_tokens
 from pmg_tools.llm_server import TransformersServe
 from pmg_tools.server import free_port
 
-FAST = dict(max_new_tokens=6)
+FAST = {"max_new_tokens": 6}
 KEYWORDS = "1. space opera\n2. salvage crews\n3. night trains\n4. robots"
 
 
@@ -252,9 +252,9 @@ def test_an_unknown_ollama_model_says_to_pull_it(tmp_path):
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [(dict(base_url="localhost:11434", model="m"), "not an http"), (dict(base_url="http://h", model=" "), "No model"),
-     (dict(base_url="http://h", model="m", api="grpc"), "api must be one of"),
-     (dict(base_url="http://h", model="m", timeout=0), "timeout")],
+    [({"base_url": "localhost:11434", "model": "m"}, "not an http"), ({"base_url": "http://h", "model": " "}, "No model"),
+     ({"base_url": "http://h", "model": "m", "api": "grpc"}, "api must be one of"),
+     ({"base_url": "http://h", "model": "m", "timeout": 0}, "timeout")],
 )
 def test_bad_settings_are_clear_errors(kwargs, message):
     with pytest.raises(InvalidSettingError, match=message):
