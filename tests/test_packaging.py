@@ -54,6 +54,9 @@ def _imported_roots(tree: ast.AST) -> set[str]:
             roots |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             roots.add(node.module.split(".")[0])
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "require"
+              and node.args and isinstance(node.args[0], ast.Constant)):
+            roots.add(node.args[0].value.split(".")[0])  # pmg_core.requirements.require("lpips", ...)
     return roots
 
 
@@ -90,6 +93,15 @@ def test_optional_features_are_imported_only_inside_functions():
 def test_requirements_txt_is_pyproject_less_what_comfyui_brings():
     declared = {_name(r) for r in PYPROJECT["project"]["dependencies"]}
     assert _requirements_txt() == declared - COMFYUI_BRINGS
+
+
+def test_the_start_up_check_knows_every_line_of_requirements_txt():
+    """pmg_core.requirements names at start-up exactly what requirements.txt installs."""
+    from pmg_core.requirements import PACK_REQUIREMENTS
+
+    lines = {line.strip() for line in (REPO / "requirements.txt").read_text(encoding="utf-8").splitlines()
+             if line.strip() and not line.startswith("#")}
+    assert set(PACK_REQUIREMENTS.values()) == lines
 
 
 def _pins(path: Path) -> set[str]:
