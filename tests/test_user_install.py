@@ -73,7 +73,7 @@ def _distribution_entries(site: Path, names: set[str]) -> set[str]:
     """The top-level site-packages entries (packages, modules, dist-info) of the named distributions."""
     entries: set[str] = set()
     for info in site.glob("*.dist-info"):
-        name = info.name.rsplit("-", 1)[0].lower().replace("_", "-")
+        name = info.name.split("-", 1)[0].lower().replace("_", "-")  # <name with _>-<version>.dist-info
         if name not in names:
             continue
         entries.add(info.name)
