@@ -197,6 +197,9 @@ def test_a_missing_clip_folder_is_refused_when_queued_not_after_the_work(user_co
     graph = json.loads(name.read_text(encoding="utf-8"))
     scorers = [node_id for node_id, node in graph.items() if node["class_type"] == "PMGScorer"]
     assert scorers, f"{name.name} has no PMG Scorer"
+    # Only the scorer as output: ComfyUI runs a prompt's valid outputs (the candidates' SaveImage) and drops the others.
+    used = {str(value[0]) for node in graph.values() for value in node["inputs"].values() if isinstance(value, list)}
+    graph = {node_id: node for node_id, node in graph.items() if node_id in used or node_id in scorers}
     broken = user_graph(graph, workflow_user(graph), None, {f"{scorers[0]}.clip_model": "my-clip"})
     with pytest.raises(ComfyServerError) as refused:
         client.queue_prompt(broken)
