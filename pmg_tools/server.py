@@ -53,6 +53,8 @@ class EmbeddedComfyUI:
     ``prepare()`` lays out ``base_dir`` and links the pack into its ``custom_nodes``;
     ``start()`` launches ``main.py`` and returns once ``/system_stats`` answers;
     ``stop()`` ends the process by its PID. Use it as a context manager to do all three.
+    ``share_model_cache`` points the pack's model cache at the library's machine-wide one
+    (``PMG_CACHE_DIR``); False leaves it where a user's ComfyUI has it (``user/pmg_cache/models``).
     """
 
     def __init__(
