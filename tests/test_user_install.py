@@ -22,8 +22,9 @@ What stands in for a user's machine, and why:
   and sizes are what this machine cannot hold.
 
 Every workflow in ``workflows/api/`` is then queued through ``/prompt`` and must finish. The
-converted LLM is cached where a user's would be (``user/pmg_cache/models``), so the GGUF is
-converted once here (~30 s). About 3 minutes in all.
+converted LLM is read where a user's ComfyUI keeps it (``user/pmg_cache/models``), seeded with hard
+links from the library cache when that holds the conversion (see ``seed_converted_llm``). About
+3-4 minutes in all on a quiet 2-core machine (pip ~40 s, ComfyUI start ~20 s, the workflows).
 """
 
 from __future__ import annotations
@@ -162,11 +163,38 @@ def user_comfyui(tmp_path_factory, tiny_checkpoint):
         os.link(tiny_checkpoint, checkpoints / TINY_CHECKPOINT)
     else:
         shutil.copy(tiny_checkpoint, checkpoints / TINY_CHECKPOINT)
+    seeded = seed_converted_llm(base / "user" / "pmg_cache" / "models")
     server.start(timeout=180)
+    server.seeded_llm = seeded
     try:
         yield base, server, ComfyClient(server.url), logs
     finally:
         server.stop()
+
+
+def seed_converted_llm(model_cache: Path) -> bool:
+    """Hard-link the library cache's conversion of the default GGUF into this ComfyUI's model cache, if there is one.
+
+    The conversion itself (~30-60 s on a shared CPU) is tested in tests/test_llm.py; here the point is
+    that the node reads its cache inside ComfyUI's folders. Without a conversion to seed (a fresh
+    machine), the node converts here and the test is slower, not weaker.
+    """
+    from pmg_core.assets import default_cache_dir, smollm2_gguf
+    from pmg_core.llm import gguf_fingerprint
+
+    gguf = smollm2_gguf()
+    folder = f"{gguf.stem}-{gguf_fingerprint(gguf)[:12]}"
+    source = default_cache_dir() / "llm" / folder
+    if not (source / "config.json").is_file():
+        return False
+    target = model_cache / "llm" / folder
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.copytree(source, target, copy_function=os.link)
+    except OSError:  # another file system: no hard links, and copying 500 MB is no faster than converting
+        shutil.rmtree(target, ignore_errors=True)
+        return False
+    return True
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +252,5 @@ def test_every_shipped_workflow_runs(user_comfyui, workflow):
     assert any((base / "user" / "pmg_cache" / "models" / "llm").iterdir())
     log = server.log_path.read_text(encoding="utf-8", errors="replace")
     assert f"PMG: cache {base / 'user' / 'pmg_cache' / 'models'} (converted models" in log
+    if server.seeded_llm:  # the seeded conversion was found where a user's ComfyUI keeps it
+        assert "Converting SmolLM2-135M-Instruct.Q4_1.gguf" not in log
