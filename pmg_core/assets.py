@@ -87,9 +87,8 @@ def packaged_llms() -> list[tuple[str, Path]]:
     for key in ("smollm2",):
         requirement, module = _PACKAGES[key]
         spec = importlib.util.find_spec(module)
-        if spec is None or not spec.submodule_search_locations:
-            continue
-        for folder in spec.submodule_search_locations:
+        folders = getattr(spec, "submodule_search_locations", None) or []
+        for folder in folders:
             found += [(requirement.split("==")[0], path) for path in sorted(Path(folder).glob("*.gguf"))]
     return found
 

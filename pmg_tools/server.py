@@ -53,6 +53,8 @@ class EmbeddedComfyUI:
     ``prepare()`` lays out ``base_dir`` and links the pack into its ``custom_nodes``;
     ``start()`` launches ``main.py`` and returns once ``/system_stats`` answers;
     ``stop()`` ends the process by its PID. Use it as a context manager to do all three.
+    ``share_model_cache`` points the pack's model cache at the library's machine-wide one
+    (``PMG_CACHE_DIR``); False leaves it where a user's ComfyUI has it (``user/pmg_cache/models``).
     """
 
     def __init__(
@@ -63,7 +65,9 @@ class EmbeddedComfyUI:
         pack_dir: Path | str | None = REPO_ROOT,
         extra_args: tuple[str, ...] | list[str] = (),
         python: str | None = None,
+        share_model_cache: bool = True,
     ) -> None:
+        self.share_model_cache = share_model_cache
         self.comfy_dir = Path(comfy_dir or DEFAULT_COMFY_DIR).resolve()
         self.base_dir = Path(base_dir).resolve()
         self.port = port or free_port()
@@ -127,7 +131,10 @@ class EmbeddedComfyUI:
                    TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
         # The checkout's servers share the machine-wide model cache (one GGUF conversion for every
         # base folder); a user's ComfyUI caches under its own user folder (nodes/comfy_paths.py).
-        env.setdefault("PMG_CACHE_DIR", str(default_cache_dir()))
+        if self.share_model_cache:
+            env.setdefault("PMG_CACHE_DIR", str(default_cache_dir()))
+        else:
+            env.pop("PMG_CACHE_DIR", None)
         began = time.monotonic()
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(

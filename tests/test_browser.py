@@ -186,3 +186,25 @@ def test_the_pack_extensions_raise_no_errors_in_the_page(ui):
     ours = [e for e in ui["console_errors"] if "comfyui-pmg" in e or "pmg_" in e]
     assert ours == []
     assert ui["timings"]["total"] < 240, ui["timings"]
+
+
+def test_every_pmg_node_opens_its_own_help_page_in_the_node_help_panel(comfy_server, tmp_path):
+    """The front end (1.32.9) reads a custom node's page from /extensions/<pack>/docs/<node id>.md
+    (WEB_DIRECTORY/docs): the selection toolbox's info button must show the pack's page, not the description.
+    A Chromium of its own (tests/browser/node_help.mjs), so it does not depend on the module's run."""
+    missing = missing_tools()
+    if missing:
+        pytest.fail("The browser tests cannot run; install: " + "; ".join(missing), pytrace=False)
+    nodes = sorted(name for name, info in comfy_server.client.object_info().items() if info["category"].startswith("PMG/"))
+    assert len(nodes) >= 8
+    expect = tmp_path / "expect.json"
+    expect.write_text(json.dumps({node: f"node id {node}" for node in nodes}), encoding="utf-8")
+    out = tmp_path / "help.json"
+    done = subprocess.run(["node", str(BROWSER / "node_help.mjs"), "--url", comfy_server.url, "--out", str(out),
+                           "--expect", str(expect)], capture_output=True, text=True, timeout=TIMEOUT_S, cwd=REPO)
+    assert out.is_file(), f"node_help.mjs wrote no report (exit {done.returncode}):\n{done.stderr[-3000:]}"
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report.get("error") is None, report["error"]
+    not_shown = {node: entry for node, entry in report["nodes"].items() if not entry["shown"]}
+    assert not_shown == {}, json.dumps(not_shown, indent=1)
+    assert report["ok"] and set(report["nodes"]) == set(nodes)

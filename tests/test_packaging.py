@@ -54,6 +54,9 @@ def _imported_roots(tree: ast.AST) -> set[str]:
             roots |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             roots.add(node.module.split(".")[0])
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "require"
+              and node.args and isinstance(node.args[0], ast.Constant)):
+            roots.add(node.args[0].value.split(".")[0])  # pmg_core.requirements.require("lpips", ...)
     return roots
 
 
@@ -90,6 +93,15 @@ def test_optional_features_are_imported_only_inside_functions():
 def test_requirements_txt_is_pyproject_less_what_comfyui_brings():
     declared = {_name(r) for r in PYPROJECT["project"]["dependencies"]}
     assert _requirements_txt() == declared - COMFYUI_BRINGS
+
+
+def test_the_start_up_check_knows_every_line_of_requirements_txt():
+    """pmg_core.requirements names at start-up exactly what requirements.txt installs."""
+    from pmg_core.requirements import PACK_REQUIREMENTS
+
+    lines = {line.strip() for line in (REPO / "requirements.txt").read_text(encoding="utf-8").splitlines()
+             if line.strip() and not line.startswith("#")}
+    assert set(PACK_REQUIREMENTS.values()) == lines
 
 
 def _pins(path: Path) -> set[str]:
@@ -170,9 +182,10 @@ def test_the_installed_library_is_the_wheel_not_the_checkout(installed, tmp_path
 def test_help_lists_every_subcommand_and_each_has_its_own(installed, tmp_path):
     done = _pmg(installed, "--help", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    commands = ("keywords", "embed", "generate", "score", "queue", "train", "train-generator", "eval", "serve", "demo")
+    commands = ("keywords", "embed", "generate", "score", "queue", "train", "train-generator", "eval", "example-data",
+                "serve", "demo")
     assert all(command in done.stdout for command in commands)
-    for command in ("keywords", "embed", "generate", "score", "queue", "train", "train-generator", "eval"):
+    for command in ("keywords", "embed", "generate", "score", "queue", "train", "train-generator", "eval", "example-data"):
         assert _pmg(installed, command, "--help", cwd=tmp_path).returncode == 0, command
 
 
@@ -180,6 +193,15 @@ def test_help_lists_every_subcommand_and_each_has_its_own(installed, tmp_path):
 def test_checkout_commands_say_they_need_a_clone(installed, tmp_path, command):
     line = _one_error_line(_pmg(installed, command, "--port", "8188", cwd=tmp_path))
     assert f"./pmg {command}" in line and "clone" in line
+
+
+def test_example_data_runs_from_the_wheel(installed, tmp_path):
+    """The README's example-data step works from an installed package too (no checkout files needed)."""
+    done = _pmg(installed, "example-data", "--input", str(tmp_path / "input"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    written = json.loads(done.stdout)
+    assert Path(written["movielens"]).stat().st_size > 100_000
+    assert (Path(written["stickers"]).parent / "ATTRIBUTION.txt").is_file()
 
 
 def test_generate_without_a_checkpoint_asks_for_one(installed, tmp_path):
