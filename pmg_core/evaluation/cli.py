@@ -253,7 +253,7 @@ def _evaluate(args, methods: list[str]) -> dict:
     if args.upscaler is not None:  # the measures stay at 64 px; this grid only shows what the workflows save
         upscale = _load_upscaler(args.upscaler)
         big = [(label, [upscale(image) for image in images]) for label, images in rows]
-        sample_grid(big, titles, cell=256).save(out / "samples_256.png")
+        sample_grid(big, titles, cell=256).save(out / "samples_256.jpg", quality=90)  # a PNG of it is ~6 MB
     if args.responsiveness:
         from ..generator.dataset import split
         from .responsiveness import responsiveness_report
