@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"PMG's alpha list, one image each; plain txt2img makes as many (default {ALPHAS!r})")
     parser.add_argument("--realsize", choices=["sd15"],
                         help="time returning user / plain txt2img on this FULL-SIZE random-weight checkpoint "
-                             "(pmg_tools.realsize; default size 512, steps 4; ~6 GB of memory: run under "
+                             "(pmg_tools.realsize; default size 512, steps 4; ~7 GB of memory: run under "
                              "flock /tmp/pmg-bigmem.lock on a shared machine)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
