@@ -142,6 +142,8 @@ def test_the_packs_own_models_are_each_offered_where_they_belong(pmg_pack):
     assert "pmg-sticker-adapter.safetensors" not in generators and "pmg-sticker-judge.safetensors" not in generators
     assert "pmg-sticker-adapter.safetensors" in adapters
     assert "pmg-sticker-generator.safetensors" not in adapters and "pmg-sticker-judge.safetensors" not in adapters
+    assert paths.image_prompt_choices() == ["pmg-sticker-image-prompt.safetensors"]
+    assert "pmg-sticker-image-prompt.safetensors" not in adapters and "pmg-sticker-image-prompt.safetensors" not in generators
 
 
 def test_loader_node_names_a_missing_generator(pmg_pack):
