@@ -183,17 +183,18 @@ def seed_converted_llm(model_cache: Path) -> bool:
     from pmg_core.llm import gguf_fingerprint
 
     gguf = smollm2_gguf()
-    folder = f"{gguf.stem}-{gguf_fingerprint(gguf)[:12]}"
-    source = default_cache_dir() / "llm" / folder
-    if not (source / "config.json").is_file():
+    sources = [path for path in (default_cache_dir() / "llm").glob(f"{gguf.stem}-{gguf_fingerprint(gguf)[:12]}-*")
+               if (path / "config.json").is_file()]  # one folder per precision converted
+    if not sources:
         return False
-    target = model_cache / "llm" / folder
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        shutil.copytree(source, target, copy_function=os.link)
-    except OSError:  # another file system: no hard links, and copying 500 MB is no faster than converting
-        shutil.rmtree(target, ignore_errors=True)
-        return False
+    for source in sources:
+        target = model_cache / "llm" / source.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copytree(source, target, copy_function=os.link)
+        except OSError:  # another file system: no hard links, and copying 500 MB is no faster than converting
+            shutil.rmtree(target, ignore_errors=True)
+            return False
     return True
 
 
