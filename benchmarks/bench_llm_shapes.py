@@ -215,8 +215,8 @@ def run(shapes: list[str], dtypes: list[str], device: str, new_tokens: int, gguf
     for shape in shapes:
         built = {}
         if not (realsize_folder(shape, "bf16") / "config.json").is_file():
-            # Saving holds the model and one shard being written: about 1.5x the weights.
-            built = _child(["build", shape], parameter_bytes(shape, "bf16") * 1.5 + EXTRA_BYTES, shape)
+            # Saving holds the model and one 1 GB shard being written.
+            built = _child(["build", shape], parameter_bytes(shape, "bf16") + 2 * EXTRA_BYTES, shape)
             log.info("%s: built %s", shape, built)
         for dtype in dtypes:
             need = parameter_bytes(shape, dtype) + EXTRA_BYTES if device == "cpu" else 2 * EXTRA_BYTES

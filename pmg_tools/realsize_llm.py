@@ -114,7 +114,7 @@ def build_realsize_llm(
     model.eval()
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, max_shard_size="1GB")  # peak: weights + 1 shard
         del model
         transformers.AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True).save_pretrained(tmp)
         (tmp / "pmg_realsize.json").write_text(json.dumps({"shape": shape, "dtype": dtype, "seed": seed}))
