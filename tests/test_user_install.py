@@ -44,6 +44,7 @@ import requests
 
 from pmg_core.comfy_client.batch import user_graph
 from pmg_core.comfy_client.client import ComfyClient, output_files
+from pmg_tools.llm_server import TransformersServe
 from pmg_tools.server import EmbeddedComfyUI, ensure_tiny_checkpoint
 
 pytestmark = pytest.mark.comfy_server
@@ -140,6 +141,19 @@ def small_overrides(graph: dict) -> dict:
         if isinstance(inputs.get("steps"), int):
             overrides[f"{node_id}.steps"] = min(inputs["steps"], SAMPLER_STEPS)
     return overrides
+
+
+def served_overrides(graph: dict, server: TransformersServe) -> dict:
+    """``NODE.INPUT`` overrides pointing PMG Served LLM at the test's server (the user's own Ollama or LM Studio)."""
+    return {f"{node_id}.{name}": value for node_id, node in graph.items() if node.get("class_type") == "PMGServedLLM"
+            for name, value in (("base_url", server.url), ("model", server.model), ("api", "openai"))}
+
+
+@pytest.fixture(scope="module")
+def served_llm(tiny_llm_folder):
+    """A real OpenAI-compatible server (transformers serve on the tiny Llama), for the served-keywords workflow."""
+    with TransformersServe(tiny_llm_folder) as server:
+        yield server
 
 
 def workflow_user(graph: dict) -> str:
@@ -239,10 +253,13 @@ def test_a_missing_clip_folder_is_named_when_queued_not_after_the_work(user_comf
 
 
 @pytest.mark.parametrize("workflow", sorted(p.name for p in (REPO / "workflows" / "api").glob("*.json")))
-def test_every_shipped_workflow_runs(user_comfyui, workflow):
+def test_every_shipped_workflow_runs(user_comfyui, workflow, request):
     base, server, client, _logs = user_comfyui
     graph = json.loads((REPO / "workflows" / "api" / workflow).read_text(encoding="utf-8"))
-    prompt = user_graph(graph, workflow_user(graph), None, small_overrides(graph))
+    overrides = small_overrides(graph)
+    if any(node.get("class_type") == "PMGServedLLM" for node in graph.values()):
+        overrides.update(served_overrides(graph, request.getfixturevalue("served_llm")))
+    prompt = user_graph(graph, workflow_user(graph), None, overrides)
     entry = client.run(prompt, timeout=600)
     assert entry["status"]["status_str"] == "success"
     images = output_files(entry)
