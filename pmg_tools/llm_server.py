@@ -8,10 +8,8 @@ counts at the server, not in the client.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,7 +22,7 @@ from pmg_core.atomic import atomic_path
 from pmg_core.comfy_client.lifetime import die_with_owner
 from pmg_core.errors import ServedLLMError
 
-from .server import free_port
+from .server import free_port, stop_process
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +111,7 @@ class TransformersServe:
     def stop(self, timeout: float = 10.0) -> None:
         """End the server by its PID: SIGTERM, then SIGKILL."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            process.wait(timeout=timeout)
+        stop_process(process, timeout, "transformers serve")
 
     def __enter__(self) -> TransformersServe:
         self.start()

@@ -34,7 +34,6 @@ runs it in a subprocess for callers that must not import ComfyUI.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
@@ -47,6 +46,8 @@ from pathlib import Path
 
 from pmg_core.atomic import atomic_path, copy_atomic
 from pmg_core.errors import InvalidSettingError, ModelLoadError
+
+from .server import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +283,7 @@ def ensure_realsize_checkpoint(name: str, seed: int = 0, cache_dir: Path | None 
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.parent / f".{target.name}.lock"):
+    with file_lock(target.parent / f".{target.name}.lock"):
         if target.is_file():  # another process built it while we waited
             return target
         command = [python or sys.executable, "-m", "pmg_tools.realsize", "--family", name, "--seed", str(seed),
@@ -299,18 +300,6 @@ def ensure_realsize_checkpoint(name: str, seed: int = 0, cache_dir: Path | None 
                 "Check that ComfyUI is extracted (scripts/fetch_comfyui.sh) and there is disk space in "
                 f"{target.parent}.")
     return target
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    import fcntl
-
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -175,17 +175,7 @@ class EmbeddedComfyUI:
     def stop(self, timeout: float = 10.0) -> None:
         """End the server by its PID: SIGTERM, then SIGKILL after ``timeout`` seconds."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("ComfyUI (pid %d) ignored SIGTERM for %.0f s; killing it", process.pid, timeout)
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            process.wait(timeout=timeout)
+        stop_process(process, timeout, "ComfyUI")
 
     def log_tail(self, lines: int = 40) -> str:
         """The last ``lines`` lines of the server log ('' if there is none yet)."""
@@ -247,7 +237,7 @@ def ensure_tiny_checkpoint(
     if target.is_file():
         return target
     folder.mkdir(parents=True, exist_ok=True)
-    with _file_lock(folder / f".{target.name}.lock"):
+    with file_lock(folder / f".{target.name}.lock"):
         if target.is_file():  # another process built it while we waited
             return target
         command = [python or sys.executable, str(_CHECKPOINT_SCRIPT), "--out", str(target),
@@ -267,8 +257,23 @@ def ensure_tiny_checkpoint(
     return target
 
 
+def stop_process(process: subprocess.Popen | None, timeout: float, name: str) -> None:
+    """End a server process this module started: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log.warning("%s (pid %d) ignored SIGTERM for %.0f s; killing it", name, process.pid, timeout)
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        process.wait(timeout=timeout)
+
+
 @contextlib.contextmanager
-def _file_lock(path: Path):
+def file_lock(path: Path):
     """An exclusive lock between processes (two test sessions building one cache file)."""
     import fcntl
 
