@@ -35,7 +35,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+if str(REPO) not in sys.path:  # run as a script; appended, so an imported ComfyUI keeps its top-level modules
+    sys.path.append(str(REPO))
 
 log = logging.getLogger("bench_llm_shapes")
 

@@ -24,7 +24,7 @@ from pmg_tools.realsize_llm import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.append(str(REPO / "benchmarks"))  # after ComfyUI's source: its `nodes` must stay the one found
 
 
 @pytest.mark.parametrize(
