@@ -171,7 +171,7 @@ def benchmark(args, base: Path) -> dict:
         ]
         return (head if keywords else []) + [
             ("PMGSoftPromptEncoder", lambda r: pmg["PMGSoftPromptEncoder"].execute(
-                preference=preference(r), adapter="none (untrained)", clip=clip, num_image_tokens=4, seed=0).result[0]),
+                preference=preference(r), adapter="random (untrained, research)", clip=clip, num_image_tokens=4, seed=0).result[0]),
             ("PMGConditioning", lambda r: pmg["PMGConditioning"].execute(
                 clip=clip, w_target=1.0, w_soft=1.0, w_preference=1.0, alphas=ALPHAS, preference=preference(r),
                 soft_prompt=r["PMGSoftPromptEncoder"]).result),

@@ -63,7 +63,7 @@ def run_pmg(pmg_pack, comfy_base, input_histories, tiny_llm_folder, model, clip,
             history_file="pmg/movies.jsonl", format="auto", user_id="ada", max_items=0, scene="auto").result
         bundle = make_bundle(pmg_pack, llm=llm)
         soft = pmg_pack.nodes["PMGSoftPromptEncoder"].execute(
-            preference=bundle, adapter="none (untrained)", clip=clip, num_image_tokens=SOFT_TOKENS, seed=0).result[0]
+            preference=bundle, adapter="random (untrained, research)", clip=clip, num_image_tokens=SOFT_TOKENS, seed=0).result[0]
         positive, negative, batch, alphas = pmg_pack.nodes["PMGConditioning"].execute(
             clip=clip, w_target=1.0, w_soft=1.0, w_preference=1.0, alphas=ALPHAS, preference=bundle,
             soft_prompt=soft).result
