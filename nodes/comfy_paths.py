@@ -102,6 +102,15 @@ def _folders(key: str) -> list[Path]:
     return [path for path in _registered(key) if path.is_dir()]
 
 
+def _model_file(key: str, name: str) -> Path | None:
+    """The first registered folder's file ``name`` for ``key`` (a list entry), or None where none has it."""
+    for root in _folders(key):
+        candidate = model_path(root, name)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 # ---------------------------------------------------------------- history files
 
 
@@ -257,10 +266,9 @@ def image_prompt_choices() -> list[str]:
 
 def resolve_image_prompt(name: str) -> Path:
     """The file behind an ``image_prompt_choices`` entry."""
-    for root in _folders(ADAPTER_FOLDER_KEY):
-        candidate = model_path(root, name)
-        if candidate.is_file():
-            return candidate
+    found = _model_file(ADAPTER_FOLDER_KEY, name)
+    if found is not None:
+        return found
     raise ModelLoadError(
         f"Image prompt projection {name!r} was not found in {_describe(_registered(ADAPTER_FOLDER_KEY))}; copy the "
         ".safetensors file (pmg eval --train-image-prompt writes one) there and refresh the list."
@@ -269,11 +277,9 @@ def resolve_image_prompt(name: str) -> Path:
 
 def resolve_adapter(name: str) -> Path:
     """The file behind an ``adapter_choices`` entry (not the keywords-only or random choice)."""
-    roots = _folders(ADAPTER_FOLDER_KEY)
-    for root in roots:
-        candidate = model_path(root, name)
-        if candidate.is_file():
-            return candidate
+    found = _model_file(ADAPTER_FOLDER_KEY, name)
+    if found is not None:
+        return found
     raise ModelLoadError(
         f"Soft-prompt adapter {name!r} was not found in {_describe(_registered(ADAPTER_FOLDER_KEY))}; copy the .safetensors "
         f"file there and refresh the list, or choose {KEYWORDS_ONLY_ADAPTER!r} (no soft tokens)."
@@ -295,10 +301,9 @@ def generator_choices() -> list[str]:
 
 def resolve_generator(name: str) -> Path:
     """The file behind a ``generator_choices`` entry."""
-    for root in _folders(GENERATOR_FOLDER_KEY):
-        candidate = model_path(root, name)
-        if candidate.is_file():
-            return candidate
+    found = _model_file(GENERATOR_FOLDER_KEY, name)
+    if found is not None:
+        return found
     raise ModelLoadError(
         f"Sticker generator {name!r} was not found in {_describe(_registered(GENERATOR_FOLDER_KEY))}; copy the "
         ".safetensors file there (or train one with: pmg train-generator) and refresh the list (press R)."
