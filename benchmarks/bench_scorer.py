@@ -62,10 +62,10 @@ def per_pair_loop(lpips: LPIPS, candidates: torch.Tensor, references: torch.Tens
 
 def sticker_generation(count: int) -> Callable[[], torch.Tensor]:
     from pmg_core.evaluation.sticker_eval import StickerPipeline
-    from pmg_core.generator.text_encoder import MiniLMTextEncoder
-    from pmg_core.generator.weights import load_generator
+    from pmg_core.sticker_model.text_encoder import MiniLMTextEncoder
+    from pmg_core.sticker_model.weights import load_sticker_model
 
-    pipeline = StickerPipeline(load_generator(REPO / "models" / "pmg-sticker-generator.safetensors"), MiniLMTextEncoder())
+    pipeline = StickerPipeline(load_sticker_model(REPO / "models" / "pmg-sticker-generator.safetensors"), MiniLMTextEncoder())
 
     def generate() -> torch.Tensor:
         condition = pipeline.encoder.encode(["a cute emoji, sticker, white background, cat face"]).embeddings

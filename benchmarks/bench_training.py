@@ -42,7 +42,7 @@ from pmg_core.assets import smollm2_gguf  # noqa: E402
 from pmg_core.conditioning import DiffusersTextEncoder  # noqa: E402
 from pmg_core.llm import load_llm  # noqa: E402
 from pmg_core.loaders.stickers import build_sticker_histories  # noqa: E402
-from pmg_core.sd_checkpoint import load_generator  # noqa: E402
+from pmg_core.sd_checkpoint import load_sd_components  # noqa: E402
 from pmg_core.soft_prompt import SoftPromptAdapter  # noqa: E402
 from pmg_core.training.components import (  # noqa: E402
     DiffusersLatentEncoder,
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
         args.checkpoint = ensure_tiny_checkpoint()
     began = time.perf_counter()
-    generator = load_generator(args.checkpoint).to(device)
+    generator = load_sd_components(args.checkpoint).to(device)
     llm = load_llm(args.llm or smollm2_gguf(), device=str(device))
     load_seconds = time.perf_counter() - began
     examples = build_examples(build_sticker_histories(n_users=args.users, seed=0), seed=0)

@@ -31,7 +31,7 @@ import folder_paths
 from ..pmg_core.assets import packaged_llms
 from ..pmg_core.errors import MissingFileError, ModelLoadError, UnsafePathError
 from ..pmg_core.evaluation.judge import FORMAT as JUDGE_FORMAT
-from ..pmg_core.generator.weights import FORMAT as GENERATOR_FORMAT
+from ..pmg_core.sticker_model.weights import FORMAT as GENERATOR_FORMAT
 from ..pmg_core.image_prompt import FORMAT as IMAGE_PROMPT_FORMAT
 from ..pmg_core.history_upload import HISTORY_SUFFIXES
 from ..pmg_core.safe_paths import resolve_inside

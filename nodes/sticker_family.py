@@ -4,7 +4,7 @@ ComfyUI's stock loaders detect only the families it knows, so the pack builds
 the three objects itself, the way model packs add a family:
 
 * MODEL: a ``comfy.model_base.BaseModel`` (ε-prediction, SD's discrete schedule)
-  around :class:`pmg_core.generator.denoiser.StickerDenoiser`, with a 16-channel
+  around :class:`pmg_core.sticker_model.denoiser.StickerDenoiser`, with a 16-channel
   latent format of scale 1 (the autoencoder normalises its own latents), in a
   ``ModelPatcher``;
 * CLIP: all-MiniLM-L6-v2 in ComfyUI's BERT wrapper (``SDClipModel`` with
@@ -36,9 +36,9 @@ import torch
 
 from ..pmg_core.assets import minilm_dir
 from ..pmg_core.errors import ModelLoadError
-from ..pmg_core.generator.denoiser import StickerDenoiser
-from ..pmg_core.generator.text_encoder import CHUNK, END, PAD, START, WIDTH
-from ..pmg_core.generator.weights import read_generator_file
+from ..pmg_core.sticker_model.denoiser import StickerDenoiser
+from ..pmg_core.sticker_model.text_encoder import CHUNK, END, PAD, START, WIDTH
+from ..pmg_core.sticker_model.weights import read_sticker_model_file
 
 
 class StickerLatentFormat(comfy.latent_formats.LatentFormat):
@@ -100,7 +100,7 @@ class StickerClipModel(comfy.sd1_clip.SD1ClipModel):
 
 def load_sticker_family(path: Path):
     """(MODEL, CLIP, VAE) of a PMG sticker generator file."""
-    autoencoder_state, denoiser_state, metadata = read_generator_file(path)
+    autoencoder_state, denoiser_state, metadata = read_sticker_model_file(path)
     return _model(denoiser_state, json.loads(metadata["unet_config"])), _clip(), comfy.sd.VAE(sd=autoencoder_state)
 
 

@@ -37,7 +37,7 @@ _EXPORTS = {
     "ConditionWeights": "conditioning",
     "build_conditions": "conditioning",
     "parse_alphas": "conditioning",
-    "PMGGenerator": "generation",
+    "SDRunner": "sd_runner",
     "score_candidates": "metrics",
     "select_by_tradeoff": "metrics",
 }

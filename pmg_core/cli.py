@@ -17,11 +17,11 @@ from .cli_common import Registrar, build_parser, run
 from .comfy_client import cli as comfy_cli
 from .errors import InvalidSettingError
 from .evaluation import cli as evaluation_cli
-from .generator import cli as generator_cli
+from .sticker_model import cli as sticker_model_cli
 from .training import cli as training_cli
 
 LIBRARY_COMMANDS: tuple[Registrar, ...] = (
-    commands.register, comfy_cli.register, training_cli.register, generator_cli.register, evaluation_cli.register,
+    commands.register, comfy_cli.register, training_cli.register, sticker_model_cli.register, evaluation_cli.register,
     example_data.register,
 )
 CHECKOUT_COMMANDS = {

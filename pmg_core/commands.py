@@ -220,7 +220,7 @@ def _run_embed(args) -> dict:
 
 def _run_generate(args) -> dict:
     from .conditioning import ConditionWeights, build_conditions, parse_alphas
-    from .generation import PMGGenerator
+    from .sd_runner import SDRunner
     from .soft_prompt import encode_cached
 
     alphas = parse_alphas(args.alphas)
@@ -236,11 +236,11 @@ def _run_generate(args) -> dict:
                 "./pmg generate from a clone of the repository uses a tiny random pipeline."
             )
         log.warning("no --checkpoint given: using a TINY RANDOM pipeline; its images are noise (mechanics only)")
-        generator = PMGGenerator(fallback(seed=args.seed))
+        generator = SDRunner(fallback(seed=args.seed))
     else:
-        from .sd_checkpoint import load_generator
+        from .sd_checkpoint import load_sd_components
 
-        generator = PMGGenerator(load_generator(args.checkpoint).pipeline())
+        generator = SDRunner(load_sd_components(args.checkpoint).pipeline())
     encoder = generator.text_encoder
 
     llm = load_cli_llm(args)

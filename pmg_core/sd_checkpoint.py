@@ -60,7 +60,7 @@ SD1_SCHEDULER_CONFIG = {
 
 
 @dataclass
-class GeneratorComponents:
+class SDComponents:
     """The frozen parts of an SD1.x generator, as diffusers modules.
 
     ``latent_scaling``/``latent_shift`` say how raw VAE latents map to the UNet's
@@ -88,7 +88,7 @@ class GeneratorComponents:
         """Width D of the text-encoder output the UNet cross-attends to."""
         return int(self.unet.config.cross_attention_dim)
 
-    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "GeneratorComponents":
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "SDComponents":
         device = torch.device(device)
         for module in (self.unet, self.vae, self.text_encoder):
             current = next(module.parameters())
@@ -124,7 +124,7 @@ class GeneratorComponents:
         pipeline.set_progress_bar_config(disable=True)
         return pipeline
 
-    def freeze(self) -> "GeneratorComponents":
+    def freeze(self) -> "SDComponents":
         """Eval mode and no gradients for every weight: the generator never trains here."""
         for module in (self.unet, self.vae, self.text_encoder):
             module.eval()
@@ -132,7 +132,7 @@ class GeneratorComponents:
         return self
 
 
-def load_generator(path: str | Path, num_attention_heads: int | None = None) -> GeneratorComponents:
+def load_sd_components(path: str | Path, num_attention_heads: int | None = None) -> SDComponents:
     """Load an SD1.x generator from a single-file checkpoint or a diffusers folder.
 
     ``num_attention_heads`` overrides the SD1.x convention of 8 heads per
@@ -163,7 +163,7 @@ def components_from_state_dict(
     content_hash: str = "",
     source: Path | None = None,
     num_attention_heads: int | None = None,
-) -> GeneratorComponents:
+) -> SDComponents:
     """Build the diffusers components from an LDM-layout state dict (already in memory)."""
     _check_layout(state)
     from diffusers import DDPMScheduler, UNet2DConditionModel
@@ -457,7 +457,7 @@ def _build_taesd(vae: dict[str, torch.Tensor]):
 # --------------------------------------------------------------------------- diffusers folder
 
 
-def _load_diffusers_folder(path: Path) -> GeneratorComponents:
+def _load_diffusers_folder(path: Path) -> SDComponents:
     from diffusers import AutoencoderKL, AutoencoderTiny, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -495,9 +495,9 @@ def _load_diffusers_folder(path: Path) -> GeneratorComponents:
 
 
 def _frozen_components(unet, vae, text_encoder, tokenizer, scheduler, name: str, content_hash: str, source: Path,
-                       latent_scaling: float, latent_shift: float) -> GeneratorComponents:
+                       latent_scaling: float, latent_shift: float) -> SDComponents:
     """The one place the components are assembled, whatever they were loaded from; frozen (eval, no grad)."""
-    return GeneratorComponents(
+    return SDComponents(
         unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, name=name,
         content_hash=content_hash, source=source, latent_scaling=latent_scaling, latent_shift=latent_shift,
     ).freeze()

@@ -26,9 +26,9 @@ def main() -> None:
     from pmg_core.evaluation.judge import load_judge
     from pmg_core.evaluation.responsiveness import responsiveness_report
     from pmg_core.evaluation.sticker_eval import StickerPipeline
-    from pmg_core.generator.dataset import split
-    from pmg_core.generator.text_encoder import MiniLMTextEncoder
-    from pmg_core.generator.weights import load_generator
+    from pmg_core.sticker_model.dataset import split
+    from pmg_core.sticker_model.text_encoder import MiniLMTextEncoder
+    from pmg_core.sticker_model.weights import load_sticker_model
     from pmg_core.metrics.lpips import LPIPS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -41,7 +41,7 @@ def main() -> None:
     judge, lpips, encoder, held_out = load_judge(args.judge), LPIPS("alex"), MiniLMTextEncoder(), split()[1]
     results = {}
     for path in args.generators:
-        report = responsiveness_report(StickerPipeline(load_generator(path), encoder), judge, lpips, held_out)
+        report = responsiveness_report(StickerPipeline(load_sticker_model(path), encoder), judge, lpips, held_out)
         report.pop("images"), report.pop("real")
         results[str(path)] = report
         logging.info("%s: %s", path, json.dumps(report))

@@ -25,8 +25,8 @@ sys.path.insert(0, str(REPO))
 
 from pmg_core.evaluation.report import image_strip  # noqa: E402
 from pmg_core.evaluation.sticker_eval import StickerPipeline  # noqa: E402
-from pmg_core.generator.text_encoder import MiniLMTextEncoder  # noqa: E402
-from pmg_core.generator.weights import load_generator  # noqa: E402
+from pmg_core.sticker_model.text_encoder import MiniLMTextEncoder  # noqa: E402
+from pmg_core.sticker_model.weights import load_sticker_model  # noqa: E402
 
 log = logging.getLogger("make_thumbnails")
 CARDS = {
@@ -90,7 +90,7 @@ def main() -> None:
     if args.only in MOVIE_CARDS:
         return
     torch.set_num_threads(2)
-    pipeline = StickerPipeline(load_generator(REPO / "models" / "pmg-sticker-generator.safetensors"), MiniLMTextEncoder())
+    pipeline = StickerPipeline(load_sticker_model(REPO / "models" / "pmg-sticker-generator.safetensors"), MiniLMTextEncoder())
     for name, prompts in CARDS.items():
         if args.only not in (None, name):
             continue

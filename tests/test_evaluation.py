@@ -89,15 +89,15 @@ def evaluation(tmp_path_factory):
         StickerEvaluation,
         StickerPipeline,
     )
-    from pmg_core.generator.autoencoder import TinyAutoencoder
-    from pmg_core.generator.denoiser import UNET_CONFIG, StickerDenoiser
-    from pmg_core.generator.text_encoder import MiniLMTextEncoder
-    from pmg_core.generator.weights import load_generator, save_generator
+    from pmg_core.sticker_model.autoencoder import TinyAutoencoder
+    from pmg_core.sticker_model.denoiser import UNET_CONFIG, StickerDenoiser
+    from pmg_core.sticker_model.text_encoder import MiniLMTextEncoder
+    from pmg_core.sticker_model.weights import load_sticker_model, save_sticker_model
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("gen") / "g.safetensors"
-    save_generator(path, TinyAutoencoder(16), StickerDenoiser(**UNET_CONFIG), {"image_size": 64})
-    pipeline = StickerPipeline(load_generator(path), MiniLMTextEncoder())
+    save_sticker_model(path, TinyAutoencoder(16), StickerDenoiser(**UNET_CONFIG), {"image_size": 64})
+    pipeline = StickerPipeline(load_sticker_model(path), MiniLMTextEncoder())
     settings = EvalSettings(steps=2, images_per_user=2, sweep=(0.3, 0.7))
     return StickerEvaluation(pipeline, CategoryJudge().eval(), settings)
 

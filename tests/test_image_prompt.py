@@ -63,12 +63,12 @@ def test_projection_files_are_checked(lpips, tmp_path):
 
 def test_training_lowers_the_denoising_loss_on_train_users(lpips):
     from pmg_core.evaluation.cases import image_prompt_examples
-    from pmg_core.generator.sampling import add_noise
-    from pmg_core.generator.text_encoder import MiniLMTextEncoder
-    from pmg_core.generator.weights import load_generator
+    from pmg_core.sticker_model.sampling import add_noise
+    from pmg_core.sticker_model.text_encoder import MiniLMTextEncoder
+    from pmg_core.sticker_model.weights import load_sticker_model
     from pmg_core.loaders.stickers import build_sticker_histories
 
-    generator = load_generator(REPO / "models" / "pmg-sticker-generator.safetensors")
+    generator = load_sticker_model(REPO / "models" / "pmg-sticker-generator.safetensors")
     examples = image_prompt_examples(generator, MiniLMTextEncoder(), lpips, build_sticker_histories(n_users=4, seed=0))
     torch.manual_seed(0)
     projection = ImagePromptProjection(1152, 4, 384, scale=0.3)

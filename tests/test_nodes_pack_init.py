@@ -112,7 +112,7 @@ def test_nothing_is_said_at_start_up_when_everything_is_installed(pmg_pack):
 
 
 def test_the_generator_names_a_missing_diffusers_instead_of_a_bare_module_error(pmg_pack, monkeypatch):
-    denoiser = __import__("comfyui_pmg.pmg_core.generator.denoiser", fromlist=["x"])
+    denoiser = __import__("comfyui_pmg.pmg_core.sticker_model.denoiser", fromlist=["x"])
     monkeypatch.setitem(sys.modules, "diffusers", None)
     try:
         denoiser.StickerDenoiser()

@@ -19,7 +19,7 @@ from pmg_core.sd_checkpoint import (
     UNET_PREFIX,
     VAE_PREFIX,
     infer_unet_config,
-    load_generator,
+    load_sd_components,
 )
 
 
@@ -212,7 +212,7 @@ def test_single_file_round_trip_gives_identical_outputs(tmp_path, tiny_parts):
     unet, clip, vae = tiny_parts["unet"], tiny_parts["clip"], tiny_parts["vae"]
     path = _write(tmp_path / "tiny.safetensors", unet_to_ldm(unet), clip_to_ldm(clip), vae_to_ldm(vae))
 
-    loaded = load_generator(path)
+    loaded = load_sd_components(path)
 
     assert loaded.text_width == 64
     assert loaded.name == "tiny" and len(loaded.content_hash) == 64
@@ -241,7 +241,7 @@ def test_taesd_vae_and_deeper_unet_round_trip(tmp_path, tiny_parts):
         clip_to_ldm(tiny_parts["clip"]),
         taesd_to_comfy(taesd, vae_scale=0.5, vae_shift=0.1),
     )
-    loaded = load_generator(path)
+    loaded = load_sd_components(path)
 
     cfg = loaded.unet.config
     assert cfg.layers_per_block == 2 and cfg.transformer_layers_per_block == 2
@@ -276,7 +276,7 @@ def test_diffusers_folder_is_accepted(tmp_path, tiny_parts):
     tiny_parts["taesd"].save_pretrained(tmp_path / "vae")
     tiny_parts["clip"].save_pretrained(tmp_path / "text_encoder")
     DDPMScheduler(num_train_timesteps=100).save_pretrained(tmp_path / "scheduler")
-    loaded = load_generator(tmp_path)
+    loaded = load_sd_components(tmp_path)
     assert type(loaded.vae).__name__ == "AutoencoderTiny"
     assert loaded.scheduler.config.num_train_timesteps == 100
     assert loaded.latent_scaling == 1.0
@@ -296,28 +296,28 @@ def test_unknown_layouts_are_refused(tmp_path, state, message):
     """Mechanics: files that are not SD1.x checkpoints raise ModelLoadError naming the layout."""
     path = _write(tmp_path / "bad.safetensors", state)
     with pytest.raises(ModelLoadError, match=message):
-        load_generator(path)
+        load_sd_components(path)
 
 
 def test_bad_paths_are_refused(tmp_path):
     """Mechanics: missing files, pickled .ckpt files and folders without diffusers parts are refused."""
     with pytest.raises(ModelLoadError, match="does not exist"):
-        load_generator(tmp_path / "nope.safetensors")
+        load_sd_components(tmp_path / "nope.safetensors")
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(b"not read")
     with pytest.raises(ModelLoadError, match="safetensors"):
-        load_generator(ckpt)
+        load_sd_components(ckpt)
     with pytest.raises(ModelLoadError, match="unet/config.json"):
-        load_generator(tmp_path)
+        load_sd_components(tmp_path)
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x00" * 16)
     with pytest.raises(ModelLoadError, match="safetensors"):
-        load_generator(garbage)
+        load_sd_components(garbage)
 
 
 def test_tiny_comfyui_checkpoint_loads_and_runs(tiny_checkpoint):
     """Mechanics: the random-weight SD1.5-layout ComfyUI checkpoint (one UNet level, CLIP-L, TAESD) converts and runs."""
-    loaded = load_generator(tiny_checkpoint)
+    loaded = load_sd_components(tiny_checkpoint)
     cfg = loaded.unet.config
     assert list(cfg.block_out_channels) == [320] and cfg.cross_attention_dim == 768
     assert list(cfg.down_block_types) == ["CrossAttnDownBlock2D"] and cfg.mid_block_type == "UNetMidBlock2DCrossAttn"
@@ -335,4 +335,4 @@ def test_broken_diffusers_folder_names_the_fix(tmp_path):
         (tmp_path / part).mkdir()
         (tmp_path / part / "config.json").write_text('{"_class_name": "AutoencoderKL"}', encoding="utf-8")
     with pytest.raises(ModelLoadError, match=r"Cannot load the diffusers folder .*save_pretrained\(\).*single-file"):
-        load_generator(tmp_path)
+        load_sd_components(tmp_path)

@@ -17,9 +17,9 @@ from fixtures_nodes import pack_submodule
 
 @pytest.fixture(scope="session")
 def random_generator_file(tmp_path_factory):
-    from pmg_core.generator.autoencoder import TinyAutoencoder
-    from pmg_core.generator.denoiser import UNET_CONFIG, StickerDenoiser
-    from pmg_core.generator.weights import save_generator
+    from pmg_core.sticker_model.autoencoder import TinyAutoencoder
+    from pmg_core.sticker_model.denoiser import UNET_CONFIG, StickerDenoiser
+    from pmg_core.sticker_model.weights import save_sticker_model
 
     torch.manual_seed(0)
     autoencoder, denoiser = TinyAutoencoder(16), StickerDenoiser(**UNET_CONFIG)
@@ -27,7 +27,7 @@ def random_generator_file(tmp_path_factory):
         autoencoder.vae_scale.fill_(1.7)
         autoencoder.vae_shift.fill_(0.2)
     path = tmp_path_factory.mktemp("generator") / "random-sticker-generator.safetensors"
-    save_generator(path, autoencoder, denoiser, {"image_size": 64, "note": "random weights: mechanics only"})
+    save_sticker_model(path, autoencoder, denoiser, {"image_size": 64, "note": "random weights: mechanics only"})
     return path
 
 
@@ -38,14 +38,14 @@ def family(pmg_pack, random_generator_file):
 
 @pytest.fixture(scope="session")
 def library_generator(random_generator_file):
-    from pmg_core.generator.weights import load_generator
+    from pmg_core.sticker_model.weights import load_sticker_model
 
-    return load_generator(random_generator_file)
+    return load_sticker_model(random_generator_file)
 
 
 @pytest.fixture(scope="session")
 def minilm():
-    from pmg_core.generator.text_encoder import MiniLMTextEncoder
+    from pmg_core.sticker_model.text_encoder import MiniLMTextEncoder
 
     return MiniLMTextEncoder()
 
@@ -93,7 +93,7 @@ def test_library_vae_equals_comfyui_vae(family, library_generator):
 def test_library_sampler_reproduces_ksampler(family, library_generator, minilm):
     import comfy.sample
 
-    from pmg_core.generator.sampling import sample_euler
+    from pmg_core.sticker_model.sampling import sample_euler
 
     model, clip, _vae = family
     cond = [[_comfy_encode(clip, "cat face"), {}]]

@@ -67,7 +67,7 @@ def test_the_generator_ships_within_its_size_budget():
 
 
 def test_two_prompts_give_different_stickers_each_nearer_its_own_category(served, judge):
-    from pmg_core.generator.dataset import CATEGORIES
+    from pmg_core.sticker_model.dataset import CATEGORIES
 
     (first, a), (second, b) = served.items()
     assert a.shape == b.shape == (BATCH, 3, 64, 64)
@@ -79,10 +79,10 @@ def test_two_prompts_give_different_stickers_each_nearer_its_own_category(served
 
 def test_the_library_draws_the_servers_stickers(served):
     from pmg_core.evaluation.sticker_eval import StickerPipeline
-    from pmg_core.generator.text_encoder import MiniLMTextEncoder
-    from pmg_core.generator.weights import load_generator
+    from pmg_core.sticker_model.text_encoder import MiniLMTextEncoder
+    from pmg_core.sticker_model.weights import load_sticker_model
 
-    pipeline = StickerPipeline(load_generator(GENERATOR), MiniLMTextEncoder())
+    pipeline = StickerPipeline(load_sticker_model(GENERATOR), MiniLMTextEncoder())
     condition = pipeline.encoder.encode([PROMPTS["Smileys & Emotion"]]).embeddings
     library = pipeline.generate(condition, SEED, BATCH, STEPS, CFG)
     assert (library - served["Smileys & Emotion"]).abs().max() < 3 / 255

@@ -33,9 +33,9 @@ def comfy_checkpoint(comfy_source, tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def diffusers_checkpoint(tiny_checkpoint):
-    from pmg_core.sd_checkpoint import load_generator
+    from pmg_core.sd_checkpoint import load_sd_components
 
-    return load_generator(tiny_checkpoint)
+    return load_sd_components(tiny_checkpoint)
 
 
 def test_comfy_components_match_the_diffusers_conversion(pmg_pack, comfy_checkpoint, diffusers_checkpoint):

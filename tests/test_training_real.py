@@ -17,7 +17,7 @@ import torch
 
 from pmg_core.conditioning import DiffusersTextEncoder
 from pmg_core.loaders.stickers import build_sticker_histories
-from pmg_core.sd_checkpoint import load_generator
+from pmg_core.sd_checkpoint import load_sd_components
 from pmg_core.soft_prompt import SoftPromptAdapter
 from pmg_core.training.components import DiffusersLatentEncoder, DiffusersNoisePredictor, NoiseSchedule
 from pmg_core.training.data import build_examples
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 def test_one_training_step_with_smollm2(smollm2, tiny_checkpoint, tmp_path, record_property):
     """Real SmolLM2: one optimizer step (batch 2, 64 px) updates every adapter tensor and no LLM weight."""
-    generator = load_generator(tiny_checkpoint)
+    generator = load_sd_components(tiny_checkpoint)
     examples = build_examples(build_sticker_histories(n_users=4, seed=0), seed=0)
     adapter = SoftPromptAdapter.untrained(smollm2, generator.text_width, seed=0)
     trainer = SoftPromptTrainer(

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from ..errors import InvalidSettingError
-from ..generator.dataset import CATEGORIES, load_on_white
-from ..generator.text_encoder import WIDTH
+from ..sticker_model.dataset import CATEGORIES, load_on_white
+from ..sticker_model.text_encoder import WIDTH
 from ..history import Item, UserHistory
 from ..keywords import KeywordExtractor
 from .sticker_eval import UserCase

@@ -93,7 +93,7 @@ def run_eval(args: argparse.Namespace) -> dict:
 def _train_judge(args) -> dict:
     import torch
 
-    from ..generator.dataset import image_tensor, split
+    from ..sticker_model.dataset import image_tensor, split
     from ..progress import stderr_bar, tqdm_progress
     from .judge import accuracy, save_judge, train_judge
 
@@ -109,9 +109,9 @@ def _train_judge(args) -> dict:
 def _train_adapter(args) -> dict:
     from ..cli_common import load_cli_llm
     from ..errors import InvalidSettingError
-    from ..generator.adapter_training import train_sticker_adapter
-    from ..generator.text_encoder import WIDTH
-    from ..generator.weights import load_generator
+    from ..sticker_model.adapter_training import train_sticker_adapter
+    from ..sticker_model.text_encoder import WIDTH
+    from ..sticker_model.weights import load_sticker_model
     from ..loaders.stickers import build_sticker_histories
     from ..progress import stderr_bar, tqdm_progress
     from ..soft_prompt import SoftPromptAdapter
@@ -124,7 +124,7 @@ def _train_adapter(args) -> dict:
                          max_steps=args.adapter_steps, checkpoint_every=25, mixed_precision="no")
     histories = build_sticker_histories(n_users=args.adapter_users, seed=SPLIT_SEEDS["train"])
     with stderr_bar("adapter", "step", args.adapter_steps) as bar:
-        result = train_sticker_adapter(load_generator(args.generator), llm, SoftPromptAdapter.untrained(llm, text_dim=WIDTH),
+        result = train_sticker_adapter(load_sticker_model(args.generator), llm, SoftPromptAdapter.untrained(llm, text_dim=WIDTH),
                                        histories, args.train_adapter, config, progress=tqdm_progress(bar))
     return {"adapter": str(result.adapter_path), "steps": result.steps, "first_loss_mean": result.first_loss_mean,
             "final_loss_mean": result.final_loss_mean, "seconds_per_step": result.seconds_per_step}
@@ -135,9 +135,9 @@ def _train_image_prompt(args) -> dict:
     import torch
 
     from ..errors import InvalidSettingError
-    from ..generator.sampling import add_noise
-    from ..generator.text_encoder import WIDTH, MiniLMTextEncoder
-    from ..generator.weights import load_generator
+    from ..sticker_model.sampling import add_noise
+    from ..sticker_model.text_encoder import WIDTH, MiniLMTextEncoder
+    from ..sticker_model.weights import load_sticker_model
     from ..image_prompt import ImagePromptProjection, save_image_prompt, train_projection
     from ..loaders.stickers import build_sticker_histories
     from ..metrics.lpips import LPIPS
@@ -146,7 +146,7 @@ def _train_image_prompt(args) -> dict:
 
     if args.generator is None:
         raise InvalidSettingError("pmg eval --train-image-prompt needs --generator FILE (the generator the tokens are for).")
-    generator, encoder, lpips = load_generator(args.generator), MiniLMTextEncoder(), LPIPS("alex")
+    generator, encoder, lpips = load_sticker_model(args.generator), MiniLMTextEncoder(), LPIPS("alex")
     histories = build_sticker_histories(n_users=args.image_prompt_users, seed=SPLIT_SEEDS["train"])
     examples = image_prompt_examples(generator, encoder, lpips, histories)
     scale = float(torch.cat([e.target_states for e in examples]).std())  # the text states' size
@@ -190,8 +190,8 @@ def _load_upscaler(path: Path):
 
 def _evaluate(args, methods: list[str]) -> dict:
     from ..cli_common import load_cli_llm
-    from ..generator.text_encoder import MiniLMTextEncoder
-    from ..generator.weights import load_generator
+    from ..sticker_model.text_encoder import MiniLMTextEncoder
+    from ..sticker_model.weights import load_sticker_model
     from ..loaders.stickers import build_sticker_histories
     from ..metrics.lpips import LPIPS
     from ..progress import stderr_bar, tqdm_progress
@@ -209,14 +209,14 @@ def _evaluate(args, methods: list[str]) -> dict:
         steps=args.steps, cfg=args.cfg, images_per_user=args.images_per_user, alpha=args.alpha,
         weighting=args.weighting, negative=args.negative,
     )
-    pipeline = StickerPipeline(load_generator(args.generator), MiniLMTextEncoder())
+    pipeline = StickerPipeline(load_sticker_model(args.generator), MiniLMTextEncoder())
     judge, lpips = load_judge(args.judge), LPIPS("alex")
     histories = build_sticker_histories(n_users=args.users, seed=SPLIT_SEEDS[args.split])
     llm = load_cli_llm(args)
     with stderr_bar("keywords + soft embeddings", "user", len(histories)) as bar:
         image_prompt = None
         if args.image_prompt is not None:
-            from ..generator.text_encoder import WIDTH
+            from ..sticker_model.text_encoder import WIDTH
             from ..image_prompt import load_image_prompt
 
             image_prompt = load_image_prompt(args.image_prompt, lpips, width=WIDTH)
@@ -255,7 +255,7 @@ def _evaluate(args, methods: list[str]) -> dict:
         big = [(label, [upscale(image) for image in images]) for label, images in rows]
         sample_grid(big, titles, cell=256).save(out / "samples_256.jpg", quality=90)  # a PNG of it is ~6 MB
     if args.responsiveness:
-        from ..generator.dataset import split
+        from ..sticker_model.dataset import split
         from .responsiveness import responsiveness_report
 
         with stderr_bar("held-out names", "sticker", None) as bar:

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..atomic import write_bytes_atomic
 from ..errors import ModelLoadError
-from ..generator.dataset import CATEGORIES, EmojiImage, image_tensor
+from ..sticker_model.dataset import CATEGORIES, EmojiImage, image_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ FILE_NAME = "pmg-sticker-judge.safetensors"
 
 
 class CategoryJudge(nn.Module):
-    """64x64 RGB in [0, 1] -> logits over :data:`pmg_core.generator.dataset.CATEGORIES`."""
+    """64x64 RGB in [0, 1] -> logits over :data:`pmg_core.sticker_model.dataset.CATEGORIES`."""
 
     def __init__(self, classes: int = len(CATEGORIES), width: int = 32):
         super().__init__()

@@ -19,8 +19,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..generator.dataset import EmojiImage, image_tensor
-from ..generator.sampling import sample_euler
+from ..sticker_model.dataset import EmojiImage, image_tensor
+from ..sticker_model.sampling import sample_euler
 from ..metrics.lpips import LPIPS
 from .judge import CategoryJudge, accuracy
 from .stats import bootstrap_mean

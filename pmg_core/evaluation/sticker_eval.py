@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..conditioning import build_conditions
-from ..generator.sampling import sample_euler
-from ..generator.text_encoder import MiniLMTextEncoder
-from ..generator.weights import StickerGenerator
+from ..sticker_model.sampling import sample_euler
+from ..sticker_model.text_encoder import MiniLMTextEncoder
+from ..sticker_model.weights import StickerModel
 from ..history import UserHistory
 from ..keywords import Preference
 from ..metrics.lpips import LPIPS
@@ -77,7 +77,7 @@ class EvalSettings:
 class StickerPipeline:
     """Text conditions in, 64x64 stickers out, exactly as the stock KSampler (euler, normal) draws them."""
 
-    def __init__(self, generator: StickerGenerator, encoder: MiniLMTextEncoder):
+    def __init__(self, generator: StickerModel, encoder: MiniLMTextEncoder):
         self.generator = generator
         self.encoder = encoder
 

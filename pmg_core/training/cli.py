@@ -68,7 +68,7 @@ def run_train(args: argparse.Namespace) -> dict:
     import torch
 
     from ..conditioning import DiffusersTextEncoder
-    from ..sd_checkpoint import load_generator
+    from ..sd_checkpoint import load_sd_components
     from .components import DiffusersLatentEncoder, DiffusersNoisePredictor, FrozenGenerator, NoiseSchedule
     from .data import build_examples, split_users
     from .run import train_adapter
@@ -86,7 +86,7 @@ def run_train(args: argparse.Namespace) -> dict:
     log.info("%d training examples, %d held-out users", len(examples), len(eval_users))
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    components = load_generator(args.checkpoint).to(device)
+    components = load_sd_components(args.checkpoint).to(device)
     llm = load_cli_llm(args, device=device)
     generator = FrozenGenerator(
         DiffusersTextEncoder(components.tokenizer, components.text_encoder),
@@ -158,11 +158,11 @@ def _histories(args) -> list:
 
 
 def _evaluate(args, components, llm, adapter, users) -> dict:
-    from ..generation import PMGGenerator
+    from ..sd_runner import SDRunner
     from ..soft_prompt import SoftPromptAdapter
     from .evaluate import evaluate_adapter, format_table
 
-    generator = PMGGenerator(components.pipeline())
+    generator = SDRunner(components.pipeline())
     # The untrained baseline is the trainer's own starting point (same seed).
     untrained = SoftPromptAdapter.untrained(
         llm, adapter.config.text_dim, adapter.config.num_image_tokens, adapter.config.num_prefix, seed=args.seed

@@ -203,7 +203,7 @@ class DiffusersLatentEncoder:
     maps to the same latent and can be cached; the noise the trainer adds
     dominates the posterior's small spread. ``scaling``/``shift`` default to the
     VAE config (``scaling_factor``, ``shift_factor``); pass the values of
-    :class:`pmg_core.sd_checkpoint.GeneratorComponents` for checkpoints whose
+    :class:`pmg_core.sd_checkpoint.SDComponents` for checkpoints whose
     TAESD carries its own scale.
     """
 

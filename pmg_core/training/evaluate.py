@@ -57,7 +57,7 @@ def evaluate_adapter(
 ) -> dict:
     """Generate and score the three variants for every user in ``histories``.
 
-    ``generator`` is a :class:`pmg_core.generation.PMGGenerator`; ``untrained``
+    ``generator`` is a :class:`pmg_core.sd_runner.SDRunner`; ``untrained``
     defaults to ``SoftPromptAdapter.untrained`` with the trained adapter's shape
     and seed 0 (the trainer's starting point when it used seed 0).
     """

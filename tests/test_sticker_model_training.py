@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from pmg_core.errors import InvalidSettingError, TrainingError
-from pmg_core.generator import dataset
-from pmg_core.generator.training import StageConfig, StageRun
+from pmg_core.sticker_model import dataset
+from pmg_core.sticker_model.stages import StageConfig, StageRun
 from pmg_core.training.loss_log import read_loss_csv
 
 
@@ -134,25 +134,25 @@ def test_a_warm_start_keeps_the_autoencoder_and_trains_the_shipped_denoiser_furt
 
     from safetensors.torch import load_file
 
-    from pmg_core.generator import run
-    from pmg_core.generator.weights import read_generator_file
+    from pmg_core.sticker_model import run
+    from pmg_core.sticker_model.weights import read_sticker_model_file
 
     shipped = Path(__file__).resolve().parents[1] / "models" / "pmg-sticker-generator.safetensors"
     trained, _ = dataset.split()
     monkeypatch.setattr(run, "split", lambda: (trained[:8], []))  # 8 images: seconds, not minutes
-    config = run.GeneratorRunConfig()
+    config = run.StickerTrainingConfig()
     config.denoiser = replace(config.denoiser, steps=2, batch_size=4, warmup_steps=1)
 
-    path = run.train_generator(tmp_path / "warm", config, init_from=shipped)
+    path = run.train_sticker_model(tmp_path / "warm", config, init_from=shipped)
 
     before, after = load_file(str(shipped)), load_file(str(path))
     autoencoder_keys = [k for k in before if k.startswith("autoencoder.")]
     assert autoencoder_keys and all(torch.equal(before[k], after[k]) for k in autoencoder_keys)
     first_loss = read_loss_csv(tmp_path / "warm" / "denoiser" / "loss.csv")[0]["loss"]
     assert first_loss < 0.3  # a random denoiser starts near 1.1 (docs/generator/denoiser_loss.csv)
-    training = json.loads(read_generator_file(path)[2]["training"])
-    previous = json.loads(read_generator_file(shipped)[2]["training"])["denoiser_steps"]
+    training = json.loads(read_sticker_model_file(path)[2]["training"])
+    previous = json.loads(read_sticker_model_file(shipped)[2]["training"])["denoiser_steps"]
     assert training["warm_start"]["denoiser_steps"] == previous and training["denoiser_steps"] == previous + 2
 
     with pytest.raises(TrainingError, match="init_from"):  # the same folder without the warm start is another run
-        run.train_generator(tmp_path / "warm", replace(config, denoiser=replace(config.denoiser, steps=3)))
+        run.train_sticker_model(tmp_path / "warm", replace(config, denoiser=replace(config.denoiser, steps=3)))

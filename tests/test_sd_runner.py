@@ -13,7 +13,7 @@ import torch
 
 from pmg_core.conditioning import ConditionWeights, PMGConditions, build_conditions
 from pmg_core.errors import EmbeddingValueError, InvalidSettingError, ModelLoadError
-from pmg_core.generation import PMGGenerator
+from pmg_core.sd_runner import SDRunner
 
 TARGET = "movie poster, Heat, named 'Heat', crime, heist"
 PREFERENCE = "noir, detective, thriller"
@@ -21,8 +21,8 @@ SMALL = dict(steps=2, height=64, width=64)
 
 
 @pytest.fixture(scope="module")
-def generator(tiny_sd) -> PMGGenerator:
-    return PMGGenerator(tiny_sd)
+def generator(tiny_sd) -> SDRunner:
+    return SDRunner(tiny_sd)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_guidance_off_needs_no_negative(generator, conditions):
 
 
 def test_from_folder_loads_the_saved_pipeline(tiny_sd_folder, generator, conditions):
-    loaded = PMGGenerator.from_folder(tiny_sd_folder)
+    loaded = SDRunner.from_folder(tiny_sd_folder)
     assert loaded.width == generator.width
     ours = pixels(generator.generate(conditions, seed=5, **SMALL))
     theirs = pixels(loaded.generate(conditions, seed=5, **SMALL))
@@ -97,10 +97,10 @@ def test_from_folder_loads_the_saved_pipeline(tiny_sd_folder, generator, conditi
 
 def test_from_folder_rejects_non_pipeline_folders(tmp_path):
     with pytest.raises(ModelLoadError, match="model_index.json"):
-        PMGGenerator.from_folder(tmp_path)
+        SDRunner.from_folder(tmp_path)
     (tmp_path / "model_index.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(ModelLoadError, match="Could not load"):
-        PMGGenerator.from_folder(tmp_path)
+        SDRunner.from_folder(tmp_path)
 
 
 def test_conditions_of_another_width_are_rejected(generator):

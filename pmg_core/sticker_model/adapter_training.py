@@ -20,13 +20,13 @@ from ..training.data import build_examples
 from ..training.trainer import SoftPromptTrainer, TrainConfig, TrainResult
 from .sampling import alphas_cumprod
 from .text_encoder import MiniLMTextEncoder
-from .weights import StickerGenerator
+from .weights import StickerModel
 
 
 class StickerNoisePredictor:
     """The denoiser behind :class:`pmg_core.training.components.NoisePredictor` (frozen; gradients reach ``cond``)."""
 
-    def __init__(self, generator: StickerGenerator):
+    def __init__(self, generator: StickerModel):
         self.denoiser = generator.denoiser
         frozen_parameters(self.denoiser)
 
@@ -41,7 +41,7 @@ class StickerNoisePredictor:
 class StickerLatentEncoder:
     """Images in [0, 1] to the normalised latents the denoiser was trained on."""
 
-    def __init__(self, generator: StickerGenerator):
+    def __init__(self, generator: StickerModel):
         self.autoencoder = generator.autoencoder
         frozen_parameters(self.autoencoder)
 
@@ -51,7 +51,7 @@ class StickerLatentEncoder:
 
 
 def train_sticker_adapter(
-    generator: StickerGenerator,
+    generator: StickerModel,
     llm,
     adapter,
     histories: list[UserHistory],

@@ -7,7 +7,7 @@ import logging
 from comfy_api.latest import io
 
 from ..pmg_core.errors import PMGError
-from ..pmg_core.generator.weights import FILE_NAME
+from ..pmg_core.sticker_model.weights import FILE_NAME
 from . import comfy_paths
 from .sticker_family import load_sticker_family
 

@@ -12,7 +12,7 @@ Layout of a run folder::
 
     <out>/autoencoder/{checkpoint/, loss.csv, loss.png}
     <out>/denoiser/{checkpoint/, loss.csv, loss.png}
-    <out>/sticker-generator.safetensors      (written by pmg_core.generator.weights)
+    <out>/sticker-generator.safetensors      (written by pmg_core.sticker_model.weights)
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """One generator training run, end to end: data, autoencoder, latents, captions, denoiser, the weights file.
 
-:func:`train_generator` can be called again on the same folder at any time: a
+:func:`train_sticker_model` can be called again on the same folder at any time: a
 finished stage is not redone, an unfinished one resumes from its checkpoint,
 the derived tensors (latents, caption states) are cached in the folder, and
 the weights file is rewritten from the EMA weights whenever the run stops.
@@ -22,14 +22,14 @@ from ..training.checkpoint import find_checkpoint, load_state
 from .autoencoder import TinyAutoencoder
 from .dataset import caption_table, image_tensor, split
 from .text_encoder import CHUNK, MiniLMTextEncoder
-from .training import (
+from .stages import (
     StageConfig,
     StageRun,
     autoencoder_loss,
     denoiser_loss,
     new_denoiser,
 )
-from .weights import FILE_NAME, save_generator
+from .weights import FILE_NAME, save_sticker_model
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
 @dataclass
-class GeneratorRunConfig:
+class StickerTrainingConfig:
     """Everything that defines a generator run (a changed value needs a new --out folder)."""
 
     image_size: int = 64
@@ -49,9 +49,9 @@ class GeneratorRunConfig:
     condition_dropout: float = 0.1
 
 
-def train_generator(
+def train_sticker_model(
     out_dir: Path,
-    config: GeneratorRunConfig | None = None,
+    config: StickerTrainingConfig | None = None,
     minutes: float | None = None,
     checkpoint_minutes: float = 5.0,
     device: str = "cpu",
@@ -68,7 +68,7 @@ def train_generator(
     normalisation, and its denoiser is trained further (a run's checkpoints can be
     lost with a machine; the shipped weights cannot).
     """
-    config = config or GeneratorRunConfig()
+    config = config or StickerTrainingConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     deadline = None if minutes is None else time.monotonic() + 60 * minutes
@@ -126,7 +126,7 @@ def train_generator(
     if warm is not None:
         training["warm_start"] = {"file": warm.name, "sha256": warm.digest, "denoiser_steps": warm.denoiser_steps,
                                   "training": warm.training}
-    path = save_generator(out_dir / FILE_NAME, autoencoder.cpu(), denoiser_run.ema.cpu(), training)
+    path = save_sticker_model(out_dir / FILE_NAME, autoencoder.cpu(), denoiser_run.ema.cpu(), training)
     logger.info("Wrote %s (denoiser step %d of %d)", path, denoiser_run.step, config.denoiser.steps)
     return path
 
@@ -152,9 +152,9 @@ class _WarmStart:
     @classmethod
     def read(cls, path: Path, device: str) -> _WarmStart:
         from ..safe_paths import sha256_file
-        from .weights import load_generator
+        from .weights import load_sticker_model
 
-        generator = load_generator(Path(path), device)
+        generator = load_sticker_model(Path(path), device)
         denoiser = generator.denoiser.train().requires_grad_(True)
         training = json.loads(generator.metadata.get("training", "{}"))
         return cls(Path(path).name, sha256_file(Path(path))[:16], generator.autoencoder, denoiser, training)

@@ -36,11 +36,11 @@ def run_train_generator(args: argparse.Namespace) -> dict:
     import torch
 
     from ..progress import stderr_bar, tqdm_progress
-    from .run import GeneratorRunConfig, train_generator
+    from .run import StickerTrainingConfig, train_sticker_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = GeneratorRunConfig()
+    config = StickerTrainingConfig()
     if args.autoencoder_steps:
         config.autoencoder = replace(config.autoencoder, steps=args.autoencoder_steps)
     if args.denoiser_steps:
@@ -57,7 +57,7 @@ def run_train_generator(args: argparse.Namespace) -> dict:
     from contextlib import ExitStack
 
     with ExitStack() as stack:
-        path = train_generator(
+        path = train_sticker_model(
             args.out, config, minutes=args.minutes, checkpoint_minutes=args.checkpoint_minutes, device=args.device, progress=progress,
             export_only=args.export, init_from=args.init_from,
         )
