@@ -1,4 +1,4 @@
-"""Load a Stable Diffusion 1.x generator offline, from the file a ComfyUI user already has.
+"""Load a Stable Diffusion checkpoint's components (UNet, VAE, CLIP, scheduler) offline, from a ComfyUI user's file.
 
 A ComfyUI user keeps one single-file checkpoint (``models/checkpoints/*.safetensors``,
 the original LDM key layout: ``model.diffusion_model.*`` for the UNet,
