@@ -1,0 +1,1 @@
+"""The sticker model the project trained: its networks, data, training stages and weights file."""
