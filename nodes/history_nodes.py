@@ -59,6 +59,27 @@ def history_images(history: UserHistory) -> torch.Tensor:
     return to_comfy(batch)
 
 
+def _history_outputs() -> list:
+    """The loader's outputs: the behaviours for the LLM, their text, and their images for PMG Scorer."""
+    return [
+        PMGHistory.Output(
+            display_name="history",
+            tooltip="The user's behaviours (PMG_HISTORY), for PMG Preference Extractor.",
+        ),
+        io.String.Output(
+            display_name="history_text",
+            tooltip="The behaviours rendered as the text the LLM reads.",
+        ),
+        io.Image.Output(
+            display_name="history_images",
+            tooltip=(
+                f"The items' images resized to {HISTORY_IMAGE_SIZE}x{HISTORY_IMAGE_SIZE}, for PMG Scorer; "
+                f"a single white {PLACEHOLDER_SIZE}x{PLACEHOLDER_SIZE} image when no item has one."
+            ),
+        ),
+    ]
+
+
 class PMGUserHistoryLoader(io.ComfyNode):
     """Node: a user's behaviours from a history file in ComfyUI's input folder."""
 
@@ -115,23 +136,7 @@ class PMGUserHistoryLoader(io.ComfyNode):
                     ),
                 ),
             ],
-            outputs=[
-                PMGHistory.Output(
-                    display_name="history",
-                    tooltip="The user's behaviours (PMG_HISTORY), for PMG Preference Extractor.",
-                ),
-                io.String.Output(
-                    display_name="history_text",
-                    tooltip="The behaviours rendered as the text the LLM reads.",
-                ),
-                io.Image.Output(
-                    display_name="history_images",
-                    tooltip=(
-                        f"The items' images resized to {HISTORY_IMAGE_SIZE}x{HISTORY_IMAGE_SIZE}, for PMG Scorer; "
-                        f"a single white {PLACEHOLDER_SIZE}x{PLACEHOLDER_SIZE} image when no item has one."
-                    ),
-                ),
-            ],
+            outputs=_history_outputs(),
         )
 
     @classmethod
