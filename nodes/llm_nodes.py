@@ -10,7 +10,7 @@ from ..pmg_core.keywords import MAX_ITEMS, KeywordExtractor
 from ..pmg_core.llm import open_llm
 from ..pmg_core.llm_precision import DTYPE_CHOICES
 from . import comfy_paths
-from .node_support import node_ui, validation_result
+from .node_support import checked_history, node_ui, validation_result
 from .comfy_runtime import (
     DEVICE_CHOICES,
     llm_activity,
@@ -197,6 +197,10 @@ class PMGPreferenceExtractor(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, history=None) -> bool | str:
+        return validation_result(lambda: checked_history(history))
+
+    @classmethod
     def execute(
         cls,
         history,
@@ -207,6 +211,7 @@ class PMGPreferenceExtractor(io.ComfyNode):
         max_new_tokens: int,
         keep_model_loaded: bool,
     ) -> io.NodeOutput:
+        history = checked_history(history)
         served = isinstance(llm, ServedKeywordLLM)
         local = llm.soft_prompt_llm if served else llm  # what the soft-prompt adapter runs on
         sent = llm.source.requests_sent if served else 0

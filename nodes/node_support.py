@@ -13,8 +13,9 @@ One policy for each, so the nodes cannot disagree:
   ``validate_inputs`` reports it.
 * **Payloads**: :func:`checked_payload` refuses a value on a PMG socket that is not what the
   socket carries (an API script can send a string there); :func:`preference_bundle` is that
-  check for ``PMG_PREFERENCE`` and :func:`checked_soft_prompt` for ``PMG_SOFT_PROMPT``, used by
-  every node that takes one, at validation and again in ``execute``.
+  check for ``PMG_PREFERENCE``, :func:`checked_soft_prompt` for ``PMG_SOFT_PROMPT`` and
+  :func:`checked_history` for ``PMG_HISTORY``, used by every node that takes one, at
+  validation and again in ``execute``.
 * **Results and errors** (``execute``): a node raises the library's ``PMGError`` unchanged;
   ComfyUI shows its message on the node and logs the traceback. Nothing else is caught in
   ``execute``: Cancel (``InterruptProcessingException``) and out-of-memory have ComfyUI's
@@ -38,6 +39,7 @@ from typing import TypeVar
 import torch
 
 from ..pmg_core.errors import EmbeddingValueError, PMGError
+from ..pmg_core.history import UserHistory
 from ..pmg_core.metrics.images import pil_to_tensor, to_comfy
 from ..pmg_core.safe_paths import sha256_file
 from .types import PreferenceBundle, SoftPrompt
@@ -144,6 +146,13 @@ def preference_bundle(value) -> PreferenceBundle | None:
     if value is None:
         return None
     return checked_payload(value, PreferenceBundle, "preference", "PMG Preference Extractor")
+
+
+def checked_history(value) -> UserHistory | None:
+    """A node's ``history`` input: the ``UserHistory``, or ``None`` when it is linked (at validation)."""
+    if value is None:
+        return None
+    return checked_payload(value, UserHistory, "history", "PMG User History Loader")
 
 
 def checked_soft_prompt(value) -> SoftPrompt | None:

@@ -162,6 +162,13 @@ def test_every_node_taking_a_preference_refuses_a_string_at_validation(pmg_pack,
     assert node.validate_inputs(preference=None, **inputs) is True  # linked: known only when it runs
 
 
+def test_the_extractor_refuses_a_history_that_is_not_one(pmg_pack):
+    extractor = pmg_pack.nodes["PMGPreferenceExtractor"]
+    message = extractor.validate_inputs(history="users.jsonl")
+    assert "The history input got a str ('users.jsonl')" in message and "PMG User History Loader" in message
+    assert extractor.validate_inputs(history=None) is True
+
+
 def test_the_trainer_fingerprints_its_history_by_content(pmg_pack, comfy_base):
     """It used mtime and size: a same-size rewrite with the old mtime restored returned the cached adapter."""
     trainer = pmg_pack.nodes["PMGSoftPromptTrainer"]
