@@ -168,7 +168,7 @@ def finish_partial_load(model: torch.nn.Module, device: torch.device) -> int:
     for module in model.modules():
         if hasattr(module, "comfy_cast_weights"):
             continue
-        for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+        for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
             if tensor.device != device:
                 tensor.data = tensor.data.to(device)
                 moved += 1

@@ -108,7 +108,8 @@ class ComfyTextEncoder:
         if cond.ndim != 3 or cond.shape[0] != 1:
             raise EmbeddingValueError(
                 f"ComfyUI's CLIP returned a condition of shape {tuple(cond.shape)} for one prompt; "
-                "expected [1, T, D]. This CLIP model is not supported by PMG (use an SD1.x, SD2.x, SDXL, SD3 or Flux text encoder)."
+                "expected [1, T, D]. This CLIP model is not supported by PMG (use an SD1.x, SD2.x, SDXL, SD3 or Flux "
+                "text encoder)."
             )
         if pooled is not None:
             pooled = pooled.reshape(1, -1)

@@ -20,21 +20,17 @@ from ..pmg_core.conditioning import (
 )
 from ..pmg_core.errors import EmbeddingValueError, InvalidSettingError
 from ..pmg_core.render import negative_prompt
-from ..pmg_core.safe_paths import sha256_file
 from ..pmg_core.soft_prompt import AdapterSource, encode_cached
 from . import comfy_paths
 from .comfy_runtime import llm_activity, llm_on_compute_device
 from .comfy_text_encoder import ComfyTextEncoder
-from .types import PMGAlphas, PMGPreference, PMGSoftPrompt, PreferenceBundle, SoftPrompt
+from .node_support import checked_soft_prompt, fingerprint_files, node_ui, preference_bundle, validation_result
+from .types import PMGAlphas, PMGPreference, PMGSoftPrompt, SoftPrompt
 
 logger = logging.getLogger(__name__)
 
-def _bundle(preference) -> PreferenceBundle:
-    if not isinstance(preference, PreferenceBundle):
-        raise EmbeddingValueError(
-            "The preference input must come from PMG Preference Extractor (a PMG_PREFERENCE value)."
-        )
-    return preference
+# Adapter choices that name no file: nothing to resolve, nothing to fingerprint.
+_NO_FILE_ADAPTERS = (comfy_paths.KEYWORDS_ONLY_ADAPTER, comfy_paths.RANDOM_ADAPTER, comfy_paths.LEGACY_UNTRAINED_ADAPTER)
 
 
 def _adapter_choice(adapter: str) -> str:
@@ -86,11 +82,17 @@ class PMGSoftPromptEncoder(io.ComfyNode):
                 ),
                 io.Clip.Input(
                     "clip",
-                    tooltip="The checkpoint's CLIP: its text width (768 SD1.x, 1024 SD2.x, 2048 SDXL, 4096 SD3/Flux) sizes the embeddings.",
+                    tooltip=(
+                        "The checkpoint's CLIP: its text width (768 SD1.x, 1024 SD2.x, 2048 SDXL, 4096 SD3/Flux) "
+                        "sizes the embeddings."
+                    ),
                 ),
                 io.Int.Input(
                     "num_image_tokens", default=4, min=1, max=64,
-                    tooltip=f"k, the number of soft embeddings of the '{comfy_paths.RANDOM_ADAPTER}' adapter (a trained one fixes its own k).",
+                    tooltip=(
+                        f"k, the number of soft embeddings of the '{comfy_paths.RANDOM_ADAPTER}' adapter (a trained "
+                        "one fixes its own k)."
+                    ),
                 ),
                 io.Int.Input(
                     "seed", default=0, min=0, max=0xFFFFFFFF,
@@ -109,32 +111,23 @@ class PMGSoftPromptEncoder(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, adapter: str) -> bool | str:
-        if _adapter_choice(adapter) in (comfy_paths.KEYWORDS_ONLY_ADAPTER, comfy_paths.RANDOM_ADAPTER):
-            return True
-        try:
-            comfy_paths.resolve_adapter(adapter)
-        except Exception as error:  # noqa: BLE001 - shown to the user as the validation message
-            return str(error)
-        return True
+    def validate_inputs(cls, adapter: str, preference=None) -> bool | str:
+        return validation_result(lambda: _check_encoder_inputs(adapter, preference))
 
     @classmethod
     def fingerprint_inputs(cls, adapter: str, **_) -> str:
-        if adapter in (comfy_paths.KEYWORDS_ONLY_ADAPTER, comfy_paths.RANDOM_ADAPTER, comfy_paths.LEGACY_UNTRAINED_ADAPTER):
+        if adapter in _NO_FILE_ADAPTERS:
             return adapter
-        try:
-            return sha256_file(comfy_paths.resolve_adapter(adapter))
-        except Exception:  # noqa: BLE001 - validate_inputs reports it
-            return "missing"
+        return fingerprint_files(lambda: [comfy_paths.resolve_adapter(adapter)])
 
     @classmethod
     def execute(cls, preference, adapter: str, clip, num_image_tokens: int, seed: int) -> io.NodeOutput:
-        bundle = _bundle(preference)
+        bundle = preference_bundle(preference)
         adapter = _adapter_choice(adapter)
         user_id = bundle.preference.user_id
         if adapter == comfy_paths.KEYWORDS_ONLY_ADAPTER:
             logger.info("PMG: no soft prompt for user %s (keywords only)", user_id)
-            ui = {"pmg_soft_prompt": [{"user_id": user_id, "adapter": adapter, "num_image_tokens": 0}]}
+            ui = node_ui(pmg_soft_prompt={"user_id": user_id, "adapter": adapter, "num_image_tokens": 0})
             return io.NodeOutput(_no_soft_prompt(user_id), ui=ui)
         llm = bundle.llm
         if llm is None:
@@ -156,9 +149,22 @@ class PMGSoftPromptEncoder(io.ComfyNode):
         logger.info("PMG: soft prompt of user %s (%s)", user_id, "from the cache" if result.cached[0] else "computed")
         metadata = {**result.metadata, "user_id": user_id, "adapter": adapter,
                     "cache_key": result.cache_keys[0], "cached": str(result.cached[0]).lower()}
-        ui = {"pmg_soft_prompt": [{"user_id": user_id, "adapter": adapter, "cached": bool(result.cached[0]),
-                                   "llm": llm_activity(llm)}]}
+        ui = node_ui(pmg_soft_prompt={"user_id": user_id, "adapter": adapter, "cached": bool(result.cached[0]),
+                                      "llm": llm_activity(llm)})
         return io.NodeOutput(SoftPrompt(result.embeddings, metadata), ui=ui)
+
+
+def _check_encoder_inputs(adapter: str, preference) -> None:
+    """PMG Soft Prompt Encoder's checks before the graph runs: the preference's type, the adapter file."""
+    preference_bundle(preference)
+    if _adapter_choice(adapter) not in (comfy_paths.KEYWORDS_ONLY_ADAPTER, comfy_paths.RANDOM_ADAPTER):
+        comfy_paths.resolve_adapter(adapter)
+
+
+def _check_payloads(preference, soft_prompt) -> None:
+    """PMG Conditioning's check before the graph runs: its PMG sockets hold what they carry."""
+    preference_bundle(preference)
+    checked_soft_prompt(soft_prompt)
 
 
 def _text(override: str | None, fallback: str | None) -> str | None:
@@ -191,6 +197,96 @@ def comfy_conditioning(embeddings: torch.Tensor, pooled: torch.Tensor | None) ->
     return [[embeddings, extras]]
 
 
+def _condition_sources() -> list:
+    """PMG Conditioning's inputs that say what is encoded: the CLIP, the preference, the soft tokens."""
+    return [
+        io.Clip.Input("clip", tooltip="The checkpoint's CLIP text encoder (SD1.x, SD2.x, SDXL, SD3 or Flux)."),
+        PMGPreference.Input(
+            "preference", optional=True,
+            tooltip="The user's preference from PMG Preference Extractor (target, preference and negative texts).",
+        ),
+        PMGSoftPrompt.Input(
+            "soft_prompt", optional=True,
+            tooltip=(
+                "The user's soft embeddings from PMG Soft Prompt Encoder; leave it unconnected (or give the "
+                "encoder's keywords-only output) for keywords only."
+            ),
+        ),
+    ]
+
+
+def _part_weights() -> list:
+    """PMG Conditioning's weight of each part of the condition (w_t, w_i, w_p)."""
+    return [
+        io.Float.Input(
+            "w_target", default=1.0, min=0.0, max=10.0, step=0.05,
+            tooltip="w_t: weight of the target-keyword embeddings.",
+        ),
+        io.Float.Input(
+            "w_soft", default=1.0, min=0.0, max=10.0, step=0.05,
+            tooltip="w_i: weight of the soft preference embeddings.",
+        ),
+        io.Float.Input(
+            "w_preference", default=1.0, min=0.0, max=10.0, step=0.05,
+            tooltip="w_p: weight of the preference-keyword embeddings.",
+        ),
+    ]
+
+
+def _sweep_and_texts() -> list:
+    """PMG Conditioning's alpha sweep, its text overrides and the bound on a text's length."""
+    return [
+        io.String.Input(
+            "alphas", default="0.33, 0.5, 0.67",
+            tooltip=(
+                f"Balance values in [0, 1], comma-separated, at most {MAX_ALPHAS}; one image per value. "
+                "The target part is scaled by 2(1-a), the preference parts by 2a; 0.5 is the plain "
+                "concatenation."
+            ),
+        ),
+        io.String.Input(
+            "target_text", optional=True, default="", multiline=True,
+            tooltip="Overrides the target prompt of the preference (empty keeps it).",
+        ),
+        io.String.Input(
+            "preference_text", optional=True, default="", multiline=True,
+            tooltip="Overrides the preference keywords text (empty keeps the preference's).",
+        ),
+        io.Int.Input(
+            # A socket, not a widget: rarely changed, and saved workflows keep their widget list.
+            "max_text_windows", optional=True, default=MAX_TEXT_WINDOWS, min=1, max=MAX_TEXT_WINDOWS_LIMIT,
+            force_input=True,
+            tooltip=(
+                f"Optional: the longest a text part (target, preference) may be, in encoder windows of "
+                f"{WINDOW_TOKENS} tokens ({MAX_TEXT_WINDOWS} when not connected); a longer text is refused "
+                "with its length, so one prompt cannot stall the sampler. Connect an Int to raise it."
+            ),
+        ),
+    ]
+
+
+def _condition_outputs() -> list:
+    """PMG Conditioning's outputs: both conditions, the batch size and the alphas, for KSampler and PMG Scorer."""
+    return [
+        io.Conditioning.Output(
+            display_name="positive",
+            tooltip="One condition per alpha as a batch [A, T, D] (plus pooled [A, P]), for KSampler's positive.",
+        ),
+        io.Conditioning.Output(
+            display_name="negative",
+            tooltip="The scene's negative prompt, same shape as positive, for KSampler's negative.",
+        ),
+        io.Int.Output(
+            display_name="batch_size",
+            tooltip="A, the number of alphas: wire it into Empty Latent Image's batch_size.",
+        ),
+        PMGAlphas.Output(
+            display_name="alphas",
+            tooltip="The alpha of each condition row, in order: wire it into PMG Scorer's alphas.",
+        ),
+    ]
+
+
 class PMGConditioning(io.ComfyNode):
     """Node: PMG's condition, one row per alpha, for the stock KSampler."""
 
@@ -205,77 +301,15 @@ class PMGConditioning(io.ComfyNode):
                 "keyword embeddings side by side, one row per alpha (0 = only the target, 1 = only the user's "
                 "preference). Set the empty latent's batch size to the batch_size output to get one image per alpha."
             ),
-            inputs=[
-                io.Clip.Input("clip", tooltip="The checkpoint's CLIP text encoder (SD1.x, SD2.x, SDXL, SD3 or Flux)."),
-                PMGPreference.Input(
-                    "preference", optional=True,
-                    tooltip="The user's preference from PMG Preference Extractor (target, preference and negative texts).",
-                ),
-                PMGSoftPrompt.Input(
-                    "soft_prompt", optional=True,
-                    tooltip=(
-                        "The user's soft embeddings from PMG Soft Prompt Encoder; leave it unconnected (or give the "
-                        "encoder's keywords-only output) for keywords only."
-                    ),
-                ),
-                io.Float.Input(
-                    "w_target", default=1.0, min=0.0, max=10.0, step=0.05,
-                    tooltip="w_t: weight of the target-keyword embeddings.",
-                ),
-                io.Float.Input(
-                    "w_soft", default=1.0, min=0.0, max=10.0, step=0.05,
-                    tooltip="w_i: weight of the soft preference embeddings.",
-                ),
-                io.Float.Input(
-                    "w_preference", default=1.0, min=0.0, max=10.0, step=0.05,
-                    tooltip="w_p: weight of the preference-keyword embeddings.",
-                ),
-                io.String.Input(
-                    "alphas", default="0.33, 0.5, 0.67",
-                    tooltip=(
-                        f"Balance values in [0, 1], comma-separated, at most {MAX_ALPHAS}; one image per value. "
-                        "The target part is scaled by 2(1-a), the preference parts by 2a; 0.5 is the plain "
-                        "concatenation."
-                    ),
-                ),
-                io.String.Input(
-                    "target_text", optional=True, default="", multiline=True,
-                    tooltip="Overrides the target prompt of the preference (empty keeps it).",
-                ),
-                io.String.Input(
-                    "preference_text", optional=True, default="", multiline=True,
-                    tooltip="Overrides the preference keywords text (empty keeps the preference's).",
-                ),
-                io.Int.Input(
-                    # A socket, not a widget: rarely changed, and saved workflows keep their widget list.
-                    "max_text_windows", optional=True, default=MAX_TEXT_WINDOWS, min=1, max=MAX_TEXT_WINDOWS_LIMIT,
-                    force_input=True,
-                    tooltip=(
-                        f"Optional: the longest a text part (target, preference) may be, in encoder windows of "
-                        f"{WINDOW_TOKENS} tokens ({MAX_TEXT_WINDOWS} when not connected); a longer text is refused "
-                        "with its length, so one prompt cannot stall the sampler. Connect an Int to raise it."
-                    ),
-                ),
-            ],
-            outputs=[
-                io.Conditioning.Output(
-                    display_name="positive",
-                    tooltip="One condition per alpha as a batch [A, T, D] (plus pooled [A, P]), for KSampler's positive.",
-                ),
-                io.Conditioning.Output(
-                    display_name="negative",
-                    tooltip="The scene's negative prompt, same shape as positive, for KSampler's negative.",
-                ),
-                io.Int.Output(
-                    display_name="batch_size",
-                    tooltip="A, the number of alphas: wire it into Empty Latent Image's batch_size.",
-                ),
-                PMGAlphas.Output(
-                    display_name="alphas",
-                    tooltip="The alpha of each condition row, in order: wire it into PMG Scorer's alphas.",
-                ),
-            ],
+            # The order of the inputs is the order of the widgets saved workflows hold.
+            inputs=[*_condition_sources(), *_part_weights(), *_sweep_and_texts()],
+            outputs=_condition_outputs(),
         )
+
+    @classmethod
+    def validate_inputs(cls, preference=None, soft_prompt=None) -> bool | str:
+        """A value typed into an API prompt where a preference or soft prompt belongs is refused before anything runs."""
+        return validation_result(lambda: _check_payloads(preference, soft_prompt))
 
     @classmethod
     def execute(
@@ -291,7 +325,8 @@ class PMGConditioning(io.ComfyNode):
         preference_text: str = "",
         max_text_windows: int = MAX_TEXT_WINDOWS,
     ) -> io.NodeOutput:
-        pref = _bundle(preference).preference if preference is not None else None
+        bundle = preference_bundle(preference)
+        pref = bundle.preference if bundle is not None else None
         target = _text(target_text, pref.target_text if pref else None)
         if not target:
             raise InvalidSettingError(_no_target_message(pref))
@@ -299,6 +334,7 @@ class PMGConditioning(io.ComfyNode):
         negative_text = pref.negative_prompt if pref else negative_prompt("generic")
 
         encoder = ComfyTextEncoder(clip)
+        soft_prompt = checked_soft_prompt(soft_prompt)
         # The encoder's keywords-only output has no tokens: the condition then holds no soft part.
         soft = soft_prompt.embeddings if soft_prompt is not None and soft_prompt.num_tokens else None
         weights = ConditionWeights(target=w_target, soft=w_soft, preference=w_preference)

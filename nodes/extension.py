@@ -18,7 +18,10 @@ from . import comfy_paths, history_upload_route
 
 logger = logging.getLogger(__name__)
 
-CORE_MODULES = ("history_nodes", "llm_nodes", "served_llm_nodes", "conditioning_nodes", "image_prompt_nodes", "scoring_nodes", "sticker_model_nodes")
+CORE_MODULES = (
+    "history_nodes", "llm_nodes", "served_llm_nodes", "conditioning_nodes", "image_prompt_nodes", "scoring_nodes",
+    "sticker_model_nodes",
+)
 OPTIONAL_MODULES = ("trainer_nodes",)
 
 

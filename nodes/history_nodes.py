@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 from comfy_api.latest import io
@@ -14,8 +15,8 @@ from ..pmg_core.loaders import FORMATS as LOADER_FORMATS
 from ..pmg_core.loaders import list_users, load_user
 from ..pmg_core.metrics.images import as_batch, load_image, to_comfy
 from ..pmg_core.render import render_history
-from ..pmg_core.safe_paths import sha256_file
 from . import comfy_paths
+from .node_support import fingerprint_files, validation_result
 from .types import PMGHistory
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,27 @@ def history_images(history: UserHistory) -> torch.Tensor:
         return placeholder_image()
     batch = as_batch([load_image(path) for path in paths], "history images", (HISTORY_IMAGE_SIZE, HISTORY_IMAGE_SIZE))
     return to_comfy(batch)
+
+
+def _history_outputs() -> list:
+    """The loader's outputs: the behaviours for the LLM, their text, and their images for PMG Scorer."""
+    return [
+        PMGHistory.Output(
+            display_name="history",
+            tooltip="The user's behaviours (PMG_HISTORY), for PMG Preference Extractor.",
+        ),
+        io.String.Output(
+            display_name="history_text",
+            tooltip="The behaviours rendered as the text the LLM reads.",
+        ),
+        io.Image.Output(
+            display_name="history_images",
+            tooltip=(
+                f"The items' images resized to {HISTORY_IMAGE_SIZE}x{HISTORY_IMAGE_SIZE}, for PMG Scorer; "
+                f"a single white {PLACEHOLDER_SIZE}x{PLACEHOLDER_SIZE} image when no item has one."
+            ),
+        ),
+    ]
 
 
 class PMGUserHistoryLoader(io.ComfyNode):
@@ -114,32 +136,12 @@ class PMGUserHistoryLoader(io.ComfyNode):
                     ),
                 ),
             ],
-            outputs=[
-                PMGHistory.Output(
-                    display_name="history",
-                    tooltip="The user's behaviours (PMG_HISTORY), for PMG Preference Extractor.",
-                ),
-                io.String.Output(
-                    display_name="history_text",
-                    tooltip="The behaviours rendered as the text the LLM reads.",
-                ),
-                io.Image.Output(
-                    display_name="history_images",
-                    tooltip=(
-                        f"The items' images resized to {HISTORY_IMAGE_SIZE}x{HISTORY_IMAGE_SIZE}, for PMG Scorer; "
-                        f"a single white {PLACEHOLDER_SIZE}x{PLACEHOLDER_SIZE} image when no item has one."
-                    ),
-                ),
-            ],
+            outputs=_history_outputs(),
         )
 
     @classmethod
     def validate_inputs(cls, history_file: str) -> bool | str:
-        try:
-            comfy_paths.resolve_history_file(history_file)
-        except PMGError as error:
-            return str(error)
-        return True
+        return validation_result(lambda: comfy_paths.resolve_history_file(history_file))
 
     @classmethod
     def fingerprint_inputs(
@@ -148,25 +150,24 @@ class PMGUserHistoryLoader(io.ComfyNode):
         # Re-run when the file's content changes, even if its name stays the same, and when
         # an image it names changes (history_images, and the scorer's target image, come
         # from those files), as ComfyUI's LoadImage does for its image.
-        try:
-            path = comfy_paths.resolve_history_file(history_file)
-            digest = sha256_file(path)
-        except PMGError:
-            return "missing"  # validate_inputs reports the problem
-        try:
-            history = _load(path, history_file, format, user_id, max_items, scene)
-            target = history.target.image_path if history.target is not None else None
-            images = [*history.images, *([target] if target is not None else [])]
-            image_digests = [sha256_file(image) for image in images]
-        except PMGError:
-            return digest  # execute reports the problem
-        return ":".join([digest, *image_digests])
+        return fingerprint_files(lambda: _history_and_image_files(history_file, format, user_id, max_items, scene))
 
     @classmethod
     def execute(cls, history_file: str, format: str, user_id: str, max_items: int, scene: str) -> io.NodeOutput:
         path = comfy_paths.resolve_history_file(history_file)
         history = _load(path, history_file, format, user_id, max_items, scene)
         return io.NodeOutput(history, render_history(history), history_images(history))
+
+
+def _history_and_image_files(history_file: str, format: str, user_id: str, max_items: int, scene: str) -> list[Path]:
+    """The history file, then the images of the user it loads (the file alone when it does not load: execute says why)."""
+    path = comfy_paths.resolve_history_file(history_file)
+    try:
+        history = _load(path, history_file, format, user_id, max_items, scene)
+    except PMGError:
+        return [path]
+    target = history.target.image_path if history.target is not None else None
+    return [path, *history.images, *([target] if target is not None else [])]
 
 
 def _load(path, history_file: str, format: str, user_id: str, max_items: int, scene: str) -> UserHistory:

@@ -9,9 +9,9 @@ from comfy_api.latest import io
 
 from ..pmg_core.errors import EmbeddingValueError
 from ..pmg_core.image_prompt import load_image_prompt
-from ..pmg_core.safe_paths import sha256_file
 from . import comfy_paths
 from .comfy_text_encoder import ComfyTextEncoder
+from .node_support import checked_soft_prompt, fingerprint_files, validation_result
 from .types import PMGSoftPrompt, SoftPrompt
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,10 @@ class PMGImagePromptEncoder(io.ComfyNode):
                 io.Clip.Input("clip", tooltip="The checkpoint's CLIP: the projection must write tokens of its text width."),
                 PMGSoftPrompt.Input(
                     "soft_prompt", optional=True,
-                    tooltip="Optional: PMG Soft Prompt Encoder's tokens; the output is [soft tokens | image tokens] (PMG + image prompt).",
+                    tooltip=(
+                        "Optional: PMG Soft Prompt Encoder's tokens; the output is [soft tokens | image tokens] "
+                        "(PMG + image prompt)."
+                    ),
                 ),
             ],
             outputs=[
@@ -54,24 +57,20 @@ class PMGImagePromptEncoder(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, projection: str) -> bool | str:
-        try:
-            comfy_paths.resolve_image_prompt(projection)
-        except Exception as error:  # noqa: BLE001 - shown to the user as the validation message
-            return str(error)
-        return True
+    def validate_inputs(cls, projection: str, soft_prompt=None) -> bool | str:
+        return validation_result(
+            lambda: comfy_paths.resolve_image_prompt(projection), lambda: checked_soft_prompt(soft_prompt),
+        )
 
     @classmethod
     def fingerprint_inputs(cls, projection: str, **_) -> str:
-        try:
-            return sha256_file(comfy_paths.resolve_image_prompt(projection))
-        except Exception:  # noqa: BLE001 - validate_inputs reports it
-            return "missing"
+        return fingerprint_files(lambda: [comfy_paths.resolve_image_prompt(projection)])
 
     @classmethod
     def execute(cls, history_images: torch.Tensor, projection: str, clip, soft_prompt: SoftPrompt | None = None) -> io.NodeOutput:
         if history_images.ndim != 4 or history_images.shape[0] == 0:
             raise EmbeddingValueError("history_images is empty; connect the images output of PMG User History Loader.")
+        soft_prompt = checked_soft_prompt(soft_prompt)
         prompt = load_image_prompt(comfy_paths.resolve_image_prompt(projection), width=ComfyTextEncoder(clip).width)
         tokens = prompt.encode(history_images[..., :3].movedim(-1, 1).float().cpu())
         metadata = {"image_prompt": projection, "history_images": str(int(history_images.shape[0]))}

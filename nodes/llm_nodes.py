@@ -6,11 +6,11 @@ import logging
 
 from comfy_api.latest import io
 
-from ..pmg_core.errors import PMGError
 from ..pmg_core.keywords import MAX_ITEMS, KeywordExtractor
 from ..pmg_core.llm import open_llm
 from ..pmg_core.llm_precision import DTYPE_CHOICES
 from . import comfy_paths
+from .node_support import checked_history, node_ui, validation_result
 from .comfy_runtime import (
     DEVICE_CHOICES,
     llm_activity,
@@ -80,11 +80,7 @@ class PMGLLMLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, model: str) -> bool | str:
-        try:
-            comfy_paths.resolve_llm(model)
-        except PMGError as error:
-            return str(error)
-        return True
+        return validation_result(lambda: comfy_paths.resolve_llm(model))
 
     @classmethod
     def execute(cls, model: str, device: str, dtype: str = "auto") -> io.NodeOutput:
@@ -138,7 +134,7 @@ def keywords_ui(bundle: PreferenceBundle, stats: dict[str, int], activity: dict 
         "llm_batches": stats.get("generate_calls"),
         **({"llm": activity} if activity is not None else {}),
     }
-    return {"text": [text], "pmg_keywords": [record]}
+    return node_ui(text, pmg_keywords=record)
 
 
 class PMGPreferenceExtractor(io.ComfyNode):
@@ -201,6 +197,10 @@ class PMGPreferenceExtractor(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, history=None) -> bool | str:
+        return validation_result(lambda: checked_history(history))
+
+    @classmethod
     def execute(
         cls,
         history,
@@ -211,6 +211,7 @@ class PMGPreferenceExtractor(io.ComfyNode):
         max_new_tokens: int,
         keep_model_loaded: bool,
     ) -> io.NodeOutput:
+        history = checked_history(history)
         served = isinstance(llm, ServedKeywordLLM)
         local = llm.soft_prompt_llm if served else llm  # what the soft-prompt adapter runs on
         sent = llm.source.requests_sent if served else 0

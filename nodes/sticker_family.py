@@ -90,12 +90,16 @@ class MiniLMTokenizer(comfy.sd1_clip.SDTokenizer):
 
 class StickerTokenizer(comfy.sd1_clip.SD1Tokenizer):
     def __init__(self, embedding_directory=None, tokenizer_data={}):  # noqa: B006 - ComfyUI's signature
-        super().__init__(embedding_directory=embedding_directory, tokenizer_data=tokenizer_data, name="minilm", tokenizer=MiniLMTokenizer)
+        super().__init__(
+            embedding_directory=embedding_directory, tokenizer_data=tokenizer_data, name="minilm", tokenizer=MiniLMTokenizer,
+        )
 
 
 class StickerClipModel(comfy.sd1_clip.SD1ClipModel):
     def __init__(self, device="cpu", dtype=None, model_options={}, **kwargs):  # noqa: B006 - ComfyUI's signature
-        super().__init__(device=device, dtype=dtype, model_options=model_options, name="minilm", clip_model=MiniLMClipModel, **kwargs)
+        super().__init__(
+            device=device, dtype=dtype, model_options=model_options, name="minilm", clip_model=MiniLMClipModel, **kwargs,
+        )
 
 
 def load_sticker_family(path: Path):
@@ -113,9 +117,11 @@ def _model(state: dict[str, torch.Tensor], unet_config: dict) -> comfy.model_pat
     if missing or unexpected:
         raise ModelLoadError(
             f"The sticker generator's denoiser does not match its network ({len(missing)} missing, "
-            f"{len(unexpected)} unexpected tensors, e.g. {(missing or unexpected)[0]}); replace the file with a complete copy."
+            f"{len(unexpected)} unexpected tensors, e.g. {(missing or unexpected)[0]}); replace the file with a "
+            "complete copy."
         )
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=comfy.model_management.unet_offload_device())
+    offload_device = comfy.model_management.unet_offload_device()
+    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
 
 
 def _clip() -> comfy.sd.CLIP:

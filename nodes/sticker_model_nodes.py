@@ -6,9 +6,9 @@ import logging
 
 from comfy_api.latest import io
 
-from ..pmg_core.errors import PMGError
 from ..pmg_core.sticker_model.weights import FILE_NAME
 from . import comfy_paths
+from .node_support import validation_result
 from .sticker_family import load_sticker_family
 
 logger = logging.getLogger(__name__)
@@ -42,18 +42,16 @@ class PMGStickerGeneratorLoader(io.ComfyNode):
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL", tooltip="The denoiser, for KSampler (64x64 images: 8x8 latents)."),
-                io.Clip.Output(display_name="CLIP", tooltip="all-MiniLM-L6-v2 text encoder (384 wide), for CLIPTextEncode and PMG nodes."),
+                io.Clip.Output(
+                    display_name="CLIP", tooltip="all-MiniLM-L6-v2 text encoder (384 wide), for CLIPTextEncode and PMG nodes.",
+                ),
                 io.Vae.Output(display_name="VAE", tooltip="The TAESD-layout autoencoder, for VAEDecode and VAEEncode."),
             ],
         )
 
     @classmethod
     def validate_inputs(cls, generator: str) -> bool | str:
-        try:
-            comfy_paths.resolve_generator(generator)
-        except PMGError as error:
-            return str(error)
-        return True
+        return validation_result(lambda: comfy_paths.resolve_generator(generator))
 
     @classmethod
     def execute(cls, generator: str) -> io.NodeOutput:

@@ -81,13 +81,15 @@ def make_autograd_ready(module: torch.nn.Module) -> int:
     replaced = 0
     with torch.inference_mode(False):
         for owner in module.modules():
-            for name, parameter in list(owner._parameters.items()):
-                if parameter is not None and parameter.is_inference():
-                    owner._parameters[name] = torch.nn.Parameter(parameter.clone(), requires_grad=False)
+            # Assigning an attribute that names a parameter or buffer replaces it in place
+            # (a buffer keeps its persistence); each module's own entries, so tied weights are seen in each.
+            for name, parameter in list(owner.named_parameters(recurse=False, remove_duplicate=False)):
+                if parameter.is_inference():
+                    setattr(owner, name, torch.nn.Parameter(parameter.clone(), requires_grad=False))
                     replaced += 1
-            for name, buffer in list(owner._buffers.items()):
-                if buffer is not None and buffer.is_inference():
-                    owner._buffers[name] = buffer.clone()
+            for name, buffer in list(owner.named_buffers(recurse=False, remove_duplicate=False)):
+                if buffer.is_inference():
+                    setattr(owner, name, buffer.clone())
                     replaced += 1
     return replaced
 

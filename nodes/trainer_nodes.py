@@ -23,12 +23,12 @@ from comfy_api.latest import io, ui
 from ..pmg_core.atomic import copy_atomic
 from ..pmg_core.errors import InvalidSettingError
 from ..pmg_core.loaders import load_histories
-from ..pmg_core.metrics.images import pil_to_tensor, to_comfy
 from ..pmg_core.training.data import build_examples
 from ..pmg_core.training.run import train_adapter
 from ..pmg_core.training.trainer import TrainConfig
 from . import comfy_paths
 from .comfy_runtime import llm_on_compute_device, progress_callback
+from .node_support import comfy_image, fingerprint_files, node_ui, validation_result
 from .trainer_components import FLUX_GUIDANCE, comfy_generator, make_autograd_ready
 from .types import PMGLLM
 
@@ -57,6 +57,37 @@ def adapter_destination(stem: str) -> Path:
     folder = Path(folders[0])
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"{stem}.safetensors"
+
+
+def _training_settings() -> list:
+    """The trainer's settings: optimisation, the adapter's size (k, m) and the seed; the public recipe's values as defaults."""
+    return [
+        io.Int.Input("steps", default=200, min=1, max=1_000_000, tooltip="Optimizer steps to train in total."),
+        io.Float.Input(
+            "learning_rate", default=5e-6, min=1e-8, max=1.0, step=1e-6, round=False,
+            tooltip="AdamW learning rate (the public recipe uses 5e-6 for 3 epochs of a large data set; "
+            "small sets with few steps need more, e.g. 1e-4).",
+        ),
+        io.Int.Input("batch_size", default=6, min=1, max=256, tooltip="Users per micro-batch (recipe: 6)."),
+        io.Int.Input(
+            "grad_accum", default=4, min=1, max=256,
+            tooltip="Micro-batches per optimizer step (recipe: 4, i.e. 24 users per step).",
+        ),
+        io.Int.Input(
+            "resolution", default=512, min=64, max=2048, step=8,
+            tooltip="Target images are centre-cropped and resized to this square size (recipe: 512).",
+        ),
+        io.Float.Input(
+            "negative_weight", default=0.5, min=0.0, max=2.0, step=0.05,
+            tooltip="Weight of the loss on a random other user's target, subtracted (recipe: 0.5; 0 = plain loss).",
+        ),
+        io.Int.Input("num_image_tokens", default=4, min=1, max=64, tooltip="k, the number of soft embeddings per user."),
+        io.Int.Input("num_prefix", default=4, min=1, max=64, tooltip="m, P-Tuning v2 prefix vectors per LLM layer."),
+        io.Int.Input(
+            "seed", default=0, min=0, max=0xFFFFFFFF,
+            tooltip="Seeds the adapter's initialisation, the data order, negatives, noise and timesteps.",
+        ),
+    ]
 
 
 class PMGSoftPromptTrainer(io.ComfyNode):
@@ -91,31 +122,7 @@ class PMGSoftPromptTrainer(io.ComfyNode):
                 ),
                 io.Clip.Input("clip", tooltip="The checkpoint's CLIP: encodes the target captions and sets the embedding width."),
                 io.Vae.Input("vae", tooltip="The checkpoint's VAE: encodes the target images into latents."),
-                io.Int.Input("steps", default=200, min=1, max=1_000_000, tooltip="Optimizer steps to train in total."),
-                io.Float.Input(
-                    "learning_rate", default=5e-6, min=1e-8, max=1.0, step=1e-6, round=False,
-                    tooltip="AdamW learning rate (the public recipe uses 5e-6 for 3 epochs of a large data set; "
-                    "small sets with few steps need more, e.g. 1e-4).",
-                ),
-                io.Int.Input("batch_size", default=6, min=1, max=256, tooltip="Users per micro-batch (recipe: 6)."),
-                io.Int.Input(
-                    "grad_accum", default=4, min=1, max=256,
-                    tooltip="Micro-batches per optimizer step (recipe: 4, i.e. 24 users per step).",
-                ),
-                io.Int.Input(
-                    "resolution", default=512, min=64, max=2048, step=8,
-                    tooltip="Target images are centre-cropped and resized to this square size (recipe: 512).",
-                ),
-                io.Float.Input(
-                    "negative_weight", default=0.5, min=0.0, max=2.0, step=0.05,
-                    tooltip="Weight of the loss on a random other user's target, subtracted (recipe: 0.5; 0 = plain loss).",
-                ),
-                io.Int.Input("num_image_tokens", default=4, min=1, max=64, tooltip="k, the number of soft embeddings per user."),
-                io.Int.Input("num_prefix", default=4, min=1, max=64, tooltip="m, P-Tuning v2 prefix vectors per LLM layer."),
-                io.Int.Input(
-                    "seed", default=0, min=0, max=0xFFFFFFFF,
-                    tooltip="Seeds the adapter's initialisation, the data order, negatives, noise and timesteps.",
-                ),
+                *_training_settings(),
                 io.String.Input(
                     "adapter_name", default="pmg_adapter",
                     tooltip="File name of the trained adapter in models/pmg (letters, digits, _ . -).",
@@ -138,21 +145,14 @@ class PMGSoftPromptTrainer(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, history_file: str, adapter_name: str) -> bool | str:
-        try:
-            comfy_paths.resolve_history_file(history_file)
-            checked_adapter_name(adapter_name)
-        except Exception as error:  # noqa: BLE001 - shown to the user as the validation message
-            return str(error)
-        return True
+        return validation_result(
+            lambda: comfy_paths.resolve_history_file(history_file), lambda: checked_adapter_name(adapter_name),
+        )
 
     @classmethod
     def fingerprint_inputs(cls, history_file: str, **_) -> str:
-        try:  # a changed history file must retrain, not return the cached result
-            path = comfy_paths.resolve_history_file(history_file)
-            stat = path.stat()
-            return f"{path}:{stat.st_mtime_ns}:{stat.st_size}"
-        except Exception:  # noqa: BLE001 - validate_inputs reports it
-            return "missing"
+        # A changed history file must retrain, not return the cached result.
+        return fingerprint_files(lambda: [comfy_paths.resolve_history_file(history_file)])
 
     @classmethod
     def execute(
@@ -214,14 +214,14 @@ class PMGSoftPromptTrainer(io.ComfyNode):
             stem, result.steps, result.first_loss_mean, result.final_loss_mean, destination,
         )
         with Image.open(result.loss_curve) as picture:
-            curve = to_comfy(pil_to_tensor(picture))
+            curve = comfy_image(picture)
         summary = (
             f"{stem}: {result.steps} steps on {result.examples} users, loss (mean of 10) "
             f"{result.first_loss_mean:.4f} -> {result.final_loss_mean:.4f}; {result.seconds_per_step:.2f} s/step\n"
             f"saved {destination}"
         )
         preview = ui.PreviewImage(curve, cls=cls).as_dict()
-        return io.NodeOutput(str(destination), curve, ui={**preview, "text": [summary]})
+        return io.NodeOutput(str(destination), curve, ui={**preview, **node_ui(text=summary)})
 
 
 NODES: list[type[io.ComfyNode]] = [PMGSoftPromptTrainer]
