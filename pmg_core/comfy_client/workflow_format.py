@@ -255,7 +255,7 @@ def _ui_node(node_id: str, entry: Mapping, schema: Mapping, old: Mapping | None)
     sockets, widgets_values = _sockets_and_widgets(schema, entry.get("inputs") or {}, old)
     outputs = [
         {"name": name, "type": kind, "slot_index": slot, "links": []}
-        for slot, (kind, name) in enumerate(zip(schema.get("output", []), schema.get("output_name", [])))
+        for slot, (kind, name) in enumerate(zip(schema.get("output", []), schema.get("output_name", []), strict=True))
     ]
     height = 46 + 24 * max(len(sockets), len(outputs)) + 26 * len(widgets_values)
     node = {

@@ -49,7 +49,7 @@ def read_csv(path: Path, text: str, image_root: Path | None = None) -> list[User
                 f"{where}: {len(cells)} fields, the header has {len(columns)}; "
                 "quote fields that contain commas, e.g. \"Toy Story, the sequel\"."
             )
-        row = dict(zip(columns, cells))
+        row = dict(zip(columns, cells, strict=True))
         item = _item(row, where, images)
         user_id = parse_id(row["user_id"], "user_id", where)
         user = users.setdefault(user_id, {"items": [], "target": None, "scene": None})

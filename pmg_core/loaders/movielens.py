@@ -137,7 +137,7 @@ def _read_items(path: Path) -> dict[str, Item]:
         where = f"{path}, line {line_number}"
         if len(cells) != len(columns):
             raise HistoryFormatError(f"{where}: {len(cells)} tab-separated fields, the header names {len(columns)}; fix the row.")
-        row = dict(zip(columns, cells))
+        row = dict(zip(columns, cells, strict=True))
         title = natural_title(row[title_field].strip())
         if not title:
             raise HistoryFormatError(f"{where}: item {row['item_id']!r} has an empty title; fill it in.")
