@@ -158,7 +158,9 @@ def source_words(texts) -> frozenset[str]:
     return frozenset(word for text in texts for word in folded_words(text))
 
 
-def drop_echoes(keywords, instruction_words: frozenset[str], sources: frozenset[str] = frozenset()) -> tuple[list[str], list[str]]:
+def drop_echoes(
+    keywords, instruction_words: frozenset[str], sources: frozenset[str] = frozenset()
+) -> tuple[list[str], list[str]]:
     """(kept, dropped): drop echoes of the prompt's own words and words cut off mid-way (see :func:`is_cut`)."""
     keywords = list(keywords)
     bad = [k for k in keywords if is_echo(k, instruction_words) or is_cut(k, keywords, sources)]

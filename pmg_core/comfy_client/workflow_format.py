@@ -332,7 +332,8 @@ def _link_ui_nodes(graph: Mapping, ids: list[str], ui_nodes: dict[str, dict]) ->
 
 def _ui_workflow(nodes: list[dict], links: list[list], template: Mapping | None) -> dict:
     """The UI workflow file around ``nodes`` and ``links``: the template's notes, groups, extra and id kept."""
-    kept = [copy.deepcopy(n) for n in (template or {}).get("nodes", []) if n.get("type") in FRONTEND_ONLY_TYPES - {"Reroute", "PrimitiveNode"}]
+    kept_types = FRONTEND_ONLY_TYPES - {"Reroute", "PrimitiveNode"}
+    kept = [copy.deepcopy(n) for n in (template or {}).get("nodes", []) if n.get("type") in kept_types]
     for note in kept:
         note["order"] = len(nodes)
         nodes.append(note)

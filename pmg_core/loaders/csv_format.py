@@ -23,7 +23,9 @@ from .records import ImagePolicy, RecordParser, Where, parse_id, parse_number, p
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ("user_id", "item_id", "title", "categories", "description", "keywords", "image", "timestamp", "rating", "role", "scene")
+COLUMNS = (
+    "user_id", "item_id", "title", "categories", "description", "keywords", "image", "timestamp", "rating", "role", "scene",
+)
 REQUIRED = ("user_id", "item_id", "title")
 _ALIASES = {"image_path": "image"}
 LIST_SEPARATOR = "|"
@@ -64,12 +66,17 @@ def read_csv(path: Path, text: str, image_root: Path | None = None) -> list[User
         elif role == "history":
             user["items"].append(item)
         else:
-            raise HistoryFormatError(f"{where}: role {row['role']!r} is neither 'history' nor 'target'; write one of those, or leave it empty for history.")
+            raise HistoryFormatError(
+                f"{where}: role {row['role']!r} is neither 'history' nor 'target'; "
+                "write one of those, or leave it empty for history."
+            )
         scene = row.get("scene", "").strip()
         if scene:
             parse_scene(scene, where)
             if user["scene"] not in (None, scene):
-                raise HistoryFormatError(f"{where}: user {user_id!r} has scene {scene!r} here but {user['scene']!r} earlier; use one scene per user.")
+                raise HistoryFormatError(
+                    f"{where}: user {user_id!r} has scene {scene!r} here but {user['scene']!r} earlier; use one scene per user."
+                )
             user["scene"] = scene
     images.report_unknown(path)
     if not users:

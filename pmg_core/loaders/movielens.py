@@ -51,7 +51,9 @@ def locate(path: Path) -> AtomicFiles:
     elif path.suffix in ATOMIC_SUFFIXES:
         inter = path.with_suffix(".inter")
     else:
-        raise HistoryFormatError(f"{path} is not a RecBole atomic file; expected a folder or a {', '.join(ATOMIC_SUFFIXES)} file.")
+        raise HistoryFormatError(
+            f"{path} is not a RecBole atomic file; expected a folder or a {', '.join(ATOMIC_SUFFIXES)} file."
+        )
     item = inter.with_suffix(".item")
     for needed, role in ((inter, "interactions"), (item, "item titles and genres")):
         if not needed.is_file():
