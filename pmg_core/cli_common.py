@@ -81,10 +81,10 @@ def print_json(result: object) -> None:
 def write_line(text: str, error: bool = False) -> None:
     """One line of a command's own output: its result on stdout, or (``error``) its failure on stderr.
 
-    The library logs; a command line's result and its one-line error are what it prints, and they go
-    through here so that this is the one print in ``pmg_core``.
+    The library logs; a command's result and its one-line error are the command line's own output, and
+    they all leave through here (the streams are looked up per call, so a captured stdout sees them).
     """
-    print(text, file=sys.stderr if error else sys.stdout)  # noqa: T201 - a command's result is printed, not logged
+    (sys.stderr if error else sys.stdout).write(text + "\n")
 
 
 def add_llm_source_args(p: argparse.ArgumentParser, served: bool = False) -> None:
