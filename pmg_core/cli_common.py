@@ -17,6 +17,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 from .errors import PMGError
 
@@ -24,7 +25,15 @@ from .errors import PMGError
 BUILTIN_MOVIELENS = "builtin:movielens"
 BUILTIN_STICKERS = "builtin:stickers"
 
-Registrar = Callable[[argparse._SubParsersAction], None]
+
+
+class Subparsers(Protocol):
+    """What a registrar uses of ``add_subparsers()``'s result (argparse gives its class only a private name)."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
+
+
+Registrar = Callable[[Subparsers], None]
 
 
 def build_parser(registrars: Iterable[Registrar], prog: str = "pmg", description: str = "") -> argparse.ArgumentParser:
@@ -52,11 +61,11 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
     try:
         result = args.run(args)
     except (PMGError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        write_line(f"error: {error}", error=True)
         return 1
     except KeyboardInterrupt:
         hint = getattr(args, "interrupt_hint", None)
-        print("error: interrupted" + (f" ({hint})" if hint else ""), file=sys.stderr)
+        write_line("error: interrupted" + (f" ({hint})" if hint else ""), error=True)
         return 130
     if isinstance(result, int):
         return result
@@ -66,8 +75,16 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
 
 def print_json(result: object) -> None:
     """The command's result on stdout: indented JSON, non-ASCII kept as is."""
-    json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
+    write_line(json.dumps(result, indent=2, ensure_ascii=False))
+
+
+def write_line(text: str, error: bool = False) -> None:
+    """One line of a command's own output: its result on stdout, or (``error``) its failure on stderr.
+
+    The library logs; a command's result and its one-line error are the command line's own output, and
+    they all leave through here (the streams are looked up per call, so a captured stdout sees them).
+    """
+    (sys.stderr if error else sys.stdout).write(text + "\n")
 
 
 def add_llm_source_args(p: argparse.ArgumentParser, served: bool = False) -> None:

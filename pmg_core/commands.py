@@ -261,7 +261,7 @@ def _run_generate(args) -> dict:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for alpha, image in zip(alphas, images):
+    for alpha, image in zip(alphas, images, strict=True):
         path = args.out / f"{preference.user_id}_alpha{alpha:.2f}.png"
         image.save(path)
         paths.append(str(path))
@@ -278,7 +278,7 @@ def _run_score(args) -> dict:
 
     candidates = [load_image(p) for p in args.images]
     size = tuple(candidates[0].shape[-2:])
-    for path, image in zip(args.images, candidates):
+    for path, image in zip(args.images, candidates, strict=True):
         if tuple(image.shape[-2:]) != size:
             raise ImageValueError(
                 f"candidate {path} is {image.shape[-2]}x{image.shape[-1]} pixels but {args.images[0]} is "

@@ -136,7 +136,7 @@ def _write_shards(tensors: Iterator, out: Path, shard_bytes: int) -> dict[str, s
         paths[0].rename(out / "model.safetensors")
         return {name: "model.safetensors" for name in shards[0]}
     weight_map = {}
-    for number, (path, names) in enumerate(zip(paths, shards), start=1):
+    for number, (path, names) in enumerate(zip(paths, shards, strict=True), start=1):
         final = f"model-{number:05d}-of-{len(paths):05d}.safetensors"
         path.rename(out / final)
         weight_map.update({name: final for name in names})

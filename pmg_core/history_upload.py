@@ -240,7 +240,7 @@ def extract_zip(archive: Path, staging: Path, limits: UploadLimits = UploadLimit
             )
         # Every name is checked before anything is written: one bad member refuses the whole archive.
         paths = [(info, member_path(info.filename)) for info in members]
-        for info, path in paths:
+        for info, _ in paths:
             if stat.S_ISLNK(info.external_attr >> 16):
                 raise UnsafePathError(
                     f"The archive member {info.filename!r} is a symbolic link; nothing was stored. "

@@ -115,7 +115,7 @@ class KeywordCall:
             return results  # type: ignore[return-value]
         texts = self._ask([questions[i].request for i in missing], do_sample=False, stage=stage or self.tracker)
         failures = []
-        for i, text in zip(missing, texts):
+        for i, text in zip(missing, texts, strict=True):
             parsed = self._parse(questions[i], text)
             if parsed is None:
                 failures.append((i, text))
@@ -125,7 +125,7 @@ class KeywordCall:
             log.info("Retrying %d unparseable answer(s) once with sampling.", len(failures))
             self.retries += len(failures)
             retried = self._ask([questions[i].request for i, _ in failures], do_sample=True, stage=None)
-            for (i, first), text in zip(failures, retried):
+            for (i, first), text in zip(failures, retried, strict=True):
                 parsed = self._parse(questions[i], text)
                 results[i] = self._keep(questions[i], Answer(parsed) if parsed is not None
                                         else self._fallback(questions[i], first, text))

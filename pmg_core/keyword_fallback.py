@@ -10,9 +10,12 @@ from .history import Item, UserHistory
 from .keyword_parser import normalize_keyword
 
 # Words that carry no preference of their own; kept out of keywords built from metadata.
-_STOPWORDS = frozenset(
-    ["a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "from", "has", "have", "he", "her", "his", "i", "in", "into", "is", "it", "its", "me", "my", "no", "not", "of", "on", "or", "our", "she", "so", "than", "that", "the", "their", "them", "then", "there", "they", "this", "to", "too", "us", "was", "we", "were", "what", "when", "which", "who", "will", "with", "you", "your", "released"]
-)
+_STOPWORDS = frozenset([
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "from", "has", "have", "he", "her", "his", "i", "in",
+    "into", "is", "it", "its", "me", "my", "no", "not", "of", "on", "or", "our", "she", "so", "than", "that", "the", "their",
+    "them", "then", "there", "they", "this", "to", "too", "us", "was", "we", "were", "what", "when", "which", "who", "will",
+    "with", "you", "your", "released",
+])
 _WORD = re.compile(r"[^\W\d_][\w'&-]*")
 
 

@@ -12,6 +12,7 @@ strings are dropped, and if nothing usable is left it raises
 
 from __future__ import annotations
 
+import itertools
 import re
 
 from .errors import KeywordParseError
@@ -89,7 +90,7 @@ def _numbered_items(text: str) -> list[str]:
             expected_number = number + 1
     if not markers:
         return []
-    bounds = [(m.end(), nxt.start()) for m, nxt in zip(markers, markers[1:])] + [(markers[-1].end(), len(text))]
+    bounds = [(m.end(), nxt.start()) for m, nxt in itertools.pairwise(markers)] + [(markers[-1].end(), len(text))]
     return [text[start:end] for start, end in bounds]
 
 
@@ -157,7 +158,9 @@ def source_words(texts) -> frozenset[str]:
     return frozenset(word for text in texts for word in folded_words(text))
 
 
-def drop_echoes(keywords, instruction_words: frozenset[str], sources: frozenset[str] = frozenset()) -> tuple[list[str], list[str]]:
+def drop_echoes(
+    keywords, instruction_words: frozenset[str], sources: frozenset[str] = frozenset()
+) -> tuple[list[str], list[str]]:
     """(kept, dropped): drop echoes of the prompt's own words and words cut off mid-way (see :func:`is_cut`)."""
     keywords = list(keywords)
     bad = [k for k in keywords if is_echo(k, instruction_words) or is_cut(k, keywords, sources)]

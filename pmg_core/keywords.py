@@ -195,14 +195,14 @@ class KeywordExtractor:
             try:
                 item_keywords, item_fallbacks = self._describe(users, call.answers)
                 fitted = [self.fit_history(user, item_keywords) for user in users]
-                questions = [self._preference_question(u, f, item_keywords) for u, f in zip(users, fitted)]
+                questions = [self._preference_question(u, f, item_keywords) for u, f in zip(users, fitted, strict=True)]
                 answers = call.answers(questions, stage=preference_stage)
             finally:
                 self.generate_calls += call.batches
                 self.retries += call.retries
         tracker.finish()
         return [self._preference(user, fit, answer, item_keywords, item_fallbacks)
-                for user, fit, answer in zip(users, fitted, answers)]
+                for user, fit, answer in zip(users, fitted, answers, strict=True)]
 
     def missing(self, histories: Sequence[UserHistory]) -> list[int]:
         """Indices of the histories whose keywords are not all cached (no LLM is asked).
@@ -265,7 +265,7 @@ class KeywordExtractor:
             return user  # fit_history fits these exactly; no per-item LLM work to save
         bare = dataclasses.replace(history, items=tuple(item.with_keywords(()) for item in history.items))
         kept_ids = {id(item) for item in self._fit(user, bare).history.items}
-        items = tuple(item for item, plain in zip(history.items, bare.items) if id(plain) in kept_ids)
+        items = tuple(item for item, plain in zip(history.items, bare.items, strict=True) if id(plain) in kept_ids)
         if len(items) == len(history.items):
             return user
         log.info("User %r: %d of %d history items can fit the LLM's context; the %d oldest are dropped before "
@@ -312,10 +312,10 @@ class KeywordExtractor:
         # Small models often answer with the title itself; it is already in every text that
         # shows item keywords, so it is dropped (an item may end up with no extra keywords).
         keywords = {}
-        for key, (item, _), found in zip(unique, unique.values(), answers):
+        for (key, (item, _)), found in zip(unique.items(), answers, strict=True):
             title = normalize_keyword(item.title).casefold()
             keywords[key] = tuple(word for word in found.keywords if word.casefold() != title)
-        return keywords, {key for key, found in zip(unique, answers) if found.fell_back}
+        return keywords, {key for key, found in zip(unique, answers, strict=True) if found.fell_back}
 
     def _item_question(self, item: Item, user: _User) -> Question:
         label = f"item {item.item_id!r} ({item.title!r})"

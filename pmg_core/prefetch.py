@@ -71,7 +71,7 @@ def prefetch_keywords(
     ready = sorted(set(range(len(histories))) - set(pending))
     found: dict[int, Preference] = {}
     if preferences is not None:  # cached users: read back, no LLM work
-        found.update(zip(ready, extractor.extract_many([histories[i] for i in ready])))
+        found.update(zip(ready, extractor.extract_many([histories[i] for i in ready]), strict=True))
     cached = len(ready)
     log.info("Keyword prefetch: %d of %d users already cached; %d to extract in batches of %d.",
              cached, len(histories), len(pending), batch_size)
@@ -79,7 +79,7 @@ def prefetch_keywords(
         progress(cached, len(histories))
     for start in range(0, len(pending), batch_size):
         chunk = pending[start : start + batch_size]
-        for index, preference in zip(chunk, extractor.extract_many([histories[i] for i in chunk])):
+        for index, preference in zip(chunk, extractor.extract_many([histories[i] for i in chunk]), strict=True):
             found[index] = preference
         if progress is not None:
             progress(cached + start + len(chunk), len(histories))

@@ -75,7 +75,9 @@ DEFAULT_TEMPLATES: dict[str, SceneTemplates] = {
     "movie": SceneTemplates(),
     "clothing": SceneTemplates(item="{title}", item_without_keywords="{title}", joiner="; "),
     "sticker": SceneTemplates(item="{title}", item_without_keywords="{title}", joiner=", "),
-    "generic": SceneTemplates(item="{index}. {title}({genres}): {keywords}.", item_without_keywords="{index}. {title}({genres})."),
+    "generic": SceneTemplates(
+        item="{index}. {title}({genres}): {keywords}.", item_without_keywords="{index}. {title}({genres})."
+    ),
 }
 
 

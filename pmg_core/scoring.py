@@ -103,19 +103,24 @@ def score_sweep(
         candidate_alphas=sweep,
         progress=progress,
     )
-    selected_alpha = sweep[report.selected] if sweep else None
+    record = _sweep_record(report, sweep, user_id, target_source)
     logger.info(
         "selected candidate index %d of %d%s (trade-off weight %.2f; %s)", report.selected, count,
-        f", generated with alpha={selected_alpha:.2f}" if sweep else "", alpha, report.measure,
+        f", generated with alpha={record['selected_alpha']:.2f}" if sweep else "", alpha, report.measure,
     )
+    return report, record
+
+
+def _sweep_record(report: ScoreReport, sweep: list[float] | None, user_id: str | None, target_source: str | None) -> dict:
+    """The report's JSON record with the sweep around it: whose it is, where its target came from, each candidate's α."""
     record = report.to_dict()
     record.update(
         user_id=user_id,
         target_image=target_source,  # where the target image came from (None: no image)
         candidate_alphas=sweep,
-        selected_alpha=selected_alpha,
+        selected_alpha=sweep[report.selected] if sweep else None,
     )
-    return report, record
+    return record
 
 
 @functools.lru_cache(maxsize=1)

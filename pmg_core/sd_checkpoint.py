@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 UNET_PREFIX = "model.diffusion_model."
 CLIP_PREFIX = "cond_stage_model.transformer."
 VAE_PREFIX = "first_stage_model."
+# The fix for every layout this converter does not read.
+_USE_STANDARD = "Use a standard SD1.x single-file checkpoint (e.g. v1-5-pruned-emaonly.safetensors) or a diffusers folder."
 
 # SD1.x: latents are the KL VAE's posterior scaled by this factor before the UNet sees them.
 SD1_LATENT_SCALE = 0.18215
@@ -256,9 +258,39 @@ def infer_unet_config(state: dict[str, torch.Tensor], num_attention_heads: int |
         conv_in = unet["input_blocks.0.0.weight"]
         conv_out = unet["out.2.weight"]
     except KeyError as exc:
-        raise ModelLoadError(f"The UNet lacks {exc.args[0]!r}; not an LDM-layout SD UNet. Use a standard SD1.x single-file checkpoint (e.g. v1-5-pruned-emaonly.safetensors) or a diffusers folder.") from exc
-    model_channels = conv_in.shape[0]
+        raise ModelLoadError(f"The UNet lacks {exc.args[0]!r}; not an LDM-layout SD UNet. {_USE_STANDARD}") from exc
 
+    levels = _unet_levels(unet)
+    block_out_channels = [int(unet[f"input_blocks.{level[0]}.0.out_layers.3.weight"].shape[0]) for level in levels]
+    has_attention = [f"input_blocks.{level[0]}.1.proj_in.weight" in unet for level in levels]
+    depths = [
+        _transformer_depth(unet, f"input_blocks.{level[0]}.1.") if attention else 0
+        for level, attention in zip(levels, has_attention, strict=True)
+    ]
+    context_dim, use_linear = _cross_attention(unet)
+    has_mid = "middle_block.0.in_layers.0.weight" in unet
+    mid_depth = _transformer_depth(unet, "middle_block.1.") if "middle_block.1.proj_in.weight" in unet else 0
+    depth = _uniform_depth(depths, mid_depth)
+    if conv_in.shape[0] != block_out_channels[0]:
+        raise ModelLoadError(f"The UNet's first level changes width inside the level; not an SD1.x layout. {_USE_STANDARD}")
+    return {
+        "sample_size": 64,
+        "in_channels": int(conv_in.shape[1]),
+        "out_channels": int(conv_out.shape[0]),
+        "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in has_attention],
+        "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(has_attention)],
+        "mid_block_type": ("UNetMidBlock2DCrossAttn" if mid_depth else "UNetMidBlock2D") if has_mid else None,
+        "block_out_channels": block_out_channels,
+        "layers_per_block": len(levels[0]),
+        "cross_attention_dim": context_dim,
+        "attention_head_dim": num_attention_heads or SD1_NUM_HEADS,
+        "use_linear_projection": use_linear,
+        "transformer_layers_per_block": depth,
+    }
+
+
+def _unet_levels(unet: dict[str, torch.Tensor]) -> list[list[int]]:
+    """The input blocks grouped by resolution level; every level has the same number of resnet blocks."""
     input_ids = sorted({int(k.split(".")[1]) for k in unet if k.startswith("input_blocks.")})
     # Input block 0 is conv_in; each later block is a resnet (+ attention) or a downsampler ('.0.op').
     levels: list[list[int]] = [[]]
@@ -273,21 +305,20 @@ def infer_unet_config(state: dict[str, torch.Tensor], num_attention_heads: int |
             f"The UNet has an uneven number of residual blocks per level ({[len(x) for x in levels]}); "
             "this converter handles the regular SD1.x layout only."
         )
-    layers_per_block = res_counts.pop()
+    return levels
 
-    block_out_channels = [int(unet[f"input_blocks.{level[0]}.0.out_layers.3.weight"].shape[0]) for level in levels]
-    has_attention = [f"input_blocks.{level[0]}.1.proj_in.weight" in unet for level in levels]
-    depths = [_transformer_depth(unet, f"input_blocks.{level[0]}.1.") if att else 0 for level, att in zip(levels, has_attention)]
 
+def _cross_attention(unet: dict[str, torch.Tensor]) -> tuple[int, bool]:
+    """(width of the text context, whether proj_in is linear) of the UNet's cross-attention layers."""
     attention_keys = [k for k in unet if k.endswith("attn2.to_k.weight")]
     if not attention_keys:
-        raise ModelLoadError("The UNet has no cross-attention layers; it cannot be text-conditioned. Use a standard SD1.x single-file checkpoint (e.g. v1-5-pruned-emaonly.safetensors) or a diffusers folder.")
-    context_dim = int(unet[attention_keys[0]].shape[1])
+        raise ModelLoadError(f"The UNet has no cross-attention layers; it cannot be text-conditioned. {_USE_STANDARD}")
     proj_in = next(unet[k] for k in unet if k.endswith(".proj_in.weight"))
-    use_linear = proj_in.ndim == 2
+    return int(unet[attention_keys[0]].shape[1]), proj_in.ndim == 2
 
-    has_mid = "middle_block.0.in_layers.0.weight" in unet
-    mid_depth = _transformer_depth(unet, "middle_block.1.") if "middle_block.1.proj_in.weight" in unet else 0
+
+def _uniform_depth(depths: list[int], mid_depth: int) -> int:
+    """The one transformer depth of every attention level and the middle block (diffusers' config holds one)."""
     attention_depths = [d for d in depths if d] or [1]
     if mid_depth and mid_depth not in attention_depths:
         attention_depths.append(mid_depth)
@@ -295,25 +326,7 @@ def infer_unet_config(state: dict[str, torch.Tensor], num_attention_heads: int |
         raise ModelLoadError(
             f"The UNet mixes transformer depths {depths} (middle {mid_depth}); only uniform depth is supported."
         )
-    depth = attention_depths[0]
-
-    config = {
-        "sample_size": 64,
-        "in_channels": int(conv_in.shape[1]),
-        "out_channels": int(conv_out.shape[0]),
-        "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in has_attention],
-        "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(has_attention)],
-        "mid_block_type": ("UNetMidBlock2DCrossAttn" if mid_depth else "UNetMidBlock2D") if has_mid else None,
-        "block_out_channels": block_out_channels,
-        "layers_per_block": layers_per_block,
-        "cross_attention_dim": context_dim,
-        "attention_head_dim": num_attention_heads or SD1_NUM_HEADS,
-        "use_linear_projection": use_linear,
-        "transformer_layers_per_block": depth,
-    }
-    if model_channels != block_out_channels[0]:
-        raise ModelLoadError("The UNet's first level changes width inside the level; not an SD1.x layout. Use a standard SD1.x single-file checkpoint (e.g. v1-5-pruned-emaonly.safetensors) or a diffusers folder.")
-    return config
+    return attention_depths[0]
 
 
 def _transformer_depth(unet: dict[str, torch.Tensor], prefix: str) -> int:
@@ -339,7 +352,7 @@ def _build_clip(state: dict[str, torch.Tensor]):
         positions = clip["embeddings.position_embedding.weight"]
         fc1 = clip["encoder.layers.0.mlp.fc1.weight"]
     except KeyError as exc:
-        raise ModelLoadError(f"The CLIP text encoder lacks {exc.args[0]!r}; not a CLIP-L layout. Use a standard SD1.x single-file checkpoint (e.g. v1-5-pruned-emaonly.safetensors) or a diffusers folder.") from exc
+        raise ModelLoadError(f"The CLIP text encoder lacks {exc.args[0]!r}; not a CLIP-L layout. {_USE_STANDARD}") from exc
     hidden = int(token_embedding.shape[1])
     layers = len({int(k.split(".")[2]) for k in clip if k.startswith("encoder.layers.")})
     config = CLIPTextConfig(
@@ -423,7 +436,7 @@ def _build_kl_vae(vae: dict[str, torch.Tensor]):
         "scaling_factor": SD1_LATENT_SCALE,
     }
     if ch != block_out[0]:
-        raise ModelLoadError("The VAE's first level changes width inside the level; not an SD1.x VAE layout. Use a standard SD1.x single-file checkpoint (e.g. v1-5-pruned-emaonly.safetensors) or a diffusers folder.")
+        raise ModelLoadError(f"The VAE's first level changes width inside the level; not an SD1.x VAE layout. {_USE_STANDARD}")
     model = AutoencoderKL(**config)
     # diffusers' converter looks for the 'first_stage_model.' prefix itself.
     converted = convert_ldm_vae_checkpoint({VAE_PREFIX + k: v for k, v in vae.items()}, config)

@@ -335,7 +335,7 @@ def load_adapter(path, llm=None, text_dim: int | None = None) -> SoftPromptAdapt
     try:
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - safe_open is not iterable
     except Exception as exc:  # safetensors raises several types for a damaged file
         raise ModelLoadError(
             f"{path} is not a readable safetensors file ({exc}); it may be truncated or of another format. "

@@ -35,7 +35,9 @@ def _layers(param: Path) -> list[tuple[str, dict[int, str]]]:
     """``(type, {key: value})`` of every layer in an ncnn ``.param`` file (magic and counts skipped)."""
     lines = param.read_text(encoding="utf-8", errors="replace").split("\n")
     if not lines or lines[0].strip() != "7767517":
-        raise ModelLoadError(f"{param} is not an ncnn .param file (no 7767517 magic); pass the .param that ships beside the .bin.")
+        raise ModelLoadError(
+            f"{param} is not an ncnn .param file (no 7767517 magic); pass the .param that ships beside the .bin."
+        )
     layers = []
     for line in lines[2:]:
         fields = line.split()
@@ -75,7 +77,9 @@ def ncnn_compact_state_dict(param: Path, weights: Path) -> dict[str, torch.Tenso
             state[f"body.{body}.weight"] = torch.from_numpy(take("<f4", int(values[0])).copy())
             body += 1
     if offset != len(data) or not state:
-        raise ModelLoadError(f"{weights} holds {len(data) - offset} bytes its .param does not describe; the two files are not a pair.")
+        raise ModelLoadError(
+            f"{weights} holds {len(data) - offset} bytes its .param does not describe; the two files are not a pair."
+        )
     return state
 
 

@@ -268,6 +268,29 @@ def test_unet_config_is_inferred_from_keys(tiny_parts):
     assert cfg["use_linear_projection"] is False
 
 
+def _deeper_first_level(unet: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The first level's transformer one block deeper than the middle block's."""
+    block, second = UNET_PREFIX + "input_blocks.1.1.transformer_blocks.0.", UNET_PREFIX + "input_blocks.1.1.transformer_blocks.1."
+    copies = {second + k[len(block) :]: v for k, v in unet.items() if k.startswith(block)}
+    return {**unet, **copies}
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda u: {k: v for k, v in u.items() if not k.endswith("input_blocks.0.0.weight")}, "lacks 'input_blocks.0.0.weight'"),
+        (lambda u: {k: v for k, v in u.items() if "attn2.to_k" not in k}, "no cross-attention layers"),
+        (lambda u: {**u, UNET_PREFIX + "input_blocks.4.0.in_layers.0.weight": torch.zeros(1)}, r"uneven .* \(\[1, 2\]\)"),
+        (_deeper_first_level, r"mixes transformer depths \[2, 0\] \(middle 1\)"),
+    ],
+    ids=["no-conv-in", "no-cross-attention", "uneven-levels", "mixed-depths"],
+)
+def test_unet_layouts_the_reader_cannot_convert_are_refused(tiny_parts, edit, message):
+    """Each UNet check names what it found (the tiny UNet unedited is read: see the test above)."""
+    with pytest.raises(ModelLoadError, match=message):
+        infer_unet_config(edit(unet_to_ldm(tiny_parts["unet"])))
+
+
 def test_diffusers_folder_is_accepted(tmp_path, tiny_parts):
     """Mechanics: a folder saved by diffusers/transformers loads with local files only."""
     from diffusers import DDPMScheduler

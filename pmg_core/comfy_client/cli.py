@@ -19,7 +19,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from ..cli_common import build_parser, run
+from ..cli_common import build_parser, run, write_line
 from ..errors import PMGError
 from ..progress import stderr_bar, tqdm_progress
 
@@ -93,7 +93,7 @@ def run_queue(args: argparse.Namespace) -> int:
             summary = run_batch_on_servers(urls, request, ray_address=args.ray_address)
         else:
             summary = run_batch(ComfyClient(urls[0]), request, on_event=partial(_show_event, bar))
-    print(json.dumps(summary.to_dict()))  # one line: scripts read the last line of stdout
+    write_line(json.dumps(summary.to_dict()))  # one line: scripts read the last line of stdout
     return 1 if summary.failed else 0
 
 

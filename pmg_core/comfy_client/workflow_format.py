@@ -255,7 +255,7 @@ def _ui_node(node_id: str, entry: Mapping, schema: Mapping, old: Mapping | None)
     sockets, widgets_values = _sockets_and_widgets(schema, entry.get("inputs") or {}, old)
     outputs = [
         {"name": name, "type": kind, "slot_index": slot, "links": []}
-        for slot, (kind, name) in enumerate(zip(schema.get("output", []), schema.get("output_name", [])))
+        for slot, (kind, name) in enumerate(zip(schema.get("output", []), schema.get("output_name", []), strict=True))
     ]
     height = 46 + 24 * max(len(sockets), len(outputs)) + 26 * len(widgets_values)
     node = {
@@ -332,7 +332,8 @@ def _link_ui_nodes(graph: Mapping, ids: list[str], ui_nodes: dict[str, dict]) ->
 
 def _ui_workflow(nodes: list[dict], links: list[list], template: Mapping | None) -> dict:
     """The UI workflow file around ``nodes`` and ``links``: the template's notes, groups, extra and id kept."""
-    kept = [copy.deepcopy(n) for n in (template or {}).get("nodes", []) if n.get("type") in FRONTEND_ONLY_TYPES - {"Reroute", "PrimitiveNode"}]
+    kept_types = FRONTEND_ONLY_TYPES - {"Reroute", "PrimitiveNode"}
+    kept = [copy.deepcopy(n) for n in (template or {}).get("nodes", []) if n.get("type") in kept_types]
     for note in kept:
         note["order"] = len(nodes)
         nodes.append(note)

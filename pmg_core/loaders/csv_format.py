@@ -23,7 +23,9 @@ from .records import ImagePolicy, RecordParser, Where, parse_id, parse_number, p
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ("user_id", "item_id", "title", "categories", "description", "keywords", "image", "timestamp", "rating", "role", "scene")
+COLUMNS = (
+    "user_id", "item_id", "title", "categories", "description", "keywords", "image", "timestamp", "rating", "role", "scene",
+)
 REQUIRED = ("user_id", "item_id", "title")
 _ALIASES = {"image_path": "image"}
 LIST_SEPARATOR = "|"
@@ -49,7 +51,7 @@ def read_csv(path: Path, text: str, image_root: Path | None = None) -> list[User
                 f"{where}: {len(cells)} fields, the header has {len(columns)}; "
                 "quote fields that contain commas, e.g. \"Toy Story, the sequel\"."
             )
-        row = dict(zip(columns, cells))
+        row = dict(zip(columns, cells, strict=True))
         item = _item(row, where, images)
         user_id = parse_id(row["user_id"], "user_id", where)
         user = users.setdefault(user_id, {"items": [], "target": None, "scene": None})
@@ -64,12 +66,17 @@ def read_csv(path: Path, text: str, image_root: Path | None = None) -> list[User
         elif role == "history":
             user["items"].append(item)
         else:
-            raise HistoryFormatError(f"{where}: role {row['role']!r} is neither 'history' nor 'target'; write one of those, or leave it empty for history.")
+            raise HistoryFormatError(
+                f"{where}: role {row['role']!r} is neither 'history' nor 'target'; "
+                "write one of those, or leave it empty for history."
+            )
         scene = row.get("scene", "").strip()
         if scene:
             parse_scene(scene, where)
             if user["scene"] not in (None, scene):
-                raise HistoryFormatError(f"{where}: user {user_id!r} has scene {scene!r} here but {user['scene']!r} earlier; use one scene per user.")
+                raise HistoryFormatError(
+                    f"{where}: user {user_id!r} has scene {scene!r} here but {user['scene']!r} earlier; use one scene per user."
+                )
             user["scene"] = scene
     images.report_unknown(path)
     if not users:

@@ -51,7 +51,9 @@ def locate(path: Path) -> AtomicFiles:
     elif path.suffix in ATOMIC_SUFFIXES:
         inter = path.with_suffix(".inter")
     else:
-        raise HistoryFormatError(f"{path} is not a RecBole atomic file; expected a folder or a {', '.join(ATOMIC_SUFFIXES)} file.")
+        raise HistoryFormatError(
+            f"{path} is not a RecBole atomic file; expected a folder or a {', '.join(ATOMIC_SUFFIXES)} file."
+        )
     item = inter.with_suffix(".item")
     for needed, role in ((inter, "interactions"), (item, "item titles and genres")):
         if not needed.is_file():
@@ -137,7 +139,7 @@ def _read_items(path: Path) -> dict[str, Item]:
         where = f"{path}, line {line_number}"
         if len(cells) != len(columns):
             raise HistoryFormatError(f"{where}: {len(cells)} tab-separated fields, the header names {len(columns)}; fix the row.")
-        row = dict(zip(columns, cells))
+        row = dict(zip(columns, cells, strict=True))
         title = natural_title(row[title_field].strip())
         if not title:
             raise HistoryFormatError(f"{where}: item {row['item_id']!r} has an empty title; fill it in.")

@@ -278,7 +278,9 @@ def parse_number(value: object, name: str, where: Where, text_allowed: bool = Fa
         try:
             number = float(value)
         except ValueError:
-            raise HistoryFormatError(f"{where}: {name} {value!r} is not a number; write e.g. 4 or 4.5, or leave it empty.") from None
+            raise HistoryFormatError(
+                f"{where}: {name} {value!r} is not a number; write e.g. 4 or 4.5, or leave it empty."
+            ) from None
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         try:
             number = float(value)
@@ -310,7 +312,9 @@ def parse_timestamp(value: object, name: str, where: Where, text_allowed: bool =
         try:
             return moment.timestamp()
         except (OverflowError, ValueError, OSError):
-            raise HistoryFormatError(f"{where}: {name} {value!r} is out of range; use a date within the years 1 to 9999.") from None
+            raise HistoryFormatError(
+                f"{where}: {name} {value!r} is out of range; use a date within the years 1 to 9999."
+            ) from None
     return parse_number(value, name, where, text_allowed=text_allowed)
 
 
@@ -330,7 +334,10 @@ def parse_turn(value: object, name: str, where: Where) -> ChatTurn:
         return ChatTurn(speaker=speaker.strip(), text=text.strip())
     if isinstance(value, dict) and isinstance(value.get("speaker"), str) and isinstance(value.get("text"), str):
         if set(value) - {"speaker", "text"}:
-            raise HistoryFormatError(f"{where}: {name} has fields other than 'speaker' and 'text': {sorted(map(str, value))}; remove them (a turn is {{\"speaker\": ..., \"text\": ...}}).")
+            raise HistoryFormatError(
+                f"{where}: {name} has fields other than 'speaker' and 'text': {sorted(map(str, value))}; "
+                "remove them (a turn is {\"speaker\": ..., \"text\": ...})."
+            )
         return ChatTurn(speaker=value["speaker"], text=value["text"])
     raise HistoryFormatError(
         f"{where}: {name} must be {{\"speaker\": ..., \"text\": ...}} with string values or a \"speaker: text\" string, "

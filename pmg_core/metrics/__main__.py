@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 
+from ..cli_common import write_line
 from ..errors import PMGError
 
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         lpips_value = LPIPS(args.net, device=args.device).distance(reference, distorted)
         ssim_value = ssim(reference, distorted)
     except PMGError as exc:
-        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, whatever the cause
+        write_line("error: " + " ".join(str(exc).split()), error=True)  # one line, whatever the cause
         return 2
     result = {
         "lpips": round(float(lpips_value[0]), 6),
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         "size": list(reference.shape[-2:]),
         "resized_distorted": list(reference.shape[-2:]) != list(distorted.shape[-2:]),
     }
-    print(json.dumps(result))
+    write_line(json.dumps(result))
     return 0
 
 

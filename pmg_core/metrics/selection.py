@@ -378,7 +378,8 @@ def _captions(candidate_captions, count: int) -> list[str] | None:
     captions = list(candidate_captions)
     if len(captions) != count or not all(isinstance(caption, str) for caption in captions):
         raise InvalidSettingError(
-            f"candidate_captions needs one string per candidate ({count}), got {len(captions)} items; pass one caption per candidate image, or none."
+            f"candidate_captions needs one string per candidate ({count}), got {len(captions)} items; "
+            "pass one caption per candidate image, or none."
         )
     return captions
 

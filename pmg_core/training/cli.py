@@ -32,16 +32,19 @@ def register(subparsers) -> None:
     p.add_argument("--format", default="auto", help="history format: auto, jsonl, csv, chat, sticker")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the sticker users (--stickers)")
     p.add_argument("--skip-incomplete", action="store_true", help="drop users without a target image instead of failing")
-    p.add_argument("--checkpoint", type=Path, required=True, help="SD1.x single-file .safetensors (ComfyUI's) or a diffusers folder")
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="SD1.x single-file .safetensors (ComfyUI's) or a diffusers folder")
     add_llm_source_args(p)
-    p.add_argument("--out", type=Path, required=True, help="output folder: adapter.safetensors, loss.csv, loss_curve.png, checkpoint/")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder: adapter.safetensors, loss.csv, loss_curve.png, checkpoint/")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: --epochs passes over the users)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=6)
     p.add_argument("--grad-accum", type=int, default=4)
     p.add_argument("--lr", type=float, default=5e-6)
     p.add_argument("--weight-decay", type=float, default=1e-2)
-    p.add_argument("--negative-weight", type=float, default=0.5, help="weight of the random negative item's loss (0 = plain loss)")
+    p.add_argument("--negative-weight", type=float, default=0.5,
+                   help="weight of the random negative item's loss (0 = plain loss)")
     p.add_argument("--resolution", type=int, default=512, help="training image size (multiple of 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-image-tokens", type=int, default=4, help="k learnable image tokens")
@@ -55,7 +58,8 @@ def register(subparsers) -> None:
     resume = p.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     resume.add_argument("--overwrite", action="store_true", help="discard a checkpoint in --out and start over")
-    p.add_argument("--eval-users", type=int, default=0, help="hold out N users; after training compare trained/untrained/keywords on them")
+    p.add_argument("--eval-users", type=int, default=0,
+                   help="hold out N users; after training compare trained/untrained/keywords on them")
     p.add_argument("--eval-steps", type=int, default=20, help="denoising steps of the evaluation images")
     p.add_argument("--eval-size", type=int, default=None, help="evaluation image size (default: --resolution)")
     p.add_argument("--eval-guidance", type=float, default=7.5)

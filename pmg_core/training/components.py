@@ -74,7 +74,9 @@ class NoiseSchedule:
     def __post_init__(self) -> None:
         self.alphas_cumprod = torch.as_tensor(self.alphas_cumprod, dtype=torch.float64).flatten()
         if self.alphas_cumprod.numel() < 2:
-            raise InvalidSettingError("A noise schedule needs at least 2 timesteps; pass num_train_timesteps >= 2 (Stable Diffusion uses 1000).")
+            raise InvalidSettingError(
+                "A noise schedule needs at least 2 timesteps; pass num_train_timesteps >= 2 (Stable Diffusion uses 1000)."
+            )
         if not bool(((self.alphas_cumprod > 0) & (self.alphas_cumprod <= 1)).all()):
             raise InvalidSettingError("alphas_cumprod must lie in (0, 1]; the schedule is malformed.")
         if self.prediction_type not in ("epsilon", "v_prediction"):
@@ -225,10 +227,8 @@ class DiffusersLatentEncoder:
         dtype = next(self.vae.parameters()).dtype
         pixels = (images * 2 - 1).to(self.device, dtype)  # both VAEs take [-1, 1]
         encoded = self.vae.encode(pixels)
-        if hasattr(encoded, "latent_dist"):
-            raw = encoded.latent_dist.mean
-        else:  # AutoencoderTiny
-            raw = encoded.latents
+        # AutoencoderTiny gives its latents directly; the KL VAE a distribution whose mean is taken.
+        raw = encoded.latent_dist.mean if hasattr(encoded, "latent_dist") else encoded.latents
         return ((raw.float() - self.shift) * self.scaling).contiguous()
 
     @torch.no_grad()

@@ -47,28 +47,7 @@ def build_examples(
     :class:`MissingImageError` for image paths that do not exist.
     """
     keywords_of = target_keywords or _own_keywords
-    usable: list[UserHistory] = []
-    incomplete: list[str] = []
-    for history in histories:
-        target = history.target
-        if target is None or target.image_path is None or not (history.items or history.conversation):
-            incomplete.append(history.user_id)
-            continue
-        if not Path(target.image_path).is_file():
-            raise MissingImageError(
-                f"The target image {target.image_path} of user {history.user_id!r} does not exist; fix the path in "
-                "the history file (relative paths are read from the file's folder) or remove the user."
-            )
-        usable.append(history)
-    if incomplete:
-        shown = ", ".join(repr(u) for u in incomplete[:5]) + (" ..." if len(incomplete) > 5 else "")
-        if not skip_incomplete:
-            raise TrainingError(
-                f"{len(incomplete)} user(s) have no target item with an image, or no history: {shown}. "
-                "Training needs, per user, history items and a target item whose image shows what to generate; "
-                "add targets with images (e.g. the sticker data set: pmg train --stickers N) or drop these users."
-            )
-        logger.warning("Skipping %d user(s) without a target image or history: %s", len(incomplete), shown)
+    usable = _usable_histories(histories, skip_incomplete)
     targets = {_item_key(h.target) for h in usable}
     if len(targets) < 2:
         raise TrainingError(
@@ -94,6 +73,33 @@ def build_examples(
             )
         )
     return examples
+
+
+def _usable_histories(histories: Sequence[UserHistory], skip_incomplete: bool) -> list[UserHistory]:
+    """The users that can be trained on: a history and a target whose image exists (see :func:`build_examples`)."""
+    usable: list[UserHistory] = []
+    incomplete: list[str] = []
+    for history in histories:
+        target = history.target
+        if target is None or target.image_path is None or not (history.items or history.conversation):
+            incomplete.append(history.user_id)
+            continue
+        if not Path(target.image_path).is_file():
+            raise MissingImageError(
+                f"The target image {target.image_path} of user {history.user_id!r} does not exist; fix the path in "
+                "the history file (relative paths are read from the file's folder) or remove the user."
+            )
+        usable.append(history)
+    if incomplete:
+        shown = ", ".join(repr(u) for u in incomplete[:5]) + (" ..." if len(incomplete) > 5 else "")
+        if not skip_incomplete:
+            raise TrainingError(
+                f"{len(incomplete)} user(s) have no target item with an image, or no history: {shown}. "
+                "Training needs, per user, history items and a target item whose image shows what to generate; "
+                "add targets with images (e.g. the sticker data set: pmg train --stickers N) or drop these users."
+            )
+        logger.warning("Skipping %d user(s) without a target image or history: %s", len(incomplete), shown)
+    return usable
 
 
 def split_users(histories: Sequence[UserHistory], held_out: int, seed: int = 0) -> tuple[list[UserHistory], list[UserHistory]]:

@@ -15,13 +15,14 @@ per-user rows and per-variant means.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from ..conditioning import build_conditions
+from ..conditioning import PMGConditions, build_conditions
 from ..errors import TrainingError
 from ..history import Item, UserHistory
 from ..metrics.images import load_image
@@ -61,65 +62,30 @@ def evaluate_adapter(
     defaults to ``SoftPromptAdapter.untrained`` with the trained adapter's shape
     and seed 0 (the trainer's starting point when it used seed 0).
     """
-    users = [h for h in histories if h.target is not None and h.target.image_path is not None and h.images]
-    if not users:
-        raise TrainingError(
-            "No held-out user has a target image and history images to score against; "
-            "evaluation needs users like the sticker set's (pmg train --stickers N --eval-users M)."
-        )
+    users = _scorable_users(histories)
     config = trained.config
     untrained = untrained or SoftPromptAdapter.untrained(
         llm, config.text_dim, num_image_tokens=config.num_image_tokens, num_prefix=config.num_prefix, seed=0
     )
+    adapters = {"trained": trained, "untrained": untrained}
     keywords_of = target_keywords or (lambda item: item.keywords)
     lpips = lpips if lpips is not None else LPIPS("alex")  # built once for all users; score_candidates takes it
-    encoder = generator.text_encoder
+    # Every variant of every user is sampled alike: one seed, one sampler setting.
+    sample = functools.partial(
+        generator.generate_tensor, seed=seed, steps=steps, guidance_scale=guidance_scale, height=size, width=size
+    )
     rows = []
     for done, history in enumerate(users):
         caption = render_target_text(history.target, tuple(keywords_of(history.target)), history.scene)
         preference = preference_text(history) if preference_text else None
-        soft_text = soft_prompt_text(history.scene, render_history(history))
-        with torch.no_grad():
-            soft = {
-                "trained": trained.encode(llm, [soft_text])[0],
-                "untrained": untrained.encode(llm, [soft_text])[0],
-                "keywords": None,
-            }
-        images = []
-        for variant in VARIANTS:
-            conditions = build_conditions(encoder, caption, preference, soft[variant], alphas=(alpha,))
-            images.append(
-                generator.generate_tensor(
-                    conditions,
-                    negative_prompt=negative_prompt(history.scene),
-                    seed=seed,
-                    steps=steps,
-                    guidance_scale=guidance_scale,
-                    height=size,
-                    width=size,
-                )
-            )
-        candidates = torch.cat(images)
-        report = score_candidates(
-            candidates,
-            history_images=[load_image(p)[0] for p in history.images],
-            target_image=load_image(history.target.image_path)[0],
-            lpips=lpips,
-        )
-        scores = {variant: report.candidates[i] for i, variant in enumerate(VARIANTS)}
-        rows.append(
-            {
-                "user_id": history.user_id,
-                "target_caption": caption,
-                "variants": {v: {m: float(getattr(scores[v], m)) for m in METRICS} for v in VARIANTS},
-            }
-        )
+        conditions = _variant_conditions(generator.text_encoder, llm, adapters, history, caption, preference, alpha)
+        candidates = torch.cat([sample(c, negative_prompt=negative_prompt(history.scene)) for c in conditions])
+        rows.append(_score_row(history, caption, candidates, lpips))
         if progress is not None:
             progress(done + 1, len(users))
-    summary = {v: {m: float(np.mean([r["variants"][v][m] for r in rows])) for m in METRICS} for v in VARIANTS}
     return {
         "users": rows,
-        "summary": summary,
+        "summary": {v: {m: float(np.mean([r["variants"][v][m] for r in rows])) for m in METRICS} for v in VARIANTS},
         "settings": {
             "seed": seed,
             "steps": steps,
@@ -129,6 +95,50 @@ def evaluate_adapter(
             "held_out_users": len(rows),
             "lower_is_closer": ["lpips_history", "lpips_target"],
         },
+    }
+
+
+def _scorable_users(histories: Sequence[UserHistory]) -> list[UserHistory]:
+    """The users with a target image and history images, what each variant is measured against."""
+    users = [h for h in histories if h.target is not None and h.target.image_path is not None and h.images]
+    if not users:
+        raise TrainingError(
+            "No held-out user has a target image and history images to score against; "
+            "evaluation needs users like the sticker set's (pmg train --stickers N --eval-users M)."
+        )
+    return users
+
+
+def _variant_conditions(
+    encoder,
+    llm,
+    adapters: dict[str, SoftPromptAdapter],
+    history: UserHistory,
+    caption: str,
+    preference: str | None,
+    alpha: float,
+) -> list[PMGConditions]:
+    """One user's conditions in :data:`VARIANTS` order: the same caption and preference, only the soft part differs."""
+    soft_text = soft_prompt_text(history.scene, render_history(history))
+    with torch.no_grad():
+        soft = {name: adapter.encode(llm, [soft_text])[0] for name, adapter in adapters.items()}
+    soft["keywords"] = None
+    return [build_conditions(encoder, caption, preference, soft[variant], alphas=(alpha,)) for variant in VARIANTS]
+
+
+def _score_row(history: UserHistory, caption: str, candidates: torch.Tensor, lpips) -> dict:
+    """One user's JSON row: each variant's image measured against the user's history images and target image."""
+    report = score_candidates(
+        candidates,
+        history_images=[load_image(p)[0] for p in history.images],
+        target_image=load_image(history.target.image_path)[0],
+        lpips=lpips,
+    )
+    scores = dict(zip(VARIANTS, report.candidates, strict=True))
+    return {
+        "user_id": history.user_id,
+        "target_caption": caption,
+        "variants": {v: {m: float(getattr(scores[v], m)) for m in METRICS} for v in VARIANTS},
     }
 
 

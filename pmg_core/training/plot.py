@@ -27,7 +27,7 @@ def moving_average(values: list[float], window: int) -> list[float]:
 def loss_curve_image(
     steps: list[int], series: dict[str, list[float]], title: str = "PMG soft-prompt training", width: int = 720, height: int = 420
 ) -> Image.Image:
-    """Lines of each series against the optimizer step, smoothed when there are many steps.
+    """Lines of each series (one value per step) against the optimizer step, smoothed when there are many steps.
 
     Raw per-step losses of diffusion training are very noisy (a random timestep
     per sample), so with more than 20 steps a trailing mean over ~5% of the run
@@ -51,7 +51,7 @@ def loss_curve_image(
     legend_y, right = area.top + 8, area.right
     for name, values in smoothed.items():
         colour = _SERIES.get(name, INK)
-        points = [area.to_pixel(s, v) for s, v in zip(steps, values) if math.isfinite(v)]
+        points = [area.to_pixel(s, v) for s, v in zip(steps, values, strict=True) if math.isfinite(v)]
         if len(points) == 1:
             x, y = points[0]
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)

@@ -68,7 +68,9 @@ __all__ = [
 
 _CSV_FIELDS = ("step", "epoch", "loss", "target_loss", "negative_loss", "lr")
 # Settings that change the loss curve: a checkpoint only resumes a run with the same ones.
-_CURVE_SETTINGS = ("learning_rate", "weight_decay", "batch_size", "grad_accum", "resolution", "negative_weight", "seed", "mixed_precision")
+_CURVE_SETTINGS = (
+    "learning_rate", "weight_decay", "batch_size", "grad_accum", "resolution", "negative_weight", "seed", "mixed_precision",
+)
 
 
 @dataclass
