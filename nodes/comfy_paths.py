@@ -281,6 +281,7 @@ def resolve_kind(kind: ModelKind, name: str) -> Path | None:
 
 
 def _not_found(kind: ModelKind, name: str, fix: str) -> ModelLoadError:
+    """The error for a name no folder of ``kind`` holds: it names the kind's folders, then ``fix``."""
     return ModelLoadError(
         f"{kind.noun.capitalize()} {name!r} was not found in {_describe(_registered(kind.key))}; {fix}"
     )
