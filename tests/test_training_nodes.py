@@ -89,9 +89,8 @@ def test_trainer_node_trains_and_the_encoder_uses_the_adapter(
     with torch.inference_mode():
         # Worst case: weights created inside ComfyUI's executor are inference tensors, unusable by autograd.
         for owner in llm.model.modules():
-            for name, parameter in list(owner._parameters.items()):
-                if parameter is not None:
-                    owner._parameters[name] = torch.nn.Parameter(parameter.clone(), requires_grad=False)
+            for name, parameter in list(owner.named_parameters(recurse=False)):
+                owner.register_parameter(name, torch.nn.Parameter(parameter.clone(), requires_grad=False))
         assert next(llm.model.parameters()).is_inference()
         assert node.validate_inputs(history_file="pmg_stickers_train/history.jsonl", adapter_name="stickers_test") is True
         output = node.execute(
