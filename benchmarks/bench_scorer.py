@@ -65,7 +65,8 @@ def sticker_generation(count: int) -> Callable[[], torch.Tensor]:
     from pmg_core.sticker_model.text_encoder import MiniLMTextEncoder
     from pmg_core.sticker_model.weights import load_sticker_model
 
-    pipeline = StickerPipeline(load_sticker_model(REPO / "models" / "pmg-sticker-generator.safetensors"), MiniLMTextEncoder())
+    sticker_model = load_sticker_model(REPO / "models" / "generators" / "pmg-sticker-generator.safetensors")
+    pipeline = StickerPipeline(sticker_model, MiniLMTextEncoder())
 
     def generate() -> torch.Tensor:
         condition = pipeline.encoder.encode(["a cute emoji, sticker, white background, cat face"]).embeddings

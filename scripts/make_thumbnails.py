@@ -1,6 +1,6 @@
 """Template-browser thumbnails: ``workflows/<name>.jpg``, the card image ComfyUI shows for a pack's workflow.
 
-* the sticker workflows: drawn from a real run of ``models/pmg-sticker-generator.safetensors``
+* the sticker workflows: drawn from a real run of ``models/generators/pmg-sticker-generator.safetensors``
   (the same sampler as the workflows: euler, normal, 20 steps, cfg 5);
 * the movie-poster workflows (SD1.5, SDXL): no Stable Diffusion checkpoint can be downloaded
   here, so their cards are drawn, not generated: a real MovieLens user's liked movies and
@@ -90,7 +90,8 @@ def main() -> None:
     if args.only in MOVIE_CARDS:
         return
     torch.set_num_threads(2)
-    pipeline = StickerPipeline(load_sticker_model(REPO / "models" / "pmg-sticker-generator.safetensors"), MiniLMTextEncoder())
+    sticker_model = load_sticker_model(REPO / "models" / "generators" / "pmg-sticker-generator.safetensors")
+    pipeline = StickerPipeline(sticker_model, MiniLMTextEncoder())
     for name, prompts in CARDS.items():
         if args.only not in (None, name):
             continue

@@ -23,7 +23,7 @@ from pmg_core.image_prompt import (
 from pmg_core.metrics.lpips import LPIPS
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "models" / "pmg-sticker-image-prompt.safetensors"
+SHIPPED = REPO / "models" / "image_prompts" / "pmg-sticker-image-prompt.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_projection_files_are_checked(lpips, tmp_path):
     with pytest.raises(ModelLoadError, match="train-image-prompt"):
         load_image_prompt(tmp_path / "missing.safetensors", lpips)
     with pytest.raises(ModelLoadError, match="not an image prompt"):
-        load_image_prompt(REPO / "models" / "pmg-sticker-judge.safetensors", lpips)
+        load_image_prompt(REPO / "models" / "judges" / "pmg-sticker-judge.safetensors", lpips)
 
 
 def test_training_lowers_the_denoising_loss_on_train_users(lpips):
@@ -68,7 +68,7 @@ def test_training_lowers_the_denoising_loss_on_train_users(lpips):
     from pmg_core.sticker_model.weights import load_sticker_model
     from pmg_core.loaders.stickers import build_sticker_histories
 
-    generator = load_sticker_model(REPO / "models" / "pmg-sticker-generator.safetensors")
+    generator = load_sticker_model(REPO / "models" / "generators" / "pmg-sticker-generator.safetensors")
     examples = image_prompt_examples(generator, MiniLMTextEncoder(), lpips, build_sticker_histories(n_users=4, seed=0))
     torch.manual_seed(0)
     projection = ImagePromptProjection(1152, 4, 384, scale=0.3)

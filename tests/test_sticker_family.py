@@ -122,8 +122,8 @@ def test_library_sampler_reproduces_ksampler(family, library_generator, minilm):
 def test_loader_node_lists_and_loads_a_generator(pmg_pack, random_generator_file):
     import shutil
 
-    folder = pmg_pack.base.models / "pmg_generator"
-    folder.mkdir(exist_ok=True)
+    folder = pmg_pack.base.models / "pmg" / "generators"
+    folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(random_generator_file, folder / "random.safetensors")
     node = pmg_pack.nodes["PMGStickerGeneratorLoader"]
     assert "random.safetensors" in pack_submodule("nodes.comfy_paths").generator_choices()
@@ -135,7 +135,8 @@ def test_loader_node_lists_and_loads_a_generator(pmg_pack, random_generator_file
 
 
 def test_the_packs_own_models_are_each_offered_where_they_belong(pmg_pack):
-    """models/ ships a generator, a soft-prompt adapter and a judge: each list offers only its kind."""
+    """models/ ships a generator, a soft-prompt adapter, an image prompt projection and a judge, each in its
+    kind's subfolder: each list offers only its kind, and no list offers the judge."""
     paths = pack_submodule("nodes.comfy_paths")
     generators, adapters = paths.generator_choices(), paths.adapter_choices()
     assert "pmg-sticker-generator.safetensors" in generators

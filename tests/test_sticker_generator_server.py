@@ -1,6 +1,6 @@
 """The shipped, trained sticker generator in the real ComfyUI server, through the stock nodes only.
 
-Real weights (``models/pmg-sticker-generator.safetensors``, trained by this
+Real weights (``models/generators/pmg-sticker-generator.safetensors``, trained by this
 project; see models/README.md): two prompts of different emoji categories give
 measurably different stickers, each judged closer to its own category by the
 category classifier trained on real Twemoji images; and the library's sampler
@@ -20,8 +20,8 @@ from PIL import Image
 
 pytestmark = pytest.mark.comfy_server
 REPO = Path(__file__).resolve().parents[1]
-GENERATOR = REPO / "models" / "pmg-sticker-generator.safetensors"
-JUDGE = REPO / "models" / "pmg-sticker-judge.safetensors"
+GENERATOR = REPO / "models" / "generators" / "pmg-sticker-generator.safetensors"
+JUDGE = REPO / "models" / "judges" / "pmg-sticker-judge.safetensors"
 PROMPTS = {"Smileys & Emotion": "grinning face with smiling eyes", "Food & Drink": "red apple"}
 SEED, BATCH, STEPS, CFG = 11, 4, 20, 5.0
 

@@ -137,7 +137,7 @@ def test_a_warm_start_keeps_the_autoencoder_and_trains_the_shipped_denoiser_furt
     from pmg_core.sticker_model import run
     from pmg_core.sticker_model.weights import read_sticker_model_file
 
-    shipped = Path(__file__).resolve().parents[1] / "models" / "pmg-sticker-generator.safetensors"
+    shipped = Path(__file__).resolve().parents[1] / "models" / "generators" / "pmg-sticker-generator.safetensors"
     trained, _ = dataset.split()
     monkeypatch.setattr(run, "split", lambda: (trained[:8], []))  # 8 images: seconds, not minutes
     config = run.StickerTrainingConfig()

@@ -75,7 +75,7 @@ def test_trainer_node_trains_and_the_encoder_uses_the_adapter(
     pmg_pack, comfy_base, comfy_checkpoint, sticker_set, tiny_llm_folder
 ):
     """Mechanics: run under inference mode like ComfyUI, the node trains 2 steps on real sticker users,
-    saves models/pmg/<name>.safetensors and a loss curve; PMG Soft Prompt Encoder then loads that adapter."""
+    saves models/pmg/adapters/<name>.safetensors and a loss curve; PMG Soft Prompt Encoder then loads that adapter."""
     import shutil
 
     llm_module = importlib.import_module("comfyui_pmg.pmg_core.llm")
@@ -89,9 +89,8 @@ def test_trainer_node_trains_and_the_encoder_uses_the_adapter(
     with torch.inference_mode():
         # Worst case: weights created inside ComfyUI's executor are inference tensors, unusable by autograd.
         for owner in llm.model.modules():
-            for name, parameter in list(owner._parameters.items()):
-                if parameter is not None:
-                    owner._parameters[name] = torch.nn.Parameter(parameter.clone(), requires_grad=False)
+            for name, parameter in list(owner.named_parameters(recurse=False)):
+                owner.register_parameter(name, torch.nn.Parameter(parameter.clone(), requires_grad=False))
         assert next(llm.model.parameters()).is_inference()
         assert node.validate_inputs(history_file="pmg_stickers_train/history.jsonl", adapter_name="stickers_test") is True
         output = node.execute(
@@ -100,7 +99,7 @@ def test_trainer_node_trains_and_the_encoder_uses_the_adapter(
             num_image_tokens=2, num_prefix=2, seed=0, adapter_name="stickers_test", resume=True,
         )
     path, curve = output.result
-    assert path.endswith("stickers_test.safetensors")
+    assert path == str(pmg_pack.base.models / "pmg" / "adapters" / "stickers_test.safetensors")  # the adapters' folder
     assert curve.ndim == 4 and curve.shape[0] == 1 and curve.shape[-1] == 3
     adapter = soft_prompt.load_adapter(path, llm=llm, text_dim=768)
     assert adapter.config.metadata["trained_steps"] == "2"

@@ -1,7 +1,7 @@
 """The trainer node inside a real ComfyUI server (tiny random SD1.5 + the real SmolLM2).
 
 Mechanics of the integration: the node trains in ComfyUI's executor (inference mode,
-model management), saves its adapter into models/pmg, and the very next prompt's
+model management), saves its adapter into models/pmg/adapters, and the very next prompt's
 PMG Soft Prompt Encoder uses that adapter in the full PMG pipeline. The checkpoint's
 weights are random, so nothing here says anything about image quality.
 """

@@ -1,8 +1,8 @@
 """``pmg eval``: does PMG personalise the sticker generator? Table, plots and JSON into one folder.
 
-    pmg eval --generator models/pmg-sticker-generator.safetensors --judge models/pmg-sticker-judge.safetensors \\
-             --users 24 --split held-out --out docs/evaluation
-    pmg eval --train-judge --judge models/pmg-sticker-judge.safetensors     # the category classifier
+    pmg eval --generator models/generators/pmg-sticker-generator.safetensors \\
+             --judge models/judges/pmg-sticker-judge.safetensors --users 24 --split held-out --out docs/evaluation
+    pmg eval --train-judge --judge models/judges/pmg-sticker-judge.safetensors     # the category classifier
 
 Users come from the sticker scene (``builtin:stickers``): the *train* split
 (seed 0) is for choosing settings, the *held-out* split (seed 1, other users)

@@ -77,8 +77,8 @@ def read_sticker_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[s
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(
-            f"No sticker generator at {path}; put {FILE_NAME} into ComfyUI's models/pmg folder "
-            "(it ships in the pack's models/ folder) or train one with: pmg train-generator --out DIR"
+            f"No sticker generator at {path}; put {FILE_NAME} into ComfyUI's models/pmg/generators folder "
+            "(it ships in the pack's models/generators folder) or train one with: pmg train-generator --out DIR"
         )
     try:
         with safe_open(str(path), framework="pt") as handle:
