@@ -39,7 +39,7 @@ def _adapter_choice(adapter: str) -> str:
         logger.warning(
             "PMG Soft Prompt Encoder: adapter %r (a workflow saved before the choices were renamed) now means %r: "
             "no soft tokens, the keywords alone condition the image. It used to give RANDOM soft tokens; pick %r "
-            "to keep that research behaviour, or a trained adapter from models/pmg for real soft tokens.",
+            "to keep that research behaviour, or a trained adapter from models/pmg/adapters for real soft tokens.",
             adapter, comfy_paths.KEYWORDS_ONLY_ADAPTER, comfy_paths.RANDOM_ADAPTER,
         )
         return comfy_paths.KEYWORDS_ONLY_ADAPTER
@@ -74,7 +74,7 @@ class PMGSoftPromptEncoder(io.ComfyNode):
                     options=comfy_paths.adapter_choices(),
                     default=comfy_paths.KEYWORDS_ONLY_ADAPTER,
                     tooltip=(
-                        f"A soft-prompt adapter trained with pmg train (.safetensors in models/pmg) for this LLM and "
+                        f"A soft-prompt adapter trained with pmg train (.safetensors in models/pmg/adapters) for this LLM and "
                         f"checkpoint family. '{comfy_paths.KEYWORDS_ONLY_ADAPTER}': no soft tokens, the keywords alone "
                         f"condition the image. '{comfy_paths.RANDOM_ADAPTER}': a seeded random adapter, for research "
                         "only (its tokens carry no learned preference and degrade the images)."

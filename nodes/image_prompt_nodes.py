@@ -36,7 +36,7 @@ class PMGImagePromptEncoder(io.ComfyNode):
                 io.Image.Input("history_images", tooltip="The user's history images (the history loader's images output)."),
                 io.Combo.Input(
                     "projection", options=comfy_paths.image_prompt_choices(),
-                    tooltip="An image prompt projection trained for this model (.safetensors in models/pmg; "
+                    tooltip="An image prompt projection trained for this model (.safetensors in models/pmg/image_prompts; "
                             "pmg eval --train-image-prompt writes one).",
                 ),
                 io.Clip.Input("clip", tooltip="The checkpoint's CLIP: the projection must write tokens of its text width."),

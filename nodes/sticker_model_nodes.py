@@ -35,7 +35,7 @@ class PMGStickerGeneratorLoader(io.ComfyNode):
                     options=choices,
                     default=FILE_NAME if FILE_NAME in choices else None,
                     tooltip=(
-                        f"A generator file from models/pmg_generator or the pack's models folder ({FILE_NAME} ships "
+                        f"A generator file from models/pmg/generators or the pack's models/generators folder ({FILE_NAME} ships "
                         "with the pack; pmg train-generator writes new ones)."
                     ),
                 ),

@@ -4,7 +4,7 @@ The node adapts ComfyUI's MODEL / CLIP / VAE to the library's frozen generator p
 (:func:`.trainer_components.comfy_generator`), calls the library's one entry point
 :func:`pmg_core.training.run.train_adapter` on every user of a history file whose
 target item has an image (checkpoint policy included), and saves the
-adapter to ``models/pmg/<adapter_name>.safetensors``, where PMG Soft Prompt
+adapter to ``models/pmg/adapters/<adapter_name>.safetensors``, where PMG Soft Prompt
 Encoder lists it. The run folder (resumable checkpoint, ``loss.csv``,
 ``loss_curve.png``) lives in ``<user>/pmg_cache/training/<adapter_name>/``, so a
 cancelled run continues where it stopped when queued again.
@@ -45,13 +45,13 @@ def checked_adapter_name(name: str) -> str:
     if not _NAME.match(stem) or ".." in stem:
         raise InvalidSettingError(
             f"Adapter name {name!r} is not usable as a file name; use letters, digits, '_', '.' and '-' "
-            "(e.g. 'stickers_v1'); it is saved as models/pmg/<name>.safetensors."
+            "(e.g. 'stickers_v1'); it is saved as models/pmg/adapters/<name>.safetensors."
         )
     return stem
 
 
 def adapter_destination(stem: str) -> Path:
-    """``<first models/pmg folder>/<stem>.safetensors``."""
+    """``<first models/pmg/adapters folder>/<stem>.safetensors``."""
     comfy_paths.register_model_folders()
     folders = folder_paths.get_folder_paths(comfy_paths.ADAPTER_FOLDER_KEY)
     folder = Path(folders[0])
@@ -91,7 +91,7 @@ def _training_settings() -> list:
 
 
 class PMGSoftPromptTrainer(io.ComfyNode):
-    """Node: train a soft-prompt adapter inside ComfyUI and save it into models/pmg."""
+    """Node: train a soft-prompt adapter inside ComfyUI and save it into models/pmg/adapters."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -102,7 +102,7 @@ class PMGSoftPromptTrainer(io.ComfyNode):
             description=(
                 "Trains PMG's soft-prompt adapter (image tokens, prefix, bridge) with the LLM and the checkpoint "
                 "frozen: for every user of the history file, the soft embeddings should help the checkpoint denoise "
-                "the user's target image and not a random other user's. Saves models/pmg/<adapter_name>.safetensors "
+                "the user's target image and not a random other user's. Saves models/pmg/adapters/<adapter_name>.safetensors "
                 "for PMG Soft Prompt Encoder. Cancelling keeps a checkpoint; queue again to continue."
             ),
             is_output_node=True,
@@ -125,7 +125,7 @@ class PMGSoftPromptTrainer(io.ComfyNode):
                 *_training_settings(),
                 io.String.Input(
                     "adapter_name", default="pmg_adapter",
-                    tooltip="File name of the trained adapter in models/pmg (letters, digits, _ . -).",
+                    tooltip="File name of the trained adapter in models/pmg/adapters (letters, digits, _ . -).",
                 ),
                 io.Boolean.Input(
                     "resume", default=True,
@@ -204,7 +204,7 @@ class PMGSoftPromptTrainer(io.ComfyNode):
 
     @classmethod
     def _publish(cls, stem: str, result) -> io.NodeOutput:
-        """Copy the adapter into models/pmg; the node's outputs (path, loss curve) and its text summary."""
+        """Copy the adapter into models/pmg/adapters; the node's outputs (path, loss curve) and its text summary."""
         from PIL import Image
 
         destination = adapter_destination(stem)
