@@ -1,6 +1,6 @@
 """Studio batch throughput: one ComfyUI server vs two, through Ray (`pmg queue --url A --url B`).
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_distributed.py [--users 16] [--steps 4]
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.bench_distributed [--users 16] [--steps 4]
         [--size 64] [--concurrency 2] [--repeats 2] [--json out.json]
 
 In ONE process: two embedded ComfyUI servers (CPU, one torch thread each, the tiny random
@@ -32,9 +32,6 @@ import time
 from pathlib import Path
 
 import psutil
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from pmg_core.comfy_client.batch import queue_users
 from pmg_core.comfy_client.client import ComfyClient

@@ -1,6 +1,6 @@
 """What PMG costs on top of plain txt2img, measured on ONE real ComfyUI server.
 
-    .venv/bin/python benchmarks/bench_nodes.py [--repeats 3] [--checkpoint NAME] [--steps 4] [--size 64] [--json out.json]
+    .venv/bin/python -m benchmarks.bench_nodes [--repeats 3] [--checkpoint NAME] [--steps 4] [--size 64] [--json out.json]
 
 Against one embedded server started in a fresh folder (so every PMG cache is empty), it
 times, from ``POST /prompt`` to the prompt's end:
@@ -33,7 +33,7 @@ images and steps), freed before each prompt and on a live server; **the PMG Scor
 generation; peak RSS. The returning users' keywords and soft prompts are computed first by untimed
 64-px prompts (the caches do not depend on size or steps), so the timed PMG prompts read them::
 
-    flock /tmp/pmg-bigmem.lock .venv/bin/python benchmarks/bench_nodes.py --realsize sd15 --steps 2 --repeats 2 --alphas 0.5
+    flock /tmp/pmg-bigmem.lock .venv/bin/python -m benchmarks.bench_nodes --realsize sd15 --steps 2 --repeats 2 --alphas 0.5
 """
 
 from __future__ import annotations
@@ -51,14 +51,13 @@ from pathlib import Path
 
 import psutil
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pmg_core.comfy_client.client import ComfyClient  # noqa: E402
-from pmg_tools.demo import DemoSettings, apply_settings, load_api_workflow  # noqa: E402
-from pmg_tools.server import TINY_CHECKPOINT_NAME, EmbeddedComfyUI, install_default_models  # noqa: E402
+from pmg_core.comfy_client.client import ComfyClient
+from pmg_tools.demo import DemoSettings, apply_settings, load_api_workflow
+from pmg_tools.server import TINY_CHECKPOINT_NAME, EmbeddedComfyUI, install_default_models
 
 log = logging.getLogger("bench_nodes")
+
+REPO = Path(__file__).resolve().parents[1]
 ALPHAS = "0.33, 0.5, 0.67"
 
 

@@ -36,14 +36,15 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pmg_tools.realsize import DEFAULT_COMFY_DIR, FAMILIES, ensure_realsize_checkpoint  # noqa: E402
-from pmg_tools.server import EXAMPLE_MOVIELENS, install_default_models  # noqa: E402
-from pmg_tools.tiny_models.clip import TINY_CLIP_NAME  # noqa: E402
+from pmg_tools.comfy_source import DEFAULT_COMFY_DIR, ensure_comfy_source_first, import_comfy_package
+from pmg_tools.realsize import FAMILIES, ensure_realsize_checkpoint
+from pmg_tools.report import emit
+from pmg_tools.server import EXAMPLE_MOVIELENS, install_default_models
+from pmg_tools.tiny_models.clip import TINY_CLIP_NAME
 
 log = logging.getLogger("bench_realsize")
+
+REPO = Path(__file__).resolve().parents[1]
 PACK_NAME = "comfyui_pmg"
 ALPHAS = "0.33, 0.5, 0.67"
 PLAIN_TEXT = "a movie poster of Star Wars, science fiction, space"
@@ -52,10 +53,7 @@ NEGATIVE_TEXT = "blurry, low quality, text, watermark"
 
 def start_comfy(device: str, family: str, base: Path):
     """ComfyUI's modules in this process, its folders under ``base``, then the pack imported as ComfyUI does."""
-    sys.path.insert(0, str(DEFAULT_COMFY_DIR))
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = device == "cpu"  # before comfy.model_management is imported
+    comfy = import_comfy_package(DEFAULT_COMFY_DIR, cpu=device == "cpu")
     if device == "cpu" and FAMILIES[family].dtype == "bfloat16":
         comfy.cli_args.args.bf16_unet = True  # as `--bf16-unet`: fp32 SDXL needs 10 GB for the UNet alone
     import folder_paths
@@ -255,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.size = args.size or (1024 if args.family == "sdxl" else 512)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    ensure_comfy_source_first("benchmarks.bench_realsize", sys.argv[1:] if argv is None else argv)
     if args.device == "cuda":
         import torch
 
@@ -263,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pmg-bench-realsize-") as temporary:
         result = benchmark(args, args.base or Path(temporary))
     text = json.dumps(result, indent=2)
-    print(text)
+    emit(text)
     if args.out is not None:
         target = args.out / "bench_realsize.json" if args.out.is_dir() or not args.out.suffix else args.out
         target.parent.mkdir(parents=True, exist_ok=True)

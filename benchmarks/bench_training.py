@@ -1,6 +1,6 @@
 """What one soft-prompt training step costs, and where the time goes: LLM or UNet.
 
-    .venv/bin/python benchmarks/bench_training.py [--steps 5] [--batch-size 6] [--resolution 256]
+    .venv/bin/python -m benchmarks.bench_training [--steps 5] [--batch-size 6] [--resolution 256]
         [--checkpoint PATH] [--llm PATH] [--negative-weight 0.5] [--device cpu] [--json out.json]
 
 Builds the trainer exactly as ``pmg train`` does (real SmolLM2-135M by default; the tiny
@@ -35,22 +35,20 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pmg_core.assets import smollm2_gguf  # noqa: E402
-from pmg_core.conditioning import DiffusersTextEncoder  # noqa: E402
-from pmg_core.llm import load_llm  # noqa: E402
-from pmg_core.loaders.stickers import build_sticker_histories  # noqa: E402
-from pmg_core.sd_checkpoint import load_sd_components  # noqa: E402
-from pmg_core.soft_prompt import SoftPromptAdapter  # noqa: E402
-from pmg_core.training.components import (  # noqa: E402
+from pmg_core.assets import smollm2_gguf
+from pmg_core.conditioning import DiffusersTextEncoder
+from pmg_core.llm import load_llm
+from pmg_core.loaders.stickers import build_sticker_histories
+from pmg_core.sd_checkpoint import load_sd_components
+from pmg_core.soft_prompt import SoftPromptAdapter
+from pmg_core.training.components import (
     DiffusersLatentEncoder,
     DiffusersNoisePredictor,
     NoiseSchedule,
 )
-from pmg_core.training.data import build_examples  # noqa: E402
-from pmg_core.training.trainer import SoftPromptTrainer, TrainConfig  # noqa: E402
+from pmg_core.training.data import build_examples
+from pmg_core.training.trainer import SoftPromptTrainer, TrainConfig
+from pmg_tools.report import emit
 
 PARTS = ("llm_forward", "unet_forward", "unet_backward", "llm_backward", "optimizer")
 
@@ -195,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         report["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     text = json.dumps(report, indent=2)
-    print(text)
+    emit(text)
     if args.json:
         args.json.write_text(text + "\n", encoding="utf-8")
     return 0

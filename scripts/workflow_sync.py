@@ -6,11 +6,11 @@ committed, so this script proves they describe the same graph, using the node sc
 of a real server (``/object_info``) to read the positional ``widgets_values``.
 
     # check (exit 1 and list the differences when a pair disagrees)
-    .venv/bin/python scripts/workflow_sync.py
+    .venv/bin/python -m scripts.workflow_sync
     # after editing a UI workflow in ComfyUI and saving it over workflows/<name>.json:
-    .venv/bin/python scripts/workflow_sync.py --write api
+    .venv/bin/python -m scripts.workflow_sync --write api
     # after editing an API copy by hand (layout, notes and model lists of the UI file are kept):
-    .venv/bin/python scripts/workflow_sync.py --write ui pmg_movie_poster
+    .venv/bin/python -m scripts.workflow_sync --write ui pmg_movie_poster
 
 Without ``--url`` it starts the embedded ComfyUI with this pack (~15 s) in a temporary
 folder; ``--url http://127.0.0.1:8188`` uses a running server instead.
@@ -25,13 +25,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pmg_core.comfy_client.workflow_format import api_differences, api_to_ui, ui_to_api  # noqa: E402
-from pmg_core.errors import PMGError  # noqa: E402
+from pmg_core.comfy_client.workflow_format import api_differences, api_to_ui, ui_to_api
+from pmg_core.errors import PMGError
 
 log = logging.getLogger("workflow_sync")
+
+REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
 
 

@@ -42,8 +42,8 @@ def test_tiny_checkpoint_build_is_byte_identical(tmp_path, tiny_checkpoint):
     """Mechanics: building again with the same seed gives the same bytes (the cache key relies on it)."""
     out = tmp_path / "again.safetensors"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_checkpoint.py"), "--out", str(out)],
-                   check=True, capture_output=True, env=env, timeout=300)
+    subprocess.run([sys.executable, "-m", "scripts.make_tiny_checkpoint", "--out", str(out)],
+                   cwd=REPO, check=True, capture_output=True, env=env, timeout=300)
 
     def digest(path: Path) -> str:
         return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -176,20 +176,20 @@ def test_shared_movie_workflows_are_set_up_for_real_checkpoints(name):
 
 
 def test_sync_script_regenerates_each_format_from_the_other_byte_for_byte(pmg_server, tmp_path):
-    """``workflow_sync.py --write api`` rebuilds the committed API copies from the UI files, and ``--write ui``
+    """``scripts.workflow_sync --write api`` rebuilds the committed API copies from the UI files, and ``--write ui``
     rebuilds the committed UI files from the API copies (layout, notes and model lists kept from the old UI file)."""
     folder = tmp_path / "workflows"
     shutil.copytree(WORKFLOWS, folder)
     for path in (folder / "api").glob("*.json"):
         path.unlink()
-    sync = [sys.executable, str(REPO / "scripts" / "workflow_sync.py"), "--url", pmg_server.url, "--dir", str(folder)]
-    subprocess.run([*sync, "--write", "api", *NAMES], check=True, capture_output=True, timeout=120)
+    sync = [sys.executable, "-m", "scripts.workflow_sync", "--url", pmg_server.url, "--dir", str(folder)]
+    subprocess.run([*sync, "--write", "api", *NAMES], cwd=REPO, check=True, capture_output=True, timeout=120)
     for name in NAMES:
         assert (folder / "api" / f"{name}.json").read_bytes() == (WORKFLOWS / "api" / f"{name}.json").read_bytes()
         ui = folder / f"{name}.json"
         for size in (64, 512, 1024):
             ui.write_text(ui.read_text().replace(f'"widgets_values": [\n        {size},', '"widgets_values": [\n        32,'))
-    subprocess.run([*sync, "--write", "ui", *NAMES], check=True, capture_output=True, timeout=120)
+    subprocess.run([*sync, "--write", "ui", *NAMES], cwd=REPO, check=True, capture_output=True, timeout=120)
     for name in NAMES:  # the API copy wins: the committed sizes again
         assert (folder / f"{name}.json").read_bytes() == (WORKFLOWS / f"{name}.json").read_bytes()
 
@@ -198,7 +198,7 @@ def test_sync_script_regenerates_each_format_from_the_other_byte_for_byte(pmg_se
     committed_steps = api[SAMPLER]["inputs"]["steps"]
     api[SAMPLER]["inputs"]["steps"] = committed_steps + 1
     (folder / "api" / "pmg_sticker.json").write_text(json.dumps(api))
-    checked = subprocess.run([*sync, "pmg_sticker"], capture_output=True, text=True, timeout=120)
+    checked = subprocess.run([*sync, "pmg_sticker"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert checked.returncode == 1 and f"input steps: {committed_steps + 1} != {committed_steps}" in checked.stderr
 
 
