@@ -245,7 +245,8 @@ def markdown(report: dict) -> str:
                      f"{row.get('load_s', '')} | {row.get('peak_rss_mb', '')} | {row.get('bytes_per_parameter', '')} | "
                      f"{row.get('tokens_per_s', '')} | {note} |")
     if report["gguf"]:
-        lines += ["", "| GGUF conversion | dtype | seconds | peak RSS MB | disk MB | disk bytes/param |", "|---|---|---|---|---|---|"]
+        lines += ["", "| GGUF conversion | dtype | seconds | peak RSS MB | disk MB | disk bytes/param |",
+                  "|---|---|---|---|---|---|"]
         for row in report["gguf"]:
             lines.append(f"| {row['method']} | {row['dtype']} | {row.get('seconds', '')} | {row.get('peak_rss_mb', '')} | "
                          f"{row.get('disk_mb', '')} | {row.get('disk_bytes_per_parameter', '')} |")

@@ -91,7 +91,8 @@ def pmg_graph(settings: DemoSettings, user: str, seed: int, prefix: str, llm: st
 
 
 LARGE_LLM = "pmg-zero-1.7b"
-_KEYWORDS = "space opera\n2. salvage crews\n3. lonely lighthouses\n4. night trains\n5. mystery\n6. red giants\n7. robots\n8. the sea\n9. birds\n10. colonies"
+_KEYWORDS = ("space opera\n2. salvage crews\n3. lonely lighthouses\n4. night trains\n5. mystery\n6. red giants\n"
+             "7. robots\n8. the sea\n9. birds\n10. colonies")
 
 
 def build_large_llm(base: Path) -> Path:
@@ -218,7 +219,7 @@ class NodeClock:
     def totals(self, ended: float) -> dict[str, float]:
         totals: dict[str, float] = {}
         following = [mark[0] for mark in self.marks[1:]] + [ended]
-        for (began, node), until in zip(self.marks, following):
+        for (began, node), until in zip(self.marks, following, strict=True):
             if node is not None and node in self.graph:
                 kind = self.graph[node]["class_type"]
                 totals[kind] = totals.get(kind, 0.0) + until - began
@@ -262,17 +263,21 @@ def benchmark(repeats: int, settings: DemoSettings, base: Path, users: list[str]
         pid = server.pid
         batch = len([a for a in settings.alphas.split(",") if a.strip()])
         # Warm-up: imports, torch kernels and the first checkpoint load are not what we compare.
-        client.wait(client.queue_prompt(plain_graph(settings.checkpoint, settings.steps, settings.size, batch, 999, "bench/warmup")))
+        warmup = plain_graph(settings.checkpoint, settings.steps, settings.size, batch, 999, "bench/warmup")
+        client.wait(client.queue_prompt(warmup))
 
-        first, plain, cold, warm = Condition("PMG first (first LLM load)"), Condition("plain"), Condition("PMG cold"), Condition("PMG warm")
+        first, plain = Condition("PMG first (first LLM load)"), Condition("plain")
+        cold, warm = Condition("PMG cold"), Condition("PMG warm")
         timed(client, pid, pmg_graph(settings, users[0], 0, "first"), first)
         cold_users = users[1 : 1 + repeats]
         for i in range(repeats):
-            timed(client, pid, plain_graph(settings.checkpoint, settings.steps, settings.size, batch, i, f"bench/plain{i}"), plain)
+            plain_i = plain_graph(settings.checkpoint, settings.steps, settings.size, batch, i, f"bench/plain{i}")
+            timed(client, pid, plain_i, plain)
             timed(client, pid, pmg_graph(settings, cold_users[i], i, f"cold{i}"), cold)
         large = Condition("PMG warm, 1.7B LLM")
         for i in range(repeats):
-            timed(client, pid, plain_graph(settings.checkpoint, settings.steps, settings.size, batch, 50 + i, f"bench/plainw{i}"), plain)
+            plain_i = plain_graph(settings.checkpoint, settings.steps, settings.size, batch, 50 + i, f"bench/plainw{i}")
+            timed(client, pid, plain_i, plain)
             timed(client, pid, pmg_graph(settings, cold_users[i], 100 + i, f"warm{i}"), warm, warm=True)
             if large_llm:
                 timed(client, pid, pmg_graph(settings, cold_users[i], 200 + i, f"large{i}", LARGE_LLM), large, warm=True)
@@ -324,7 +329,8 @@ def realsize_benchmark(repeats: int, settings: DemoSettings, base: Path, users: 
                 raise RuntimeError(f"priming user {user} failed: {entry['status']}")
         plain, warm = Condition("plain"), Condition("PMG returning user")
         for i, user in enumerate(returning):
-            timed(client, pid, plain_graph(settings.checkpoint, settings.steps, settings.size, batch, i, f"bench/plain{i}"), plain)
+            plain_i = plain_graph(settings.checkpoint, settings.steps, settings.size, batch, i, f"bench/plain{i}")
+            timed(client, pid, plain_i, plain)
             timed(client, pid, pmg_graph(settings, user, i, f"warm{i}"), warm, warm=True)
         live_plain, live_warm = Condition("plain, live server"), Condition("PMG returning user, live server")
         for i, user in enumerate(returning):

@@ -76,7 +76,7 @@ def benchmark(n_users: int, max_new_tokens: int, work: Path) -> dict:
     began = time.perf_counter()
     local = KeywordExtractor(llm, cache_dir=work / "local", **settings).extract_many(histories)
     local_s = time.perf_counter() - began
-    same = sum(s.preference_keywords == lo.preference_keywords for s, lo in zip(served, local))
+    same = sum(s.preference_keywords == lo.preference_keywords for s, lo in zip(served, local, strict=True))
     return {
         "model": f"{llm.identity} (served from {folder.name} by transformers serve, CPU)",
         "users": len(histories), "max_new_tokens": max_new_tokens, "threads": torch.get_num_threads(),
@@ -84,7 +84,7 @@ def benchmark(n_users: int, max_new_tokens: int, work: Path) -> dict:
                              "requests_at_server": new_requests,
                              "client_requests": source.requests_sent, "seconds": round(served_s, 2)},
         "served_returning_users": {"requests_at_server": returning_requests, "seconds": round(returning_s, 3),
-                                   "same_keywords": all(a == b for a, b in zip(served, returning))},
+                                   "same_keywords": all(a == b for a, b in zip(served, returning, strict=True))},
         "local_new_users": {"seconds": round(local_s, 2)},
         "users_with_the_same_preference_keywords_served_and_local": same,
         "served": [list(p.preference_keywords) for p in served],

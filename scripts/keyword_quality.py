@@ -58,15 +58,15 @@ def measure(histories, llm, cache_dir: Path) -> dict:
         for history in histories:
             parsed.clear()
             preference = extractor.extract(history)
-            words = extractor._echo_words(keywords_module.prompt_set_for(history))
+            words = extractor._echo_words(keywords_module.prompt_set_for(history))  # noqa: SLF001 - the filter's own echo set
             # The filter sees the preference list first, then (when the LLM described it) the target's.
             lists = {"preference": (parsed[0], preference.preference_keywords)}
             if len(parsed) > 1:
                 lists["target"] = (parsed[1], preference.target_keywords)
             record = {"user_id": history.user_id}
             for kind, (before, after) in lists.items():
-                record[kind] = {"before": dict(zip(before, keyword_classes(before, history, words))),
-                                "after": dict(zip(after, keyword_classes(after, history, words)))}
+                record[kind] = {"before": dict(zip(before, keyword_classes(before, history, words), strict=True)),
+                                "after": dict(zip(after, keyword_classes(after, history, words), strict=True))}
             users.append(record)
             log.info("user %s: %s", history.user_id, {k: (len(b), len(a)) for k, (b, a) in lists.items()})
     finally:

@@ -56,9 +56,8 @@ def object_info_from(url: str | None) -> dict:
         return ComfyClient(url).object_info()
     from pmg_tools.server import EmbeddedComfyUI
 
-    with tempfile.TemporaryDirectory(prefix="pmg-sync-") as base:
-        with EmbeddedComfyUI(base_dir=base) as server:
-            return ComfyClient(server.url).object_info()
+    with tempfile.TemporaryDirectory(prefix="pmg-sync-") as base, EmbeddedComfyUI(base_dir=base) as server:
+        return ComfyClient(server.url).object_info()
 
 
 def check(names: list[str], object_info: dict, folder: Path = WORKFLOWS) -> dict[str, list[str]]:
@@ -110,11 +109,9 @@ def main(argv: list[str] | None = None) -> int:
 
     problems = check(names, object_info, folder)
     for name, lines in problems.items():
-        print(f"{name}: out of sync", file=sys.stderr)
-        for line in lines:
-            print(f"  {line}", file=sys.stderr)
+        log.error("%s: out of sync\n%s", name, "\n".join(f"  {line}" for line in lines))
     if not problems:
-        print(f"in sync: {', '.join(names)}", file=sys.stderr)
+        log.info("in sync: %s", ", ".join(names))
     return 1 if problems else 0
 
 
