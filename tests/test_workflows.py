@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 import requests
@@ -75,7 +74,7 @@ class Timeline:
     def seconds(self, node: str) -> float:
         """From ``executing`` of ``node`` to the next ``executing`` event."""
         starts = [(t, e["data"].get("node")) for t, e in self.events if e["type"] == "executing"]
-        for (t, current), (t_next, _) in zip(starts, starts[1:]):
+        for (t, current), (t_next, _) in zip(starts, starts[1:], strict=False):  # pairs: each start with the next
             if current == node:
                 return t_next - t
         raise AssertionError(f"node {node} did not execute; events: {[e['type'] for _, e in self.events]}")
@@ -282,7 +281,8 @@ def assert_upscaled_selection(client, entry: dict, scores: dict, save_node: str)
     assert big.size == (256, 256) and small.size == (64, 64)
     # The same picture: shrunk back, the upscale is close to the selection (a wrong input would not be).
     shrunk = big.resize((64, 64), Image.Resampling.BOX)
-    mean_error = sum(abs(a - b) for p, q in zip(shrunk.getdata(), small.getdata()) for a, b in zip(p, q)) / (64 * 64 * 3)
+    mean_error = sum(abs(a - b) for p, q in zip(shrunk.getdata(), small.getdata(), strict=True)
+                     for a, b in zip(p, q, strict=True)) / (64 * 64 * 3)
     assert mean_error < 12, mean_error
 
 
@@ -308,7 +308,7 @@ def test_repeat_of_a_user_does_no_llm_work(pmg_server, movie_run):
     run(client, graph)  # other tests may have run other users since: ComfyUI keeps only the last prompt's nodes
     graph[SAMPLER]["inputs"]["seed"] = 2
     entry, warm = run(client, graph)
-    assert BEFORE_SAMPLER <= warm.cached() and not (BEFORE_SAMPLER & warm.executed())
+    assert warm.cached() >= BEFORE_SAMPLER and not (BEFORE_SAMPLER & warm.executed())
     assert len(node_output(entry, SAVE)["images"]) == 3
 
     graph[EXTRACTOR]["inputs"]["keep_model_loaded"] = True  # does not change the keywords, forces a re-run
