@@ -68,11 +68,18 @@ def comfy_source_first(comfy_dir: Path = DEFAULT_COMFY_DIR) -> bool:
 
 
 def ensure_comfy_source_first(module: str, argv: list[str], comfy_dir: Path = DEFAULT_COMFY_DIR) -> None:
-    """Go on if ComfyUI's source comes first here; otherwise replace this process by ``python -m module argv``
-    started in that order (:func:`comfy_source_env`). The restarted process gets its caller's variables back."""
+    """Go on if ComfyUI's source comes first here; otherwise, when this process runs ``module`` as its main module,
+    replace it by ``python -m module argv`` started in that order (:func:`comfy_source_env`). The restarted process
+    gets its caller's PYTHONPATH back for the processes it starts."""
     if comfy_source_first(comfy_dir):
         _restore_caller_env()
         return
+    main = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if main is None or main.name != module:  # called from another program: never replace that program's process
+        raise ModelLoadError(
+            f"{module} needs ComfyUI's source ({comfy_dir}) first on the module path, and this process ({sys.argv[0]}) "
+            f"does not have it; run `python -m {module}` from the repository's root, or start this process with "
+            "pmg_tools.comfy_source.comfy_source_env().")
     if _RESTARTED in os.environ:
         raise ModelLoadError(
             f"ComfyUI's source at {comfy_dir} is still not first on the module path after a restart with "
