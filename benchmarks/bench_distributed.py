@@ -1,6 +1,6 @@
 """Studio batch throughput: one ComfyUI server vs two, through Ray (`pmg queue --url A --url B`).
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_distributed.py [--users 16] [--steps 4]
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.bench_distributed [--users 16] [--steps 4]
         [--size 64] [--concurrency 2] [--repeats 2] [--json out.json]
 
 In ONE process: two embedded ComfyUI servers (CPU, one torch thread each, the tiny random
@@ -15,7 +15,8 @@ ComfyUI's cache cannot skip the sampler), each condition with users of its own:
 
 The conditions run in turn, ``--repeats`` rounds (fresh users each time); the figures are
 over all rounds (users/s = users / seconds summed). Prints users/s, the users each server ran,
-and the ratio two servers / one server (both on Ray). Ray's start-up (once per ``pmg queue`` run) is printed apart. Not a test: the figures
+and the ratio two servers / one server (both on Ray). Ray's start-up (once per ``pmg queue`` run) is printed
+apart. Not a test: the figures
 depend on the machine. On a 2-core machine each server gets one core, but the driver, Ray's
 processes and the other users of the machine share the same two.
 """
@@ -23,6 +24,7 @@ processes and the other users of the machine share the same two.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -32,9 +34,6 @@ import time
 from pathlib import Path
 
 import psutil
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from pmg_core.comfy_client.batch import queue_users
 from pmg_core.comfy_client.client import ComfyClient
@@ -64,6 +63,79 @@ def graph(steps: int, size: int, prefix: str) -> dict:
     }
 
 
+def conditions(urls: list[str], n_users: int, steps: int, size: int, concurrency: int, work: Path) -> dict:
+    """The three ways to run one round of users, by name: each takes the round's tag and returns its summary."""
+    overrides = {"2.text": "a portrait of {user_id}"}
+
+    def users(tag: str) -> list[str]:
+        return [f"{tag}{i:03d}" for i in range(n_users)]
+
+    return {
+        "one server, no Ray": lambda tag: queue_users(
+            ComfyClient(urls[0]), graph(steps, size, tag), None, users(tag), work / f"{tag}.jsonl",
+            concurrency=concurrency, substitutions=overrides),
+        "one server, Ray": lambda tag: queue_users_on_servers(
+            urls[:1], graph(steps, size, tag), None, users(tag), work / f"{tag}.jsonl",
+            concurrency=concurrency, substitutions=overrides),
+        "two servers, Ray": lambda tag: queue_users_on_servers(
+            urls, graph(steps, size, tag), None, users(tag), work / f"{tag}.jsonl",
+            concurrency=concurrency, substitutions=overrides),
+    }
+
+
+class CpuMeter:
+    """CPU seconds of the servers, of this driver and of Ray's processes."""
+
+    def __init__(self, servers: list):
+        self.server_pids = {server.pid for server in servers}
+        self.processes = [psutil.Process(server.pid) for server in servers]
+
+    def servers(self) -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in self.processes)
+
+    def ray_by_pid(self) -> dict[int, float]:
+        """CPU of Ray's processes (GCS, raylet, the actors' workers: this process's other descendants),
+        each with its reaped children's, so a worker that ended still counts in its parent."""
+        found = {}
+        for child in psutil.Process().children(recursive=True):
+            if child.pid not in self.server_pids:
+                with contextlib.suppress(psutil.NoSuchProcess):  # ended meanwhile: counted in its parent
+                    found[child.pid] = sum(child.cpu_times()[:4])  # user, system, children's user and system
+        return found
+
+    def ray_since(self, before: dict[int, float]) -> float:
+        return sum(cpu - before.get(pid, 0.0) for pid, cpu in self.ray_by_pid().items())
+
+
+def run_rounds(runs: dict, urls: list[str], meter: CpuMeter, n_users: int, repeats: int) -> dict:
+    """Each condition ``repeats`` times, in turn: seconds, users per server and CPU seconds summed per condition."""
+    rows = {name: {"seconds": [], "users_per_server": [0, 0], "server_cpu_s": 0.0, "driver_cpu_s": 0.0,
+                   "ray_cpu_s": 0.0} for name in runs}
+    for round_ in range(repeats):
+        for number, (name, run) in enumerate(runs.items()):
+            began, cpu_began, driver_began, ray_began = (time.perf_counter(), meter.servers(), time.process_time(),
+                                                         meter.ray_by_pid())
+            summary = run(f"r{round_}c{number}u")
+            seconds = time.perf_counter() - began
+            rows[name]["server_cpu_s"] += meter.servers() - cpu_began
+            rows[name]["driver_cpu_s"] += time.process_time() - driver_began
+            rows[name]["ray_cpu_s"] += meter.ray_since(ray_began)
+            assert summary.done == n_users and summary.failed == 0, summary.to_dict()
+            per_server = getattr(summary, "servers", {urls[0]: summary.done})
+            rows[name]["seconds"].append(round(seconds, 2))
+            rows[name]["users_per_server"] = [a + per_server.get(url, 0)
+                                              for a, url in zip(rows[name]["users_per_server"], urls, strict=True)]
+            log.info("round %d, %s: %.1f s", round_ + 1, name, seconds)
+    for row in rows.values():
+        row["users_per_s"] = round(n_users * repeats / sum(row["seconds"]), 3)
+        # CPU the servers used per user, and how many cores they kept busy on average.
+        row["server_cpu_s_per_user"] = round(row["server_cpu_s"] / (n_users * repeats), 3)
+        row["server_cores_busy"] = round(row.pop("server_cpu_s") / sum(row["seconds"]), 2)
+        row["driver_cpu_s_per_user"] = round(row.pop("driver_cpu_s") / (n_users * repeats), 3)
+        row["ray_cpu_s_per_user"] = round(row.pop("ray_cpu_s") / (n_users * repeats), 3)
+    return rows
+
+
 def benchmark(n_users: int, steps: int, size: int, concurrency: int, repeats: int, work: Path) -> dict:
     ray = import_ray()
     ensure_tiny_checkpoint()
@@ -79,69 +151,12 @@ def benchmark(n_users: int, steps: int, size: int, concurrency: int, repeats: in
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
                  object_store_memory=100 * 1024 * 1024)
         ray_start_s = time.perf_counter() - began
-        overrides = {"2.text": "a portrait of {user_id}"}
         for number, url in enumerate(urls):  # load the checkpoint on each server
             queue_users(ComfyClient(url), graph(steps, size, "warmup"), None, [f"warmup{number}"],
-                        work / f"warmup{number}.jsonl", substitutions=overrides)
+                        work / f"warmup{number}.jsonl", substitutions={"2.text": "a portrait of {user_id}"})
         load_before = [round(x, 2) for x in os.getloadavg()]
-
-        def users(tag: str) -> list[str]:
-            return [f"{tag}{i:03d}" for i in range(n_users)]
-
-        conditions = {
-            "one server, no Ray": lambda tag: queue_users(
-                ComfyClient(urls[0]), graph(steps, size, tag), None, users(tag), work / f"{tag}.jsonl",
-                concurrency=concurrency, substitutions=overrides),
-            "one server, Ray": lambda tag: queue_users_on_servers(
-                urls[:1], graph(steps, size, tag), None, users(tag), work / f"{tag}.jsonl",
-                concurrency=concurrency, substitutions=overrides),
-            "two servers, Ray": lambda tag: queue_users_on_servers(
-                urls, graph(steps, size, tag), None, users(tag), work / f"{tag}.jsonl",
-                concurrency=concurrency, substitutions=overrides),
-        }
-        rows = {name: {"seconds": [], "users_per_server": [0, 0], "server_cpu_s": 0.0, "driver_cpu_s": 0.0,
-                       "ray_cpu_s": 0.0} for name in conditions}
-        processes = [psutil.Process(server.pid) for server in servers]
-
-        def server_cpu() -> float:
-            return sum(sum(p.cpu_times()[:2]) for p in processes)
-
-        def ray_cpu_by_pid() -> dict[int, float]:
-            """CPU of Ray's processes (GCS, raylet, the actors' workers: this process's other descendants),
-            each with its reaped children's, so a worker that ended still counts in its parent."""
-            found = {}
-            for child in psutil.Process().children(recursive=True):
-                if child.pid not in {server.pid for server in servers}:
-                    try:
-                        found[child.pid] = sum(child.cpu_times()[:4])  # user, system, children's user and system
-                    except psutil.NoSuchProcess:  # ended meanwhile: counted in its parent
-                        pass
-            return found
-
-        def ray_cpu_since(before: dict[int, float]) -> float:
-            return sum(cpu - before.get(pid, 0.0) for pid, cpu in ray_cpu_by_pid().items())
-        for round_ in range(repeats):
-            for number, (name, run) in enumerate(conditions.items()):
-                began, cpu_began, driver_began, ray_began = (time.perf_counter(), server_cpu(), time.process_time(),
-                                                             ray_cpu_by_pid())
-                summary = run(f"r{round_}c{number}u")
-                seconds = time.perf_counter() - began
-                rows[name]["server_cpu_s"] += server_cpu() - cpu_began
-                rows[name]["driver_cpu_s"] += time.process_time() - driver_began
-                rows[name]["ray_cpu_s"] += ray_cpu_since(ray_began)
-                assert summary.done == n_users and summary.failed == 0, summary.to_dict()
-                per_server = getattr(summary, "servers", {urls[0]: summary.done})
-                rows[name]["seconds"].append(round(seconds, 2))
-                rows[name]["users_per_server"] = [a + per_server.get(url, 0)
-                                                  for a, url in zip(rows[name]["users_per_server"], urls)]
-                log.info("round %d, %s: %.1f s", round_ + 1, name, seconds)
-        for row in rows.values():
-            row["users_per_s"] = round(n_users * repeats / sum(row["seconds"]), 3)
-            # CPU the servers used per user, and how many cores they kept busy on average.
-            row["server_cpu_s_per_user"] = round(row["server_cpu_s"] / (n_users * repeats), 3)
-            row["server_cores_busy"] = round(row.pop("server_cpu_s") / sum(row["seconds"]), 2)
-            row["driver_cpu_s_per_user"] = round(row.pop("driver_cpu_s") / (n_users * repeats), 3)
-            row["ray_cpu_s_per_user"] = round(row.pop("ray_cpu_s") / (n_users * repeats), 3)
+        runs = conditions(urls, n_users, steps, size, concurrency, work)
+        rows = run_rounds(runs, urls, CpuMeter(servers), n_users, repeats)
         ray.shutdown()
     finally:
         for server in servers:

@@ -1,6 +1,6 @@
 """Keyword extraction for many users: batched prefetch vs one user per prompt, and a new user's stages.
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_keywords.py [--users 16] [--batch-size 16]
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.bench_keywords [--users 16] [--batch-size 16]
         [--max-new-tokens 48] [--llm PATH] [--json out.json]
 
 In ONE process, with ONE LLM (default: the SmolLM2-135M GGUF that ships offline), on the
@@ -30,15 +30,12 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pmg_core.assets import movielens_dir, smollm2_gguf  # noqa: E402
-from pmg_core.keywords import KeywordExtractor  # noqa: E402
-from pmg_core.llm import open_llm  # noqa: E402
-from pmg_core.loaders import SplitRule, load_histories  # noqa: E402
-from pmg_core.prefetch import prefetch_keywords  # noqa: E402
-from pmg_core.soft_prompt import AdapterSource, encode_cached  # noqa: E402
+from pmg_core.assets import movielens_dir, smollm2_gguf
+from pmg_core.keywords import KeywordExtractor
+from pmg_core.llm import open_llm
+from pmg_core.loaders import SplitRule, load_histories
+from pmg_core.prefetch import prefetch_keywords
+from pmg_core.soft_prompt import AdapterSource, encode_cached
 
 log = logging.getLogger("bench_keywords")
 

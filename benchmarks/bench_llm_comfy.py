@@ -1,8 +1,8 @@
 """Real-shaped LLMs at bf16 under ComfyUI's model management, beside an SD-sized model (the GPU check).
 
-    .venv/bin/python benchmarks/bench_llm_comfy.py --device cuda --out "$OUT/llm_comfy"
+    .venv/bin/python -m benchmarks.bench_llm_comfy --device cuda --out "$OUT/llm_comfy"
         [--shapes llama-3.2-1b,qwen2.5-3b,llama-3.1-8b] [--sd-gb 5.1] [--new-tokens 32] [--batch 8]
-    .venv/bin/python benchmarks/bench_llm_comfy.py --device cpu --dry-run --out /tmp/x   # the CPU smoke run
+    .venv/bin/python -m benchmarks.bench_llm_comfy --device cpu --dry-run --out /tmp/x   # the CPU smoke run
 
 ComfyUI 0.3.75 (``.cache/comfyui``) and this pack are imported in-process, as ComfyUI imports a
 custom node folder. For each shape, an LLM with random bf16 weights (:mod:`pmg_tools.realsize_llm`,
@@ -26,8 +26,10 @@ import sys
 import time
 from pathlib import Path
 
+from pmg_tools.comfy_source import DEFAULT_COMFY_DIR, ensure_comfy_source_first, import_comfy_package
+from pmg_tools.report import emit
+
 REPO = Path(__file__).resolve().parents[1]
-COMFY_SOURCE = REPO / ".cache" / "comfyui"
 PACK_NAME = "comfyui_pmg"
 
 log = logging.getLogger("bench_llm_comfy")
@@ -37,13 +39,7 @@ MB = 2**20
 
 def import_comfy(device: str):
     """ComfyUI's modules and this pack's runtime module, imported as ComfyUI would."""
-    if not (COMFY_SOURCE / "comfy").is_dir():
-        raise SystemExit(f"ComfyUI's source is missing at {COMFY_SOURCE}; run scripts/bootstrap_env.sh first.")
-    sys.path.insert(0, str(COMFY_SOURCE))
-    sys.path.insert(0, str(REPO))
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = device == "cpu"  # must precede comfy.model_management's import
+    import_comfy_package(DEFAULT_COMFY_DIR, cpu=device == "cpu")
     import comfy.model_management as mm
 
     if PACK_NAME not in sys.modules:
@@ -187,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    ensure_comfy_source_first("benchmarks.bench_llm_comfy", sys.argv[1:] if argv is None else argv)
     import torch
 
     torch.set_num_threads(1) if args.device == "cpu" else None
@@ -208,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "llm_comfy.json").write_text(json.dumps(report, indent=2))
     (args.out / "llm_comfy.md").write_text(f"Device: {device_name}\n\n" + markdown(rows))
-    print(markdown(rows))
+    emit(markdown(rows))
     return 0 if all("failed" not in row for row in rows) else 1
 
 

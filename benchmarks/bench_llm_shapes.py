@@ -1,6 +1,6 @@
 """Real-shaped LLMs per precision, and converting a GGUF: load time, peak RSS, bytes per parameter, tokens/s.
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_llm_shapes.py \
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.bench_llm_shapes \
         [--shapes llama-3.2-1b,qwen2.5-3b,llama-3.1-8b] [--dtypes fp32,bf16] [--new-tokens 8] [--gguf]
         [--device cpu|cuda] [--json out.json] [--md out.md]
 
@@ -34,9 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from pmg_tools.report import emit
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script; appended, so an imported ComfyUI keeps its top-level modules
-    sys.path.append(str(REPO))
 
 log = logging.getLogger("bench_llm_shapes")
 
@@ -88,8 +88,8 @@ def _child(args: list[str], need: float, shape: str = "") -> dict:
         verdict = memory_verdict(need, available_bytes(), shape)  # measured once the lock is ours
         if verdict:
             return {"skipped": verdict}
-        command = [sys.executable, str(Path(__file__).resolve()), "--child", *args]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        command = [sys.executable, "-m", "benchmarks.bench_llm_shapes", "--child", *args]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         return {"failed": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -245,7 +245,8 @@ def markdown(report: dict) -> str:
                      f"{row.get('load_s', '')} | {row.get('peak_rss_mb', '')} | {row.get('bytes_per_parameter', '')} | "
                      f"{row.get('tokens_per_s', '')} | {note} |")
     if report["gguf"]:
-        lines += ["", "| GGUF conversion | dtype | seconds | peak RSS MB | disk MB | disk bytes/param |", "|---|---|---|---|---|---|"]
+        lines += ["", "| GGUF conversion | dtype | seconds | peak RSS MB | disk MB | disk bytes/param |",
+                  "|---|---|---|---|---|---|"]
         for row in report["gguf"]:
             lines.append(f"| {row['method']} | {row['dtype']} | {row.get('seconds', '')} | {row.get('peak_rss_mb', '')} | "
                          f"{row.get('disk_mb', '')} | {row.get('disk_bytes_per_parameter', '')} |")
@@ -270,14 +271,14 @@ def main(argv: list[str] | None = None) -> int:
         kind, *rest = args.child
         job = {"build": child_build, "gguf": child_gguf}.get(kind)
         result = child_run(rest[0], rest[1], rest[2], int(rest[3])) if kind == "run" else job(*rest)
-        print(json.dumps(result))
+        emit(json.dumps(result))
         return 0
     unknown = set(args.shapes.split(",")) - set(SHAPES)
     if unknown:
         parser.error(f"unknown shapes {sorted(unknown)}; choose from {', '.join(SHAPES)}")
     report = run(args.shapes.split(","), args.dtypes.split(","), args.device, args.new_tokens, args.gguf)
     text = markdown(report)
-    print(text)
+    emit(text)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     if args.md:

@@ -1,6 +1,6 @@
 """What PMG costs on top of plain txt2img, measured on ONE real ComfyUI server.
 
-    .venv/bin/python benchmarks/bench_nodes.py [--repeats 3] [--checkpoint NAME] [--steps 4] [--size 64] [--json out.json]
+    .venv/bin/python -m benchmarks.bench_nodes [--repeats 3] [--checkpoint NAME] [--steps 4] [--size 64] [--json out.json]
 
 Against one embedded server started in a fresh folder (so every PMG cache is empty), it
 times, from ``POST /prompt`` to the prompt's end:
@@ -33,7 +33,7 @@ images and steps), freed before each prompt and on a live server; **the PMG Scor
 generation; peak RSS. The returning users' keywords and soft prompts are computed first by untimed
 64-px prompts (the caches do not depend on size or steps), so the timed PMG prompts read them::
 
-    flock /tmp/pmg-bigmem.lock .venv/bin/python benchmarks/bench_nodes.py --realsize sd15 --steps 2 --repeats 2 --alphas 0.5
+    flock /tmp/pmg-bigmem.lock .venv/bin/python -m benchmarks.bench_nodes --realsize sd15 --steps 2 --repeats 2 --alphas 0.5
 """
 
 from __future__ import annotations
@@ -51,14 +51,13 @@ from pathlib import Path
 
 import psutil
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pmg_core.comfy_client.client import ComfyClient  # noqa: E402
-from pmg_tools.demo import DemoSettings, apply_settings, load_api_workflow  # noqa: E402
-from pmg_tools.server import TINY_CHECKPOINT_NAME, EmbeddedComfyUI, install_default_models  # noqa: E402
+from pmg_core.comfy_client.client import ComfyClient
+from pmg_tools.demo import DemoSettings, apply_settings, load_api_workflow
+from pmg_tools.server import TINY_CHECKPOINT_NAME, EmbeddedComfyUI, install_default_models
 
 log = logging.getLogger("bench_nodes")
+
+REPO = Path(__file__).resolve().parents[1]
 ALPHAS = "0.33, 0.5, 0.67"
 
 
@@ -92,7 +91,8 @@ def pmg_graph(settings: DemoSettings, user: str, seed: int, prefix: str, llm: st
 
 
 LARGE_LLM = "pmg-zero-1.7b"
-_KEYWORDS = "space opera\n2. salvage crews\n3. lonely lighthouses\n4. night trains\n5. mystery\n6. red giants\n7. robots\n8. the sea\n9. birds\n10. colonies"
+_KEYWORDS = ("space opera\n2. salvage crews\n3. lonely lighthouses\n4. night trains\n5. mystery\n6. red giants\n"
+             "7. robots\n8. the sea\n9. birds\n10. colonies")
 
 
 def build_large_llm(base: Path) -> Path:
@@ -219,7 +219,7 @@ class NodeClock:
     def totals(self, ended: float) -> dict[str, float]:
         totals: dict[str, float] = {}
         following = [mark[0] for mark in self.marks[1:]] + [ended]
-        for (began, node), until in zip(self.marks, following):
+        for (began, node), until in zip(self.marks, following, strict=True):
             if node is not None and node in self.graph:
                 kind = self.graph[node]["class_type"]
                 totals[kind] = totals.get(kind, 0.0) + until - began
@@ -263,17 +263,21 @@ def benchmark(repeats: int, settings: DemoSettings, base: Path, users: list[str]
         pid = server.pid
         batch = len([a for a in settings.alphas.split(",") if a.strip()])
         # Warm-up: imports, torch kernels and the first checkpoint load are not what we compare.
-        client.wait(client.queue_prompt(plain_graph(settings.checkpoint, settings.steps, settings.size, batch, 999, "bench/warmup")))
+        warmup = plain_graph(settings.checkpoint, settings.steps, settings.size, batch, 999, "bench/warmup")
+        client.wait(client.queue_prompt(warmup))
 
-        first, plain, cold, warm = Condition("PMG first (first LLM load)"), Condition("plain"), Condition("PMG cold"), Condition("PMG warm")
+        first, plain = Condition("PMG first (first LLM load)"), Condition("plain")
+        cold, warm = Condition("PMG cold"), Condition("PMG warm")
         timed(client, pid, pmg_graph(settings, users[0], 0, "first"), first)
         cold_users = users[1 : 1 + repeats]
         for i in range(repeats):
-            timed(client, pid, plain_graph(settings.checkpoint, settings.steps, settings.size, batch, i, f"bench/plain{i}"), plain)
+            plain_i = plain_graph(settings.checkpoint, settings.steps, settings.size, batch, i, f"bench/plain{i}")
+            timed(client, pid, plain_i, plain)
             timed(client, pid, pmg_graph(settings, cold_users[i], i, f"cold{i}"), cold)
         large = Condition("PMG warm, 1.7B LLM")
         for i in range(repeats):
-            timed(client, pid, plain_graph(settings.checkpoint, settings.steps, settings.size, batch, 50 + i, f"bench/plainw{i}"), plain)
+            plain_i = plain_graph(settings.checkpoint, settings.steps, settings.size, batch, 50 + i, f"bench/plainw{i}")
+            timed(client, pid, plain_i, plain)
             timed(client, pid, pmg_graph(settings, cold_users[i], 100 + i, f"warm{i}"), warm, warm=True)
             if large_llm:
                 timed(client, pid, pmg_graph(settings, cold_users[i], 200 + i, f"large{i}", LARGE_LLM), large, warm=True)
@@ -325,7 +329,8 @@ def realsize_benchmark(repeats: int, settings: DemoSettings, base: Path, users: 
                 raise RuntimeError(f"priming user {user} failed: {entry['status']}")
         plain, warm = Condition("plain"), Condition("PMG returning user")
         for i, user in enumerate(returning):
-            timed(client, pid, plain_graph(settings.checkpoint, settings.steps, settings.size, batch, i, f"bench/plain{i}"), plain)
+            plain_i = plain_graph(settings.checkpoint, settings.steps, settings.size, batch, i, f"bench/plain{i}")
+            timed(client, pid, plain_i, plain)
             timed(client, pid, pmg_graph(settings, user, i, f"warm{i}"), warm, warm=True)
         live_plain, live_warm = Condition("plain, live server"), Condition("PMG returning user, live server")
         for i, user in enumerate(returning):

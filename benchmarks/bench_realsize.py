@@ -36,14 +36,15 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pmg_tools.realsize import DEFAULT_COMFY_DIR, FAMILIES, ensure_realsize_checkpoint  # noqa: E402
-from pmg_tools.server import EXAMPLE_MOVIELENS, install_default_models  # noqa: E402
-from pmg_tools.tiny_models.clip import TINY_CLIP_NAME  # noqa: E402
+from pmg_tools.comfy_source import DEFAULT_COMFY_DIR, ensure_comfy_source_first, import_comfy_package
+from pmg_tools.realsize import FAMILIES, ensure_realsize_checkpoint
+from pmg_tools.report import emit
+from pmg_tools.server import EXAMPLE_MOVIELENS, install_default_models
+from pmg_tools.tiny_models.clip import TINY_CLIP_NAME
 
 log = logging.getLogger("bench_realsize")
+
+REPO = Path(__file__).resolve().parents[1]
 PACK_NAME = "comfyui_pmg"
 ALPHAS = "0.33, 0.5, 0.67"
 PLAIN_TEXT = "a movie poster of Star Wars, science fiction, space"
@@ -52,10 +53,7 @@ NEGATIVE_TEXT = "blurry, low quality, text, watermark"
 
 def start_comfy(device: str, family: str, base: Path):
     """ComfyUI's modules in this process, its folders under ``base``, then the pack imported as ComfyUI does."""
-    sys.path.insert(0, str(DEFAULT_COMFY_DIR))
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = device == "cpu"  # before comfy.model_management is imported
+    comfy = import_comfy_package(DEFAULT_COMFY_DIR, cpu=device == "cpu")
     if device == "cpu" and FAMILIES[family].dtype == "bfloat16":
         comfy.cli_args.args.bf16_unet = True  # as `--bf16-unet`: fp32 SDXL needs 10 GB for the UNet alone
     import folder_paths
@@ -122,109 +120,131 @@ def run_graph(steps: list, meter: Meter) -> tuple[float, dict[str, float], objec
     return time.perf_counter() - began, per_node, results
 
 
-def benchmark(args, base: Path) -> dict:
-    import torch
+class Graphs:
+    """The two workflows as ``(node, callable)`` steps: ComfyUI's stock nodes and the pack's, one loaded checkpoint."""
 
-    torch.set_num_threads(args.threads)
-    spec = FAMILIES[args.family]
-    install_default_models(base)  # the offline LLM, the example histories, the scorer's tiny CLIP
-    checkpoint = base / "models" / "checkpoints" / spec.file_name
-    from pmg_core.atomic import copy_atomic
+    def __init__(self, args, comfy_nodes, pmg: dict, checkpoint: tuple):
+        self.args, self.comfy_nodes, self.pmg = args, comfy_nodes, pmg
+        self.model, self.clip, self.vae = checkpoint
+        self.batch = len([a for a in ALPHAS.split(",") if a.strip()])
+        self.keywords_of_first_run: dict = {}
+        self.history = None  # the user's history, loaded once before the timed runs
 
-    copy_atomic(ensure_realsize_checkpoint(args.family), checkpoint, link=True)
-    comfy_nodes, pmg = start_comfy(args.device, args.family, base)
-    meter = Meter(args.device)
-    began = time.perf_counter()
-    with torch.inference_mode():
-        model, clip, vae = comfy_nodes.CheckpointLoaderSimple().load_checkpoint(spec.file_name)[:3]
-    load_s = time.perf_counter() - began
-    detected = type(model.model.model_config).__name__
-    from pmg_core.assets import smollm2_gguf
+    def load_history(self) -> tuple:
+        return self.pmg["PMGUserHistoryLoader"].execute(
+            history_file=EXAMPLE_MOVIELENS, format="auto", user_id=self.args.user, max_items=0, scene="movie").result
 
-    batch = len([a for a in ALPHAS.split(",") if a.strip()])
-    size, steps = args.size, args.steps
+    def preference(self, r):
+        """The extractor's output in the first (keyword) run; afterwards the same, as a returning user's cache hit."""
+        return r["PMGPreferenceExtractor"] if "PMGPreferenceExtractor" in r else self.keywords_of_first_run["preference"]
 
-    def sampler(positive_key, negative_key, seed):
-        def sample(r):
-            (latent,) = comfy_nodes.EmptyLatentImage().generate(size, size, batch)
-            return comfy_nodes.KSampler().sample(model, seed, steps, 5.0, "euler", "normal", r[positive_key],
-                                                 r[negative_key], latent)[0]
-        return sample
+    def sample(self, positive, negative, seed: int):
+        size, nodes = self.args.size, self.comfy_nodes
+        (latent,) = nodes.EmptyLatentImage().generate(size, size, self.batch)
+        return nodes.KSampler().sample(self.model, seed, self.args.steps, 5.0, "euler", "normal", positive, negative,
+                                       latent)[0]
 
-    def plain_steps(seed: int) -> list:
+    def plain_steps(self, seed: int) -> list:
+        nodes, clip = self.comfy_nodes, self.clip
         return [
-            ("CLIPTextEncode", lambda r: (comfy_nodes.CLIPTextEncode().encode(clip, f"{PLAIN_TEXT}, {seed}")[0],
-                                          comfy_nodes.CLIPTextEncode().encode(clip, NEGATIVE_TEXT)[0])),
-            ("KSampler", lambda r: sampler("pos", "neg", seed)({"pos": r["CLIPTextEncode"][0], "neg": r["CLIPTextEncode"][1]})),
-            ("VAEDecode", lambda r: comfy_nodes.VAEDecode().decode(vae, r["KSampler"])[0]),
+            ("CLIPTextEncode", lambda r: (nodes.CLIPTextEncode().encode(clip, f"{PLAIN_TEXT}, {seed}")[0],
+                                          nodes.CLIPTextEncode().encode(clip, NEGATIVE_TEXT)[0])),
+            ("KSampler", lambda r: self.sample(r["CLIPTextEncode"][0], r["CLIPTextEncode"][1], seed)),
+            ("VAEDecode", lambda r: nodes.VAEDecode().decode(self.vae, r["KSampler"])[0]),
         ]
 
-    def pmg_steps(seed: int, keywords: bool) -> list:
-        history_node, extractor = pmg["PMGUserHistoryLoader"], pmg["PMGPreferenceExtractor"]
-        head = [
-            ("PMGUserHistoryLoader", lambda r: history_node.execute(
-                history_file=EXAMPLE_MOVIELENS, format="auto", user_id=args.user, max_items=0, scene="movie").result),
+    def keyword_steps(self) -> list:
+        """History, LLM and extractor: the first run only (a returning user's keywords are cached)."""
+        from pmg_core.assets import smollm2_gguf
+
+        pmg = self.pmg
+        return [
+            ("PMGUserHistoryLoader", lambda r: self.load_history()),
             ("PMGLLMLoader", lambda r: pmg["PMGLLMLoader"].execute(model=smollm2_gguf().name, device="auto").result[0]),
-            ("PMGPreferenceExtractor", lambda r: extractor.execute(
+            ("PMGPreferenceExtractor", lambda r: pmg["PMGPreferenceExtractor"].execute(
                 history=r["PMGUserHistoryLoader"][0], llm=r["PMGLLMLoader"], n_preference=8, n_target=10, seed=0,
                 max_new_tokens=100, keep_model_loaded=False).result[2]),
         ]
-        return (head if keywords else []) + [
+
+    def pmg_steps(self, seed: int, keywords: bool) -> list:
+        pmg, clip = self.pmg, self.clip
+        return (self.keyword_steps() if keywords else []) + [
             ("PMGSoftPromptEncoder", lambda r: pmg["PMGSoftPromptEncoder"].execute(
-                preference=preference(r), adapter="random (untrained, research)", clip=clip, num_image_tokens=4, seed=0).result[0]),
+                preference=self.preference(r), adapter="random (untrained, research)", clip=clip, num_image_tokens=4,
+                seed=0).result[0]),
             ("PMGConditioning", lambda r: pmg["PMGConditioning"].execute(
-                clip=clip, w_target=1.0, w_soft=1.0, w_preference=1.0, alphas=ALPHAS, preference=preference(r),
+                clip=clip, w_target=1.0, w_soft=1.0, w_preference=1.0, alphas=ALPHAS, preference=self.preference(r),
                 soft_prompt=r["PMGSoftPromptEncoder"]).result),
-            ("KSampler", lambda r: sampler("pos", "neg", seed)(
-                {"pos": r["PMGConditioning"][0], "neg": r["PMGConditioning"][1]})),
-            ("VAEDecode", lambda r: comfy_nodes.VAEDecode().decode(vae, r["KSampler"])[0]),
+            ("KSampler", lambda r: self.sample(r["PMGConditioning"][0], r["PMGConditioning"][1], seed)),
+            ("VAEDecode", lambda r: self.comfy_nodes.VAEDecode().decode(self.vae, r["KSampler"])[0]),
             # As the movie workflow scores: MovieLens has no posters, so CLIP texts (the offline tiny CLIP).
             ("PMGScorer", lambda r: pmg["PMGScorer"].execute(
-                images=r["VAEDecode"], history_images=history[2], preference=preference(r),
+                images=r["VAEDecode"], history_images=self.history[2], preference=self.preference(r),
                 alphas=r["PMGConditioning"][3], alpha=0.67, lpips_net="alex", filename_prefix="bench/realsize",
                 clip_model=TINY_CLIP_NAME).args),
         ]
 
-    keywords_of_first_run: dict = {}
 
-    def preference(r):
-        """The extractor's output in the first (keyword) run; afterwards the same, as a returning user's cache hit."""
-        return r["PMGPreferenceExtractor"] if "PMGPreferenceExtractor" in r else keywords_of_first_run["preference"]
+def load_graphs(args, base: Path) -> tuple[Graphs, dict]:
+    """The full-size checkpoint in ComfyUI's folders under ``base``, loaded by the stock loader; what it took."""
+    import torch
 
-    # The untimed first runs: kernels, the LLM's keywords for the user (then cached), the soft prompt cache.
+    from pmg_core.atomic import copy_atomic
+
+    spec = FAMILIES[args.family]
+    install_default_models(base)  # the offline LLM, the example histories, the scorer's tiny CLIP
+    copy_atomic(ensure_realsize_checkpoint(args.family), base / "models" / "checkpoints" / spec.file_name, link=True)
+    comfy_nodes, pmg = start_comfy(args.device, args.family, base)
+    began = time.perf_counter()
     with torch.inference_mode():
-        history = pmg["PMGUserHistoryLoader"].execute(
-            history_file=EXAMPLE_MOVIELENS, format="auto", user_id=args.user, max_items=0, scene="movie").result
-    first_pmg = run_graph(pmg_steps(10_000, keywords=True), meter)
-    keywords_of_first_run["preference"] = first_pmg[2]["PMGPreferenceExtractor"]
-    run_graph(plain_steps(10_001), meter)
-    plain_s, pmg_s, plain_nodes, pmg_nodes = [], [], [], []
-    plain_peak = pmg_peak = {}
-    for i in range(args.repeats):
-        meter.reset_peak()
-        seconds, nodes, _ = run_graph(plain_steps(i), meter)
-        plain_s.append(seconds), plain_nodes.append(nodes)
-        plain_peak = meter.peak()
-        meter.reset_peak()
-        seconds, nodes, _ = run_graph(pmg_steps(i, keywords=False), meter)
-        pmg_s.append(seconds), pmg_nodes.append(nodes)
-        pmg_peak = meter.peak()
-        log.info("repeat %d: plain %.2f s, PMG %.2f s", i, plain_s[-1], pmg_s[-1])
+        checkpoint = comfy_nodes.CheckpointLoaderSimple().load_checkpoint(spec.file_name)[:3]
+    loaded = {"checkpoint_load_s": round(time.perf_counter() - began, 2),
+              "detected_model_class": type(checkpoint[0].model.model_config).__name__}
+    return Graphs(args, comfy_nodes, pmg, checkpoint), loaded
 
-    def medians(runs: list[dict]) -> dict:
-        return {name: round(statistics.median(run[name] for run in runs), 3) for name in runs[0]}
 
+def time_conditions(graphs: Graphs, meter: Meter, repeats: int) -> dict:
+    """The untimed first runs (kernels, the user's keywords, the soft prompt cache), then plain and PMG in turn."""
+    import torch
+
+    with torch.inference_mode():
+        graphs.history = graphs.load_history()
+    first_pmg = run_graph(graphs.pmg_steps(10_000, keywords=True), meter)
+    graphs.keywords_of_first_run["preference"] = first_pmg[2]["PMGPreferenceExtractor"]
+    run_graph(graphs.plain_steps(10_001), meter)
+    runs = {"plain": ([], [], {}), "pmg_returning_user": ([], [], {})}
+    for i in range(repeats):
+        for name, steps in (("plain", graphs.plain_steps(i)), ("pmg_returning_user", graphs.pmg_steps(i, keywords=False))):
+            meter.reset_peak()
+            seconds, nodes, _ = run_graph(steps, meter)
+            runs[name][0].append(seconds), runs[name][1].append(nodes)
+            runs[name][2].update(meter.peak())
+        log.info("repeat %d: plain %.2f s, PMG %.2f s", i, runs["plain"][0][-1], runs["pmg_returning_user"][0][-1])
+    return {"first_pmg_s (keywords by the LLM, untimed warm-up)": round(first_pmg[0], 2), **{
+        name: {"median_s": round(statistics.median(seconds), 3), "runs_s": [round(s, 3) for s in seconds],
+               "node_median_s": medians(nodes), **peak}
+        for name, (seconds, nodes, peak) in runs.items()}}
+
+
+def medians(runs: list[dict]) -> dict:
+    return {name: round(statistics.median(run[name] for run in runs), 3) for name in runs[0]}
+
+
+def benchmark(args, base: Path) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    graphs, loaded = load_graphs(args, base)
+    timed = time_conditions(graphs, Meter(args.device), args.repeats)
     result = {
-        "family": args.family, "detected_model_class": detected, "device": args.device,
+        "family": args.family, "detected_model_class": loaded["detected_model_class"], "device": args.device,
         "device_name": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
-        "settings": {"size": size, "steps": steps, "images": batch, "repeats": args.repeats, "alphas": ALPHAS,
-                     "unet_dtype": str(model.model.get_dtype())},
-        "checkpoint_load_s": round(load_s, 2),
-        "plain": {"median_s": round(statistics.median(plain_s), 3), "runs_s": [round(s, 3) for s in plain_s],
-                  "node_median_s": medians(plain_nodes), **plain_peak},
-        "pmg_returning_user": {"median_s": round(statistics.median(pmg_s), 3), "runs_s": [round(s, 3) for s in pmg_s],
-                               "node_median_s": medians(pmg_nodes), **pmg_peak},
-        "first_pmg_s (keywords by the LLM, untimed warm-up)": round(first_pmg[0], 2),
+        "settings": {"size": args.size, "steps": args.steps, "images": graphs.batch, "repeats": args.repeats,
+                     "alphas": ALPHAS, "unet_dtype": str(graphs.model.model.get_dtype())},
+        "checkpoint_load_s": loaded["checkpoint_load_s"],
+        "plain": timed["plain"],
+        "pmg_returning_user": timed["pmg_returning_user"],
+        "first_pmg_s (keywords by the LLM, untimed warm-up)": timed["first_pmg_s (keywords by the LLM, untimed warm-up)"],
     }
     result["ratio_pmg_over_plain"] = round(result["pmg_returning_user"]["median_s"] / result["plain"]["median_s"], 3)
     result["scorer_share_of_pmg_prompt"] = round(
@@ -255,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.size = args.size or (1024 if args.family == "sdxl" else 512)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    ensure_comfy_source_first("benchmarks.bench_realsize", sys.argv[1:] if argv is None else argv)
     if args.device == "cuda":
         import torch
 
@@ -263,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pmg-bench-realsize-") as temporary:
         result = benchmark(args, args.base or Path(temporary))
     text = json.dumps(result, indent=2)
-    print(text)
+    emit(text)
     if args.out is not None:
         target = args.out / "bench_realsize.json" if args.out.is_dir() or not args.out.suffix else args.out
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """What PMG's scoring costs, beside one generation, measured in one process.
 
-    .venv/bin/python benchmarks/bench_scorer.py [--repeats 5] [--threads 1] [--json out.json]
+    .venv/bin/python -m benchmarks.bench_scorer [--repeats 5] [--threads 1] [--json out.json]
 
 Conditions, timed side by side (median of ``--repeats``, after one untimed warm-up each):
 
@@ -30,13 +30,12 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pmg_core.metrics import LPIPS, score_candidates  # noqa: E402
-from pmg_core.metrics.ssim import ssim  # noqa: E402
+from pmg_core.metrics import LPIPS, score_candidates
+from pmg_core.metrics.ssim import ssim
 
 log = logging.getLogger("bench_scorer")
+
+REPO = Path(__file__).resolve().parents[1]
 CANDIDATES, HISTORY = 3, 8
 
 

@@ -1,6 +1,6 @@
 """Keywords from a served LLM: requests counted at the server, and the same users asked locally.
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_served_keywords.py [--users 2]
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m benchmarks.bench_served_keywords [--users 2]
         [--max-new-tokens 32] [--json out.json]
 
 In ONE process: ``transformers serve`` (the pinned transformers) on the offline SmolLM2 saved
@@ -31,15 +31,13 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pmg_core.assets import movielens_dir, smollm2_gguf  # noqa: E402
-from pmg_core.keywords import KeywordExtractor  # noqa: E402
-from pmg_core.llm import open_llm  # noqa: E402
-from pmg_core.loaders import SplitRule, load_histories  # noqa: E402
-from pmg_core.served_llm import ServedLLM  # noqa: E402
-from pmg_tools.llm_server import TransformersServe, saved_smollm2_folder  # noqa: E402
+from pmg_core.assets import movielens_dir, smollm2_gguf
+from pmg_core.keywords import KeywordExtractor
+from pmg_core.llm import open_llm
+from pmg_core.loaders import SplitRule, load_histories
+from pmg_core.served_llm import ServedLLM
+from pmg_tools.llm_server import TransformersServe, saved_smollm2_folder
+from pmg_tools.report import emit
 
 log = logging.getLogger("bench_served_keywords")
 
@@ -78,7 +76,7 @@ def benchmark(n_users: int, max_new_tokens: int, work: Path) -> dict:
     began = time.perf_counter()
     local = KeywordExtractor(llm, cache_dir=work / "local", **settings).extract_many(histories)
     local_s = time.perf_counter() - began
-    same = sum(s.preference_keywords == lo.preference_keywords for s, lo in zip(served, local))
+    same = sum(s.preference_keywords == lo.preference_keywords for s, lo in zip(served, local, strict=True))
     return {
         "model": f"{llm.identity} (served from {folder.name} by transformers serve, CPU)",
         "users": len(histories), "max_new_tokens": max_new_tokens, "threads": torch.get_num_threads(),
@@ -86,7 +84,7 @@ def benchmark(n_users: int, max_new_tokens: int, work: Path) -> dict:
                              "requests_at_server": new_requests,
                              "client_requests": source.requests_sent, "seconds": round(served_s, 2)},
         "served_returning_users": {"requests_at_server": returning_requests, "seconds": round(returning_s, 3),
-                                   "same_keywords": all(a == b for a, b in zip(served, returning))},
+                                   "same_keywords": all(a == b for a, b in zip(served, returning, strict=True))},
         "local_new_users": {"seconds": round(local_s, 2)},
         "users_with_the_same_preference_keywords_served_and_local": same,
         "served": [list(p.preference_keywords) for p in served],
@@ -104,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="pmg-bench-served-") as temporary:
         result = benchmark(args.users, args.max_new_tokens, Path(temporary))
-    print(json.dumps(result, indent=2))
+    emit(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0

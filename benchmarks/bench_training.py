@@ -1,6 +1,6 @@
 """What one soft-prompt training step costs, and where the time goes: LLM or UNet.
 
-    .venv/bin/python benchmarks/bench_training.py [--steps 5] [--batch-size 6] [--resolution 256]
+    .venv/bin/python -m benchmarks.bench_training [--steps 5] [--batch-size 6] [--resolution 256]
         [--checkpoint PATH] [--llm PATH] [--negative-weight 0.5] [--device cpu] [--json out.json]
 
 Builds the trainer exactly as ``pmg train`` does (real SmolLM2-135M by default; the tiny
@@ -32,25 +32,24 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pmg_core.assets import smollm2_gguf  # noqa: E402
-from pmg_core.conditioning import DiffusersTextEncoder  # noqa: E402
-from pmg_core.llm import load_llm  # noqa: E402
-from pmg_core.loaders.stickers import build_sticker_histories  # noqa: E402
-from pmg_core.sd_checkpoint import load_sd_components  # noqa: E402
-from pmg_core.soft_prompt import SoftPromptAdapter  # noqa: E402
-from pmg_core.training.components import (  # noqa: E402
+from pmg_core.assets import smollm2_gguf
+from pmg_core.conditioning import DiffusersTextEncoder
+from pmg_core.llm import load_llm
+from pmg_core.loaders.stickers import build_sticker_histories
+from pmg_core.sd_checkpoint import load_sd_components
+from pmg_core.soft_prompt import SoftPromptAdapter
+from pmg_core.training.components import (
     DiffusersLatentEncoder,
     DiffusersNoisePredictor,
     NoiseSchedule,
 )
-from pmg_core.training.data import build_examples  # noqa: E402
-from pmg_core.training.trainer import SoftPromptTrainer, TrainConfig  # noqa: E402
+from pmg_core.training.data import build_examples
+from pmg_core.training.trainer import SoftPromptTrainer, TrainConfig
+from pmg_tools.report import emit
 
 PARTS = ("llm_forward", "unet_forward", "unet_backward", "llm_backward", "optimizer")
 
@@ -100,21 +99,23 @@ class _Timed:
         return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5, help="timed micro-batches (after one warm-up)")
     parser.add_argument("--batch-size", type=int, default=6)
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--negative-weight", type=float, default=0.5)
     parser.add_argument("--users", type=int, default=24)
-    parser.add_argument("--checkpoint", type=Path, default=None, help="SD1.x .safetensors or diffusers folder (default: tiny SD1.5)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="SD1.x .safetensors or diffusers folder (default: tiny SD1.5)")
     parser.add_argument("--llm", type=Path, default=None, help="HF folder or .gguf (default: SmolLM2-135M)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    return parser.parse_args(argv)
 
-    device = torch.device(args.device)
+
+def build_trainer(args: argparse.Namespace, device: torch.device) -> SimpleNamespace:
+    """The models, the training examples and the trainer, with the seconds loading took."""
     if args.checkpoint is None:
         from pmg_tools.server import ensure_tiny_checkpoint
 
@@ -133,19 +134,20 @@ def main(argv: list[str] | None = None) -> int:
         DiffusersLatentEncoder(generator.vae, generator.latent_scaling, generator.latent_shift),
         NoiseSchedule.from_scheduler(generator.scheduler), config, generator_identity=generator.identity,
     )
-    began = time.perf_counter()
-    trainer._encode_all(examples)  # one-time VAE + CLIP work, cached for the whole run
-    encode_seconds = time.perf_counter() - began
-    rss_loaded = _rss_mb()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    return SimpleNamespace(generator=generator, llm=llm, adapter=adapter, config=config, trainer=trainer,
+                           examples=examples, load_seconds=load_seconds)
 
+
+def time_steps(setup: SimpleNamespace, steps: int, batch_size: int, device: torch.device) -> list[dict]:
+    """Seconds of each part of ``steps`` micro-batches, after one untimed warm-up step."""
+    trainer, examples = setup.trainer, setup.examples
     timed = _Timed(trainer, device)
-    optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(setup.adapter.parameters(), lr=setup.config.learning_rate,
+                                  weight_decay=setup.config.weight_decay)
     rng = torch.Generator().manual_seed(0)
     rows = []
-    for step in range(args.steps + 1):
-        batch = [examples[(step * args.batch_size + i) % len(examples)] for i in range(args.batch_size)]
+    for step in range(steps + 1):
+        batch = [examples[(step * batch_size + i) % len(examples)] for i in range(batch_size)]
         timed.marks = {}
         _sync(device)
         started = time.perf_counter()
@@ -170,32 +172,53 @@ def main(argv: list[str] | None = None) -> int:
         }
         if step > 0:  # step 0 warms up allocators and kernels
             rows.append(row)
+    return rows
 
+
+def shares(rows: list[dict]) -> dict:
+    """Median seconds of each part, its share of a step, and the LLM's share against the UNet's."""
     median = {key: statistics.median(r[key] for r in rows) for key in (*PARTS, "step")}
     llm_total = median["llm_forward"] + median["llm_backward"]
     unet_total = median["unet_forward"] + median["unet_backward"]
-    report = {
-        "device": str(device),
-        "checkpoint": generator.identity,
-        "llm": llm.identity,
-        "batch_size": args.batch_size,
-        "resolution": args.resolution,
-        "negative_weight": args.negative_weight,
-        "timed_micro_batches": len(rows),
-        "load_seconds": round(load_seconds, 2),
-        "encode_images_and_captions_seconds": round(encode_seconds, 2),
+    return {
         "median_seconds": {k: round(v, 4) for k, v in median.items()},
         "share_of_step": {k: round(median[k] / median["step"], 3) for k in PARTS},
         "llm_share": round(llm_total / median["step"], 3),
         "unet_share": round(unet_total / median["step"], 3),
         "llm_to_unet_ratio": round(llm_total / unet_total, 3) if unet_total else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    device = torch.device(args.device)
+    setup = build_trainer(args, device)
+    began = time.perf_counter()
+    setup.trainer._encode_all(setup.examples)  # noqa: SLF001 - timed apart: the one-time VAE + CLIP work, cached for the run
+    encode_seconds = time.perf_counter() - began
+    rss_loaded = _rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rows = time_steps(setup, args.steps, args.batch_size, device)
+    report = {
+        "device": str(device),
+        "checkpoint": setup.generator.identity,
+        "llm": setup.llm.identity,
+        "batch_size": args.batch_size,
+        "resolution": args.resolution,
+        "negative_weight": args.negative_weight,
+        "timed_micro_batches": len(rows),
+        "load_seconds": round(setup.load_seconds, 2),
+        "encode_images_and_captions_seconds": round(encode_seconds, 2),
+        **shares(rows),
         "peak_rss_mb_after_loading": round(rss_loaded, 1),
         "peak_rss_mb_after_training": round(_rss_mb(), 1),
     }
     if device.type == "cuda":
         report["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     text = json.dumps(report, indent=2)
-    print(text)
+    emit(text)
     if args.json:
         args.json.write_text(text + "\n", encoding="utf-8")
     return 0

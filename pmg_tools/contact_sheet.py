@@ -99,7 +99,8 @@ def _draw_row(sheet, draw, font, row: SheetRow, y: int, candidate_x: int, text_x
         if index == row.selected:
             draw.rectangle([x - 3, top - 3, x + tile + 2, top + tile + 2], outline=SELECTED, width=3)
         if index < len(row.alphas):
-            draw.text((x, top + tile + 4), f"a={row.alphas[index]:.2f}", fill=SELECTED if index == row.selected else MUTED, font=font)
+            colour = SELECTED if index == row.selected else MUTED
+            draw.text((x, top + tile + 4), f"a={row.alphas[index]:.2f}", fill=colour, font=font)
         x += tile + PAD
     if not row.candidates and row.placeholder:
         width = 3 * (tile + PAD) - PAD

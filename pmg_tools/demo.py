@@ -515,7 +515,8 @@ def _append_wall_time(summary: Path, wall_s: float) -> None:
 def register(subparsers) -> None:
     """Add ``demo`` to an ``argparse`` sub-parser set (``pmg demo``)."""
     demo = subparsers.add_parser("demo", help="run the example workflows for a few users and write a results folder")
-    demo.add_argument("--users", type=int, default=5, help="how many users: 60%% MovieLens, the rest stickers (default 5 = 3 + 2)")
+    demo.add_argument("--users", type=int, default=5,
+                      help="how many users: 60%% MovieLens, the rest stickers (default 5 = 3 + 2)")
     demo.add_argument("--movie-users", help="comma-separated MovieLens user ids (instead of the first ones)")
     demo.add_argument("--sticker-users", help="comma-separated sticker user ids (instead of the first ones)")
     demo.add_argument("--url", help="use this running ComfyUI (with the pack installed) instead of the embedded one")

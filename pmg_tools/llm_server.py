@@ -1,6 +1,6 @@
 """Run ``transformers serve`` on a local model folder: a real OpenAI-compatible LLM server.
 
-Tests, benchmarks and ``scripts/keyword_quality.py --served`` start one through
+Tests, benchmarks and ``python -m scripts.keyword_quality --served`` start one through
 :class:`TransformersServe` (127.0.0.1, a free port, CPU, offline) and end it by its PID.
 ``requests_logged()`` counts the chat requests the server itself logged, so a benchmark
 counts at the server, not in the client.

@@ -37,7 +37,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import subprocess
 import sys
 import zlib
@@ -47,12 +46,12 @@ from pathlib import Path
 from pmg_core.atomic import atomic_path, copy_atomic
 from pmg_core.errors import InvalidSettingError, ModelLoadError
 
+from .comfy_source import DEFAULT_COMFY_DIR, REPO_ROOT, comfy_source_env, ensure_comfy_source_first, import_comfy_package
+from .report import emit
 from .server import file_lock
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_COMFY_DIR = REPO_ROOT / ".cache" / "comfyui"
 # Raise it whenever what a build writes changes: the cache folder is keyed by it.
 BUILDER_VERSION = 1
 
@@ -143,14 +142,8 @@ def cache_folder(cache_dir: Path | None = None, comfy_dir: Path = DEFAULT_COMFY_
 
 
 def import_comfy(comfy_dir: Path):
-    """Import ComfyUI's model code from its source folder, forced onto the CPU."""
-    if not (Path(comfy_dir) / "comfy").is_dir():
-        raise ModelLoadError(f"No ComfyUI source at {comfy_dir}; run scripts/fetch_comfyui.sh first.")
-    if str(comfy_dir) not in sys.path:
-        sys.path.insert(0, str(comfy_dir))
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True  # before comfy.model_management is imported
+    """Import ComfyUI's model code from its source folder (first on the module path), forced onto the CPU."""
+    import_comfy_package(comfy_dir)
     import comfy.ldm.models.autoencoder
     import comfy.supported_models
 
@@ -291,7 +284,8 @@ def ensure_realsize_checkpoint(name: str, seed: int = 0, cache_dir: Path | None 
         if cache_dir is not None:
             command += ["--cache-dir", str(cache_dir)]
         log.info("building the full-size %s checkpoint: %s", name, " ".join(command))
-        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+        env = comfy_source_env(comfy_dir)
+        env.setdefault("OMP_NUM_THREADS", "1")
         done = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True, timeout=3600, check=False)
         if done.returncode != 0 or not target.is_file():
@@ -318,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rebuild", action="store_true", help="build again even if the cache has it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    ensure_comfy_source_first("pmg_tools.realsize", sys.argv[1:] if argv is None else argv, args.comfy_dir)
 
     import torch
 
@@ -330,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         placed = args.out / family(args.family).file_name
         copy_atomic(target, placed, link=True)
         result["path"] = str(placed)
-    print(json.dumps(result), flush=True)
+    emit(json.dumps(result))
     return 0
 
 

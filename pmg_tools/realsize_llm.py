@@ -25,6 +25,8 @@ from pmg_core.atomic import atomic_path
 from pmg_core.errors import ModelLoadError
 from pmg_core.llm_precision import torch_dtype
 
+from .report import emit
+
 log = logging.getLogger(__name__)
 
 _LLAMA3_ROPE = {"rope_type": "llama3", "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=None, help="where the folders go (default ~/.cache/pmg/realsize-llm)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(build_realsize_llm(args.shape, args.dtype, args.root))
+    emit(str(build_realsize_llm(args.shape, args.dtype, args.root)))
     return 0
 
 

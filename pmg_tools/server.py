@@ -30,10 +30,11 @@ from pmg_core.comfy_client.lifetime import die_with_owner
 from pmg_core.errors import ComfyServerError, ModelLoadError
 from pmg_core.example_data import EXAMPLE_MOVIELENS, EXAMPLE_STICKERS, install_example_histories  # noqa: F401 (re-exported)
 
+from .comfy_source import DEFAULT_COMFY_DIR, REPO_ROOT, comfy_source_env
+from .report import emit
+
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]  # checkout tooling: it lives in the clone
-DEFAULT_COMFY_DIR = REPO_ROOT / ".cache" / "comfyui"
 PACK_LINK_NAME = "comfyui-pmg"
 TINY_CHECKPOINT_NAME = "pmg-tiny-sd15.safetensors"
 _CHECKPOINT_SCRIPT = REPO_ROOT / "scripts" / "make_tiny_checkpoint.py"
@@ -240,11 +241,13 @@ def ensure_tiny_checkpoint(
     with file_lock(folder / f".{target.name}.lock"):
         if target.is_file():  # another process built it while we waited
             return target
-        command = [python or sys.executable, str(_CHECKPOINT_SCRIPT), "--out", str(target),
-                   "--comfy-dir", str(Path(comfy_dir or DEFAULT_COMFY_DIR))]
+        comfy_dir = Path(comfy_dir or DEFAULT_COMFY_DIR)
+        command = [python or sys.executable, "-m", "scripts.make_tiny_checkpoint", "--out", str(target),
+                   "--comfy-dir", str(comfy_dir)]
         log.info("building the tiny checkpoint: %s", " ".join(command))
-        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+        env = comfy_source_env(comfy_dir)
+        env.setdefault("OMP_NUM_THREADS", "1")
+        done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
         if done.returncode != 0 or not target.is_file():
             raise ModelLoadError(
                 f"Building the tiny checkpoint failed (exit {done.returncode}):\n{done.stderr[-3000:]}\n"
@@ -387,7 +390,7 @@ def run_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         server.start(timeout=args.timeout)
-        print(server.url, flush=True)
+        emit(server.url)
         while not stop.is_set():
             if not server.is_running():
                 log.error("ComfyUI exited on its own; the end of its log:\n%s", server.log_tail())

@@ -1,6 +1,6 @@
 """Responsiveness and Fréchet distance of two or more sticker generator files, same seed, side by side.
 
-    .venv/bin/python scripts/compare_generators.py models/generators/pmg-sticker-generator.safetensors \\
+    .venv/bin/python -m scripts.compare_generators models/generators/pmg-sticker-generator.safetensors \
         runs/sticker-more/pmg-sticker-generator.safetensors --json runs/compare.json
 
 Each file draws one sticker for every held-out emoji name (seed 0, 20 Euler steps, cfg 5), judged by the
@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
+from pmg_tools.report import emit
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def main() -> None:
@@ -46,7 +46,7 @@ def main() -> None:
         results[str(path)] = report
         logging.info("%s: %s", path, json.dumps(report))
     args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
-    print(json.dumps(results, indent=1))
+    emit(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

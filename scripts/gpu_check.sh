@@ -36,8 +36,8 @@ if [ ! -x "$py" ]; then
 fi
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || echo "nvidia-smi not found" >"$OUT/nvidia-smi.txt"
 
-step llm_comfy 240 "$py" benchmarks/bench_llm_comfy.py --device cuda --out "$OUT/llm_comfy"
-step llm_shapes 75 "$py" benchmarks/bench_llm_shapes.py --device cuda --shapes llama-3.2-1b --dtypes bf16 \
+step llm_comfy 240 "$py" -m benchmarks.bench_llm_comfy --device cuda --out "$OUT/llm_comfy"
+step llm_shapes 75 "$py" -m benchmarks.bench_llm_shapes --device cuda --shapes llama-3.2-1b --dtypes bf16 \
   --new-tokens 32 --json "$OUT/llm_shapes.json" --md "$OUT/llm_shapes.md"
 
 # The real-size SD checkpoint tools come from another branch; run them only where they exist. The
@@ -45,7 +45,7 @@ step llm_shapes 75 "$py" benchmarks/bench_llm_shapes.py --device cuda --shapes l
 if [ -f pmg_tools/realsize.py ] && [ -f benchmarks/bench_realsize.py ]; then
   work="$(mktemp -d)"
   step realsize_build 75 "$py" -m pmg_tools.realsize --family sdxl --out "$work/sdxl"
-  step bench_realsize 75 "$py" benchmarks/bench_realsize.py --device cuda
+  step bench_realsize 75 "$py" -m benchmarks.bench_realsize --device cuda
   rm -rf "$work"
 else
   printf 'bench_realsize\tabsent\t0\n' >>"$status"

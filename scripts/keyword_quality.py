@@ -1,8 +1,8 @@
 """Keyword quality before and after PMG's keyword filter, on the same LLM answers.
 
-    .venv/bin/python scripts/keyword_quality.py [--stickers 8] [--movies 8] [--json docs/evaluation/keyword_quality.json]
+    .venv/bin/python -m scripts.keyword_quality [--stickers 8] [--movies 8] [--json docs/evaluation/keyword_quality.json]
     # the same SmolLM2 behind `transformers serve` (started here), asked through PMG's served source:
-    .venv/bin/python scripts/keyword_quality.py --served [--json ...]
+    .venv/bin/python -m scripts.keyword_quality --served [--json ...]
     # or any server you run: --llm-url http://127.0.0.1:11434 --llm-model llama3.2 --llm-api ollama
 
 For the first sticker users (the built-in Twemoji scene) and the first MovieLens users (reference
@@ -23,11 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pmg_core import keywords as keywords_module  # noqa: E402
-from pmg_core.evaluation.keyword_quality import CLASSES, keyword_classes, quality_table  # noqa: E402
+from pmg_core import keywords as keywords_module
+from pmg_core.evaluation.keyword_quality import CLASSES, keyword_classes, quality_table
 
 log = logging.getLogger("keyword_quality")
 
@@ -61,15 +58,15 @@ def measure(histories, llm, cache_dir: Path) -> dict:
         for history in histories:
             parsed.clear()
             preference = extractor.extract(history)
-            words = extractor._echo_words(keywords_module.prompt_set_for(history))
+            words = extractor._echo_words(keywords_module.prompt_set_for(history))  # noqa: SLF001 - the filter's own echo set
             # The filter sees the preference list first, then (when the LLM described it) the target's.
             lists = {"preference": (parsed[0], preference.preference_keywords)}
             if len(parsed) > 1:
                 lists["target"] = (parsed[1], preference.target_keywords)
             record = {"user_id": history.user_id}
             for kind, (before, after) in lists.items():
-                record[kind] = {"before": dict(zip(before, keyword_classes(before, history, words))),
-                                "after": dict(zip(after, keyword_classes(after, history, words)))}
+                record[kind] = {"before": dict(zip(before, keyword_classes(before, history, words), strict=True)),
+                                "after": dict(zip(after, keyword_classes(after, history, words), strict=True))}
             users.append(record)
             log.info("user %s: %s", history.user_id, {k: (len(b), len(a)) for k, (b, a) in lists.items()})
     finally:

@@ -2,7 +2,7 @@
 
 The picture is the method in one glance: three history cards (the user's behaviours) on
 the left feed a balance whose beam leans between a target square and a preference heart,
-the alpha of PMG. Rerun after editing: ``.venv/bin/python scripts/make_icon.py``.
+the alpha of PMG. Rerun after editing: ``.venv/bin/python -m scripts.make_icon``.
 """
 
 from __future__ import annotations

@@ -6,27 +6,23 @@
   here, so their cards are drawn, not generated: a real MovieLens user's liked movies and
   target from the example history, and the path they take through the workflow.
 
-    .venv/bin/python scripts/make_thumbnails.py [--only pmg_movie_poster_sdxl]
+    .venv/bin/python -m scripts.make_thumbnails [--only pmg_movie_poster_sdxl]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import textwrap
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pmg_core.evaluation.report import image_strip  # noqa: E402
-from pmg_core.evaluation.sticker_eval import StickerPipeline  # noqa: E402
-from pmg_core.sticker_model.text_encoder import MiniLMTextEncoder  # noqa: E402
-from pmg_core.sticker_model.weights import load_sticker_model  # noqa: E402
+from pmg_core.evaluation.report import image_strip
+from pmg_core.evaluation.sticker_eval import StickerPipeline
+from pmg_core.sticker_model.text_encoder import MiniLMTextEncoder
+from pmg_core.sticker_model.weights import load_sticker_model
 
 log = logging.getLogger("make_thumbnails")
 CARDS = {
@@ -37,6 +33,8 @@ CARDS = {
 
 
 CARD_SIZE = (384, 256)
+
+REPO = Path(__file__).resolve().parents[1]
 MOVIE_USER = "1"
 # Each movie workflow's card: the family it is for and the checkpoint file it expects.
 MOVIE_CARDS = {"pmg_movie_poster": ("SD1.5", "v1-5-pruned-emaonly", 512),

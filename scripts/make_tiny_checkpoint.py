@@ -15,9 +15,9 @@ ComfyUI's ops skip weight initialisation, so every tensor is set here from one s
 generator, in sorted key order: the file is byte-identical across runs with the same
 seed. Its images are noise: it tests wiring, not quality.
 
-Usage (it imports ComfyUI, so it is a script, not part of ``pmg_core``)::
+Usage, from the repository's root (it imports ComfyUI, so it is a script, not part of ``pmg_core``)::
 
-    .venv/bin/python scripts/make_tiny_checkpoint.py --out pmg-tiny-sd15.safetensors [--seed 0]
+    .venv/bin/python -m scripts.make_tiny_checkpoint --out pmg-tiny-sd15.safetensors [--seed 0]
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_COMFY_DIR = REPO / ".cache" / "comfyui"
+from pmg_tools.comfy_source import DEFAULT_COMFY_DIR, ensure_comfy_source_first, import_comfy_package
 
 # ComfyUI reads these from the key shapes; see comfy/model_detection.py::detect_unet_config.
 UNET_CONFIG = {
@@ -58,14 +57,8 @@ log = logging.getLogger("make_tiny_checkpoint")
 
 
 def import_comfy(comfy_dir: Path):
-    """Import ComfyUI's model code from its source folder, forced onto the CPU."""
-    if not (comfy_dir / "comfy").is_dir():
-        raise SystemExit(f"No ComfyUI source at {comfy_dir}; run scripts/fetch_comfyui.sh first.")
-    sys.path.insert(0, str(comfy_dir))
-    import comfy.cli_args
-
-    # Must be set before comfy.model_management is imported: no CUDA here.
-    comfy.cli_args.args.cpu = True
+    """Import ComfyUI's model code from its source folder (first on the module path), forced onto the CPU."""
+    import_comfy_package(comfy_dir)
     import comfy.sd1_clip
     import comfy.supported_models
     import comfy.taesd.taesd
@@ -176,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--comfy-dir", type=Path, default=DEFAULT_COMFY_DIR, help="ComfyUI source folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    ensure_comfy_source_first("scripts.make_tiny_checkpoint", sys.argv[1:] if argv is None else argv, args.comfy_dir)
 
     import torch
 

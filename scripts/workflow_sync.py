@@ -6,11 +6,11 @@ committed, so this script proves they describe the same graph, using the node sc
 of a real server (``/object_info``) to read the positional ``widgets_values``.
 
     # check (exit 1 and list the differences when a pair disagrees)
-    .venv/bin/python scripts/workflow_sync.py
+    .venv/bin/python -m scripts.workflow_sync
     # after editing a UI workflow in ComfyUI and saving it over workflows/<name>.json:
-    .venv/bin/python scripts/workflow_sync.py --write api
+    .venv/bin/python -m scripts.workflow_sync --write api
     # after editing an API copy by hand (layout, notes and model lists of the UI file are kept):
-    .venv/bin/python scripts/workflow_sync.py --write ui pmg_movie_poster
+    .venv/bin/python -m scripts.workflow_sync --write ui pmg_movie_poster
 
 Without ``--url`` it starts the embedded ComfyUI with this pack (~15 s) in a temporary
 folder; ``--url http://127.0.0.1:8188`` uses a running server instead.
@@ -25,13 +25,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pmg_core.comfy_client.workflow_format import api_differences, api_to_ui, ui_to_api  # noqa: E402
-from pmg_core.errors import PMGError  # noqa: E402
+from pmg_core.comfy_client.workflow_format import api_differences, api_to_ui, ui_to_api
+from pmg_core.errors import PMGError
 
 log = logging.getLogger("workflow_sync")
+
+REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
 
 
@@ -57,9 +56,8 @@ def object_info_from(url: str | None) -> dict:
         return ComfyClient(url).object_info()
     from pmg_tools.server import EmbeddedComfyUI
 
-    with tempfile.TemporaryDirectory(prefix="pmg-sync-") as base:
-        with EmbeddedComfyUI(base_dir=base) as server:
-            return ComfyClient(server.url).object_info()
+    with tempfile.TemporaryDirectory(prefix="pmg-sync-") as base, EmbeddedComfyUI(base_dir=base) as server:
+        return ComfyClient(server.url).object_info()
 
 
 def check(names: list[str], object_info: dict, folder: Path = WORKFLOWS) -> dict[str, list[str]]:
@@ -111,11 +109,9 @@ def main(argv: list[str] | None = None) -> int:
 
     problems = check(names, object_info, folder)
     for name, lines in problems.items():
-        print(f"{name}: out of sync", file=sys.stderr)
-        for line in lines:
-            print(f"  {line}", file=sys.stderr)
+        log.error("%s: out of sync\n%s", name, "\n".join(f"  {line}" for line in lines))
     if not problems:
-        print(f"in sync: {', '.join(names)}", file=sys.stderr)
+        log.info("in sync: %s", ", ".join(names))
     return 1 if problems else 0
 
 

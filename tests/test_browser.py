@@ -19,6 +19,7 @@ missing ones FAIL these tests with what to install; they are never skipped.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -148,7 +149,7 @@ def test_sticker_workflow_runs_from_the_run_button_and_shows_its_images(ui):
     assert all((s["width"], s["height"]) == (64, 64) for s in shown)
     shipped = json.loads((REPO / "workflows" / "api" / "pmg_sticker.json").read_text(encoding="utf-8"))
     assert result["steps"] == shipped["9"]["inputs"]["steps"]  # the workflow as a user gets it
-    print(f"sticker workflow from the Run button: {result['seconds']:.1f} s")
+    logging.getLogger(__name__).info("sticker workflow from the Run button: %.1f s", result["seconds"])
 
 
 def test_preference_extractor_shows_its_keywords_on_the_node(ui):

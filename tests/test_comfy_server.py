@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -42,8 +43,8 @@ def test_tiny_checkpoint_build_is_byte_identical(tmp_path, tiny_checkpoint):
     """Mechanics: building again with the same seed gives the same bytes (the cache key relies on it)."""
     out = tmp_path / "again.safetensors"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_checkpoint.py"), "--out", str(out)],
-                   check=True, capture_output=True, env=env, timeout=300)
+    subprocess.run([sys.executable, "-m", "scripts.make_tiny_checkpoint", "--out", str(out)],
+                   cwd=REPO, check=True, capture_output=True, env=env, timeout=300)
 
     def digest(path: Path) -> str:
         return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -115,7 +116,8 @@ def test_stock_pipeline_runs_and_its_image_is_served(comfy_server):
     warm = client.run(stock_txt2img_graph(seed=2, prefix="pmg_test/stock_b"), timeout=60)
     warm_seconds = time.monotonic() - began
     assert warm["status"]["status_str"] == "success"
-    print(f"warm stock prompt: {warm_seconds:.2f} s; server start-up: {comfy_server.server.startup_seconds:.1f} s")
+    logging.getLogger(__name__).info("warm stock prompt: %.2f s; server start-up: %.1f s", warm_seconds,
+                                     comfy_server.server.startup_seconds)
     assert warm_seconds < 10, "a warm 2-step 64x64 prompt should take well under a few seconds"
 
 
@@ -130,7 +132,7 @@ def test_serve_prints_its_url_and_stops_on_sigterm(tmp_path):
     )
     try:
         line = proc.stdout.readline().strip()
-        assert line == f"http://127.0.0.1:{port}", proc.stderr.read() if not line else line
+        assert line == f"http://127.0.0.1:{port}", line or proc.stderr.read()
         import requests
 
         assert requests.get(line + "/system_stats", timeout=5).status_code == 200
@@ -170,9 +172,8 @@ def test_an_interrupted_start_kills_the_server(tmp_path, monkeypatch):
 
     monkeypatch.setattr(server_module, "_answers", interrupted)
     server = EmbeddedComfyUI(comfy_dir=comfy_dir, base_dir=tmp_path / "b", pack_dir=None)
-    with pytest.raises(KeyboardInterrupt):
-        with server:
-            pass
+    with pytest.raises(KeyboardInterrupt), server:
+        pass
     assert pids and pids[0] is not None, "the fake server was never polled"
     assert not server.is_running()
     with pytest.raises(ProcessLookupError):  # ended and reaped, not left running

@@ -80,7 +80,7 @@ def test_alpha_scaling_rule_per_part(tiny_text_encoder):
     cond = build_conditions(tiny_text_encoder, TARGET, PREFERENCE, s, weights, alphas)
     target = tiny_text_encoder.encode([TARGET]).embeddings[0]
     preference = tiny_text_encoder.encode([PREFERENCE]).embeddings[0]
-    for row, alpha in zip(cond.embeddings, alphas):
+    for row, alpha in zip(cond.embeddings, alphas, strict=True):
         torch.testing.assert_close(row[:77], target * 1.5 * 2 * (1 - alpha))
         torch.testing.assert_close(row[77:81], s * 0.5 * 2 * alpha)
         torch.testing.assert_close(row[81:], preference * 2.0 * 2 * alpha)

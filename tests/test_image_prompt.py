@@ -73,9 +73,11 @@ def test_training_lowers_the_denoising_loss_on_train_users(lpips):
     torch.manual_seed(0)
     projection = ImagePromptProjection(1152, 4, 384, scale=0.3)
     before = [p.detach().clone() for p in generator.denoiser.parameters()]
-    losses = train_projection(projection, examples, generator.denoiser.float(), add_noise, steps=40, learning_rate=3e-3, batch_size=4)
+    losses = train_projection(projection, examples, generator.denoiser.float(), add_noise, steps=40, learning_rate=3e-3,
+                              batch_size=4)
     assert sum(losses[-10:]) < sum(losses[:10])
-    assert all(torch.equal(a, b) for a, b in zip(before, generator.denoiser.parameters()))  # the generator stays frozen
+    # The generator stays frozen.
+    assert all(torch.equal(a, b) for a, b in zip(before, generator.denoiser.parameters(), strict=True))
 
 
 def test_the_shipped_projection_fits_the_sticker_generator(lpips):

@@ -47,7 +47,8 @@ def graph(user_id: str, with_image: bool, prefix: str) -> dict:
 def stickers(server, nodes: dict) -> torch.Tensor:
     entry = server.client.run(nodes, timeout=300)
     assert entry["status"]["status_str"] == "success", (entry["status"], server.log_tail())
-    images = [np.asarray(Image.open(io.BytesIO(server.client.view(r["filename"], r.get("subfolder", ""), r.get("type", "output"))))
+    images = [np.asarray(Image.open(io.BytesIO(server.client.view(r["filename"], r.get("subfolder", ""),
+                                                                 r.get("type", "output"))))
                          .convert("RGB"), dtype=np.float32) / 255 for r in entry["outputs"]["8"]["images"]]
     return torch.from_numpy(np.stack(images))
 
@@ -55,7 +56,8 @@ def stickers(server, nodes: dict) -> torch.Tensor:
 def test_image_prompt_encoder_is_listed_with_the_shipped_projection(comfy_server):
     info = comfy_server.client.object_info()["PMGImagePromptEncoder"]
     assert info["category"] == "PMG/conditioning" and info["description"]
-    assert PROJECTION in info["input"]["required"]["projection"][1]["options"] or PROJECTION in info["input"]["required"]["projection"][0]
+    projection = info["input"]["required"]["projection"]
+    assert PROJECTION in projection[1]["options"] or PROJECTION in projection[0]
 
 
 def test_image_tokens_steer_the_stickers_by_the_users_history(comfy_server):

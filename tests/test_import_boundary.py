@@ -81,11 +81,10 @@ def _imports(tree: ast.AST, package: str = "pmg_core") -> list[tuple[int, str]]:
                 continue
             base = parts[: len(parts) - node.level + 1]
             found.append((node.lineno, ".".join(base + ([node.module] if node.module else []))))
-        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
-            "import_module", "__import__", "find_spec",
-        ):
-            if node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
-                found.append((node.lineno, node.args[0].value))
+        elif (isinstance(node, ast.Call)
+              and getattr(node.func, "attr", getattr(node.func, "id", "")) in ("import_module", "__import__", "find_spec")
+              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            found.append((node.lineno, node.args[0].value))
     return found
 
 

@@ -237,7 +237,8 @@ def test_unparseable_answers_fall_back_to_metadata_reported_and_cached(tiny_llm,
     with caplog.at_level(logging.WARNING, logger="pmg_core.keywords"):
         preference = KeywordExtractor(llm, cache_dir=tmp_path).extract(history)
     assert "'135'" in caplog.text and "metadata" in caplog.text
-    assert preference.history_text.startswith("1. 2001: A Space Odyssey(Drama, Mystery, Sci-Fi): Drama, Mystery, Sci-Fi, Space, Odyssey. ")
+    assert preference.history_text.startswith(
+        "1. 2001: A Space Odyssey(Drama, Mystery, Sci-Fi): Drama, Mystery, Sci-Fi, Space, Odyssey. ")
     assert preference.target_keywords == ("Comedy", "Cinema", "Paradiso")
     assert "Cinema Paradiso" in preference.target_text
     assert (preference.fallback_items, preference.fallback_preference) == (3, True)
@@ -339,7 +340,7 @@ def test_concurrent_writers_lose_nothing(tmp_path):
                 cache.set({"shared": i, "pad": "y" * 2000}, "shared", i)
                 value = cache.get("shared", i)
                 assert value is not None and value["shared"] == i
-        except Exception as exc:  # collected: assertion errors in threads do not fail a test
+        except Exception as exc:  # noqa: BLE001 - collected: errors in threads do not fail a test by themselves
             errors.append(exc)
 
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]

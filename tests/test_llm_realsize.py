@@ -24,7 +24,6 @@ from pmg_tools.realsize_llm import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.append(str(REPO / "benchmarks"))  # after ComfyUI's source: its `nodes` must stay the one found
 
 
 @pytest.mark.parametrize(
@@ -59,7 +58,7 @@ def test_a_tokenizer_without_chat_template_is_refused_before_building(tiny_llm, 
 
 
 def test_the_8b_shape_is_skipped_with_a_reason_when_memory_is_short():
-    from bench_llm_shapes import GB, memory_verdict
+    from benchmarks.bench_llm_shapes import GB, memory_verdict
 
     assert memory_verdict(17 * GB, 12 * GB, "llama-3.1-8b").startswith("skipped: needs ~18.0 GB")
     assert memory_verdict(17 * GB, 20 * GB, "llama-3.1-8b") is None
@@ -71,9 +70,9 @@ def test_gpu_check_script_parses_and_its_comfy_part_runs_on_the_cpu(tmp_path):
     """The GPU check's ComfyUI part, dry run: tiny LLM and SD stand-in through ComfyUI's model management."""
     assert subprocess.run(["bash", "-n", str(REPO / "scripts" / "gpu_check.sh")], check=False).returncode == 0
     done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "bench_llm_comfy.py"), "--device", "cpu", "--dry-run",
+        [sys.executable, "-m", "benchmarks.bench_llm_comfy", "--device", "cpu", "--dry-run",
          "--new-tokens", "4", "--batch", "2", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, check=False,
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "llm_comfy.json").read_text())

@@ -254,7 +254,8 @@ def test_json_chat_problems(tmp_path):
 # --- MovieLens atomic files ---------------------------------------------------------------------
 
 
-def _atomic(tmp_path, inter: str, item: str | None = "item_id:token\tmovie_title:token_seq\tclass:token_seq\n1\tToy Story\tAnimation Comedy\n"):
+def _atomic(tmp_path, inter: str,
+            item: str | None = "item_id:token\tmovie_title:token_seq\tclass:token_seq\n1\tToy Story\tAnimation Comedy\n"):
     (tmp_path / "ds.inter").write_text(inter, encoding="utf-8")
     if item is not None:
         (tmp_path / "ds.item").write_text(item, encoding="utf-8")

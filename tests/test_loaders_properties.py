@@ -7,6 +7,7 @@ and any file content must end in a history or a PMGError, never another exceptio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from pathlib import Path
@@ -23,6 +24,7 @@ EXAMPLES = settings(max_examples=50, deadline=None, suppress_health_check=[Healt
 
 text = st.text(max_size=30)
 non_blank = st.text(min_size=1, max_size=30).filter(lambda s: s.strip())
+optional_paths = st.none() | st.text(min_size=1, max_size=20).map(Path)
 finite = st.floats(allow_nan=False, allow_infinity=False)
 optional_number = st.none() | finite | st.integers(-(10**12), 10**12).map(float)
 
@@ -30,7 +32,7 @@ optional_number = st.none() | finite | st.integers(-(10**12), 10**12).map(float)
 def items(
     ids=non_blank,
     list_element=text,
-    image_paths=st.none() | st.text(min_size=1, max_size=20).map(Path),
+    image_paths=optional_paths,
 ):
     return st.builds(
         Item,
@@ -120,7 +122,8 @@ item_like = st.fixed_dictionaries(
     {"item_id": mostly_valid_id, "title": st.text(max_size=5) | st.just("A title") | json_values},
     optional={key: json_values for key in ITEM_FIELDS[2:] + ("image",)},
 )
-turn_like = st.fixed_dictionaries({"speaker": st.text(max_size=3) | json_values, "text": st.text(max_size=3)}) | st.text(max_size=6)
+turn_like = (st.fixed_dictionaries({"speaker": st.text(max_size=3) | json_values, "text": st.text(max_size=3)})
+             | st.text(max_size=6))
 record_like = st.fixed_dictionaries(
     {"user_id": mostly_valid_id, "items": st.lists(item_like | item_like | json_values, max_size=3) | json_values},
     optional={
@@ -138,21 +141,21 @@ csv_like = st.lists(
     max_size=5,
 ).map(lambda rows: "\n".join(",".join(r) for r in rows).encode("utf-8"))
 atomic_like = st.lists(
-    st.lists(st.sampled_from(["user_id:token", "item_id:token", "rating:float", "movie_title:token_seq", "1", "2", "x", ""]), max_size=5),
+    st.lists(st.sampled_from(["user_id:token", "item_id:token", "rating:float", "movie_title:token_seq", "1", "2", "x", ""]),
+             max_size=5),
     max_size=5,
 ).map(lambda rows: "\n".join("\t".join(r) for r in rows).encode("utf-8"))
 any_bytes = st.binary(max_size=300) | st.text(max_size=200).map(str.encode) | structured | csv_like | atomic_like
 
 
 def _assert_only_pmg_errors(call):
-    try:
+    with contextlib.suppress(PMGError):
         call()
-    except PMGError:
-        pass
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(content=any_bytes, suffix=st.sampled_from(SUFFIXES), fmt=st.sampled_from(["auto", "auto", "jsonl", "csv", "chat", "sticker", "movielens"]))
+@given(content=any_bytes, suffix=st.sampled_from(SUFFIXES),
+       fmt=st.sampled_from(["auto", "auto", "jsonl", "csv", "chat", "sticker", "movielens"]))
 def test_loaders_raise_only_pmg_errors_on_arbitrary_bytes(content, suffix, fmt):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"ds{suffix}"

@@ -62,7 +62,7 @@ def test_export_is_self_contained_and_loads_back(sticker_set):
     loaded = load_histories(sticker_set)
     built = build_sticker_histories(n_users=6, seed=0)
     assert list(loaded) == [h.user_id for h in built]
-    for original, copy in zip(built, loaded.values()):
+    for original, copy in zip(built, loaded.values(), strict=True):
         assert [i.title for i in copy.items] == [i.title for i in original.items]
         assert copy.target.keywords == original.target.keywords
         for item in (*copy.items, copy.target):

@@ -31,7 +31,7 @@ def test_load_image_reads_a_real_twemoji():
     path = next(iter(sorted(twemoji_png_dir().glob("*.png"))))
     image = load_image(path)
     assert image.shape == (1, 3, 72, 72)
-    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+    assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
     assert float(image[0, :, 0, 0].min()) > 0.99  # the transparent corner shows white
 
 

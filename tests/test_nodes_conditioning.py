@@ -88,7 +88,8 @@ def pack_tiny_llm(pmg_pack, tiny_llm_folder):
     return pmg_pack.core.llm.load_llm(tiny_llm_folder)
 
 
-def test_soft_prompt_encoder_random_research_adapter_is_seeded_and_cached(encoder_node, pmg_pack, comfy_clip, pack_tiny_llm, comfy_base):
+def test_soft_prompt_encoder_random_research_adapter_is_seeded_and_cached(encoder_node, pmg_pack, comfy_clip, pack_tiny_llm,
+                                                                          comfy_base):
     bundle = make_bundle(pmg_pack, llm=pack_tiny_llm, soft_prompt_text="a unique text for the cache test")
     first = encoder_node.execute(preference=bundle, adapter="random (untrained, research)", clip=comfy_clip,
                                  num_image_tokens=3, seed=7).args[0]

@@ -96,7 +96,7 @@ def test_execute_loads_the_user_text_and_images(loader, input_histories):
     assert "Orbit of Ashes" in text and "Midnight Tram" in text
     # three items have posters: one IMAGE batch at the common size, values in [0, 1]
     assert images.shape == (3, 256, 256, 3)
-    assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+    assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
 
 
 def test_execute_empty_user_takes_the_first_and_scene_overrides(loader, input_histories):

@@ -17,7 +17,8 @@ import torch
 from fixtures_nodes import PACK_NAME, pack_submodule
 
 # What a model writes after the primed "The keywords are:\n1." (the default prompts' assistant prefix).
-ANSWER = "space opera\n2. salvage crews\n3. lonely lighthouses\n4. night trains\n5. mystery\n6. red giants\n7. robots\n8. the sea\n9. birds\n10. colonies"
+ANSWER = ("space opera\n2. salvage crews\n3. lonely lighthouses\n4. night trains\n5. mystery\n6. red giants\n7. robots\n"
+          "8. the sea\n9. birds\n10. colonies")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""The pack's entry point: importing it without ComfyUI does nothing and never fails; it exports only comfy_entrypoint and WEB_DIRECTORY."""
+"""The pack's entry point: importing it without ComfyUI does nothing and never fails; it exports only comfy_entrypoint and
+WEB_DIRECTORY."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ print(json.dumps({
     "all": module.__all__,
     "mappings": hasattr(module, "NODE_CLASS_MAPPINGS"),
     "loose_public": sorted(n for n in vars(loose_module) if not n.startswith("_")),
-    "comfy_modules": sorted(n for n in sys.modules if n.split(".")[0] in ("comfy", "comfy_api", "folder_paths", "nodes", "server", "torch")),
+    "comfy_modules": sorted(n for n in sys.modules
+                            if n.split(".")[0] in ("comfy", "comfy_api", "folder_paths", "nodes", "server", "torch")),
 }))
 """
 

@@ -64,9 +64,8 @@ def test_keep_model_loaded_leaves_it_registered_and_the_next_use_does_not_load_i
 
 
 def test_the_llm_is_unloaded_even_when_the_block_fails(runtime, handle):
-    with pytest.raises(RuntimeError):
-        with runtime.llm_on_compute_device(handle, keep_loaded=False):
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), runtime.llm_on_compute_device(handle, keep_loaded=False):
+        raise RuntimeError("interrupted")
     assert not runtime.is_registered(handle)
 
 
@@ -79,9 +78,8 @@ def test_a_load_that_fails_part_way_is_undone(runtime, handle, monkeypatch):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(runtime.mm, "load_models_gpu", failing)
-    with pytest.raises(torch.OutOfMemoryError):
-        with runtime.llm_on_compute_device(handle, keep_loaded=True):
-            pass
+    with pytest.raises(torch.OutOfMemoryError), runtime.llm_on_compute_device(handle, keep_loaded=True):
+        pass
     assert not runtime.is_registered(handle)
 
 

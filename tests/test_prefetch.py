@@ -12,7 +12,8 @@ from pmg_core.loaders.stickers import build_sticker_histories
 from pmg_core.prefetch import prefetch_for_workflow, prefetch_keywords, workflow_keyword_settings
 from pmg_tools.demo import DemoSettings, apply_settings, load_api_workflow
 
-ANSWER = "space opera\n2. salvage crews\n3. lonely lighthouses\n4. night trains\n5. mystery\n6. red giants\n7. robots\n8. the sea\n9. birds\n10. colonies"
+ANSWER = ("space opera\n2. salvage crews\n3. lonely lighthouses\n4. night trains\n5. mystery\n6. red giants\n7. robots\n"
+          "8. the sea\n9. birds\n10. colonies")
 
 
 @pytest.fixture()

@@ -123,11 +123,11 @@ def unet_to_ldm(unet) -> dict[str, torch.Tensor]:
             out[f"{fixed[head]}.{leaf}"] = value
             continue
         if m := re.match(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
-            b, l, rest = int(m[1]), int(m[2]), m[3]
-            out[f"input_blocks.{1 + b * (n + 1) + l}.0.{_resnet_key(rest)}"] = value
+            b, layer, rest = int(m[1]), int(m[2]), m[3]
+            out[f"input_blocks.{1 + b * (n + 1) + layer}.0.{_resnet_key(rest)}"] = value
         elif m := re.match(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", key):
-            b, l, rest = int(m[1]), int(m[2]), m[3]
-            out[f"input_blocks.{1 + b * (n + 1) + l}.1.{rest}"] = value
+            b, layer, rest = int(m[1]), int(m[2]), m[3]
+            out[f"input_blocks.{1 + b * (n + 1) + layer}.1.{rest}"] = value
         elif m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
             b, rest = int(m[1]), m[2]
             out[f"input_blocks.{(b + 1) * (n + 1)}.0.op.{rest}"] = value
@@ -136,11 +136,11 @@ def unet_to_ldm(unet) -> dict[str, torch.Tensor]:
         elif m := re.match(r"mid_block\.attentions\.0\.(.*)", key):
             out[f"middle_block.1.{m[1]}"] = value
         elif m := re.match(r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
-            b, l, rest = int(m[1]), int(m[2]), m[3]
-            out[f"output_blocks.{b * (n + 1) + l}.0.{_resnet_key(rest)}"] = value
+            b, layer, rest = int(m[1]), int(m[2]), m[3]
+            out[f"output_blocks.{b * (n + 1) + layer}.0.{_resnet_key(rest)}"] = value
         elif m := re.match(r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", key):
-            b, l, rest = int(m[1]), int(m[2]), m[3]
-            out[f"output_blocks.{b * (n + 1) + l}.1.{rest}"] = value
+            b, layer, rest = int(m[1]), int(m[2]), m[3]
+            out[f"output_blocks.{b * (n + 1) + layer}.1.{rest}"] = value
         elif m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
             b, rest = int(m[1]), m[2]
             slot = 2 if list(reversed(attn))[b] else 1
@@ -353,7 +353,8 @@ def test_tiny_comfyui_checkpoint_loads_and_runs(tiny_checkpoint):
 
 
 def test_broken_diffusers_folder_names_the_fix(tmp_path):
-    """Mechanics: a folder with the diffusers configs but no loadable weights raises ModelLoadError saying what to pass instead."""
+    """Mechanics: a folder with the diffusers configs but no loadable weights raises ModelLoadError saying what to pass
+    instead."""
     for part in ("unet", "vae", "text_encoder"):
         (tmp_path / part).mkdir()
         (tmp_path / part / "config.json").write_text('{"_class_name": "AutoencoderKL"}', encoding="utf-8")

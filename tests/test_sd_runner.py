@@ -40,7 +40,7 @@ def test_one_image_per_alpha_same_seed_identical(generator, conditions):
     again = generator.generate(conditions, negative_prompt="broken text", seed=7, **SMALL)
     assert len(first) == 3
     assert all(image.size == (64, 64) and image.mode == "RGB" for image in first)
-    for a, b in zip(pixels(first), pixels(again)):
+    for a, b in zip(pixels(first), pixels(again), strict=True):
         assert np.array_equal(a, b)
 
 
@@ -91,7 +91,7 @@ def test_from_folder_loads_the_saved_pipeline(tiny_sd_folder, generator, conditi
     assert loaded.width == generator.width
     ours = pixels(generator.generate(conditions, seed=5, **SMALL))
     theirs = pixels(loaded.generate(conditions, seed=5, **SMALL))
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         assert np.array_equal(a, b)
 
 

@@ -64,7 +64,7 @@ def test_untrained_is_deterministic_per_seed(llm):
     a = SoftPromptAdapter.untrained(llm, TEXT_DIM, seed=3)
     b = SoftPromptAdapter.untrained(llm, TEXT_DIM, seed=3)
     c = SoftPromptAdapter.untrained(llm, TEXT_DIM, seed=4)
-    for (name, pa), (_, pb), (_, pc) in zip(a.state_dict().items(), b.state_dict().items(), c.state_dict().items()):
+    for (name, pa), (_, pb), (_, pc) in zip(a.state_dict().items(), b.state_dict().items(), c.state_dict().items(), strict=True):
         assert torch.equal(pa, pb), name
         if name != "bridge.bias":  # the bias starts at zero for every seed
             assert not torch.equal(pa, pc), name

@@ -8,7 +8,6 @@ curve, the negative term acts on the gradient, bad inputs are refused.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 
 import pytest
@@ -43,7 +42,8 @@ def images(tmp_path_factory):
         for y in range(40):
             for x in range(40):
                 inside = (x - 20) ** 2 + (y - 20) ** 2 < (8 + 2 * i) ** 2
-                pixels[x, y] = ((37 * i) % 256, (90 + 25 * i) % 256, (200 - 30 * i) % 256, 255) if inside else (x * 6, y * 6, 128, 255)
+                disc = ((37 * i) % 256, (90 + 25 * i) % 256, (200 - 30 * i) % 256, 255)
+                pixels[x, y] = disc if inside else (x * 6, y * 6, 128, 255)
         path = folder / f"item{i}.png"
         image.save(path)
         paths.append(path)
@@ -59,7 +59,8 @@ def examples(images):
         out.append(
             TrainingExample(
                 user_id=f"u{i}",
-                soft_prompt_text=f"A person sent the stickers {names[i]}, {names[(i + 1) % 6]}. Please describe the stickers they like.",
+                soft_prompt_text=(f"A person sent the stickers {names[i]}, {names[(i + 1) % 6]}. "
+                                  "Please describe the stickers they like."),
                 target_caption=f"a cute emoji, sticker, white background, {names[i]}",
                 target_image=images[i],
                 negative_caption=f"a cute emoji, sticker, white background, {names[neg]}",

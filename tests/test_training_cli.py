@@ -55,7 +55,8 @@ def test_train_command_end_to_end(sticker_set, tiny_sd_folder, tiny_llm_folder, 
     assert summary["evaluation"]["summary"] == evaluation["summary"]
 
     # A second run into the same folder needs --resume (or --overwrite); with it, nothing is left to do.
-    again = ["--history", str(sticker_set), "--checkpoint", str(tiny_sd_folder), "--llm", str(tiny_llm_folder), "--out", str(out), *TINY, "--eval-users", "1", "--eval-steps", "2", "--eval-guidance", "1.0"]
+    again = ["--history", str(sticker_set), "--checkpoint", str(tiny_sd_folder), "--llm", str(tiny_llm_folder), "--out", str(out),
+             *TINY, "--eval-users", "1", "--eval-steps", "2", "--eval-guidance", "1.0"]
     assert main(again) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: ") and "--resume" in last
@@ -75,7 +76,8 @@ def test_train_command_end_to_end(sticker_set, tiny_sd_folder, tiny_llm_folder, 
 )
 def test_bad_input_gives_one_line_error(extra, message, sticker_set, tiny_sd_folder, tiny_llm_folder, tmp_path, capsys):
     """Bad settings and paths end with exit status 1 and a single 'error: ...' line naming the problem."""
-    args = {"--history": str(sticker_set), "--checkpoint": str(tiny_sd_folder), "--llm": str(tiny_llm_folder), "--out": str(tmp_path / "o")}
+    args = {"--history": str(sticker_set), "--checkpoint": str(tiny_sd_folder), "--llm": str(tiny_llm_folder),
+            "--out": str(tmp_path / "o")}
     plain = [*TINY]
     for i in range(0, len(extra), 2):
         if extra[i] in args:

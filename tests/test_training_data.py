@@ -23,7 +23,7 @@ def test_examples_from_sticker_users(sticker_users):
     examples = build_examples(sticker_users, seed=0)
     assert [e.user_id for e in examples] == [h.user_id for h in sticker_users]
     targets = {h.user_id: h.target for h in sticker_users}
-    for example, history in zip(examples, sticker_users):
+    for example, history in zip(examples, sticker_users, strict=True):
         assert history.items[0].title in example.soft_prompt_text
         assert example.target_caption.startswith("a cute emoji, sticker, white background, " + history.target.title)
         assert example.target_image == history.target.image_path and example.target_image.is_file()
@@ -37,7 +37,7 @@ def test_training_image_is_square_rgb_on_white(sticker_users):
     """Real data: a 72 px transparent Twemoji becomes [3, R, R] in [0, 1] with a white surround."""
     image = load_training_image(sticker_users[0].target.image_path, 64)
     assert image.shape == (3, 64, 64)
-    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+    assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
     assert float(image[:, 0, 0].min()) > 0.95  # the transparent corner is composited on white
 
 
@@ -53,7 +53,8 @@ def test_users_without_target_image_are_refused_or_skipped(sticker_users):
 
 def test_missing_image_and_too_few_targets(sticker_users, tmp_path):
     """A target image path that does not exist -> MissingImageError; one distinct target -> TrainingError."""
-    gone = dataclasses.replace(sticker_users[0], target=dataclasses.replace(sticker_users[0].target, image_path=tmp_path / "x.png"))
+    missing_image = dataclasses.replace(sticker_users[0].target, image_path=tmp_path / "x.png")
+    gone = dataclasses.replace(sticker_users[0], target=missing_image)
     with pytest.raises(MissingImageError, match="x.png"):
         build_examples([gone, *sticker_users[1:]])
     same = [dataclasses.replace(h, target=sticker_users[0].target) for h in sticker_users[:3]]

@@ -149,7 +149,8 @@ def target_image(comfy_server) -> str:
     ({"alphas": "0.5, 0.7, 0.5"}, r"Alpha 0\.5 is given more than once.*give each alpha once"),
     ({"scorer_alphas": "0.33, abc"}, r"PMGScorer.*Cannot read 'abc' as an alpha.*write decimal numbers"),
     ({"target_text": "cat " * 262_144}, r"target text is 1,048,576 characters long.*at most 8 encoder window.*Shorten"),
-    ({"preference_text": " ".join(["cat"] * 700)}, r"preference text is 770 tokens long.*raise PMG Conditioning's max_text_windows"),
+    ({"preference_text": " ".join(["cat"] * 700)},
+     r"preference text is 770 tokens long.*raise PMG Conditioning's max_text_windows"),
 ])
 def test_user_facing_errors_name_the_problem_and_the_fix(comfy_server, target_image, change, expected):
     graph = pmg_no_llm_graph(target_image, prefix=f"pmg_trust/err_{len(str(change))}")

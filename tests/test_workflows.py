@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 import requests
@@ -75,7 +74,7 @@ class Timeline:
     def seconds(self, node: str) -> float:
         """From ``executing`` of ``node`` to the next ``executing`` event."""
         starts = [(t, e["data"].get("node")) for t, e in self.events if e["type"] == "executing"]
-        for (t, current), (t_next, _) in zip(starts, starts[1:]):
+        for (t, current), (t_next, _) in zip(starts, starts[1:], strict=False):  # pairs: each start with the next
             if current == node:
                 return t_next - t
         raise AssertionError(f"node {node} did not execute; events: {[e['type'] for _, e in self.events]}")
@@ -176,20 +175,20 @@ def test_shared_movie_workflows_are_set_up_for_real_checkpoints(name):
 
 
 def test_sync_script_regenerates_each_format_from_the_other_byte_for_byte(pmg_server, tmp_path):
-    """``workflow_sync.py --write api`` rebuilds the committed API copies from the UI files, and ``--write ui``
+    """``scripts.workflow_sync --write api`` rebuilds the committed API copies from the UI files, and ``--write ui``
     rebuilds the committed UI files from the API copies (layout, notes and model lists kept from the old UI file)."""
     folder = tmp_path / "workflows"
     shutil.copytree(WORKFLOWS, folder)
     for path in (folder / "api").glob("*.json"):
         path.unlink()
-    sync = [sys.executable, str(REPO / "scripts" / "workflow_sync.py"), "--url", pmg_server.url, "--dir", str(folder)]
-    subprocess.run([*sync, "--write", "api", *NAMES], check=True, capture_output=True, timeout=120)
+    sync = [sys.executable, "-m", "scripts.workflow_sync", "--url", pmg_server.url, "--dir", str(folder)]
+    subprocess.run([*sync, "--write", "api", *NAMES], cwd=REPO, check=True, capture_output=True, timeout=120)
     for name in NAMES:
         assert (folder / "api" / f"{name}.json").read_bytes() == (WORKFLOWS / "api" / f"{name}.json").read_bytes()
         ui = folder / f"{name}.json"
         for size in (64, 512, 1024):
             ui.write_text(ui.read_text().replace(f'"widgets_values": [\n        {size},', '"widgets_values": [\n        32,'))
-    subprocess.run([*sync, "--write", "ui", *NAMES], check=True, capture_output=True, timeout=120)
+    subprocess.run([*sync, "--write", "ui", *NAMES], cwd=REPO, check=True, capture_output=True, timeout=120)
     for name in NAMES:  # the API copy wins: the committed sizes again
         assert (folder / f"{name}.json").read_bytes() == (WORKFLOWS / f"{name}.json").read_bytes()
 
@@ -198,7 +197,7 @@ def test_sync_script_regenerates_each_format_from_the_other_byte_for_byte(pmg_se
     committed_steps = api[SAMPLER]["inputs"]["steps"]
     api[SAMPLER]["inputs"]["steps"] = committed_steps + 1
     (folder / "api" / "pmg_sticker.json").write_text(json.dumps(api))
-    checked = subprocess.run([*sync, "pmg_sticker"], capture_output=True, text=True, timeout=120)
+    checked = subprocess.run([*sync, "pmg_sticker"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert checked.returncode == 1 and f"input steps: {committed_steps + 1} != {committed_steps}" in checked.stderr
 
 
@@ -282,7 +281,8 @@ def assert_upscaled_selection(client, entry: dict, scores: dict, save_node: str)
     assert big.size == (256, 256) and small.size == (64, 64)
     # The same picture: shrunk back, the upscale is close to the selection (a wrong input would not be).
     shrunk = big.resize((64, 64), Image.Resampling.BOX)
-    mean_error = sum(abs(a - b) for p, q in zip(shrunk.getdata(), small.getdata()) for a, b in zip(p, q)) / (64 * 64 * 3)
+    mean_error = sum(abs(a - b) for p, q in zip(shrunk.getdata(), small.getdata(), strict=True)
+                     for a, b in zip(p, q, strict=True)) / (64 * 64 * 3)
     assert mean_error < 12, mean_error
 
 
@@ -308,7 +308,7 @@ def test_repeat_of_a_user_does_no_llm_work(pmg_server, movie_run):
     run(client, graph)  # other tests may have run other users since: ComfyUI keeps only the last prompt's nodes
     graph[SAMPLER]["inputs"]["seed"] = 2
     entry, warm = run(client, graph)
-    assert BEFORE_SAMPLER <= warm.cached() and not (BEFORE_SAMPLER & warm.executed())
+    assert warm.cached() >= BEFORE_SAMPLER and not (BEFORE_SAMPLER & warm.executed())
     assert len(node_output(entry, SAVE)["images"]) == 3
 
     graph[EXTRACTOR]["inputs"]["keep_model_loaded"] = True  # does not change the keywords, forces a re-run

@@ -73,13 +73,15 @@ def _workflow() -> dict:
             _node(1, "CheckpointLoaderSimple", outputs=[
                 {"name": "MODEL", "type": "MODEL", "links": [1]}, {"name": "CLIP", "type": "CLIP", "links": [2]},
                 {"name": "VAE", "type": "VAE", "links": None}], widgets=["tiny.safetensors"],
-                properties={"models": [{"name": "tiny.safetensors", "url": "https://example.org/tiny", "directory": "checkpoints"}]}),
+                properties={"models": [{"name": "tiny.safetensors", "url": "https://example.org/tiny",
+                                        "directory": "checkpoints"}]}),
             _node(2, "CLIPTextEncode", inputs=[{"name": "clip", "type": "CLIP", "link": 2}],
                   outputs=[{"name": "CONDITIONING", "type": "CONDITIONING", "links": [3, 4]}], widgets=["a cat"],
                   title="Positive"),
             _node(3, "Counter", outputs=[{"name": "count", "type": "INT", "links": [5]}],
                   inputs=[{"name": "label", "type": "STRING", "link": None}], widgets=[7, "randomize", "hi"]),
-            _node(4, "EmptyLatentImage", inputs=[{"name": "batch_size", "type": "INT", "widget": {"name": "batch_size"}, "link": 5}],
+            _node(4, "EmptyLatentImage",
+                  inputs=[{"name": "batch_size", "type": "INT", "widget": {"name": "batch_size"}, "link": 5}],
                   outputs=[{"name": "LATENT", "type": "LATENT", "links": [6]}], widgets=[64, 64, 1]),
             _node(5, "KSampler", inputs=[
                 {"name": "model", "type": "MODEL", "link": 1}, {"name": "positive", "type": "CONDITIONING", "link": 3},
@@ -95,7 +97,8 @@ def _workflow() -> dict:
 
 
 EXPECTED_API = {
-    "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny.safetensors"}, "_meta": {"title": "Load Checkpoint"}},
+    "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny.safetensors"},
+          "_meta": {"title": "Load Checkpoint"}},
     "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["1", 1]}, "_meta": {"title": "Positive"}},
     "3": {"class_type": "Counter", "inputs": {"seed": 7, "note": "hi"}, "_meta": {"title": "Counter"}},
     "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": ["3", 0]},

@@ -23,7 +23,7 @@ def draw(top, bottom, ink, shape) -> Image.Image:
     pixels = image.load()
     for y in range(64):
         t = y / 63
-        colour = tuple(round(a + (b - a) * t) for a, b in zip(top, bottom))
+        colour = tuple(round(a + (b - a) * t) for a, b in zip(top, bottom, strict=True))
         for x in range(64):
             pixels[x, y] = colour
     pen = ImageDraw.Draw(image)
