@@ -33,7 +33,7 @@ def _training_graph(seed: int) -> dict:
 def test_trained_adapter_is_used_by_the_next_prompt(comfy_server):
     """Mechanics: train 2 steps in the server, then generate with PMG Soft Prompt Encoder on the new adapter."""
     entry = comfy_server.client.run(_training_graph(seed=5), timeout=900)
-    trained = comfy_server.base_dir / "models" / "pmg" / f"{ADAPTER}.safetensors"
+    trained = comfy_server.base_dir / "models" / "pmg" / "adapters" / f"{ADAPTER}.safetensors"
     assert trained.is_file(), comfy_server.log_tail(40)
     assert output_files(entry), "the trainer shows its loss curve as a preview image"
     run_dir = comfy_server.base_dir / "user" / "pmg_cache" / "training" / ADAPTER

@@ -333,7 +333,7 @@ def bad_files(pmg_server, smollm2):
     junk = pmg_server.base_dir / "models" / "LLM" / "junk-llm"
     junk.mkdir(parents=True, exist_ok=True)
     (junk / "config.json").write_text("{this is not json", encoding="utf-8")
-    adapter = pmg_server.base_dir / "models" / "pmg" / "pmg-wrong-width.safetensors"
+    adapter = pmg_server.base_dir / "models" / "pmg" / "adapters" / "pmg-wrong-width.safetensors"
     save_adapter(SoftPromptAdapter.untrained(smollm2, text_dim=512), adapter)
     return {"llm": junk.name, "adapter": adapter.name}
 
