@@ -205,6 +205,37 @@ def autoencoder_loss(
     return loss
 
 
+def decoder_loss(
+    raw_latents: torch.Tensor,
+    images: torch.Tensor,
+    batch_size: int,
+    perceptual: nn.Module,
+    perceptual_weight: float = 1.0,
+    latent_noise: float = 0.1,
+) -> Callable[[nn.Module, torch.Generator], torch.Tensor]:
+    """L1 + ``perceptual_weight`` x LPIPS of a decoder on the frozen encoder's latents.
+
+    ``raw_latents`` ``[2, N, C, h, w]`` are the encoder's raw latents of ``images``
+    ``[N, 3, H, W]`` and of their mirror images (index 1), computed once: the
+    encoder does not train. ``perceptual`` is an ``lpips.LPIPS`` module (inputs
+    in [-1, 1]); the latent noise is the autoencoder stage's, so the decoder stays
+    as tolerant of the denoiser's inexact latents as it was.
+    """
+
+    def loss(decoder: nn.Module, rng: torch.Generator) -> torch.Tensor:
+        rows = torch.randint(0, images.shape[0], (batch_size,), generator=rng)
+        flip = (torch.rand(batch_size, generator=rng) < 0.5).long()
+        device = next(decoder.parameters()).device
+        raw = raw_latents[flip, rows].to(device)
+        target = torch.where(flip[:, None, None, None].bool(), images[rows].flip(-1), images[rows]).to(device)
+        noise = torch.randn(raw.shape, generator=rng).to(device) * latent_noise * raw.std()
+        out = decoder(raw + noise)
+        distance = perceptual(out * 2 - 1, target * 2 - 1).mean()
+        return F.l1_loss(out, target) + perceptual_weight * distance
+
+    return loss
+
+
 def denoiser_loss(
     latents: torch.Tensor,
     caption_states: torch.Tensor,
