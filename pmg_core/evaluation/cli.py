@@ -131,17 +131,20 @@ def _train_adapter(args) -> dict:
 
 
 def _train_image_prompt(args) -> dict:
-    """The image route's projection, trained on train-split users only (their target stickers)."""
+    """The image route's projection, trained on train-split users only (their target stickers).
+
+    A tenth of those users (at least 8) is kept aside: the projection is validated on them and keeps its best weights.
+    """
     import torch
 
     from ..errors import InvalidSettingError
-    from ..sticker_model.sampling import add_noise
-    from ..sticker_model.text_encoder import WIDTH, MiniLMTextEncoder
-    from ..sticker_model.weights import load_sticker_model
-    from ..image_prompt import ImagePromptProjection, save_image_prompt, train_projection
+    from ..image_prompt import ImagePromptProjection, train_projection
     from ..loaders.stickers import build_sticker_histories
     from ..metrics.lpips import LPIPS
     from ..progress import stderr_bar, tqdm_progress
+    from ..sticker_model.sampling import add_noise
+    from ..sticker_model.text_encoder import WIDTH, MiniLMTextEncoder
+    from ..sticker_model.weights import load_sticker_model
     from .cases import image_prompt_examples
 
     if args.generator is None:
@@ -149,21 +152,33 @@ def _train_image_prompt(args) -> dict:
     generator, encoder, lpips = load_sticker_model(args.generator), MiniLMTextEncoder(), LPIPS("alex")
     histories = build_sticker_histories(n_users=args.image_prompt_users, seed=SPLIT_SEEDS["train"])
     examples = image_prompt_examples(generator, encoder, lpips, histories)
-    scale = float(torch.cat([e.target_states for e in examples]).std())  # the text states' size
+    held = max(8, len(examples) // 10) if len(examples) >= 16 else 0
+    fit, validation = examples[: len(examples) - held], examples[len(examples) - held :]
+    scale = float(torch.cat([e.target_states for e in fit]).std())  # the text states' size
     torch.manual_seed(0)
-    projection = ImagePromptProjection(examples[0].features.shape[1], args.image_prompt_tokens, WIDTH, scale)
-    denoiser = generator.denoiser.float()
+    projection = ImagePromptProjection(fit[0].features.shape[1], args.image_prompt_tokens, WIDTH, scale)
     with stderr_bar("image prompt", "step", args.image_prompt_steps) as bar:
-        losses = train_projection(projection, examples, denoiser, add_noise, args.image_prompt_steps,
-                                  args.image_prompt_lr, progress=tqdm_progress(bar))
-    out = Path(args.train_image_prompt)
+        result = train_projection(projection, fit, generator.denoiser.float(), add_noise, args.image_prompt_steps,
+                                  args.image_prompt_lr, progress=tqdm_progress(bar), validation=validation)
+    training = {"generator": Path(args.generator).name, "image_size": generator.image_size, "users": len(fit),
+                "validation_users": len(validation), "split": "train", "steps": len(result.losses),
+                "best_step": result.best_step, "learning_rate": args.image_prompt_lr, "batch_size": 4, "seed": 0}
+    return _write_image_prompt(Path(args.train_image_prompt), projection, training, result)
+
+
+def _write_image_prompt(out: Path, projection, training: dict, result) -> dict:
+    """The projection file, its loss.csv and validation.csv; the figures that tell whether it learned."""
+    from ..image_prompt import save_image_prompt
+
     out.mkdir(parents=True, exist_ok=True)
-    training = {"generator": Path(args.generator).name, "image_size": generator.image_size, "users": len(examples), "split": "train", "steps": len(losses),
-                "learning_rate": args.image_prompt_lr, "batch_size": 4, "seed": 0}
     path = save_image_prompt(out / "image-prompt.safetensors", projection, training)
+    losses = result.losses
     (out / "loss.csv").write_text("step,loss\n" + "".join(f"{i + 1},{v:.6f}\n" for i, v in enumerate(losses)), encoding="utf-8")
+    (out / "validation.csv").write_text("step,loss\n" + "".join(f"{step},{v:.6f}\n" for step, v in result.validation),
+                                        encoding="utf-8")
     first, last = sum(losses[:25]) / len(losses[:25]), sum(losses[-25:]) / len(losses[-25:])
-    return {"image_prompt": str(path), "first_loss_mean": first, "final_loss_mean": last}
+    return {"image_prompt": str(path), "first_loss_mean": first, "final_loss_mean": last, "best_step": result.best_step,
+            "validation": result.validation, "validation_text_only": result.text_only}
 
 
 def _load_upscaler(path: Path):
