@@ -278,6 +278,7 @@ def _evaluate(args, methods: list[str]) -> dict:
                                            progress=tqdm_progress(bar))
         image_strip(report.pop("images")[:64]).save(out / "held_out_generated.png")
         image_strip(report.pop("real")[:64]).save(out / "held_out_real.png")
+        report.pop("latents")
         record["responsiveness"] = report
     (out / "evaluation.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
     (out / "evaluation.md").write_text(table + "\n", encoding="utf-8")

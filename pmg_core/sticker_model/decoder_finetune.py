@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..errors import TrainingError
 from ..metrics.lpips import LPIPS, build_lpips_module
-from .dataset import image_tensor, split, validation_slice
+from .dataset import EmojiImage, image_tensor, split, validation_slice
 from .stages import StageConfig, StageRun, decoder_loss
 from .weights import FILE_NAME, StickerModel, load_sticker_model, save_sticker_model
 
@@ -61,15 +61,21 @@ def finetune_decoder(
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
     export_only: bool = False,
+    validate_every: int = 100,
+    emoji: tuple[list[EmojiImage], list[EmojiImage]] | None = None,
 ) -> Path:
-    """Train (or continue) the decoder of ``init_from`` into ``out_dir``; returns the exported generator file."""
+    """Train (or continue) the decoder of ``init_from`` into ``out_dir``; returns the exported generator file.
+
+    The decoders are validated every ``validate_every`` steps and when the run stops. ``emoji``
+    (fit, validation) replaces the train split and its validation tenth (tests use a few images).
+    """
     from ..safe_paths import sha256_file
 
     config = config or DecoderFinetuneConfig()
     out_dir = Path(out_dir)
     generator = load_sticker_model(Path(init_from), device)
     digest = sha256_file(Path(init_from))[:16]
-    fit, validation = validation_slice(split()[0])
+    fit, validation = emoji if emoji is not None else validation_slice(split()[0])
     decoder = generator.autoencoder.taesd_decoder.train().requires_grad_(True)
     fingerprint = {"init_from": digest, "images": len(fit), **{k: v for k, v in asdict(config).items() if k != "stage"}}
     run = StageRun("decoder", out_dir / "decoder", decoder, config.stage, fingerprint)
@@ -80,22 +86,21 @@ def finetune_decoder(
         )
     if not export_only:
         images = image_tensor(fit, config.image_size)
-        raw = _frozen_latents(out_dir / f"decoder-latents-{digest}.safetensors", generator, images)
+        raw = _frozen_latents(out_dir / f"decoder-latents-{digest}-{len(fit)}.safetensors", generator, images)
         perceptual = build_lpips_module(config.perceptual_net).to(device)
         loss = decoder_loss(raw, images, config.stage.batch_size, perceptual, config.perceptual_weight, config.latent_noise)
         judge = _Validation(out_dir / "decoder", generator, image_tensor(validation, config.image_size))
-        _train(run, loss, judge, minutes, 60 * checkpoint_minutes, progress)
+        deadline = None if minutes is None else time.monotonic() + 60 * minutes
+        _train(run, loss, judge, deadline, 60 * checkpoint_minutes, validate_every, progress)
     return _export(out_dir, generator, Path(init_from).name, digest, config, len(fit))
 
 
-def _train(run: StageRun, loss, judge: _Validation, minutes: float | None, seconds: float, progress) -> None:
-    """Alternate stints of ``seconds`` of training with a validation of the live and EMA decoders."""
-    deadline = None if minutes is None else time.monotonic() + 60 * minutes
+def _train(run: StageRun, loss, judge: _Validation, deadline: float | None, seconds: float, every: int, progress) -> None:
+    """Train in stints of ``every`` steps, each followed by a validation of the live and EMA decoders."""
     if not judge.rows:  # the starting decoder's score: fine-tuning must beat it to be kept
         judge.score(run.step, "live", run.model)
     while not run.done and (deadline is None or time.monotonic() < deadline):
-        stint_end = time.monotonic() + seconds
-        run.run(loss, stint_end if deadline is None else min(stint_end, deadline), seconds, progress)
+        run.run(loss, deadline, seconds, progress, until_step=(run.step // every + 1) * every)
         for kind, model in (("live", run.model), ("ema", run.ema)):
             judge.score(run.step, kind, model)
         logger.info("decoder step %d: best %s", run.step, judge.best)

@@ -120,13 +120,15 @@ class StageRun:
         deadline: float | None,
         checkpoint_seconds: float,
         progress: Callable[[int, int], None] | None = None,
+        until_step: int | None = None,
     ) -> None:
-        """Optimise until the stage's steps are done or ``deadline`` (``time.monotonic``) passes."""
+        """Optimise until the stage's steps (or ``until_step``) are done or ``deadline`` (``time.monotonic``) passes."""
         self.open_log()
         self.model.train()
         last_save = time.monotonic()
+        stop = self.config.steps if until_step is None else min(until_step, self.config.steps)
         try:
-            while not self.done and (deadline is None or time.monotonic() < deadline):
+            while self.step < stop and (deadline is None or time.monotonic() < deadline):
                 lr = self.config.lr_at(self.step)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
@@ -157,9 +159,9 @@ class StageRun:
     def _update_ema(self) -> None:
         # A short warm-up of the decay, so early EMA weights are not dominated by the random start.
         decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
-        for ema, live in zip(self.ema.parameters(), self.model.parameters()):
+        for ema, live in zip(self.ema.parameters(), self.model.parameters(), strict=True):
             ema.lerp_(live.detach(), 1 - decay)
-        for ema, live in zip(self.ema.buffers(), self.model.buffers()):
+        for ema, live in zip(self.ema.buffers(), self.model.buffers(), strict=True):
             ema.copy_(live)
 
     def save_checkpoint(self) -> None:
