@@ -83,7 +83,8 @@ def test_training_lowers_the_denoising_loss_on_train_users(lpips):
     assert result.best_step == best_step and best_loss < result.validation[0][1]
     # the projection ends with its best validated weights (the fixed-noise loss is reproducible)
     assert validation_loss(projection, examples[:2], denoiser, add_noise) == pytest.approx(best_loss, rel=1e-5)
-    assert all(torch.equal(a, b) for a, b in zip(before, generator.denoiser.parameters(), strict=True))  # the generator stays frozen
+    # the generator stays frozen
+    assert all(torch.equal(a, b) for a, b in zip(before, generator.denoiser.parameters(), strict=True))
 
 
 def test_the_shipped_projection_fits_the_sticker_generator(lpips):

@@ -90,7 +90,7 @@ def test_an_interrupted_run_resumes_into_the_same_loss_curve_and_weights(tmp_pat
     rows_b = read_loss_csv(tmp_path / "resumed" / "loss.csv")
     assert [r["step"] for r in rows_b] == list(range(1, 7))
     assert [r["loss"] for r in rows_a] == pytest.approx([r["loss"] for r in rows_b], rel=1e-6)
-    for a, b in zip(straight.ema.parameters(), second.ema.parameters()):
+    for a, b in zip(straight.ema.parameters(), second.ema.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
     assert (tmp_path / "resumed" / "loss.png").is_file()
 

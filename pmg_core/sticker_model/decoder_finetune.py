@@ -159,7 +159,7 @@ def _append_validation(path: Path, row: dict) -> None:
 @torch.no_grad()
 def _frozen_latents(path: Path, generator: StickerModel, images: torch.Tensor) -> torch.Tensor:
     """``[2, N, C, h, w]``: the frozen encoder's raw latents of ``images`` and of their mirror images (cached)."""
-    from .run import _cached
+    from .run import cached_tensors
 
     encoder = generator.autoencoder.taesd_encoder
     device = next(encoder.parameters()).device
@@ -169,7 +169,7 @@ def _frozen_latents(path: Path, generator: StickerModel, images: torch.Tensor) -
                  for side in (images, images.flip(-1))]
         return {"raw": torch.stack(sides)}
 
-    return _cached(path, encode)["raw"]
+    return cached_tensors(path, encode)["raw"]
 
 
 def _export(out_dir: Path, generator: StickerModel, name: str, digest: str, config: DecoderFinetuneConfig, images: int) -> Path:
