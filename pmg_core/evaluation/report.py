@@ -39,7 +39,9 @@ def markdown_table(summary: dict[str, dict[str, Estimate]]) -> str:
     return "\n".join(lines)
 
 
-def tradeoff_curve(summary: dict[str, dict[str, Estimate]], accuracy: str = "judge_target", width: int = 640, height: int = 460) -> Image.Image:
+def tradeoff_curve(
+    summary: dict[str, dict[str, Estimate]], accuracy: str = "judge_target", width: int = 640, height: int = 460
+) -> Image.Image:
     """Closeness to history (1 - LPIPS) against accuracy for each alpha of the sweep, the baseline marked."""
     swept = sorted((float(m.group(1)), name) for name in summary if (m := re.fullmatch(r"keywords a=([\d.]+)", name)))
     points = [(1 - summary[name]["lpips_history"].mean, summary[name][accuracy].mean, f"a={alpha:g}") for alpha, name in swept]
