@@ -47,7 +47,8 @@ def register(subparsers) -> None:
     p.add_argument("--adapter-users", type=int, default=48)
     p.add_argument("--adapter-steps", type=int, default=150)
     p.add_argument("--adapter-lr", type=float, default=1e-3)
-    p.add_argument("--image-prompt", type=Path, help="an image prompt projection for this generator (for 'image prompt' methods)")
+    p.add_argument("--image-prompt", type=Path, help="an image prompt projection for this generator (for 'image prompt' methods; "
+                   "with --train-image-prompt, the file the new one is compared with on the validation users)")
     p.add_argument("--train-image-prompt", type=Path, metavar="DIR",
                    help="train the image prompt projection on the train split's users into DIR and stop")
     p.add_argument("--image-prompt-users", type=int, default=200)
@@ -173,7 +174,13 @@ def _train_image_prompt(args) -> dict:
     training = {"generator": Path(args.generator).name, "image_size": generator.image_size, "users": len(fit),
                 "validation_users": len(validation), "split": "train", "steps": len(result.losses),
                 "best_step": result.best_step, "learning_rate": args.image_prompt_lr, "batch_size": 4, "seed": 0}
-    return _write_image_prompt(Path(args.train_image_prompt), projection, training, result)
+    written = _write_image_prompt(Path(args.train_image_prompt), projection, training, result)
+    if args.image_prompt is not None and validation:  # the file this one would replace, on the same users and noise
+        from ..image_prompt import load_image_prompt, validation_loss
+
+        previous = load_image_prompt(args.image_prompt, lpips, width=WIDTH).projection
+        written["validation_previous"] = validation_loss(previous, validation, generator.denoiser.float(), add_noise)
+    return written
 
 
 def _write_image_prompt(out: Path, projection, training: dict, result) -> dict:
