@@ -81,6 +81,14 @@ def test_markdown_table_has_a_row_per_method_with_intervals():
     assert "0.500 [0.400, 0.600]" in table and "-5.0% [-8.0, -2.0]" in table
 
 
+def test_paired_changes_are_per_user_and_skip_methods_that_did_not_run():
+    per_user = {"image prompt": {"lpips_history": [0.45, 0.9], "lpips_target": [0.5, 0.5]},
+                "history names": {"lpips_history": [0.5, 1.0], "lpips_target": [0.5, 0.5]}}
+    table = report.paired_changes_table(per_user)
+    assert table.count("\n") == 2  # header, rule and the one pair whose methods both ran
+    assert "| image prompt vs history names | -10.0% [-10.0, -10.0] | +0.0% [+0.0, +0.0] |" in table
+
+
 @pytest.fixture(scope="module")
 def evaluation(tmp_path_factory):
     from pmg_core.evaluation.judge import CategoryJudge

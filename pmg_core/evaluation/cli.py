@@ -229,7 +229,7 @@ def _evaluate(args, methods: list[str]) -> dict:
     from ..sticker_model.text_encoder import MiniLMTextEncoder
     from ..sticker_model.weights import load_sticker_model
     from .judge import load_judge
-    from .report import markdown_table, tradeoff_curve
+    from .report import markdown_table, paired_changes_table, tradeoff_curve
     from .sticker_eval import EvalSettings, StickerEvaluation, StickerPipeline, summarise
 
     settings = EvalSettings(
@@ -257,7 +257,7 @@ def _evaluate(args, methods: list[str]) -> dict:
         "per_user": {method: result.metrics for method, result in results.items()},
         "keywords": {c.history.user_id: list(c.preference.preference_keywords) for c in cases},
     }
-    table = markdown_table(summary)
+    table = markdown_table(summary) + "\n\nPaired by user:\n\n" + paired_changes_table(record["per_user"])
     tradeoff_curve(summary).save(out / "tradeoff.png")
     _save_sample_grids(args, out, cases, results, methods)
     if args.responsiveness:
