@@ -47,7 +47,9 @@ class ImagePromptProjection(nn.Module):
     def __init__(self, feature_dim: int, tokens: int, width: int, scale: float = 1.0):
         super().__init__()
         if tokens < 1 or width < 1 or feature_dim < 1:
-            raise InvalidSettingError(f"An image prompt needs positive sizes, not features={feature_dim}, k={tokens}, width={width}.")
+            raise InvalidSettingError(
+                f"An image prompt needs positive sizes, not features={feature_dim}, k={tokens}, width={width}."
+            )
         self.tokens, self.width = tokens, width
         self.project = nn.Linear(feature_dim, tokens * width)
         self.norm = nn.LayerNorm(width)
@@ -86,7 +88,9 @@ class ImagePrompt:
     def encode(self, images: Tensor) -> Tensor:
         """History images ``[N, 3, H, W]`` in [0, 1] → ``[1, k, width]`` float32."""
         if images.ndim != 4 or images.shape[0] == 0 or images.shape[1] != 3:
-            raise InvalidSettingError(f"The image prompt needs a batch of RGB history images [N, 3, H, W], got {tuple(images.shape)}.")
+            raise InvalidSettingError(
+                f"The image prompt needs a batch of RGB history images [N, 3, H, W], got {tuple(images.shape)}."
+            )
         images = resize(images.float(), (self.image_size, self.image_size))
         return self.projection(image_features(self.lpips, images)).float()
 
@@ -113,7 +117,7 @@ def load_image_prompt(path: Path, lpips: LPIPS | None = None, width: int | None 
         raise ModelLoadError(f"No image prompt projection at {path}; train one with: pmg eval --train-image-prompt DIR.")
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - safe_open is not a dict
     if metadata.get("format") != FORMAT:
         raise ModelLoadError(f"{path} is not an image prompt projection (format {metadata.get('format')!r}); "
                              "pick a file written by pmg eval --train-image-prompt.")
@@ -137,6 +141,43 @@ class ImagePromptExample:
     target_states: Tensor  # [T, D], the text encoder's states of the target prompt
 
 
+@dataclass
+class ProjectionTraining:
+    """What a projection's training measured: the per-step losses and the validation curve."""
+
+    losses: list[float]
+    validation: list[tuple[int, float]]  # (step, loss on the validation users with fixed noise)
+    text_only: float | None  # the same validation loss without image tokens: what the tokens must beat
+    best_step: int  # the step whose weights the projection holds at the end
+
+
+def _context(examples: list[ImagePromptExample], rows: list[int], tokens: Tensor | None) -> Tensor:
+    """``[B, T (+ k), D]``: each row's target text states (padded with their last state), then its image tokens."""
+    texts = [examples[r].target_states for r in rows]
+    length = max(t.shape[0] for t in texts)
+    texts = torch.stack([torch.cat([t, t[-1:].expand(length - t.shape[0], -1)]) for t in texts])
+    return texts if tokens is None else torch.cat([texts, tokens], dim=1)
+
+
+def _denoising_loss(projection, examples, rows, denoiser, add_noise, rng: torch.Generator, with_tokens: bool = True) -> Tensor:
+    tokens = torch.cat([projection(examples[r].features) for r in rows]) if with_tokens else None
+    x0 = torch.stack([examples[r].target_latent for r in rows])
+    noise = torch.randn(x0.shape, generator=rng)
+    timesteps = torch.randint(0, 1000, (len(rows),), generator=rng)
+    predicted = denoiser(add_noise(x0, noise, timesteps), timesteps.float(), _context(examples, rows, tokens))
+    return nn.functional.mse_loss(predicted, noise)
+
+
+@torch.no_grad()
+def validation_loss(projection, examples, denoiser, add_noise, draws: int = 8, seed: int = 1, with_tokens: bool = True) -> float:
+    """The denoising loss on ``examples`` with fixed noise and timesteps (``draws`` per user): comparable across steps."""
+    rng = torch.Generator().manual_seed(seed)
+    rows = [r for r in range(len(examples)) for _ in range(draws)]
+    losses = [_denoising_loss(projection, examples, rows[i : i + 32], denoiser, add_noise, rng, with_tokens)
+              for i in range(0, len(rows), 32)]
+    return float(torch.stack(losses).mean())
+
+
 def train_projection(
     projection: ImagePromptProjection,
     examples: list[ImagePromptExample],
@@ -147,33 +188,63 @@ def train_projection(
     batch_size: int = 4,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
-) -> list[float]:
+    validation: list[ImagePromptExample] | None = None,
+    validate_every: int = 100,
+) -> ProjectionTraining:
     """Train ``projection`` (the denoiser stays frozen) by ε-prediction on each user's target latent,
-    conditioned on ``[target text | image tokens]`` (PMG's condition at α = 0.5). Returns the losses."""
+    conditioned on ``[target text | image tokens]`` (PMG's condition at α = 0.5).
+
+    With ``validation`` users, the loss on them (fixed noise) is measured every
+    ``validate_every`` steps and the projection ends with its best weights (the
+    per-step training loss is too noisy to tell: random timesteps dominate it).
+    """
     if not examples:
         raise InvalidSettingError("Training an image prompt needs at least one user with history images and a target.")
-    for parameter in denoiser.parameters():
-        parameter.requires_grad_(False)
+    denoiser.requires_grad_(False)
     rng = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.AdamW(projection.parameters(), lr=learning_rate, weight_decay=0.01)
+    checker = _BestProjection(projection, validation, denoiser, add_noise)
     losses = []
-    projection.train()
     for step in range(steps):
+        projection.train()
         rows = torch.randint(0, len(examples), (batch_size,), generator=rng).tolist()
-        tokens = torch.cat([projection(examples[r].features) for r in rows])
-        texts = [examples[r].target_states for r in rows]
-        length = max(t.shape[0] for t in texts)
-        texts = torch.stack([torch.cat([t, t[-1:].expand(length - t.shape[0], -1)]) for t in texts])  # pad with the last state
-        context = torch.cat([texts, tokens], dim=1)
-        x0 = torch.stack([examples[r].target_latent for r in rows])
-        noise = torch.randn(x0.shape, generator=rng)
-        timesteps = torch.randint(0, 1000, (batch_size,), generator=rng)
-        loss = nn.functional.mse_loss(denoiser(add_noise(x0, noise, timesteps), timesteps.float(), context), noise)
+        loss = _denoising_loss(projection, examples, rows, denoiser, add_noise, rng)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
         losses.append(float(loss.detach()))
+        if (step + 1) % validate_every == 0 or step + 1 == steps:
+            checker.check(step + 1)
         if progress is not None:
             progress(step + 1, steps)
-    projection.eval()
-    return losses
+    return checker.finish(losses)
+
+
+class _BestProjection:
+    """Validates a projection during training and restores its best weights at the end."""
+
+    def __init__(self, projection, validation, denoiser, add_noise):
+        self.projection, self.examples, self.denoiser, self.add_noise = projection, validation, denoiser, add_noise
+        self.curve: list[tuple[int, float]] = []
+        self.best: tuple[int, float, dict] | None = None
+        self.text_only = None
+        if validation:
+            self.text_only = validation_loss(projection, validation, denoiser, add_noise, with_tokens=False)
+            self.check(0)
+
+    def check(self, step: int) -> None:
+        if not self.examples:
+            return
+        self.projection.eval()
+        loss = validation_loss(self.projection, self.examples, self.denoiser, self.add_noise)
+        self.curve.append((step, loss))
+        logger.info("image prompt step %d: validation loss %.5f (text only %.5f)", step, loss, self.text_only)
+        if self.best is None or loss < self.best[1]:
+            self.best = (step, loss, {k: v.detach().clone() for k, v in self.projection.state_dict().items()})
+
+    def finish(self, losses: list[float]) -> ProjectionTraining:
+        self.projection.eval()
+        if self.best is None:
+            return ProjectionTraining(losses, [], None, len(losses))
+        self.projection.load_state_dict(self.best[2])
+        return ProjectionTraining(losses, self.curve, self.text_only, self.best[0])

@@ -1,11 +1,13 @@
 """Responsiveness and Fréchet distance of two or more sticker generator files, same seed, side by side.
 
     .venv/bin/python -m scripts.compare_generators models/generators/pmg-sticker-generator.safetensors \
-        runs/sticker-more/pmg-sticker-generator.safetensors --json runs/compare.json
+        runs/decoder-ft/pmg-sticker-generator.safetensors --json runs/compare.json
 
 Each file draws one sticker for every held-out emoji name (seed 0, 20 Euler steps, cfg 5), judged by the
-category judge; the report also holds the autoencoder's ceiling (held-out reconstruction LPIPS and its
-Fréchet distance). Used to decide which generator file ships (models/README.md).
+category judge; the report also holds the autoencoder's ceiling (held-out reconstruction LPIPS, SSIM, L1
+and its Fréchet distance). Files whose denoisers are equal (e.g. a decoder fine-tuned from the other) share
+the sampled latents: only their decoders differ, so only the decoding is redone. Used to decide which
+generator file ships (models/README.md).
 """
 
 from __future__ import annotations
@@ -20,16 +22,23 @@ from pmg_tools.report import emit
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _same_weights(a, b) -> bool:
+    import torch
+
+    first, second = a.state_dict(), b.state_dict()
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
 def main() -> None:
     import torch
 
     from pmg_core.evaluation.judge import load_judge
     from pmg_core.evaluation.responsiveness import responsiveness_report
     from pmg_core.evaluation.sticker_eval import StickerPipeline
+    from pmg_core.metrics.lpips import LPIPS
     from pmg_core.sticker_model.dataset import split
     from pmg_core.sticker_model.text_encoder import MiniLMTextEncoder
     from pmg_core.sticker_model.weights import load_sticker_model
-    from pmg_core.metrics.lpips import LPIPS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("generators", nargs="+", type=Path)
@@ -39,10 +48,14 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
     judge, lpips, encoder, held_out = load_judge(args.judge), LPIPS("alex"), MiniLMTextEncoder(), split()[1]
-    results = {}
+    results, sampled = {}, []  # sampled: (denoiser, latents) of the files done so far
     for path in args.generators:
-        report = responsiveness_report(StickerPipeline(load_sticker_model(path), encoder), judge, lpips, held_out)
+        generator = load_sticker_model(path)
+        latents = next((done for denoiser, done in sampled if _same_weights(denoiser, generator.denoiser)), None)
+        report = responsiveness_report(StickerPipeline(generator, encoder), judge, lpips, held_out, latents=latents)
         report.pop("images"), report.pop("real")
+        sampled.append((generator.denoiser, report.pop("latents")))
+        report["latents_shared"] = latents is not None
         results[str(path)] = report
         logging.info("%s: %s", path, json.dumps(report))
     args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")

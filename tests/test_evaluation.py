@@ -81,6 +81,14 @@ def test_markdown_table_has_a_row_per_method_with_intervals():
     assert "0.500 [0.400, 0.600]" in table and "-5.0% [-8.0, -2.0]" in table
 
 
+def test_paired_changes_are_per_user_and_skip_methods_that_did_not_run():
+    per_user = {"image prompt": {"lpips_history": [0.45, 0.9], "lpips_target": [0.5, 0.5]},
+                "history names": {"lpips_history": [0.5, 1.0], "lpips_target": [0.5, 0.5]}}
+    table = report.paired_changes_table(per_user)
+    assert table.count("\n") == 2  # header, rule and the one pair whose methods both ran
+    assert "| image prompt vs history names | -10.0% [-10.0, -10.0] | +0.0% [+0.0, +0.0] |" in table
+
+
 @pytest.fixture(scope="module")
 def evaluation(tmp_path_factory):
     from pmg_core.evaluation.judge import CategoryJudge
@@ -159,3 +167,29 @@ def test_history_names_baseline_uses_the_items_names_and_is_compared_with(evalua
     assert "lpips_history_vs_names" in summary["keywords"] and "lpips_history_vs_names" in summary["target only"]
     assert "lpips_history_vs_names" not in summary["history names"]
     assert "Δ LPIPS→history vs history names" in report.markdown_table(summary)
+
+
+@pytest.mark.filterwarnings("ignore:Matrix is singular")  # 4 against 4 images: the Fréchet covariances are singular
+def test_responsiveness_decodes_given_latents_without_sampling_and_reports_the_reconstruction(evaluation):
+    """compare_generators hands one file's latents to a file with the same denoiser: only decoding is redone.
+    The autoencoder's ceiling carries SSIM and L1 beside LPIPS (a perceptual loss could game LPIPS alone)."""
+    from pmg_core.evaluation.responsiveness import decode_in_batches, responsiveness_report
+    from pmg_core.evaluation.sticker_eval import StickerPipeline
+    from pmg_core.sticker_model import dataset
+
+    generator = evaluation.pipeline.generator
+
+    class _NoSampling(torch.nn.Module):
+        def forward(self, *args):
+            raise AssertionError("given latents must not be sampled again")
+
+    no_sampling = type(generator)(generator.autoencoder, _NoSampling(), generator.metadata)
+    pipeline = StickerPipeline(no_sampling, evaluation.pipeline.encoder)
+    held_out = dataset.split()[1][:8]
+    latents = torch.randn(8, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    report = responsiveness_report(pipeline, evaluation.judge, evaluation.lpips, held_out, latents=latents)
+    assert report["latents"] is latents
+    assert torch.equal(report["images"], decode_in_batches(generator.autoencoder, latents))
+    assert 0 < report["reconstruction_l1"]["mean"] < 1 and -1 <= report["reconstruction_ssim"]["mean"] < 0.99  # a random decoder
+    low, high = report["reconstruction_lpips"]["ci95"]
+    assert low <= report["reconstruction_lpips"]["mean"] <= high

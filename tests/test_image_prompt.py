@@ -19,6 +19,7 @@ from pmg_core.image_prompt import (
     load_image_prompt,
     save_image_prompt,
     train_projection,
+    validation_loss,
 )
 from pmg_core.metrics.lpips import LPIPS
 
@@ -73,10 +74,16 @@ def test_training_lowers_the_denoising_loss_on_train_users(lpips):
     torch.manual_seed(0)
     projection = ImagePromptProjection(1152, 4, 384, scale=0.3)
     before = [p.detach().clone() for p in generator.denoiser.parameters()]
-    losses = train_projection(projection, examples, generator.denoiser.float(), add_noise, steps=40, learning_rate=3e-3,
-                              batch_size=4)
-    assert sum(losses[-10:]) < sum(losses[:10])
-    # The generator stays frozen.
+    denoiser = generator.denoiser.float()
+    result = train_projection(projection, examples, denoiser, add_noise, steps=40, learning_rate=3e-3, batch_size=4,
+                              validation=examples[:2], validate_every=10)
+    assert sum(result.losses[-10:]) < sum(result.losses[:10])
+    assert [step for step, _ in result.validation] == [0, 10, 20, 30, 40]
+    best_step, best_loss = min(result.validation, key=lambda row: row[1])
+    assert result.best_step == best_step and best_loss < result.validation[0][1]
+    # the projection ends with its best validated weights (the fixed-noise loss is reproducible)
+    assert validation_loss(projection, examples[:2], denoiser, add_noise) == pytest.approx(best_loss, rel=1e-5)
+    # the generator stays frozen
     assert all(torch.equal(a, b) for a, b in zip(before, generator.denoiser.parameters(), strict=True))
 
 

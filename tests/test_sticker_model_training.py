@@ -156,3 +156,50 @@ def test_a_warm_start_keeps_the_autoencoder_and_trains_the_shipped_denoiser_furt
 
     with pytest.raises(TrainingError, match="init_from"):  # the same folder without the warm start is another run
         run.train_sticker_model(tmp_path / "warm", replace(config, denoiser=replace(config.denoiser, steps=3)))
+
+
+def test_the_validation_tenth_is_fixed_by_base_emoji_and_never_holds_held_out_emoji():
+    trained, held_out = dataset.split()
+    fit, validation = dataset.validation_slice(trained)
+    assert len(fit) + len(validation) == len(trained) and 0.05 < len(validation) / len(trained) < 0.16
+    assert {i.base for i in validation}.isdisjoint({i.base for i in fit})  # skin tones stay on one side
+    assert {i.base for i in validation}.isdisjoint({i.base for i in held_out})
+    assert dataset.validation_slice(trained) == (fit, validation)
+
+
+def test_decoder_finetuning_trains_only_the_decoder_and_ships_the_best_validated_one(tmp_path):
+    """--finetune-decoder: encoder, latent normalisation and denoiser stay bit for bit the file's; the decoder
+    trains; the exported decoder is the validation's best (the starting decoder included), and a rerun resumes."""
+    import csv
+    import json
+    from pathlib import Path
+
+    from pmg_core.sticker_model.decoder_finetune import DecoderFinetuneConfig, finetune_decoder
+    from pmg_core.sticker_model.weights import read_sticker_model_file
+
+    shipped = Path(__file__).resolve().parents[1] / "models" / "pmg-sticker-generator.safetensors"
+    fit, validation = dataset.validation_slice(dataset.split()[0])
+    emoji = (fit[:8], validation[:4])  # a few images: seconds, not minutes
+    config = DecoderFinetuneConfig(stage=StageConfig(steps=4, batch_size=2, learning_rate=1e-3, warmup_steps=1))
+    with pytest.raises(TrainingError, match="no validated decoder"):
+        finetune_decoder(tmp_path, shipped, config, export_only=True)
+
+    path = finetune_decoder(tmp_path, shipped, config, checkpoint_minutes=1e3, validate_every=2, emoji=emoji)
+
+    old_autoencoder, old_denoiser, _ = read_sticker_model_file(shipped)
+    new_autoencoder, new_denoiser, metadata = read_sticker_model_file(path)
+    assert all(torch.equal(old_denoiser[k], new_denoiser[k]) for k in old_denoiser)
+    frozen = [k for k in old_autoencoder if not k.startswith("taesd_decoder.")]
+    assert "vae_scale" in frozen and all(torch.equal(old_autoencoder[k], new_autoencoder[k]) for k in frozen)
+    with open(tmp_path / "decoder" / "validation.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(int(r["step"]), r["weights"]) for r in rows] == [(0, "live"), (2, "live"), (2, "ema"), (4, "live"), (4, "ema")]
+    best = min(rows, key=lambda r: float(r["lpips_alex"]))
+    chosen = json.loads(metadata["training"])["decoder_finetune"]["chosen"]
+    assert (chosen["step"], chosen["weights"]) == (int(best["step"]), best["weights"])
+    decoder_changed = any(not torch.equal(old_autoencoder[k], new_autoencoder[k]) for k in old_autoencoder if k not in frozen)
+    assert decoder_changed == (chosen["step"] > 0)
+    assert len(read_loss_csv(tmp_path / "decoder" / "loss.csv")) == 4
+
+    again = finetune_decoder(tmp_path, shipped, config, validate_every=2, emoji=emoji)  # done: nothing retrains
+    assert len(read_loss_csv(tmp_path / "decoder" / "loss.csv")) == 4 and again == path

@@ -60,7 +60,7 @@ def build_cases(
     if "keywords + soft (trained)" in methods:
         adapters["(trained)"] = load_adapter(adapter_path, llm=llm, text_dim=WIDTH)
     cases = []
-    for index, (history, preference) in enumerate(zip(histories, preferences)):
+    for index, (history, preference) in enumerate(zip(histories, preferences, strict=True)):
         target = history.target
         with torch.no_grad():
             soft = {name: adapter.encode(llm, [preference.soft_prompt_text]).float() for name, adapter in adapters.items()}

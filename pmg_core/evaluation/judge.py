@@ -52,7 +52,11 @@ class CategoryJudge(nn.Module):
 
 
 def train_judge(
-    images: list[EmojiImage], steps: int = 1500, batch_size: int = 64, seed: int = 0, progress: Callable[[int, int], None] | None = None
+    images: list[EmojiImage],
+    steps: int = 1500,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> CategoryJudge:
     """Train on ``images`` (real pictures) with flips and small shifts; deterministic for a seed."""
     generator = torch.Generator().manual_seed(seed)

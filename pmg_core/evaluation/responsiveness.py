@@ -27,9 +27,9 @@ from .stats import bootstrap_mean
 
 
 @torch.no_grad()
-def generate_for_names(pipeline, names: list[str], seed: int, steps: int, cfg: float, batch: int = 64,
-                       progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """One sticker per name ``[N, 3, 64, 64]``, prompts batched (each batch one seed, as in ComfyUI)."""
+def sample_latents_for_names(pipeline, names: list[str], seed: int, steps: int, cfg: float, batch: int = 64,
+                             progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """The denoiser's latents of one sticker per name ``[N, C, h, w]``, prompts batched (each batch one seed, as in ComfyUI)."""
     encoder, generator = pipeline.encoder, pipeline.generator
     uncond = encoder.encode([""]).embeddings
     channels, side = generator.autoencoder.latent_channels, generator.image_size // 8
@@ -37,11 +37,22 @@ def generate_for_names(pipeline, names: list[str], seed: int, steps: int, cfg: f
     for start in range(0, len(names), batch):
         chunk = names[start : start + batch]
         cond = encoder.encode(chunk).embeddings
-        latents = sample_euler(generator.denoiser, cond, uncond, (len(chunk), channels, side, side), seed + start, steps, cfg)
-        out.append(generator.autoencoder.decode(latents))
+        out.append(sample_euler(generator.denoiser, cond, uncond, (len(chunk), channels, side, side), seed + start, steps, cfg))
         if progress is not None:
             progress(min(start + batch, len(names)), len(names))
     return torch.cat(out)
+
+
+@torch.no_grad()
+def decode_in_batches(autoencoder, latents: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    return torch.cat([autoencoder.decode(latents[i : i + batch]).float().cpu() for i in range(0, len(latents), batch)])
+
+
+def generate_for_names(pipeline, names: list[str], seed: int, steps: int, cfg: float, batch: int = 64,
+                       progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """One sticker per name ``[N, 3, 64, 64]`` (:func:`sample_latents_for_names`, decoded)."""
+    latents = sample_latents_for_names(pipeline, names, seed, steps, cfg, batch, progress)
+    return decode_in_batches(pipeline.generator.autoencoder, latents, batch)
 
 
 def lpips_features(lpips: LPIPS, images: torch.Tensor) -> np.ndarray:
@@ -69,17 +80,41 @@ def autoencoder_ceiling(autoencoder, lpips: LPIPS, real: torch.Tensor, batch: in
     return rebuilt, lpips.distance(rebuilt, real)
 
 
+def reconstruction_report(autoencoder, lpips: LPIPS, real: torch.Tensor, real_features: np.ndarray, halves,
+                          seed: int = 0) -> dict:
+    """The autoencoder's ceiling on ``real``: LPIPS (AlexNet), SSIM and L1 to the originals, and the Fréchet distance.
+
+    SSIM and L1 stand beside LPIPS because a decoder trained with a perceptual loss is partly
+    trained on what LPIPS measures: a gain only there would be the metric, not the pictures.
+    """
+    from ..metrics.ssim import ssim
+
+    rebuilt, distance = autoencoder_ceiling(autoencoder, lpips, real)
+    half_a, half_b = halves
+    return {
+        "reconstruction_lpips": bootstrap_mean(distance.tolist(), seed).to_dict(),
+        "reconstruction_ssim": bootstrap_mean(ssim(rebuilt, real).tolist(), seed).to_dict(),
+        "reconstruction_l1": bootstrap_mean((rebuilt - real).abs().mean(dim=(1, 2, 3)).tolist(), seed).to_dict(),
+        "frechet_reconstructed_vs_real": frechet_distance(lpips_features(lpips, rebuilt)[half_a], real_features[half_b]),
+    }
+
+
 def responsiveness_report(pipeline, judge: CategoryJudge, lpips: LPIPS, held_out: list[EmojiImage], seed: int = 0,
-                          steps: int = 20, cfg: float = 5.0, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Judge accuracy on generated vs real held-out emoji, and the Fréchet distances; plus the images."""
+                          steps: int = 20, cfg: float = 5.0, progress: Callable[[int, int], None] | None = None,
+                          latents: torch.Tensor | None = None) -> dict:
+    """Judge accuracy on generated vs real held-out emoji, and the Fréchet distances; plus the images and latents.
+
+    ``latents`` (the same denoiser's, e.g. of another file that only differs in its decoder) skip the sampling.
+    """
     real = image_tensor(held_out, 64)
     labels = torch.tensor([image.category_index for image in held_out])
-    generated = generate_for_names(pipeline, [image.name for image in held_out], seed, steps, cfg, progress=progress)
+    if latents is None:
+        latents = sample_latents_for_names(pipeline, [image.name for image in held_out], seed, steps, cfg, progress=progress)
+    generated = decode_in_batches(pipeline.generator.autoencoder, latents)
     real_accuracy, generated_accuracy = accuracy(judge, real, labels), accuracy(judge, generated, labels)
     order = np.random.default_rng(seed).permutation(len(held_out))
     half_a, half_b = order[: len(order) // 2], order[len(order) // 2 :]
     real_features, generated_features = lpips_features(lpips, real), lpips_features(lpips, generated)
-    rebuilt, reconstruction = autoencoder_ceiling(pipeline.generator.autoencoder, lpips, real)
     return {
         "held_out_images": len(held_out),
         "judge_accuracy_real": real_accuracy,
@@ -88,8 +123,8 @@ def responsiveness_report(pipeline, judge: CategoryJudge, lpips: LPIPS, held_out
         "chance": 1 / len(torch.unique(labels)),
         "frechet_generated_vs_real": frechet_distance(generated_features[half_a], real_features[half_b]),
         "frechet_real_halves": frechet_distance(real_features[half_a], real_features[half_b]),
-        "reconstruction_lpips": bootstrap_mean(reconstruction.tolist(), seed).to_dict(),
-        "frechet_reconstructed_vs_real": frechet_distance(lpips_features(lpips, rebuilt)[half_a], real_features[half_b]),
+        **reconstruction_report(pipeline.generator.autoencoder, lpips, real, real_features, (half_a, half_b), seed),
         "images": generated,
         "real": real,
+        "latents": latents,
     }

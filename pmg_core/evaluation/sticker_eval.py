@@ -82,7 +82,9 @@ class StickerPipeline:
         self.encoder = encoder
 
     @torch.no_grad()
-    def generate(self, condition: torch.Tensor, seed: int, count: int, steps: int, cfg: float, negative: str = "") -> torch.Tensor:
+    def generate(
+        self, condition: torch.Tensor, seed: int, count: int, steps: int, cfg: float, negative: str = ""
+    ) -> torch.Tensor:
         """``count`` images ``[count, 3, 64, 64]`` for one condition ``[1, T, D]`` (one latent batch, one seed)."""
         channels = self.generator.autoencoder.latent_channels
         side = self.generator.image_size // 8
@@ -125,7 +127,9 @@ class MethodResult:
 class StickerEvaluation:
     """Runs the methods over users and summarises them."""
 
-    def __init__(self, pipeline: StickerPipeline, judge: CategoryJudge, settings: EvalSettings | None = None, lpips: LPIPS | None = None):
+    def __init__(
+        self, pipeline: StickerPipeline, judge: CategoryJudge, settings: EvalSettings | None = None, lpips: LPIPS | None = None
+    ):
         self.pipeline = pipeline
         self.judge = judge
         self.settings = settings or EvalSettings()
@@ -176,7 +180,9 @@ class StickerEvaluation:
         s = self.settings
         return self.pipeline.generate(condition, case.seed + s.seed, s.images_per_user, s.steps, s.cfg, s.negative)
 
-    def run(self, cases: list[UserCase], methods: list[str], progress: Callable[[int, int], None] | None = None) -> dict[str, MethodResult]:
+    def run(
+        self, cases: list[UserCase], methods: list[str], progress: Callable[[int, int], None] | None = None
+    ) -> dict[str, MethodResult]:
         """Every method on every user; ``sweep`` adds the alpha sweep with z-selection and one result per alpha."""
         results: dict[str, MethodResult] = {}
         total, done = len(cases) * len(methods), 0
@@ -197,7 +203,7 @@ class StickerEvaluation:
     def _sweep(self, case: UserCase, results: dict[str, MethodResult]) -> None:
         s = self.settings
         per_alpha = [self.images(case, self.condition(case, "keywords", alpha)) for alpha in s.sweep]
-        for alpha, images in zip(s.sweep, per_alpha):
+        for alpha, images in zip(s.sweep, per_alpha, strict=True):
             results.setdefault(f"keywords a={alpha:g}", MethodResult(f"keywords a={alpha:g}")).add(self.measure(images, case))
         chosen = []
         for seed_index in range(s.images_per_user):

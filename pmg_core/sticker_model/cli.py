@@ -28,7 +28,10 @@ def register(subparsers) -> None:
     p.add_argument("--export", action="store_true", help="only write the weights file from the checkpoints (no training)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="warm start from a generator file: keep its autoencoder, train its denoiser further")
-    p.add_argument("--learning-rate", type=float, default=None, help="the denoiser's peak learning rate")
+    p.add_argument("--learning-rate", type=float, default=None, help="the trained stage's peak learning rate")
+    p.add_argument("--finetune-decoder", action="store_true",
+                   help="fine-tune only the decoder of the --init-from file (encoder, latents and denoiser stay as they are)")
+    p.add_argument("--decoder-steps", type=int, default=None, help="steps of the decoder fine-tuning")
     p.set_defaults(run=run_train_generator, interrupt_hint="the last checkpoint is kept; run the same command to continue")
 
 
@@ -40,6 +43,8 @@ def run_train_generator(args: argparse.Namespace) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.finetune_decoder:
+        return _run_finetune_decoder(args)
     config = StickerTrainingConfig()
     if args.autoencoder_steps:
         config.autoencoder = replace(config.autoencoder, steps=args.autoencoder_steps)
@@ -58,7 +63,29 @@ def run_train_generator(args: argparse.Namespace) -> dict:
 
     with ExitStack() as stack:
         path = train_sticker_model(
-            args.out, config, minutes=args.minutes, checkpoint_minutes=args.checkpoint_minutes, device=args.device, progress=progress,
-            export_only=args.export, init_from=args.init_from,
+            args.out, config, minutes=args.minutes, checkpoint_minutes=args.checkpoint_minutes, device=args.device,
+            progress=progress, export_only=args.export, init_from=args.init_from,
+        )
+    return {"weights": str(path), "out": str(args.out)}
+
+
+def _run_finetune_decoder(args: argparse.Namespace) -> dict:
+    from ..errors import InvalidSettingError
+    from ..progress import stderr_bar, tqdm_progress
+    from .decoder_finetune import DecoderFinetuneConfig, finetune_decoder
+
+    if args.init_from is None:
+        raise InvalidSettingError(
+            "--finetune-decoder needs the generator file whose decoder it trains: add --init-from FILE."
+        )
+    config = DecoderFinetuneConfig()
+    if args.decoder_steps:
+        config.stage = replace(config.stage, steps=args.decoder_steps)
+    if args.learning_rate:
+        config.stage = replace(config.stage, learning_rate=args.learning_rate)
+    with stderr_bar("decoder", "step", config.stage.steps) as bar:
+        path = finetune_decoder(
+            args.out, args.init_from, config, minutes=args.minutes, checkpoint_minutes=args.checkpoint_minutes,
+            device=args.device, progress=tqdm_progress(bar), export_only=args.export,
         )
     return {"weights": str(path), "out": str(args.out)}

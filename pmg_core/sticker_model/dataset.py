@@ -132,6 +132,18 @@ def split(images: tuple[EmojiImage, ...] | None = None) -> tuple[list[EmojiImage
     return [i for i in images if not i.held_out], [i for i in images if i.held_out]
 
 
+def validation_slice(trained: list[EmojiImage]) -> tuple[list[EmojiImage], list[EmojiImage]]:
+    """(fit, validation): a fixed tenth of the train split, by base emoji, kept aside to choose checkpoints.
+
+    Drawn from another byte of the same hash as the held-out split, so held-out
+    emoji are never in it and no emoji's skin tones straddle the two sides.
+    """
+    def chosen(image: EmojiImage) -> bool:
+        return hashlib.sha256(image.base.upper().encode("ascii")).digest()[1] % 10 == 0
+
+    return [i for i in trained if not chosen(i)], [i for i in trained if chosen(i)]
+
+
 def load_on_white(path: Path, size: int) -> Image.Image:
     """An RGBA emoji PNG composited on white and resized to ``size`` x ``size`` RGB."""
     with Image.open(path) as image:

@@ -74,7 +74,9 @@ def train_sticker_model(
     deadline = None if minutes is None else time.monotonic() + 60 * minutes
     seconds = 60 * checkpoint_minutes
     if export_only and find_checkpoint(out_dir / "denoiser") is None:  # a denoiser checkpoint implies a trained autoencoder
-        raise TrainingError(f"{out_dir} has no trained denoiser yet; nothing to export. Train first: pmg train-generator --out {out_dir}")
+        raise TrainingError(
+            f"{out_dir} has no trained denoiser yet; nothing to export. Train first: pmg train-generator --out {out_dir}"
+        )
     trained, _held_out = split()
     fingerprint = {"image_size": config.image_size, "latent_channels": config.latent_channels, "images": len(trained)}
     warm = _WarmStart.read(init_from, device) if init_from is not None else None
@@ -83,28 +85,13 @@ def train_sticker_model(
         fingerprint["init_from"] = warm.digest
         autoencoder, autoencoder_steps = warm.autoencoder, warm.autoencoder_steps
     else:
-        autoencoder_run = StageRun(
-            "autoencoder", out_dir / "autoencoder", TinyAutoencoder(config.latent_channels).to(device), config.autoencoder, fingerprint
+        autoencoder, autoencoder_steps = _train_autoencoder(
+            out_dir, config, trained, fingerprint, device, deadline, seconds, progress
         )
-        autoencoder_run.restore()
-        if not autoencoder_run.done:
-            images = image_tensor(trained, config.image_size)
-            loss = autoencoder_loss(images, config.autoencoder.batch_size)
-            autoencoder_run.run(loss, deadline, seconds, _stage_progress(progress, "autoencoder"))
-            if not autoencoder_run.done:
-                logger.info("Time is up in the autoencoder stage (step %d); run again to continue", autoencoder_run.step)
-                return out_dir / FILE_NAME
-        # The live weights, not the EMA: over a 1,000-step run an EMA of decay 0.999 still carries the
-        # blurry early autoencoder (measured: L1 0.135 for the EMA vs 0.092 live at step ~400).
-        autoencoder, autoencoder_steps = autoencoder_run.model.eval(), autoencoder_run.step
-
-    # Latents belong to the autoencoder that made them: a warm start's go in a file of their own.
-    latents_file = out_dir / ("latents.safetensors" if warm is None else f"latents-{warm.digest}.safetensors")
-    latents = _cached(latents_file, lambda: _encode_latents(autoencoder, trained, config.image_size))
-    if warm is None:  # a warm start keeps the normalisation its denoiser was trained with
-        autoencoder.normalise(latents["raw"])
-    normalised = latents["raw"] / autoencoder.vae_scale + autoencoder.vae_shift
-    states = _cached(out_dir / "captions.safetensors", lambda: _encode_captions(trained))
+        if autoencoder is None:
+            return out_dir / FILE_NAME
+    normalised = _normalised_latents(out_dir, autoencoder, trained, config.image_size, warm)
+    states = cached_tensors(out_dir / "captions.safetensors", lambda: _encode_captions(trained))
     texts_index = caption_table(trained)[1]
 
     denoiser_fingerprint = {**fingerprint, "condition_dropout": config.condition_dropout}
@@ -116,19 +103,56 @@ def train_sticker_model(
             normalised, states["states"], texts_index, states["empty"][0], config.denoiser.batch_size, config.condition_dropout
         )
         denoiser_run.run(loss, deadline, seconds, _stage_progress(progress, "denoiser"))
+    training = _training_record(config, autoencoder_steps, denoiser_run.step, len(trained), warm)
+    path = save_sticker_model(out_dir / FILE_NAME, autoencoder.cpu(), denoiser_run.ema.cpu(), training)
+    logger.info("Wrote %s (denoiser step %d of %d)", path, denoiser_run.step, config.denoiser.steps)
+    return path
+
+
+def _train_autoencoder(out_dir: Path, config: StickerTrainingConfig, trained, fingerprint: dict, device: str, deadline,
+                       seconds: float, progress) -> tuple[TinyAutoencoder | None, int]:
+    """The autoencoder stage, resumed or run: (the trained autoencoder or None while unfinished, its steps)."""
+    run = StageRun("autoencoder", out_dir / "autoencoder", TinyAutoencoder(config.latent_channels).to(device), config.autoencoder,
+                   fingerprint)
+    run.restore()
+    if not run.done:
+        images = image_tensor(trained, config.image_size)
+        loss = autoencoder_loss(images, config.autoencoder.batch_size)
+        run.run(loss, deadline, seconds, _stage_progress(progress, "autoencoder"))
+        if not run.done:
+            logger.info("Time is up in the autoencoder stage (step %d); run again to continue", run.step)
+            return None, run.step
+    # The live weights, not the EMA: over a 1,000-step run an EMA of decay 0.999 still carries the
+    # blurry early autoencoder (measured: L1 0.135 for the EMA vs 0.092 live at step ~400).
+    return run.model.eval(), run.step
+
+
+def _normalised_latents(out_dir: Path, autoencoder: TinyAutoencoder, trained, size: int, warm) -> torch.Tensor:
+    """The training images' latents, normalised as the denoiser sees them (cached beside the run).
+
+    Latents belong to the autoencoder that made them: a warm start's go in a file of their own,
+    and a warm start keeps the normalisation its denoiser was trained with.
+    """
+    latents_file = out_dir / ("latents.safetensors" if warm is None else f"latents-{warm.digest}.safetensors")
+    latents = cached_tensors(latents_file, lambda: _encode_latents(autoencoder, trained, size))
+    if warm is None:
+        autoencoder.normalise(latents["raw"])
+    return latents["raw"] / autoencoder.vae_scale + autoencoder.vae_shift
+
+
+def _training_record(config: StickerTrainingConfig, autoencoder_steps: int, denoiser_steps: int, images: int, warm) -> dict:
+    """How the file was trained (its ``training`` metadata)."""
     training = {
         "image_size": config.image_size,
         "autoencoder_steps": autoencoder_steps,
-        "denoiser_steps": denoiser_run.step + (warm.denoiser_steps if warm is not None else 0),
+        "denoiser_steps": denoiser_steps + (warm.denoiser_steps if warm is not None else 0),
         "config": asdict(config),
-        "images": len(trained),
+        "images": images,
     }
     if warm is not None:
         training["warm_start"] = {"file": warm.name, "sha256": warm.digest, "denoiser_steps": warm.denoiser_steps,
                                   "training": warm.training}
-    path = save_sticker_model(out_dir / FILE_NAME, autoencoder.cpu(), denoiser_run.ema.cpu(), training)
-    logger.info("Wrote %s (denoiser step %d of %d)", path, denoiser_run.step, config.denoiser.steps)
-    return path
+    return training
 
 
 @dataclass
@@ -193,7 +217,7 @@ def _encode_captions(images) -> dict[str, torch.Tensor]:
     return {"states": torch.cat(states), "empty": encoder.encode([""]).embeddings.half()}
 
 
-def _cached(path: Path, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def cached_tensors(path: Path, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Tensors saved beside the run: computed once, read back on every resume."""
     from safetensors.torch import load_file, save
 

@@ -120,13 +120,15 @@ class StageRun:
         deadline: float | None,
         checkpoint_seconds: float,
         progress: Callable[[int, int], None] | None = None,
+        until_step: int | None = None,
     ) -> None:
-        """Optimise until the stage's steps are done or ``deadline`` (``time.monotonic``) passes."""
+        """Optimise until the stage's steps (or ``until_step``) are done or ``deadline`` (``time.monotonic``) passes."""
         self.open_log()
         self.model.train()
         last_save = time.monotonic()
+        stop = self.config.steps if until_step is None else min(until_step, self.config.steps)
         try:
-            while not self.done and (deadline is None or time.monotonic() < deadline):
+            while self.step < stop and (deadline is None or time.monotonic() < deadline):
                 lr = self.config.lr_at(self.step)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
@@ -157,9 +159,9 @@ class StageRun:
     def _update_ema(self) -> None:
         # A short warm-up of the decay, so early EMA weights are not dominated by the random start.
         decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
-        for ema, live in zip(self.ema.parameters(), self.model.parameters()):
+        for ema, live in zip(self.ema.parameters(), self.model.parameters(), strict=True):
             ema.lerp_(live.detach(), 1 - decay)
-        for ema, live in zip(self.ema.buffers(), self.model.buffers()):
+        for ema, live in zip(self.ema.buffers(), self.model.buffers(), strict=True):
             ema.copy_(live)
 
     def save_checkpoint(self) -> None:
@@ -201,6 +203,37 @@ def autoencoder_loss(
         noise = torch.randn(raw.shape, generator=rng).to(raw.device) * latent_noise * raw.detach().std()
         out = model.raw_decode(raw + noise)
         return F.l1_loss(out, batch) + F.mse_loss(out, batch) + 1e-3 * raw.pow(2).mean()
+
+    return loss
+
+
+def decoder_loss(
+    raw_latents: torch.Tensor,
+    images: torch.Tensor,
+    batch_size: int,
+    perceptual: nn.Module,
+    perceptual_weight: float = 1.0,
+    latent_noise: float = 0.1,
+) -> Callable[[nn.Module, torch.Generator], torch.Tensor]:
+    """L1 + ``perceptual_weight`` x LPIPS of a decoder on the frozen encoder's latents.
+
+    ``raw_latents`` ``[2, N, C, h, w]`` are the encoder's raw latents of ``images``
+    ``[N, 3, H, W]`` and of their mirror images (index 1), computed once: the
+    encoder does not train. ``perceptual`` is an ``lpips.LPIPS`` module (inputs
+    in [-1, 1]); the latent noise is the autoencoder stage's, so the decoder stays
+    as tolerant of the denoiser's inexact latents as it was.
+    """
+
+    def loss(decoder: nn.Module, rng: torch.Generator) -> torch.Tensor:
+        rows = torch.randint(0, images.shape[0], (batch_size,), generator=rng)
+        flip = (torch.rand(batch_size, generator=rng) < 0.5).long()
+        device = next(decoder.parameters()).device
+        raw = raw_latents[flip, rows].to(device)
+        target = torch.where(flip[:, None, None, None].bool(), images[rows].flip(-1), images[rows]).to(device)
+        noise = torch.randn(raw.shape, generator=rng).to(device) * latent_noise * raw.std()
+        out = decoder(raw + noise)
+        distance = perceptual(out * 2 - 1, target * 2 - 1).mean()
+        return F.l1_loss(out, target) + perceptual_weight * distance
 
     return loss
 
