@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -10,6 +12,8 @@ from pmg_core.errors import InvalidSettingError, TrainingError
 from pmg_core.sticker_model import dataset
 from pmg_core.sticker_model.stages import StageConfig, StageRun
 from pmg_core.training.loss_log import read_loss_csv
+
+SHIPPED_GENERATOR = Path(__file__).resolve().parents[1] / "models" / "generators" / "pmg-sticker-generator.safetensors"
 
 
 def test_split_is_fixed_by_base_emoji_and_holds_out_about_a_tenth():
@@ -130,14 +134,13 @@ def test_a_warm_start_keeps_the_autoencoder_and_trains_the_shipped_denoiser_furt
     goes on training from its own weights (not from a random start), and the new file says where it came from."""
     import json
     from dataclasses import replace
-    from pathlib import Path
 
     from safetensors.torch import load_file
 
     from pmg_core.sticker_model import run
     from pmg_core.sticker_model.weights import read_sticker_model_file
 
-    shipped = Path(__file__).resolve().parents[1] / "models" / "generators" / "pmg-sticker-generator.safetensors"
+    shipped = SHIPPED_GENERATOR
     trained, _ = dataset.split()
     monkeypatch.setattr(run, "split", lambda: (trained[:8], []))  # 8 images: seconds, not minutes
     config = run.StickerTrainingConfig()
@@ -172,12 +175,11 @@ def test_decoder_finetuning_trains_only_the_decoder_and_ships_the_best_validated
     trains; the exported decoder is the validation's best (the starting decoder included), and a rerun resumes."""
     import csv
     import json
-    from pathlib import Path
 
     from pmg_core.sticker_model.decoder_finetune import DecoderFinetuneConfig, finetune_decoder
     from pmg_core.sticker_model.weights import read_sticker_model_file
 
-    shipped = Path(__file__).resolve().parents[1] / "models" / "pmg-sticker-generator.safetensors"
+    shipped = SHIPPED_GENERATOR
     fit, validation = dataset.validation_slice(dataset.split()[0])
     emoji = (fit[:8], validation[:4])  # a few images: seconds, not minutes
     config = DecoderFinetuneConfig(stage=StageConfig(steps=4, batch_size=2, learning_rate=1e-3, warmup_steps=1))
