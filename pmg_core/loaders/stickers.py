@@ -26,8 +26,8 @@ from ..errors import InvalidSettingError, ModelLoadError
 from ..history import Item, UserHistory
 from .jsonl import JSONL_NAME, write_jsonl
 
-# Flags are national symbols and Symbols mostly signs and letters: neither is a sticker taste.
-_TASTE_CATEGORIES = (
+# emoji-data's categories that make pictures; "Component" holds bare skin-tone swatches.
+PICTURE_CATEGORIES: tuple[str, ...] = (
     "Smileys & Emotion",
     "People & Body",
     "Animals & Nature",
@@ -35,7 +35,11 @@ _TASTE_CATEGORIES = (
     "Activities",
     "Travel & Places",
     "Objects",
+    "Symbols",
+    "Flags",
 )
+# Flags are national symbols and Symbols mostly signs and letters: neither is a sticker taste.
+_TASTE_CATEGORIES = tuple(category for category in PICTURE_CATEGORIES if category not in {"Symbols", "Flags"})
 
 # A rude gesture is no taste to steer a generator towards.
 _EXCLUDED = frozenset({"1F595"})  # reversed hand with middle finger extended

@@ -27,20 +27,10 @@ from PIL import Image
 
 from ..assets import twemoji_png_dir
 from ..errors import InvalidSettingError, ModelLoadError
-from ..loaders.stickers import emoji_subcategories, twemoji_file
+from ..loaders.stickers import PICTURE_CATEGORIES, emoji_subcategories, twemoji_file
 
-# emoji-data's categories that make pictures; "Component" holds bare skin-tone swatches.
-CATEGORIES: tuple[str, ...] = (
-    "Smileys & Emotion",
-    "People & Body",
-    "Animals & Nature",
-    "Food & Drink",
-    "Activities",
-    "Travel & Places",
-    "Objects",
-    "Symbols",
-    "Flags",
-)
+# The judge's classes: every category that makes pictures, in emoji-data's order.
+CATEGORIES: tuple[str, ...] = PICTURE_CATEGORIES
 
 SKIN_TONES = {
     "1F3FB": "light skin tone",
