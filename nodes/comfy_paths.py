@@ -76,11 +76,21 @@ class ModelKind:
     subfolder: str  # under ComfyUI's models/pmg and under the pack's models/
     noun: str  # what messages call one such file
     header_format: str  # the ``format`` such a file declares (read only in the old flat models/pmg)
+    fix: str  # how a user gets a missing file of this kind
 
 
-ADAPTERS = ModelKind(ADAPTER_FOLDER_KEY, "adapters", "soft-prompt adapter", ADAPTER_FORMAT)
-GENERATORS = ModelKind(GENERATOR_FOLDER_KEY, "generators", "sticker generator", GENERATOR_FORMAT)
-IMAGE_PROMPTS = ModelKind(IMAGE_PROMPT_FOLDER_KEY, "image_prompts", "image prompt projection", IMAGE_PROMPT_FORMAT)
+ADAPTERS = ModelKind(
+    ADAPTER_FOLDER_KEY, "adapters", "soft-prompt adapter", ADAPTER_FORMAT,
+    f"copy the .safetensors file there and refresh the list, or choose {KEYWORDS_ONLY_ADAPTER!r} (no soft tokens).",
+)
+GENERATORS = ModelKind(
+    GENERATOR_FOLDER_KEY, "generators", "sticker generator", GENERATOR_FORMAT,
+    "copy the .safetensors file there (or train one with: pmg train-generator) and refresh the list (press R).",
+)
+IMAGE_PROMPTS = ModelKind(
+    IMAGE_PROMPT_FOLDER_KEY, "image_prompts", "image prompt projection", IMAGE_PROMPT_FORMAT,
+    "copy the .safetensors file (pmg eval --train-image-prompt writes one) there and refresh the list.",
+)
 MODEL_KINDS = (ADAPTERS, GENERATORS, IMAGE_PROMPTS)
 
 
@@ -274,16 +284,18 @@ def kind_choices(kind: ModelKind) -> list[str]:
     return sorted(files | set(_legacy_files(kind)))
 
 
-def resolve_kind(kind: ModelKind, name: str) -> Path | None:
+def resolve_kind(kind: ModelKind, name: str) -> Path:
     """The file behind a ``kind_choices`` entry: from the kind's folders first, then the old locations."""
-    found = _model_file(kind.key, name)
-    return found if found is not None else _legacy_files(kind).get(name)
+    found = _model_file(kind.key, name) or _legacy_files(kind).get(name)
+    if found is None:
+        raise _not_found(kind, name)
+    return found
 
 
-def _not_found(kind: ModelKind, name: str, fix: str) -> ModelLoadError:
-    """The error for a name no folder of ``kind`` holds: it names the kind's folders, then ``fix``."""
+def _not_found(kind: ModelKind, name: str) -> ModelLoadError:
+    """The error for a name no folder of ``kind`` holds: it names the kind's folders, then the kind's fix."""
     return ModelLoadError(
-        f"{kind.noun.capitalize()} {name!r} was not found in {_describe(_registered(kind.key))}; {fix}"
+        f"{kind.noun.capitalize()} {name!r} was not found in {_describe(_registered(kind.key))}; {kind.fix}"
     )
 
 
@@ -294,11 +306,7 @@ def adapter_choices() -> list[str]:
 
 def resolve_adapter(name: str) -> Path:
     """The file behind an ``adapter_choices`` entry (not the keywords-only or random choice)."""
-    found = resolve_kind(ADAPTERS, name)
-    if found is not None:
-        return found
-    raise _not_found(ADAPTERS, name, "copy the .safetensors file there and refresh the list, "
-                     f"or choose {KEYWORDS_ONLY_ADAPTER!r} (no soft tokens).")
+    return resolve_kind(ADAPTERS, name)
 
 
 def image_prompt_choices() -> list[str]:
@@ -308,11 +316,7 @@ def image_prompt_choices() -> list[str]:
 
 def resolve_image_prompt(name: str) -> Path:
     """The file behind an ``image_prompt_choices`` entry."""
-    found = resolve_kind(IMAGE_PROMPTS, name)
-    if found is not None:
-        return found
-    raise _not_found(IMAGE_PROMPTS, name, "copy the .safetensors file (pmg eval --train-image-prompt writes one) "
-                     "there and refresh the list.")
+    return resolve_kind(IMAGE_PROMPTS, name)
 
 
 def generator_choices() -> list[str]:
@@ -322,11 +326,7 @@ def generator_choices() -> list[str]:
 
 def resolve_generator(name: str) -> Path:
     """The file behind a ``generator_choices`` entry."""
-    found = resolve_kind(GENERATORS, name)
-    if found is not None:
-        return found
-    raise _not_found(GENERATORS, name, "copy the .safetensors file there (or train one with: pmg train-generator) "
-                     "and refresh the list (press R).")
+    return resolve_kind(GENERATORS, name)
 
 
 # ---------------------------------------------------------------- the old locations
