@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import AdapterMismatchError, InvalidSettingError, ModelLoadError
+from .weights_file import read_weights
 from .metrics.images import resize
 from .metrics.lpips import LPIPS
 
@@ -110,14 +111,11 @@ def save_image_prompt(path: Path, projection: ImagePromptProjection, training: d
 
 def load_image_prompt(path: Path, lpips: LPIPS | None = None, width: int | None = None) -> ImagePrompt:
     """Read a projection file; ``width`` (the text encoder's) is checked when given."""
-    from safetensors import safe_open
-
     path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"No image prompt projection at {path}; train one with: pmg eval --train-image-prompt DIR.")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - safe_open is not a dict
+    tensors, metadata = read_weights(
+        path, f"No image prompt projection at {path}; train one with: pmg eval --train-image-prompt DIR.",
+        "train the projection again or copy the file anew.",
+    )
     if metadata.get("format") != FORMAT:
         raise ModelLoadError(f"{path} is not an image prompt projection (format {metadata.get('format')!r}); "
                              "pick a file written by pmg eval --train-image-prompt.")

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from .atomic import atomic_path
 from .conditioning import check_finite
 from .errors import AdapterMismatchError, EmbeddingValueError, InvalidSettingError, ModelLoadError
+from .weights_file import read_weights
 
 logger = logging.getLogger(__name__)
 
@@ -327,20 +328,11 @@ def load_adapter(path, llm=None, text_dim: int | None = None) -> SoftPromptAdapt
     Raises :class:`ModelLoadError` for a missing, corrupted or foreign file and
     :class:`AdapterMismatchError` when it was built for another LLM or text width.
     """
-    from safetensors import safe_open
-
     path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"Soft-prompt adapter {path} does not exist; check the path or train one (pmg train).")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - safe_open is not iterable
-    except Exception as exc:  # safetensors raises several types for a damaged file
-        raise ModelLoadError(
-            f"{path} is not a readable safetensors file ({exc}); it may be truncated or of another format. "
-            f"Re-copy or re-save the adapter."
-        ) from exc
+    tensors, header = read_weights(
+        path, f"Soft-prompt adapter {path} does not exist; check the path or train one (pmg train).",
+        "re-copy or re-save the adapter.",
+    )
     if header.get("format") != FORMAT_NAME:
         raise ModelLoadError(
             f"{path} is a safetensors file but not a PMG soft-prompt adapter (header format "

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..atomic import write_bytes_atomic
 from ..errors import ModelLoadError
+from ..weights_file import read_weights
 from ..sticker_model.dataset import CATEGORIES, EmojiImage, image_tensor
 
 logger = logging.getLogger(__name__)
@@ -108,14 +109,9 @@ def save_judge(judge: CategoryJudge, path: Path, training: dict) -> Path:
 
 
 def load_judge(path: Path) -> CategoryJudge:
-    from safetensors import safe_open
-
     path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"No sticker judge at {path}; train one with: pmg eval --train-judge")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - safe_open is not a dict
+    state, metadata = read_weights(path, f"No sticker judge at {path}; train one with: pmg eval --train-judge",
+                                   "train the judge again with: pmg eval --train-judge")
     if metadata.get("format") != FORMAT or json.loads(metadata.get("categories", "[]")) != list(CATEGORIES):
         raise ModelLoadError(f"{path} is not a PMG sticker judge for these categories; retrain it with: pmg eval --train-judge")
     judge = CategoryJudge()

@@ -18,6 +18,7 @@ import torch
 
 from ..atomic import write_bytes_atomic
 from ..errors import ModelLoadError
+from ..weights_file import read_weights
 from .autoencoder import TinyAutoencoder
 from .denoiser import UNET_CONFIG, StickerDenoiser
 from .text_encoder import CHUNK
@@ -72,20 +73,13 @@ def save_sticker_model(path: Path, autoencoder: TinyAutoencoder, denoiser: Stick
 
 def read_sticker_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
     """(autoencoder state, denoiser state, metadata) of a generator file, checked for its format."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(
-            f"No sticker generator at {path}; put {FILE_NAME} into ComfyUI's models/pmg/generators folder "
-            "(it ships in the pack's models/generators folder) or train one with: pmg train-generator --out DIR"
-        )
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - safe_open is not a dict
-    except (OSError, SafetensorError) as error:
-        raise ModelLoadError(f"{path} cannot be read as safetensors ({error}); replace the file with a complete copy.") from error
+    tensors, metadata = read_weights(
+        path,
+        f"No sticker generator at {path}; put {FILE_NAME} into ComfyUI's models/pmg/generators folder "
+        "(it ships in the pack's models/generators folder) or train one with: pmg train-generator --out DIR",
+        "replace the file with a complete copy.",
+    )
     if metadata.get("format") != FORMAT or int(metadata.get("version", "0")) > VERSION:
         raise ModelLoadError(
             f"{path} is not a PMG sticker generator this version reads (format {metadata.get('format')!r}); "
