@@ -129,6 +129,50 @@ def test_learning_rate_warms_up_then_decays_to_a_tenth():
     assert config.lr_at(99) == pytest.approx(0.1, abs=1e-3)
 
 
+def test_min_snr_weights_are_one_at_high_noise_and_gamma_over_snr_below_it():
+    from pmg_core.sticker_model.sampling import alphas_cumprod
+    from pmg_core.sticker_model.stages import min_snr_weights
+
+    acp = alphas_cumprod()
+    snr = (acp / (1 - acp)).float()
+    weights = min_snr_weights(5.0)
+    assert weights.shape == (1000,)
+    noisy = snr <= 5
+    assert noisy.any() and (~noisy).any()  # the schedule crosses γ: both branches are exercised
+    assert torch.equal(weights[noisy], torch.ones(int(noisy.sum())))
+    assert torch.allclose(weights[~noisy], 5 / snr[~noisy])
+    with pytest.raises(InvalidSettingError, match="γ"):
+        min_snr_weights(0.0)
+
+
+def test_min_snr_loss_only_ever_lowers_a_samples_weight():
+    """Same draw of rows, captions, noise and timesteps: γ above every SNR is the uniform loss; γ = 5 is below it."""
+    from pmg_core.sticker_model.stages import denoiser_loss
+
+    torch.manual_seed(0)
+    latents, states, empty = torch.randn(6, 16, 8, 8), torch.randn(3, 4, 384), torch.randn(4, 384)
+    index = torch.randint(0, 3, (6, 2))  # two of the three captions for each latent
+    model = _ConstantDenoiser()
+
+    def loss(gamma):
+        return denoiser_loss(latents, states, index, empty, 32, min_snr_gamma=gamma)(model, torch.Generator().manual_seed(1))
+
+    uniform = loss(None).item()
+    assert loss(1e9).item() == pytest.approx(uniform, rel=1e-5)
+    assert loss(5.0).item() < uniform
+
+
+class _ConstantDenoiser(nn.Module):
+    """Predicts a learned constant: enough for the loss to have a value and a gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.full((1, 16, 1, 1), 0.5))
+
+    def forward(self, x, timesteps, context):
+        return torch.zeros_like(x) + self.bias
+
+
 def test_a_warm_start_keeps_the_autoencoder_and_trains_the_shipped_denoiser_further(tmp_path, monkeypatch):
     """``init_from``: the file's autoencoder (and its latent normalisation) is kept bit for bit, its denoiser
     goes on training from its own weights (not from a random start), and the new file says where it came from."""

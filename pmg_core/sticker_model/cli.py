@@ -29,6 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("--init-from", type=Path, default=None,
                    help="warm start from a generator file: keep its autoencoder, train its denoiser further")
     p.add_argument("--learning-rate", type=float, default=None, help="the trained stage's peak learning rate")
+    p.add_argument("--min-snr-gamma", type=float, default=None,
+                   help="weight the denoiser's loss by min(SNR, γ)/SNR (5 is the usual γ; default: uniform)")
     p.add_argument("--finetune-decoder", action="store_true",
                    help="fine-tune only the decoder of the --init-from file (encoder, latents and denoiser stay as they are)")
     p.add_argument("--decoder-steps", type=int, default=None, help="steps of the decoder fine-tuning")
@@ -52,6 +54,7 @@ def run_train_generator(args: argparse.Namespace) -> dict:
         config.denoiser = replace(config.denoiser, steps=args.denoiser_steps)
     if args.learning_rate:
         config.denoiser = replace(config.denoiser, learning_rate=args.learning_rate)
+    config.min_snr_gamma = args.min_snr_gamma
     bars: dict = {}
 
     def progress(stage: str, done: int, total: int) -> None:

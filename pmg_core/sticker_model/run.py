@@ -47,6 +47,7 @@ class StickerTrainingConfig:
         default_factory=lambda: StageConfig(steps=8000, batch_size=64, learning_rate=4e-4, warmup_steps=200)
     )
     condition_dropout: float = 0.1
+    min_snr_gamma: float | None = None  # the denoiser's loss weighting (stages.denoiser_loss); None: uniform
 
 
 def train_sticker_model(
@@ -95,12 +96,15 @@ def train_sticker_model(
     texts_index = caption_table(trained)[1]
 
     denoiser_fingerprint = {**fingerprint, "condition_dropout": config.condition_dropout}
+    if config.min_snr_gamma is not None:  # absent when uniform, so runs from before the option still resume
+        denoiser_fingerprint["min_snr_gamma"] = config.min_snr_gamma
     start = warm.denoiser if warm is not None else new_denoiser(config.denoiser.seed)
     denoiser_run = StageRun("denoiser", out_dir / "denoiser", start.to(device), config.denoiser, denoiser_fingerprint)
     denoiser_run.restore()
     if not denoiser_run.done and not export_only:
         loss = denoiser_loss(
-            normalised, states["states"], texts_index, states["empty"][0], config.denoiser.batch_size, config.condition_dropout
+            normalised, states["states"], texts_index, states["empty"][0], config.denoiser.batch_size,
+            config.condition_dropout, config.min_snr_gamma,
         )
         denoiser_run.run(loss, deadline, seconds, _stage_progress(progress, "denoiser"))
     training = _training_record(config, autoencoder_steps, denoiser_run.step, len(trained), warm)

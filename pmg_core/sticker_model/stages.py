@@ -35,7 +35,7 @@ from ..training.loss_log import LossLog, read_loss_csv
 from ..training.plot import loss_curve_image, save_loss_curve
 from .autoencoder import TinyAutoencoder
 from .denoiser import UNET_CONFIG, StickerDenoiser
-from .sampling import add_noise
+from .sampling import add_noise, alphas_cumprod
 
 logger = logging.getLogger(__name__)
 
@@ -245,6 +245,7 @@ def denoiser_loss(
     empty_state: torch.Tensor,
     batch_size: int,
     condition_dropout: float = 0.1,
+    min_snr_gamma: float | None = None,
 ) -> Callable[[nn.Module, torch.Generator], torch.Tensor]:
     """ε-prediction MSE over random (latent, one of its captions) pairs.
 
@@ -252,7 +253,12 @@ def denoiser_loss(
     distinct caption, ``caption_index`` ``[N, C]`` the captions of each latent;
     with probability ``condition_dropout`` the empty prompt's states
     ``empty_state`` ``[T, D]`` replace them (classifier-free guidance).
+    ``min_snr_gamma`` weights each sample by ``min(SNR, γ) / SNR`` (Hang et al.,
+    2023, "Min-SNR weighting"): the low-noise timesteps, whose ε-targets are easy
+    and whose gradients pull against the others, count less. ``None`` weights all
+    timesteps alike. Either way the network still predicts ε, so ComfyUI samples it unchanged.
     """
+    weights = None if min_snr_gamma is None else min_snr_weights(min_snr_gamma)
 
     def loss(model: StickerDenoiser, rng: torch.Generator) -> torch.Tensor:
         size = batch_size
@@ -267,9 +273,21 @@ def denoiser_loss(
         device = next(model.parameters()).device
         noisy = add_noise(x0, noise, timesteps).to(device)
         predicted = model(noisy, timesteps.to(device).float(), context.to(device))
-        return F.mse_loss(predicted, noise.to(device))
+        if weights is None:
+            return F.mse_loss(predicted, noise.to(device))
+        per_sample = (predicted - noise.to(device)).pow(2).flatten(1).mean(1)
+        return (weights[timesteps].to(device) * per_sample).mean()
 
     return loss
+
+
+def min_snr_weights(gamma: float) -> torch.Tensor:
+    """``min(SNR_t, γ) / SNR_t`` for t = 0..999, with ``SNR_t = ᾱ_t / (1 - ᾱ_t)`` (float32)."""
+    if not gamma > 0:
+        raise InvalidSettingError(f"The min-SNR γ must be a positive number, not {gamma!r}.")
+    acp = alphas_cumprod()
+    snr = acp / (1 - acp)
+    return (snr.clamp(max=gamma) / snr).float()
 
 
 def new_denoiser(seed: int) -> StickerDenoiser:
