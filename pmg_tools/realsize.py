@@ -48,6 +48,7 @@ from pmg_core.errors import InvalidSettingError, ModelLoadError
 
 from .comfy_source import DEFAULT_COMFY_DIR, REPO_ROOT, comfy_source_env, ensure_comfy_source_first, import_comfy_package
 from .report import emit
+from .safetensors_stream import write_safetensors
 from .server import file_lock
 
 log = logging.getLogger(__name__)
@@ -191,39 +192,6 @@ def draw(name: str, like, seed: int, dtype, marker: tuple[str, float] | None = N
     return value.to(dtype)
 
 
-_SAFETENSORS_DTYPES = {"torch.float16": "F16", "torch.bfloat16": "BF16", "torch.float32": "F32", "torch.int64": "I64"}
-
-
-def write_streamed(path: Path, tensors: dict, make, metadata: dict[str, str], progress=None) -> None:
-    """The safetensors format, written one tensor at a time: ``make(name, like)`` gives each value.
-
-    The header (sorted names, sorted JSON) is computed from shapes alone, so memory holds one tensor.
-    """
-    import torch
-
-    names = sorted(tensors)
-    header: dict = {"__metadata__": metadata}
-    offset = 0
-    for name in names:
-        like = tensors[name]
-        dtype = like.dtype if not like.is_floating_point() else make.dtype
-        size = like.numel() * torch.empty((), dtype=dtype).element_size()
-        header[name] = {"dtype": _SAFETENSORS_DTYPES[str(dtype)], "shape": list(like.shape),
-                        "data_offsets": [offset, offset + size]}
-        offset += size
-    encoded = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    encoded += b" " * (-len(encoded) % 8)  # the format aligns the data to 8 bytes
-    with open(path, "wb") as handle:
-        handle.write(len(encoded).to_bytes(8, "little"))
-        handle.write(encoded)
-        for name in names:
-            value = make(name, tensors[name]).contiguous()
-            # Bytes as stored (little-endian, like every machine this runs on); bf16 has no numpy type.
-            handle.write(value.reshape(-1).view(torch.uint8).numpy().tobytes())
-            if progress is not None:
-                progress(value.numel())
-
-
 def build_checkpoint(name: str, out: Path, seed: int = 0, comfy_dir: Path = DEFAULT_COMFY_DIR) -> dict:
     """Write family ``name``'s full-size random checkpoint to ``out``; returns its metadata."""
     import torch
@@ -243,14 +211,12 @@ def build_checkpoint(name: str, out: Path, seed: int = 0, comfy_dir: Path = DEFA
     }
     dtype = getattr(torch, spec.dtype)
 
-    def make(tensor_name, like):
-        return draw(tensor_name, like, seed, dtype, spec.marker)
-
-    make.dtype = dtype
+    stored = {k: t.to(dtype) if t.is_floating_point() else t for k, t in tensors.items()}  # shapes only (meta)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tqdm(total=n_params, desc=f"building {spec.file_name}", unit="param", unit_scale=True,
               file=sys.stderr) as bar, atomic_path(out) as temporary:
-        write_streamed(temporary, tensors, make, metadata, progress=bar.update)
+        write_safetensors(temporary, stored, lambda key: draw(key, tensors[key], seed, dtype, spec.marker), metadata,
+                          progress=bar.update)
     log.info("wrote %s: %d tensors, %.2f B parameters, %.2f GB", out, len(tensors), n_params / 1e9,
              out.stat().st_size / 1e9)
     return metadata

@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 from pmg_tools.comfy_source import DEFAULT_COMFY_DIR, ensure_comfy_source_first, import_comfy_package
+from pmg_tools.safetensors_stream import write_safetensors
 
 # ComfyUI reads these from the key shapes; see comfy/model_detection.py::detect_unet_config.
 UNET_CONFIG = {
@@ -117,9 +118,8 @@ def build_state_dict(comfy, seed: int) -> dict:
 def save(state_dict: dict, out: Path, seed: int) -> None:
     """Write atomically (temp file + rename) with metadata that says what this is.
 
-    The safetensors layout is written here rather than by ``safetensors.save_file``
-    because the latter orders the metadata map at random, which would make two
-    builds of the same weights differ in bytes (and in the cache key of users).
+    Written by ``pmg_tools.safetensors_stream`` rather than ``safetensors.save_file``, which
+    orders the metadata map at random: two builds of the same weights would differ in bytes.
     """
     n_params = sum(t.numel() for t in state_dict.values())
     metadata = {
@@ -134,32 +134,8 @@ def save(state_dict: dict, out: Path, seed: int) -> None:
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    write_safetensors(state_dict, tmp, metadata)
+    write_safetensors(tmp, state_dict, state_dict.__getitem__, metadata)
     os.replace(tmp, out)
-
-
-_DTYPES = {"torch.float16": "F16", "torch.float32": "F32", "torch.int64": "I64"}
-
-
-def write_safetensors(tensors: dict, path: Path, metadata: dict[str, str]) -> None:
-    """The safetensors format, deterministically: sorted names, sorted JSON header."""
-    header: dict = {"__metadata__": metadata}
-    offset = 0
-    names = sorted(tensors)
-    for name in names:
-        tensor = tensors[name]
-        size = tensor.numel() * tensor.element_size()
-        header[name] = {"dtype": _DTYPES[str(tensor.dtype)], "shape": list(tensor.shape),
-                        "data_offsets": [offset, offset + size]}
-        offset += size
-    encoded = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    encoded += b" " * (-len(encoded) % 8)  # the format aligns the data to 8 bytes
-    with open(path, "wb") as f:
-        f.write(len(encoded).to_bytes(8, "little"))
-        f.write(encoded)
-        for name in names:
-            # numpy writes native order; every machine this runs on is little-endian like the format.
-            f.write(tensors[name].numpy().tobytes())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,20 +60,22 @@ def test_values_are_seeded_by_name_and_tame():
 
 
 def test_streamed_file_reads_back_and_is_byte_identical(tmp_path):
+    from pmg_tools.safetensors_stream import write_safetensors
+
     tensors = {"b.weight": torch.empty(3, 5, device="meta"), "a.bias": torch.empty(7, device="meta"),
                "ids": torch.arange(4).reshape(1, 4)}
+    stored = {k: t.to(torch.bfloat16) if t.is_floating_point() else t for k, t in tensors.items()}
 
-    def make(name, like):
-        return realsize.draw(name, like, 3, torch.bfloat16)
+    def make(name):
+        return realsize.draw(name, tensors[name], 3, torch.bfloat16)
 
-    make.dtype = torch.bfloat16
     first, second = tmp_path / "1.safetensors", tmp_path / "2.safetensors"
-    realsize.write_streamed(first, tensors, make, {"seed": "3"})
-    realsize.write_streamed(second, tensors, make, {"seed": "3"})
+    write_safetensors(first, stored, make, {"seed": "3"})
+    write_safetensors(second, stored, make, {"seed": "3"})
     assert first.read_bytes() == second.read_bytes()
     with safe_open(str(first), framework="pt") as handle:
         assert handle.metadata() == {"seed": "3"}
-        assert torch.equal(handle.get_tensor("b.weight"), make("b.weight", tensors["b.weight"]))
+        assert torch.equal(handle.get_tensor("b.weight"), make("b.weight"))
         assert handle.get_tensor("a.bias").dtype == torch.bfloat16
         assert torch.equal(handle.get_tensor("ids"), tensors["ids"])
 
@@ -87,3 +89,11 @@ def test_cache_is_keyed_by_comfyui_and_builder_version(tmp_path, comfy_source):
 def test_an_unknown_family_is_refused_naming_the_choices():
     with pytest.raises(InvalidSettingError, match="sd15, sd21, sdxl"):
         realsize.family("sd3")
+
+
+def test_a_value_unlike_its_header_entry_is_refused(tmp_path):
+    from pmg_tools.safetensors_stream import write_safetensors
+
+    layout = {"w": torch.empty(2, 3, dtype=torch.float16, device="meta")}
+    with pytest.raises(ValueError, match="w: made torch.float32"):
+        write_safetensors(tmp_path / "x.safetensors", layout, lambda name: torch.zeros(2, 3), {})
