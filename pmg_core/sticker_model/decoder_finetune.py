@@ -174,12 +174,15 @@ def _frozen_latents(path: Path, generator: StickerModel, images: torch.Tensor) -
 
 def _export(out_dir: Path, generator: StickerModel, name: str, digest: str, config: DecoderFinetuneConfig, images: int) -> Path:
     """The warm-start file with the best validated decoder (the file's own decoder if none beat it)."""
-    from safetensors import safe_open
+    from ..weights_file import read_weights
 
     best_file = out_dir / "decoder" / "best.safetensors"
-    with safe_open(str(best_file), framework="pt") as handle:
-        row = json.loads((handle.metadata() or {})["row"])
-        state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - safe_open is not a dict
+    state, metadata = read_weights(
+        best_file,
+        f"{out_dir} has no validated decoder; run pmg train-generator --finetune-decoder --out {out_dir} first.",
+        f"delete {best_file} and run pmg train-generator --finetune-decoder --out {out_dir} again.",
+    )
+    row = json.loads(metadata["row"])
     autoencoder = generator.autoencoder.cpu()
     autoencoder.taesd_decoder.load_state_dict(state)
     training = json.loads(generator.metadata.get("training", "{}"))
